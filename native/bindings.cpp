@@ -1,0 +1,241 @@
+// Python bindings (nanobind). Thin by design: validation lives in Python
+// (pydantic) and the engine; errors come back as Status values and are raised
+// here as mtpstream._native.NativeError(code, message).
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/function.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/shared_ptr.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include <unistd.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "engine.hpp"
+#include "job.hpp"
+#include "log_bridge.hpp"
+#include "model.hpp"
+#include "runtime.hpp"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+using namespace mtpstream;
+
+namespace {
+
+PyObject * native_error_type = nullptr;
+
+[[noreturn]] void raise_status(const Status & st) {
+    nb::object args = nb::make_tuple(static_cast<int>(st.code), st.message);
+    PyErr_SetObject(native_error_type, args.ptr());
+    throw nb::python_error();
+}
+
+std::shared_ptr<Model> load_model(const std::string & path, std::optional<int> n_gpu_layers, bool load_mtp,
+                                  bool use_mmap, std::optional<nb::callable> progress) {
+    ModelLoadOptions opts;
+    opts.n_gpu_layers = n_gpu_layers;
+    opts.load_mtp = load_mtp;
+    opts.use_mmap = use_mmap;
+    std::optional<nb::python_error> callback_error;
+    if (progress.has_value()) {
+        nb::callable cb = *progress;
+        opts.progress = [cb, &callback_error](float p) -> bool {
+            nb::gil_scoped_acquire gil;
+            if (callback_error.has_value()) {
+                return false;
+            }
+            try {
+                nb::object r = cb(p);
+                return r.is_none() || nb::cast<bool>(r);
+            } catch (nb::python_error & e) {
+                callback_error.emplace(std::move(e));
+                return false;
+            } catch (const std::exception &) {
+                return false;
+            }
+        };
+    }
+    Status st;
+    std::shared_ptr<Model> model;
+    {
+        nb::gil_scoped_release release;
+        model = Model::load(path, opts, st);
+    }
+    if (callback_error.has_value()) {
+        callback_error->restore();
+        throw nb::python_error();
+    }
+    if (!model) {
+        raise_status(st);
+    }
+    return model;
+}
+
+using EventTuple = std::tuple<int, int, nb::bytes, std::string, int, int, int, int, std::string>;
+
+std::vector<EventTuple> drain_job(Job & job) {
+    std::vector<Event> events = job.drain();
+    std::vector<EventTuple> out;
+    out.reserve(events.size());
+    for (auto & ev : events) {
+        out.emplace_back(static_cast<int>(ev.kind), ev.token, nb::bytes(ev.text.data(), ev.text.size()),
+                         ev.finish_reason, ev.usage.prompt_tokens, ev.usage.completion_tokens,
+                         ev.usage.drafts_generated, ev.usage.drafts_accepted, ev.error);
+    }
+    return out;
+}
+
+}  // namespace
+
+NB_MODULE(_native, m) {
+    m.doc() = "mtpstream native engine (llama.cpp MTP speculative decoding)";
+    native_error_type = PyErr_NewException("mtpstream._native.NativeError", PyExc_RuntimeError, nullptr);
+    m.attr("NativeError") = nb::handle(native_error_type);
+    m.attr("LLAMA_DEFAULT_SEED") = static_cast<uint32_t>(LLAMA_DEFAULT_SEED);
+
+    m.def("llama_backend_info", [] { return std::string(llama_print_system_info()); });
+    m.def("llama_supports_gpu_offload", [] { return llama_supports_gpu_offload(); });
+    m.def("llama_max_devices", [] { return static_cast<int64_t>(llama_max_devices()); });
+    m.def("llama_model_load_from_file_address",
+          [] { return reinterpret_cast<uintptr_t>(&llama_model_load_from_file); },
+          "Address of llama_model_load_from_file in the libllama this module uses.");
+
+    nb::class_<LogBridge>(m, "LogBridge")
+        .def(nb::init<>())
+        .def("install", &LogBridge::install)
+        .def("set_min_level", &LogBridge::set_min_level, "level"_a)
+        .def("drain", &LogBridge::drain);
+
+    nb::class_<Model>(m, "Model")
+        .def_static("load", &load_model, "path"_a, "n_gpu_layers"_a.none(), "load_mtp"_a, "use_mmap"_a,
+                    "progress"_a.none())
+        .def_prop_ro("path", &Model::path)
+        .def_prop_ro("load_mtp", &Model::load_mtp)
+        .def_prop_ro("n_vocab", &Model::n_vocab)
+        .def_prop_ro("n_embd", &Model::n_embd)
+        .def_prop_ro("n_embd_out", &Model::n_embd_out)
+        .def_prop_ro("n_layer", &Model::n_layer)
+        .def_prop_ro("n_layer_nextn", &Model::n_layer_nextn)
+        .def_prop_ro("n_ctx_train", &Model::n_ctx_train)
+        .def_prop_ro("size_bytes", &Model::size_bytes)
+        .def_prop_ro("n_params", &Model::n_params)
+        .def_prop_ro("description", &Model::description)
+        .def_prop_ro("chat_template", &Model::chat_template)
+        .def_prop_ro("bos", &Model::bos)
+        .def_prop_ro("eos", &Model::eos)
+        .def("metadata", &Model::metadata)
+        .def("meta", &Model::meta, "key"_a)
+        .def("is_eog", &Model::is_eog, "token"_a)
+        .def("tokenize", &Model::tokenize, "text"_a, "add_special"_a, "parse_special"_a)
+        .def("detokenize", &Model::detokenize, "ids"_a)
+        .def("token_to_piece", [](const Model & model, int token) {
+            const std::string piece = model.token_to_piece(token);
+            return nb::bytes(piece.data(), piece.size());
+        }, "token"_a);
+
+    nb::class_<Runtime>(m, "Runtime")
+        .def(nb::init<>())
+        .def("pending", [](const Runtime & rt, const Engine & e) { return rt.pending(&e); });
+
+    nb::class_<Job>(m, "Job")
+        .def("drain", &drain_job)
+        .def("cancel", &Job::request_cancel)
+        .def_prop_ro("finished", &Job::finished);
+
+    nb::class_<Engine>(m, "Engine")
+        .def_static(
+            "create",
+            [](std::shared_ptr<Model> target, std::shared_ptr<Model> draft, int n_draft, int n_ctx, int n_batch,
+               int n_ubatch, int n_threads, int n_threads_batch, int flash_attn, int type_k, int type_v,
+               int offload_kqv) {
+                ContextOptions c;
+                c.n_ctx = n_ctx;
+                c.n_batch = n_batch;
+                c.n_ubatch = n_ubatch;
+                c.n_threads = n_threads;
+                c.n_threads_batch = n_threads_batch;
+                c.flash_attn = flash_attn;
+                c.type_k = type_k;
+                c.type_v = type_v;
+                c.offload_kqv = offload_kqv;
+                Status st;
+                std::shared_ptr<Engine> e;
+                {
+                    nb::gil_scoped_release release;
+                    e = Engine::create(std::move(target), std::move(draft), n_draft, c, st);
+                }
+                if (!e) {
+                    raise_status(st);
+                }
+                return e;
+            },
+            "target"_a, "draft"_a.none(), "n_draft"_a, "n_ctx"_a, "n_batch"_a, "n_ubatch"_a, "n_threads"_a,
+            "n_threads_batch"_a, "flash_attn"_a, "type_k"_a, "type_v"_a, "offload_kqv"_a)
+        .def_prop_ro("n_draft", &Engine::n_draft)
+        .def_prop_ro("n_ctx", &Engine::n_ctx)
+        .def_prop_ro("n_batch", &Engine::n_batch)
+        .def_prop_ro("n_ubatch", &Engine::n_ubatch)
+        .def("stats", [](const Engine & e) {
+            const StatsSnapshot s = snapshot(e.stats());
+            return std::make_tuple(s.iters, s.drafts_generated, s.drafts_accepted, s.tokens_emitted,
+                                   s.prompt_tokens, s.rollback_fallbacks, s.t_draft_us, s.t_verify_us,
+                                   s.t_sample_us, s.t_ckpt_us, s.t_prefill_us, s.t_total_us, s.n_draft);
+        })
+        .def(
+            "submit",
+            [](std::shared_ptr<Engine> self, Runtime & rt, std::vector<int> prompt, int max_tokens, float temp,
+               int top_k, float top_p, float min_p, uint32_t seed, int penalty_last_n, float penalty_repeat,
+               float penalty_freq, float penalty_present, std::string grammar, std::vector<std::string> stop,
+               int emit_stats_every, int wake_fd, bool wait, int capacity) {
+                if (self->closed()) {
+                    raise_status(Status::error(ErrorCode::closed, "the session is closed"));
+                }
+                GenerationOptions o;
+                o.prompt.assign(prompt.begin(), prompt.end());
+                o.max_tokens = max_tokens;
+                o.sampling.temp = temp;
+                o.sampling.top_k = top_k;
+                o.sampling.top_p = top_p;
+                o.sampling.min_p = min_p;
+                o.sampling.seed = seed;
+                o.sampling.penalty_last_n = penalty_last_n;
+                o.sampling.penalty_repeat = penalty_repeat;
+                o.sampling.penalty_freq = penalty_freq;
+                o.sampling.penalty_present = penalty_present;
+                o.sampling.grammar = std::move(grammar);
+                o.stop = std::move(stop);
+                o.emit_stats_every = emit_stats_every;
+                Status st;
+                auto gen = self->prepare(std::move(o), st);
+                if (!gen) {
+                    if (wake_fd >= 0) {
+                        ::close(wake_fd);  // the job would have owned it
+                    }
+                    raise_status(st);
+                }
+                auto job = std::make_shared<Job>(self, rt.scheduler(), std::move(gen), wake_fd,
+                                                 static_cast<std::size_t>(capacity));
+                st = rt.submit(job, wait);
+                if (!st.ok()) {
+                    raise_status(st);
+                }
+                return job;
+            },
+            "runtime"_a, "prompt"_a, "max_tokens"_a, "temp"_a, "top_k"_a, "top_p"_a, "min_p"_a, "seed"_a,
+            "penalty_last_n"_a, "penalty_repeat"_a, "penalty_freq"_a, "penalty_present"_a, "grammar"_a, "stop"_a,
+            "emit_stats_every"_a, "wake_fd"_a, "wait"_a, "capacity"_a)
+        .def("close", [](Engine & self, Runtime & rt) {
+            self.mark_closed();
+            nb::gil_scoped_release release;
+            rt.cancel_and_wait(&self);
+        }, "runtime"_a)
+        .def_prop_ro("closed", &Engine::closed);
+}

@@ -1,0 +1,39 @@
+// What the worker hands to Python, in order, through a job's queue.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace mtpstream {
+
+enum class EventKind : int {
+    token = 0,      // one generated token (text may be "" while bytes are held back)
+    stats = 1,      // emit_stats_every tokens went by
+    done = 2,       // terminal: max_tokens / stop string / context full
+    eog = 3,        // terminal: end-of-generation token (it gets no token event)
+    error = 4,      // terminal: decoding failed
+    cancelled = 5,  // terminal: acknowledgement of a cancel request
+};
+
+struct Usage {
+    int32_t prompt_tokens = 0;
+    int32_t completion_tokens = 0;
+    int32_t drafts_generated = 0;
+    int32_t drafts_accepted = 0;
+};
+
+struct Event {
+    EventKind kind = EventKind::token;
+    int32_t token = -1;
+    std::string text;           // token text; for terminal events: text released at the end
+    std::string finish_reason;  // done: "length" or "stop"
+    Usage usage;
+    std::string error;
+};
+
+inline bool is_terminal(EventKind k) {
+    return k == EventKind::done || k == EventKind::eog || k == EventKind::error ||
+           k == EventKind::cancelled;
+}
+
+}  // namespace mtpstream

@@ -1,0 +1,46 @@
+// The per-request state the engine advances one step at a time on the worker.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "llama.h"
+#include "options.hpp"
+#include "text_stream.hpp"
+
+namespace mtpstream {
+
+struct SamplerDeleter {
+    void operator()(llama_sampler * s) const { llama_sampler_free(s); }
+};
+using SamplerPtr = std::unique_ptr<llama_sampler, SamplerDeleter>;
+
+struct Generation {
+    enum class Phase { prefill, decode, finished };
+
+    GenerationOptions opts;
+    SamplerPtr sampler;
+    TextStream text;
+    Phase phase = Phase::prefill;
+    std::size_t prefill_pos = 0;
+
+    // decode state: `last` is the newest token, not yet in the target's memory,
+    // at position n_past; `carry` is the target's hidden row at n_past - 1.
+    llama_token last = -1;
+    int32_t n_past = 0;
+    std::vector<float> carry;
+    // (token, hidden row) pairs the draft context has not seen yet, from pending_pos on.
+    std::vector<llama_token> pending_tok;
+    std::vector<float> pending_h;
+    int32_t pending_pos = 0;
+    // tokens at positions 0..n_past-1 (to rebuild memory if a rollback fails)
+    std::vector<llama_token> history;
+
+    int32_t emitted = 0;
+    int32_t drafts = 0;
+    int32_t accepted = 0;
+    int64_t t_start_us = 0;
+};
+
+}  // namespace mtpstream

@@ -1,0 +1,73 @@
+#include "job.hpp"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "engine.hpp"
+#include "runtime.hpp"
+
+namespace mtpstream {
+
+Job::Job(std::shared_ptr<Engine> engine, std::shared_ptr<Scheduler> scheduler,
+         std::unique_ptr<Generation> generation, int wake_fd, std::size_t capacity)
+    : engine_(std::move(engine)),
+      scheduler_(std::move(scheduler)),
+      generation_(std::move(generation)),
+      wake_fd_(wake_fd),
+      capacity_(capacity),
+      // one iteration may emit n_draft + 1 tokens, as many stats events and a terminal one
+      reserve_(2 * static_cast<std::size_t>(engine_->n_draft()) + 4) {}
+
+Job::~Job() {
+    if (wake_fd_ >= 0) {
+        ::close(wake_fd_);
+    }
+}
+
+void Job::wake() {
+    if (wake_fd_ >= 0) {
+        const char byte = 1;
+        // non-blocking; if the socket buffer is full a wake-up is pending anyway
+        (void) ::send(wake_fd_, &byte, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+    }
+}
+
+void Job::push(Event ev) {
+    bool need_wake;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        queue_.push_back(std::move(ev));
+        size_.store(queue_.size());
+        need_wake = !woken_;
+        woken_ = true;
+    }
+    if (need_wake) {
+        wake();
+    }
+}
+
+std::vector<Event> Job::drain() {
+    std::vector<Event> out;
+    bool was_full;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        was_full = size_.load() + reserve_ > capacity_;
+        out.assign(std::make_move_iterator(queue_.begin()), std::make_move_iterator(queue_.end()));
+        queue_.clear();
+        size_.store(0);
+        woken_ = false;
+    }
+    if (was_full) {
+        { std::lock_guard<std::mutex> lock(scheduler_->mutex); }
+        scheduler_->work.notify_all();
+    }
+    return out;
+}
+
+void Job::request_cancel() {
+    cancel_.store(true);
+    { std::lock_guard<std::mutex> lock(scheduler_->mutex); }
+    scheduler_->work.notify_all();
+}
+
+}  // namespace mtpstream

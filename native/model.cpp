@@ -1,0 +1,143 @@
+#include "model.hpp"
+
+#include <climits>
+
+namespace mtpstream {
+
+namespace {
+
+bool progress_trampoline(float progress, void * user_data) {
+    auto * fn = static_cast<const std::function<bool(float)> *>(user_data);
+    return (*fn)(progress);
+}
+
+}  // namespace
+
+std::shared_ptr<Model> Model::load(const std::string & path, const ModelLoadOptions & opts,
+                                   Status & status) {
+    llama_model_params params = llama_model_default_params();
+    if (opts.n_gpu_layers.has_value()) {
+        params.n_gpu_layers = *opts.n_gpu_layers;
+    }
+    if (!opts.use_mmap) {
+        params.load_mode = LLAMA_LOAD_MODE_NONE;
+    }
+    params.load_mtp = opts.load_mtp;
+    if (opts.progress) {
+        params.progress_callback = &progress_trampoline;
+        params.progress_callback_user_data = const_cast<std::function<bool(float)> *>(&opts.progress);
+    }
+    llama_model * raw = llama_model_load_from_file(path.c_str(), params);
+    if (raw == nullptr) {
+        status = Status::error(ErrorCode::model_load,
+                               "llama.cpp could not load '" + path +
+                                   "' (unsupported architecture, missing tensors or a corrupt file; "
+                                   "enable the 'mtpstream.llama' logger for details)");
+        return nullptr;
+    }
+    return std::shared_ptr<Model>(new Model(raw, path, opts.load_mtp));
+}
+
+Model::Model(llama_model * model, std::string path, bool load_mtp)
+    : model_(model), vocab_(llama_model_get_vocab(model)), path_(std::move(path)), load_mtp_(load_mtp) {}
+
+Model::~Model() { llama_model_free(model_); }
+
+std::string Model::description() const {
+    char buf[256];
+    const int n = llama_model_desc(model_, buf, sizeof(buf));
+    return n > 0 ? std::string(buf, std::min<size_t>(static_cast<size_t>(n), sizeof(buf) - 1)) : "";
+}
+
+std::string Model::chat_template() const {
+    const char * tmpl = llama_model_chat_template(model_, nullptr);
+    return tmpl != nullptr ? tmpl : "";
+}
+
+std::optional<std::string> Model::meta(const std::string & key) const {
+    std::vector<char> buf(256);
+    int n = llama_model_meta_val_str(model_, key.c_str(), buf.data(), buf.size());
+    if (n < 0) {
+        return std::nullopt;
+    }
+    if (static_cast<size_t>(n) >= buf.size()) {
+        buf.resize(static_cast<size_t>(n) + 1);
+        n = llama_model_meta_val_str(model_, key.c_str(), buf.data(), buf.size());
+    }
+    return std::string(buf.data(), static_cast<size_t>(n));
+}
+
+std::vector<std::pair<std::string, std::string>> Model::metadata() const {
+    std::vector<std::pair<std::string, std::string>> out;
+    const int32_t count = llama_model_meta_count(model_);
+    std::vector<char> key(512);
+    std::vector<char> val(4096);
+    for (int32_t i = 0; i < count; ++i) {
+        int nk = llama_model_meta_key_by_index(model_, i, key.data(), key.size());
+        if (nk < 0) {
+            continue;
+        }
+        if (static_cast<size_t>(nk) >= key.size()) {
+            key.resize(static_cast<size_t>(nk) + 1);
+            nk = llama_model_meta_key_by_index(model_, i, key.data(), key.size());
+        }
+        int nv = llama_model_meta_val_str_by_index(model_, i, val.data(), val.size());
+        if (nv < 0) {
+            continue;
+        }
+        if (static_cast<size_t>(nv) >= val.size()) {
+            val.resize(static_cast<size_t>(nv) + 1);
+            nv = llama_model_meta_val_str_by_index(model_, i, val.data(), val.size());
+        }
+        out.emplace_back(std::string(key.data(), static_cast<size_t>(nk)),
+                         std::string(val.data(), static_cast<size_t>(nv)));
+    }
+    return out;
+}
+
+std::vector<llama_token> Model::tokenize(const std::string & text, bool add_special,
+                                         bool parse_special) const {
+    if (text.size() > static_cast<size_t>(INT32_MAX / 2)) {
+        return {};
+    }
+    const auto len = static_cast<int32_t>(text.size());
+    std::vector<llama_token> out(static_cast<size_t>(len) + 4);
+    int32_t n = llama_tokenize(vocab_, text.data(), len, out.data(), static_cast<int32_t>(out.size()),
+                               add_special, parse_special);
+    if (n < 0) {
+        out.resize(static_cast<size_t>(-n));
+        n = llama_tokenize(vocab_, text.data(), len, out.data(), static_cast<int32_t>(out.size()),
+                           add_special, parse_special);
+    }
+    out.resize(static_cast<size_t>(std::max(n, 0)));
+    return out;
+}
+
+std::string Model::detokenize(const std::vector<llama_token> & ids) const {
+    if (ids.empty()) {
+        return "";
+    }
+    std::vector<char> buf(ids.size() * 16 + 16);
+    int32_t n = llama_detokenize(vocab_, ids.data(), static_cast<int32_t>(ids.size()), buf.data(),
+                                 static_cast<int32_t>(buf.size()), false, false);
+    if (n < 0) {
+        buf.resize(static_cast<size_t>(-n) + 1);
+        n = llama_detokenize(vocab_, ids.data(), static_cast<int32_t>(ids.size()), buf.data(),
+                             static_cast<int32_t>(buf.size()), false, false);
+    }
+    return std::string(buf.data(), static_cast<size_t>(std::max(n, 0)));
+}
+
+std::string Model::token_to_piece(llama_token id) const {
+    char small[64];
+    int32_t n = llama_token_to_piece(vocab_, id, small, sizeof(small), 0, false);
+    if (n >= 0) {
+        return std::string(small, static_cast<size_t>(n));
+    }
+    std::string big(static_cast<size_t>(-n), '\0');
+    n = llama_token_to_piece(vocab_, id, big.data(), static_cast<int32_t>(big.size()), 0, false);
+    big.resize(static_cast<size_t>(std::max(n, 0)));
+    return big;
+}
+
+}  // namespace mtpstream

@@ -1,0 +1,72 @@
+// A loaded GGUF model: RAII owner of one llama_model, plus the vocabulary helpers.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "llama.h"
+#include "status.hpp"
+
+namespace mtpstream {
+
+struct ModelLoadOptions {
+    std::optional<int> n_gpu_layers;  // nullopt: llama.cpp's default
+    bool load_mtp = true;
+    bool use_mmap = true;
+    // Called with 0..1 while loading; return false to abort the load.
+    std::function<bool(float)> progress;
+};
+
+class Model {
+public:
+    // Loads `path`; on failure returns nullptr and fills `status`.
+    static std::shared_ptr<Model> load(const std::string & path, const ModelLoadOptions & opts,
+                                       Status & status);
+    ~Model();
+    Model(const Model &) = delete;
+    Model & operator=(const Model &) = delete;
+
+    llama_model * get() const { return model_; }
+    const llama_vocab * vocab() const { return vocab_; }
+    const std::string & path() const { return path_; }
+    bool load_mtp() const { return load_mtp_; }
+
+    int32_t n_vocab() const { return llama_vocab_n_tokens(vocab_); }
+    int32_t n_embd() const { return llama_model_n_embd(model_); }
+    int32_t n_embd_out() const { return llama_model_n_embd_out(model_); }
+    int32_t n_layer() const { return llama_model_n_layer(model_); }
+    int32_t n_layer_nextn() const { return llama_model_n_layer_nextn(model_); }
+    int32_t n_ctx_train() const { return llama_model_n_ctx_train(model_); }
+    uint64_t size_bytes() const { return llama_model_size(model_); }
+    uint64_t n_params() const { return llama_model_n_params(model_); }
+    std::string description() const;
+    std::string chat_template() const;
+    std::vector<std::pair<std::string, std::string>> metadata() const;
+    std::optional<std::string> meta(const std::string & key) const;
+
+    llama_token bos() const { return llama_vocab_bos(vocab_); }
+    llama_token eos() const { return llama_vocab_eos(vocab_); }
+    bool is_eog(llama_token t) const { return llama_vocab_is_eog(vocab_, t); }
+    bool valid_token(llama_token t) const { return t >= 0 && t < n_vocab(); }
+
+    std::vector<llama_token> tokenize(const std::string & text, bool add_special,
+                                      bool parse_special) const;
+    std::string detokenize(const std::vector<llama_token> & ids) const;
+    // Bytes of one token as generation renders it (control tokens render empty).
+    std::string token_to_piece(llama_token id) const;
+
+private:
+    Model(llama_model * model, std::string path, bool load_mtp);
+
+    llama_model * model_;
+    const llama_vocab * vocab_;
+    std::string path_;
+    bool load_mtp_;
+};
+
+}  // namespace mtpstream

@@ -1,0 +1,47 @@
+// Plain option structs handed from the bindings to the engine. Python validates
+// every field (pydantic) before anything reaches here; the engine re-checks the
+// few limits whose violation would abort inside llama.cpp.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "llama.h"
+
+namespace mtpstream {
+
+struct ContextOptions {
+    int32_t n_ctx = 2048;
+    int32_t n_batch = 0;          // 0: min(n_ctx, 512)
+    int32_t n_ubatch = 0;         // 0: n_batch
+    int32_t n_threads = 0;        // 0: llama.cpp default
+    int32_t n_threads_batch = 0;  // 0: llama.cpp default
+    int32_t flash_attn = -1;      // -1 auto, 0 off, 1 on
+    int32_t type_k = -1;          // ggml_type, -1: default
+    int32_t type_v = -1;
+    int32_t offload_kqv = -1;     // -1 default, 0 off, 1 on
+};
+
+struct SamplingOptions {
+    float temp = 0.0f;
+    int32_t top_k = 0;
+    float top_p = 1.0f;
+    float min_p = 0.0f;
+    uint32_t seed = LLAMA_DEFAULT_SEED;
+    int32_t penalty_last_n = 64;
+    float penalty_repeat = 1.0f;
+    float penalty_freq = 0.0f;
+    float penalty_present = 0.0f;
+    std::string grammar;  // GBNF; empty: none
+};
+
+struct GenerationOptions {
+    std::vector<llama_token> prompt;
+    int32_t max_tokens = 256;
+    SamplingOptions sampling;
+    std::vector<std::string> stop;
+    int32_t emit_stats_every = 0;  // 0: never
+};
+
+}  // namespace mtpstream

@@ -1,0 +1,56 @@
+// The runtime: ONE worker thread that runs every session's generations, one step
+// at a time, round-robin across sessions and FIFO within a session.
+//
+// Why one thread: llama-cpp-python's ggml uses OpenMP, and every OS thread that
+// calls llama_decode gets its own OpenMP pool. A thread per session would
+// multiply pools and oversubscribe the cores; a single decode thread never does.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "status.hpp"
+
+namespace mtpstream {
+
+class Engine;
+class Job;
+
+struct Scheduler {
+    std::mutex mutex;
+    std::condition_variable work;  // the worker waits here
+    std::condition_variable idle;  // close() waits here for a session's jobs to end
+    std::list<std::shared_ptr<Job>> jobs;
+    uint64_t tick = 0;
+    bool stop = false;
+};
+
+class Runtime {
+public:
+    Runtime();
+    ~Runtime();
+    Runtime(const Runtime &) = delete;
+    Runtime & operator=(const Runtime &) = delete;
+
+    std::shared_ptr<Scheduler> scheduler() const { return sched_; }
+    // Queue a job behind the session's earlier ones; with wait=false, refuse if
+    // the session already has work.
+    Status submit(const std::shared_ptr<Job> & job, bool wait);
+    // Cancel every job of `engine` and block until none is left.
+    void cancel_and_wait(const Engine * engine);
+    // Jobs (running or queued) of `engine`.
+    int pending(const Engine * engine) const;
+
+private:
+    void loop();
+    std::shared_ptr<Job> pick_locked();
+
+    std::shared_ptr<Scheduler> sched_;
+    std::thread thread_;
+};
+
+}  // namespace mtpstream

@@ -1,0 +1,45 @@
+// Session counters: written by the worker with relaxed atomics, read lock-free
+// from any thread (Python's stats() never waits for the worker).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+namespace mtpstream {
+
+struct SessionStats {
+    std::atomic<uint64_t> iters{0};
+    std::atomic<uint64_t> drafts_generated{0};
+    std::atomic<uint64_t> drafts_accepted{0};
+    std::atomic<uint64_t> tokens_emitted{0};
+    std::atomic<uint64_t> prompt_tokens{0};
+    std::atomic<uint64_t> rollback_fallbacks{0};
+    std::atomic<uint64_t> t_draft_us{0};
+    std::atomic<uint64_t> t_verify_us{0};
+    std::atomic<uint64_t> t_sample_us{0};
+    std::atomic<uint64_t> t_ckpt_us{0};
+    std::atomic<uint64_t> t_prefill_us{0};
+    std::atomic<uint64_t> t_total_us{0};  // decode phase wall time (excludes prefill)
+    std::atomic<int32_t> n_draft{0};       // draft length in use (changes under "auto")
+
+    static void add(std::atomic<uint64_t> & counter, uint64_t v) {
+        counter.fetch_add(v, std::memory_order_relaxed);
+    }
+};
+
+struct StatsSnapshot {
+    uint64_t iters, drafts_generated, drafts_accepted, tokens_emitted, prompt_tokens,
+        rollback_fallbacks;
+    uint64_t t_draft_us, t_verify_us, t_sample_us, t_ckpt_us, t_prefill_us, t_total_us;
+    int32_t n_draft;
+};
+
+inline StatsSnapshot snapshot(const SessionStats & s) {
+    auto ld = [](const std::atomic<uint64_t> & a) { return a.load(std::memory_order_relaxed); };
+    return {ld(s.iters),       ld(s.drafts_generated), ld(s.drafts_accepted), ld(s.tokens_emitted),
+            ld(s.prompt_tokens), ld(s.rollback_fallbacks), ld(s.t_draft_us),   ld(s.t_verify_us),
+            ld(s.t_sample_us), ld(s.t_ckpt_us),        ld(s.t_prefill_us),    ld(s.t_total_us),
+            s.n_draft.load(std::memory_order_relaxed)};
+}
+
+}  // namespace mtpstream

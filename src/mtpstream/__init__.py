@@ -1,0 +1,51 @@
+"""mtpstream: Multi-Token-Prediction speculative decoding for GGUF models.
+
+    model = mtpstream.load_model("model-with-mtp.gguf")
+    with mtpstream.init(model, n_draft=3) as mtp:
+        async for piece in mtp.stream("Write a haiku about the sea:", max_tokens=64):
+            print(piece, end="")
+"""
+
+from __future__ import annotations
+
+from ._loader import _native  # noqa: F401  (imports llama_cpp first: one libllama per process)
+from .errors import (
+    ContextOverflowError,
+    GenerationError,
+    InvalidOptionError,
+    ModelLoadError,
+    MTPError,
+    NoMTPHeadError,
+    SessionBusyError,
+    SessionClosedError,
+)
+from .events import DoneEvent, EogEvent, Event, StatsEvent, TokenEvent
+from .model import Model, load_model
+from .session import MTP, init
+from .stats import MTPStats, TimingUs, Usage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MTP",
+    "ContextOverflowError",
+    "DoneEvent",
+    "EogEvent",
+    "Event",
+    "GenerationError",
+    "InvalidOptionError",
+    "MTPError",
+    "MTPStats",
+    "Model",
+    "ModelLoadError",
+    "NoMTPHeadError",
+    "SessionBusyError",
+    "SessionClosedError",
+    "StatsEvent",
+    "TimingUs",
+    "TokenEvent",
+    "Usage",
+    "__version__",
+    "init",
+    "load_model",
+]

@@ -1,0 +1,52 @@
+"""Events of :meth:`mtpstream.MTP.stream_events`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Union
+
+from .stats import MTPStats, Usage
+
+__all__ = ["DoneEvent", "EogEvent", "Event", "StatsEvent", "TokenEvent"]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEvent:
+    """One generated token. ``text`` is always valid UTF-8 and may be ``""`` while
+    bytes of an unfinished character, or of a possible stop string, are held back."""
+
+    token_id: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatsEvent:
+    """Every ``emit_stats_every`` tokens: the session's counters at that point."""
+
+    stats: MTPStats
+
+
+@dataclass(frozen=True, slots=True)
+class DoneEvent:
+    """Terminal: ``finish_reason`` is ``"length"`` (max_tokens or context full) or
+    ``"stop"`` (a stop string; no part of it is emitted). ``text`` is text that was
+    held back until the end (usually ``""``)."""
+
+    stats: MTPStats
+    usage: Usage
+    finish_reason: Literal["length", "stop"]
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EogEvent:
+    """Terminal: the model produced an end-of-generation token (``token_id``),
+    which gets no :class:`TokenEvent`. ``text`` is held-back text released at the end."""
+
+    stats: MTPStats
+    usage: Usage
+    token_id: int
+    text: str = ""
+
+
+Event = Union[TokenEvent, StatsEvent, DoneEvent, EogEvent]  # noqa: UP007

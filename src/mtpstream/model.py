@@ -1,0 +1,274 @@
+"""Loading GGUF models (with their MTP head) and the vocabulary helpers."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import Any
+
+from . import _logging
+from ._loader import _native
+from .errors import ModelLoadError, MTPError, from_native
+
+__all__ = ["Model", "load_model"]
+
+_GGUF_MAGIC = b"GGUF"
+
+
+@dataclass(frozen=True)
+class _FileInfo:
+    arch: str
+    tensor_names: frozenset[str]
+    block_count: int
+    nextn_layers: int
+
+
+def _inspect_file(path: Path) -> _FileInfo:
+    """Check that `path` is a readable, complete GGUF and read what llama.cpp doesn't tell."""
+    if not path.exists():
+        raise ModelLoadError(f"model file not found: '{path}'")
+    if path.is_dir():
+        raise ModelLoadError(f"'{path}' is a directory, not a GGUF file")
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelLoadError(f"'{path}' is empty (0 bytes)")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != _GGUF_MAGIC:
+        raise ModelLoadError(f"'{path}' is not a GGUF file (magic {magic!r}, expected b'GGUF')")
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path), "r")
+    except Exception as exc:  # the gguf package raises many kinds on bad data
+        raise ModelLoadError(f"'{path}' is a truncated or corrupt GGUF file: {exc}") from exc
+    names = frozenset(t.name for t in reader.tensors)
+    for t in reader.tensors:
+        if int(t.data_offset) + int(t.n_bytes) > size:
+            raise ModelLoadError(f"'{path}' is truncated: tensor '{t.name}' extends past the end of the file")
+
+    def field(key: str) -> Any:
+        f = reader.get_field(key)
+        return None if f is None else f.contents()
+
+    arch = field("general.architecture")
+    if not isinstance(arch, str):
+        raise ModelLoadError(f"'{path}' has no general.architecture key")
+    block_count = field(f"{arch}.block_count")
+    nextn = field(f"{arch}.nextn_predict_layers")
+    return _FileInfo(
+        arch=arch,
+        tensor_names=names,
+        block_count=int(block_count) if isinstance(block_count, int) else 0,
+        nextn_layers=int(nextn) if isinstance(nextn, int) else 0,
+    )
+
+
+class Model:
+    """A loaded GGUF model. Create it with :func:`load_model`.
+
+    A ``Model`` can back several sessions at once. Closing it (or letting it be
+    collected) releases this handle; sessions that use it keep the weights alive
+    until they are closed.
+    """
+
+    def __init__(self, native: Any, info: _FileInfo, path: Path) -> None:
+        self._native: Any = native
+        self._info = info
+        self._path = path
+        self._metadata: Mapping[str, str] | None = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Release this handle (idempotent)."""
+        self._native = None
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._native is None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{self.n_params / 1e6:.1f}M params"
+        return f"<mtpstream.Model {self._info.arch} '{self._path.name}' {state}>"
+
+    @property
+    def _handle(self) -> Any:
+        native = self._native
+        if native is None:
+            raise MTPError("the model is closed")
+        return native
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def path(self) -> Path:
+        """The GGUF file."""
+        return self._path
+
+    @property
+    def arch(self) -> str:
+        """``general.architecture`` (e.g. ``"qwen35"``)."""
+        return self._info.arch
+
+    @property
+    def description(self) -> str:
+        """llama.cpp's one-line description (type, size, quantization)."""
+        return str(self._handle.description)
+
+    @property
+    def size_bytes(self) -> int:
+        """Total size of the tensors in bytes."""
+        return int(self._handle.size_bytes)
+
+    @property
+    def n_params(self) -> int:
+        """Number of parameters."""
+        return int(self._handle.n_params)
+
+    @property
+    def n_ctx_train(self) -> int:
+        """Context length the model was trained with."""
+        return int(self._handle.n_ctx_train)
+
+    @property
+    def n_embd(self) -> int:
+        """Hidden width."""
+        return int(self._handle.n_embd)
+
+    @property
+    def n_vocab(self) -> int:
+        """Vocabulary size."""
+        return int(self._handle.n_vocab)
+
+    @property
+    def n_layer(self) -> int:
+        """Number of blocks, including NextN (MTP) blocks."""
+        return int(self._handle.n_layer)
+
+    @property
+    def n_layer_nextn(self) -> int:
+        """NextN (MTP) layers the file declares."""
+        return int(self._handle.n_layer_nextn)
+
+    @property
+    def load_mtp(self) -> bool:
+        """Whether the MTP layers were requested at load time."""
+        return bool(self._handle.load_mtp)
+
+    @property
+    def has_mtp(self) -> bool:
+        """True only when NextN layers exist in the file *and* were loaded."""
+        return self.load_mtp and self.n_layer_nextn > 0 and self._has_nextn_tensors()
+
+    @property
+    def is_sidecar(self) -> bool:
+        """True for an MTP-only GGUF: a NextN block but no trunk (usable only as ``draft_model``)."""
+        nextn_index = self._info.block_count - 1
+        if not self._has_nextn_tensors():
+            return False
+        return not any(
+            name.startswith("blk.") and name.split(".")[1] != str(nextn_index)
+            for name in self._info.tensor_names
+        )
+
+    def _has_nextn_tensors(self) -> bool:
+        return any(".nextn." in name for name in self._info.tensor_names)
+
+    @property
+    def chat_template(self) -> str | None:
+        """The Jinja chat template stored in the file, if any."""
+        tmpl = str(self._handle.chat_template)
+        return tmpl or None
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        """All GGUF key/values as llama.cpp renders them (long arrays are abbreviated)."""
+        with self._lock:
+            if self._metadata is None:
+                self._metadata = MappingProxyType(dict(self._handle.metadata()))
+            return self._metadata
+
+    @property
+    def bos(self) -> int | None:
+        """Beginning-of-sequence token id (None if the vocabulary has none)."""
+        t = int(self._handle.bos)
+        return t if t >= 0 else None
+
+    @property
+    def eos(self) -> int | None:
+        """End-of-sequence token id (None if the vocabulary has none)."""
+        t = int(self._handle.eos)
+        return t if t >= 0 else None
+
+    def is_eog(self, token_id: int) -> bool:
+        """Whether ``token_id`` ends generation (EOS, EOT, ...)."""
+        self._check_token(token_id)
+        return bool(self._handle.is_eog(token_id))
+
+    # ------------------------------------------------------------------ vocabulary
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        """Token ids of ``text`` (``add_special`` adds BOS where the model wants one)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str, not {type(text).__name__}")
+        return list(self._handle.tokenize(text, add_special, parse_special))
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Text of a token sequence (invalid UTF-8 is replaced)."""
+        ids = list(ids)
+        for t in ids:
+            self._check_token(t)
+        return str(self._handle.detokenize(ids))
+
+    def token_to_piece(self, token_id: int) -> bytes:
+        """The raw bytes of one token as generation renders it."""
+        self._check_token(token_id)
+        return bytes(self._handle.token_to_piece(token_id))
+
+    def _check_token(self, token_id: object) -> None:
+        if isinstance(token_id, bool) or not isinstance(token_id, int):
+            raise TypeError(f"token ids must be int, not {type(token_id).__name__}")
+        n = self.n_vocab
+        if not 0 <= token_id < n:
+            raise ValueError(f"token id {token_id} is out of range for a vocabulary of {n} tokens")
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    *,
+    n_gpu_layers: int | None = None,
+    load_mtp: bool = True,
+    use_mmap: bool = True,
+    progress: Callable[[float], object] | None = None,
+) -> Model:
+    """Load a GGUF model, with its MTP (NextN) layers unless ``load_mtp=False``.
+
+    ``n_gpu_layers=None`` keeps llama.cpp's default (offload what the build
+    supports); an int overrides it. ``progress`` receives values in 0..1 while
+    loading; returning ``False`` aborts the load. Raises :class:`ModelLoadError`.
+    """
+    if n_gpu_layers is not None and (isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int)):
+        raise TypeError("n_gpu_layers must be an int or None")
+    p = Path(os.fspath(path)).expanduser()
+    info = _inspect_file(p)
+    _logging.sync_level()
+    try:
+        native = _native.Model.load(str(p), n_gpu_layers, bool(load_mtp), bool(use_mmap), progress)
+    except _native.NativeError as exc:
+        _logging.flush()
+        err = from_native(exc)
+        raise ModelLoadError(f"{err} [architecture '{info.arch}']") from None
+    _logging.flush()
+    return Model(native, info, p)

@@ -1,0 +1,420 @@
+"""MTP sessions: :func:`init` and the :class:`MTP` streaming API."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import IO, Any
+
+import anyio
+
+from . import _logging, _runtime
+from ._loader import _native
+from .errors import (
+    GenerationError,
+    InvalidOptionError,
+    NoMTPHeadError,
+    SessionClosedError,
+    from_native,
+)
+from .events import DoneEvent, EogEvent, Event, StatsEvent, TokenEvent
+from .model import Model
+from .options import GGML_TYPES, GenerationOptions, SessionOptions, validate
+from .stats import MTPStats, Usage
+
+__all__ = ["MTP", "init"]
+
+_QUEUE_CAPACITY = 512
+# event kinds (native/events.hpp)
+_TOKEN, _STATS, _DONE, _EOG, _ERROR, _CANCELLED = range(6)
+
+
+class MTP:
+    """A speculative-decoding session over one model. Create it with :func:`init`.
+
+    Calls on one session run one at a time, in the order they start iterating;
+    several sessions (on one model or several) run concurrently. Use it as a
+    (async) context manager or call :meth:`close`.
+    """
+
+    def __init__(self, model: Model, draft_model: Model | None, options: SessionOptions, engine: Any):
+        self._model = model
+        self._draft_model = draft_model
+        self._options = options
+        self._engine: Any = engine
+        self._calls = 0
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def model(self) -> Model:
+        """The target model."""
+        return self._model
+
+    @property
+    def n_draft(self) -> int:
+        """Draft tokens per iteration (0: plain decoding)."""
+        return int(self._live.n_draft)
+
+    @property
+    def n_ctx(self) -> int:
+        """Context size in tokens (prompt + generated)."""
+        return int(self._live.n_ctx)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._engine is None
+
+    @property
+    def _live(self) -> Any:
+        engine = self._engine
+        if engine is None:
+            raise SessionClosedError("the session is closed")
+        return engine
+
+    # ------------------------------------------------------------------ generation
+    def stream_events(
+        self, prompt: str | Sequence[int], *, wait: bool = True, **options: Any
+    ) -> AsyncIterator[Event]:
+        """Generate from ``prompt``, yielding :class:`TokenEvent`, :class:`StatsEvent` and
+        exactly one terminal :class:`DoneEvent` or :class:`EogEvent`.
+
+        ``prompt`` is text (tokenized with special tokens parsed) or token ids. Options:
+        ``max_tokens, temp, top_k, top_p, min_p, seed, penalty_last_n, penalty_repeat,
+        penalty_freq, penalty_present, grammar, stop, emit_stats_every, timeout``.
+        ``wait=False`` raises :class:`SessionBusyError` instead of queueing behind
+        another call. Leaving the loop early cancels the generation.
+        """
+        opts = validate(GenerationOptions, options)
+        tokens = self._prompt_tokens(prompt)
+        return _EventStream(self, tokens, opts, wait)
+
+    async def stream(self, prompt: str | Sequence[int], **options: Any) -> AsyncIterator[str]:
+        """Generate from ``prompt``, yielding non-empty pieces of text."""
+        events = self.stream_events(prompt, **options)
+        async with contextlib.aclosing(events):  # type: ignore[type-var]
+            async for ev in events:
+                if isinstance(ev, TokenEvent):
+                    if ev.text:
+                        yield ev.text
+                elif isinstance(ev, (DoneEvent, EogEvent)) and ev.text:
+                    yield ev.text
+
+    async def generate(self, prompt: str | Sequence[int], **options: Any) -> str:
+        """Generate from ``prompt`` and return the whole text."""
+        parts: list[str] = []
+        events = self.stream_events(prompt, **options)
+        async with contextlib.aclosing(events):  # type: ignore[type-var]
+            async for ev in events:
+                if isinstance(ev, TokenEvent):
+                    parts.append(ev.text)
+                elif isinstance(ev, (DoneEvent, EogEvent)):
+                    parts.append(ev.text)
+        return "".join(parts)
+
+    def _prompt_tokens(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidOptionError("prompt is empty", field="prompt")
+            tokens = self._model.tokenize(prompt, add_special=True, parse_special=True)
+        elif isinstance(prompt, (list, tuple)):
+            tokens = list(prompt)
+            n_vocab = self._model.n_vocab
+            for i, t in enumerate(tokens):
+                if isinstance(t, bool) or not isinstance(t, int):
+                    raise InvalidOptionError(
+                        f"prompt token at index {i} must be int, not {type(t).__name__}", field="prompt"
+                    )
+                if not 0 <= t < n_vocab:
+                    raise InvalidOptionError(
+                        f"prompt token {t} at index {i} is out of range for a vocabulary of "
+                        f"{n_vocab} tokens",
+                        field="prompt",
+                    )
+        else:
+            raise InvalidOptionError(
+                f"prompt must be str or a list of token ids, not {type(prompt).__name__}", field="prompt"
+            )
+        if not tokens:
+            raise InvalidOptionError("prompt is empty", field="prompt")
+        return tokens
+
+    # ------------------------------------------------------------------ stats
+    def stats(self) -> MTPStats:
+        """Cumulative counters of this session; lock-free, safe from any thread or task."""
+        return MTPStats._from_native(self._live.stats(), self._calls)
+
+    def print_stats(self, file: IO[str] | None = None) -> None:
+        """Print an upstream-style summary of :meth:`stats` (to stderr by default)."""
+        self.stats().print(file)
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Cancel any running or queued call, wait for the worker to let go, free the contexts."""
+        engine = self._engine
+        if engine is None:
+            return
+        engine.close(_runtime.get())
+        self._engine = None
+        _logging.flush()
+
+    def __enter__(self) -> MTP:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> MTP:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return "<mtpstream.MTP closed>"
+        return f"<mtpstream.MTP n_draft={self.n_draft} n_ctx={self.n_ctx} model={self._model.path.name!r}>"
+
+
+class _EventStream:
+    """The async iterator behind :meth:`MTP.stream_events`.
+
+    The job is submitted when iteration starts. The worker pushes events into a
+    native queue and writes a byte to a socket; we wait on that socket (asyncio or
+    trio, through anyio) and drain every pending event per wake-up. If the stream
+    is abandoned (break, exception, cancellation, timeout, garbage collection) the
+    job is cancelled; the session's next call starts only after the worker has
+    acknowledged it.
+    """
+
+    def __init__(self, session: MTP, prompt: list[int], opts: GenerationOptions, wait: bool) -> None:
+        self._session = session
+        self._prompt = prompt
+        self._opts = opts
+        self._wait = wait
+        self._job: Any = None
+        self._sock: socket.socket | None = None
+        self._buffer: deque[tuple[Any, ...]] = deque()
+        self._finished = False
+
+    def __aiter__(self) -> _EventStream:
+        return self
+
+    def _start(self) -> None:
+        session = self._session
+        engine = session._live
+        o = self._opts
+        rsock, wsock = socket.socketpair()
+        rsock.setblocking(False)
+        wfd = wsock.detach()
+        seed = o.seed if o.seed is not None else int(_native.LLAMA_DEFAULT_SEED)
+        try:
+            self._job = engine.submit(
+                _runtime.get(), self._prompt, o.max_tokens, o.temp, o.top_k, o.top_p, o.min_p, seed,
+                o.penalty_last_n, o.penalty_repeat, o.penalty_freq, o.penalty_present, o.grammar or "",
+                list(o.stop), o.emit_stats_every, wfd, self._wait, _QUEUE_CAPACITY,
+            )
+        except _native.NativeError as exc:
+            rsock.close()
+            self._finished = True
+            raise from_native(exc) from None
+        self._sock = rsock
+        session._calls += 1
+
+    async def __anext__(self) -> Event:
+        if self._finished and not self._buffer:
+            raise StopAsyncIteration
+        if self._job is None:
+            self._start()
+        try:
+            while not self._buffer:
+                self._buffer.extend(self._job.drain())
+                if self._buffer:
+                    break
+                await self._wait_wakeup()
+        except BaseException:
+            self._abandon()
+            raise
+        return self._convert(self._buffer.popleft())
+
+    async def _wait_wakeup(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        timeout = self._opts.timeout
+        if timeout is None:
+            await anyio.wait_readable(sock)
+        else:
+            try:
+                with anyio.fail_after(timeout):
+                    await anyio.wait_readable(sock)
+            except TimeoutError:
+                raise TimeoutError(f"no event from the generation within {timeout} s") from None
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while sock.recv(4096):
+                pass
+
+    def _convert(self, raw: tuple[Any, ...]) -> Event:
+        kind, token, text, reason, n_prompt, n_completion, drafts, accepted, error = raw
+        if kind == _TOKEN:
+            return TokenEvent(token, text.decode("utf-8"))
+        if kind == _STATS:
+            return StatsEvent(self._session.stats())
+        self._close_socket()
+        self._finished = True
+        _logging.flush()
+        if kind == _CANCELLED:
+            # only reachable if someone else cancelled this job (e.g. session.close())
+            raise SessionClosedError("the generation was cancelled because the session was closed")
+        if kind == _ERROR:
+            raise GenerationError(error or "generation failed")
+        usage = Usage(
+            prompt_tokens=n_prompt,
+            completion_tokens=n_completion,
+            drafts_generated=drafts,
+            drafts_accepted=accepted,
+        )
+        stats = self._session.stats() if not self._session.closed else MTPStats()
+        if kind == _EOG:
+            return EogEvent(stats, usage, token, text.decode("utf-8"))
+        return DoneEvent(stats, usage, reason, text.decode("utf-8"))
+
+    def _abandon(self) -> None:
+        if self._job is not None and not self._finished:
+            self._job.cancel()
+        self._finished = True
+        self._buffer.clear()
+        self._close_socket()
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    async def aclose(self) -> None:
+        """Stop the generation and wait until the worker has acknowledged it."""
+        job = self._job
+        if job is None or self._finished:
+            self._abandon()
+            return
+        job.cancel()
+        with anyio.CancelScope(shield=True):
+            while not job.finished:
+                job.drain()
+                if self._sock is None:
+                    break
+                with anyio.move_on_after(0.05):
+                    await anyio.wait_readable(self._sock)
+                with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
+                    while self._sock.recv(4096):
+                        pass
+        self._abandon()
+
+    def __del__(self) -> None:
+        job = self._job
+        if job is not None and not self._finished:
+            job.cancel()
+        sock = self._sock
+        if sock is not None:
+            sock.close()
+
+
+def _engine_args(opts: SessionOptions) -> dict[str, int]:
+    return {
+        "n_ctx": opts.n_ctx,
+        "n_batch": opts.n_batch or 0,
+        "n_ubatch": opts.n_ubatch or 0,
+        "n_threads": opts.n_threads or (os.cpu_count() or 1),
+        "n_threads_batch": opts.n_threads_batch or opts.n_threads or (os.cpu_count() or 1),
+        "flash_attn": -1 if opts.flash_attn is None else int(opts.flash_attn),
+        "type_k": -1 if opts.type_k is None else GGML_TYPES[opts.type_k],
+        "type_v": -1 if opts.type_v is None else GGML_TYPES[opts.type_v],
+        "offload_kqv": -1 if opts.offload_kqv is None else int(opts.offload_kqv),
+    }
+
+
+def _check_models(model: Model, draft_model: Model | None, n_draft: int) -> None:
+    if not isinstance(model, Model):
+        raise InvalidOptionError(f"model must be an mtpstream.Model, not {type(model).__name__}", field="model")
+    if model.closed:
+        raise SessionClosedError("the model is closed")
+    if model.is_sidecar:
+        raise InvalidOptionError(
+            f"'{model.path.name}' is an MTP-only sidecar (it has no trunk layers); load the full "
+            "model as the target and pass this file as draft_model=",
+            field="model",
+        )
+    if n_draft == 0:
+        return
+    if draft_model is not None:
+        if not isinstance(draft_model, Model):
+            raise InvalidOptionError("draft_model must be an mtpstream.Model", field="draft_model")
+        if draft_model.closed:
+            raise SessionClosedError("the draft model is closed")
+        if not draft_model.has_mtp:
+            raise NoMTPHeadError(
+                f"draft_model '{draft_model.path.name}' has no loaded MTP head"
+                + (" (it was loaded with load_mtp=False)" if not draft_model.load_mtp else "")
+            )
+        if draft_model.n_vocab != model.n_vocab:
+            raise InvalidOptionError(
+                f"draft_model vocabulary ({draft_model.n_vocab}) differs from the target's ({model.n_vocab})",
+                field="draft_model",
+            )
+        if draft_model.n_embd != model.n_embd:
+            raise InvalidOptionError(
+                f"draft_model hidden width ({draft_model.n_embd}) differs from the target's ({model.n_embd})",
+                field="draft_model",
+            )
+        return
+    if not model.has_mtp:
+        if model.n_layer_nextn > 0 and not model.load_mtp:
+            raise NoMTPHeadError(
+                f"'{model.path.name}' was loaded with load_mtp=False, so its MTP head was skipped; "
+                "reload it with load_mtp=True, or use n_draft=0 for plain decoding"
+            )
+        raise NoMTPHeadError(
+            f"'{model.path.name}' has no MTP head; use n_draft=0 for plain decoding, a GGUF that "
+            "preserves the MTP (NextN) layers, or pass an MTP sidecar GGUF as draft_model="
+        )
+
+
+def init(
+    model: Model,
+    n_draft: int | str = 3,
+    n_ctx: int = 2048,
+    *,
+    draft_model: Model | None = None,
+    **context_options: Any,
+) -> MTP:
+    """Create an MTP session on ``model``.
+
+    ``n_draft >= 1`` drafts that many tokens per iteration with the model's MTP
+    head (or ``draft_model``, an MTP sidecar GGUF); ``n_draft=0`` is plain
+    decoding through the same engine. Context options: ``n_threads,
+    n_threads_batch, n_batch, n_ubatch, flash_attn, type_k, type_v, offload_kqv``.
+    """
+    opts = validate(SessionOptions, {"n_draft": n_draft, "n_ctx": n_ctx, **context_options})
+    if opts.n_draft == "auto":
+        raise InvalidOptionError(
+            "n_draft='auto' is not available in this release; pass an int (2-3 is usually best)",
+            field="n_draft",
+        )
+    assert isinstance(opts.n_draft, int)
+    _check_models(model, draft_model, opts.n_draft)
+    draft_native = draft_model._handle if (draft_model is not None and opts.n_draft > 0) else None
+    _logging.sync_level()
+    try:
+        engine = _native.Engine.create(model._handle, draft_native, opts.n_draft, **_engine_args(opts))
+    except _native.NativeError as exc:
+        _logging.flush()
+        raise from_native(exc) from None
+    _logging.flush()
+    return MTP(model, draft_model if opts.n_draft > 0 else None, opts, engine)
