@@ -5,7 +5,6 @@
 #include <nanobind/stl/function.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
-#include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
@@ -32,13 +31,27 @@ namespace {
 
 PyObject * native_error_type = nullptr;
 
+// Python holds native objects only through these handles. The worker thread
+// shares ownership of engines/models/jobs through plain std::shared_ptr; it must
+// never hold a shared_ptr made from a Python object, whose deleter would take
+// the GIL on the worker (a deadlock risk, and fatal during interpreter exit).
+struct ModelHandle {
+    std::shared_ptr<Model> p;
+};
+struct EngineHandle {
+    std::shared_ptr<Engine> p;
+};
+struct JobHandle {
+    std::shared_ptr<Job> p;
+};
+
 [[noreturn]] void raise_status(const Status & st) {
     nb::object args = nb::make_tuple(static_cast<int>(st.code), st.message);
     PyErr_SetObject(native_error_type, args.ptr());
     throw nb::python_error();
 }
 
-std::shared_ptr<Model> load_model(const std::string & path, std::optional<int> n_gpu_layers, bool load_mtp,
+ModelHandle load_model(const std::string & path, std::optional<int> n_gpu_layers, bool load_mtp,
                                   bool use_mmap, std::optional<nb::callable> progress) {
     ModelLoadOptions opts;
     opts.n_gpu_layers = n_gpu_layers;
@@ -76,13 +89,13 @@ std::shared_ptr<Model> load_model(const std::string & path, std::optional<int> n
     if (!model) {
         raise_status(st);
     }
-    return model;
+    return ModelHandle{std::move(model)};
 }
 
 using EventTuple = std::tuple<int, int, nb::bytes, std::string, int, int, int, int, std::string>;
 
-std::vector<EventTuple> drain_job(Job & job) {
-    std::vector<Event> events = job.drain();
+std::vector<EventTuple> drain_job(JobHandle & job) {
+    std::vector<Event> events = job.p->drain();
     std::vector<EventTuple> out;
     out.reserve(events.size());
     for (auto & ev : events) {
@@ -114,46 +127,48 @@ NB_MODULE(_native, m) {
         .def("set_min_level", &LogBridge::set_min_level, "level"_a)
         .def("drain", &LogBridge::drain);
 
-    nb::class_<Model>(m, "Model")
+    nb::class_<ModelHandle>(m, "Model")
         .def_static("load", &load_model, "path"_a, "n_gpu_layers"_a.none(), "load_mtp"_a, "use_mmap"_a,
                     "progress"_a.none())
-        .def_prop_ro("path", &Model::path)
-        .def_prop_ro("load_mtp", &Model::load_mtp)
-        .def_prop_ro("n_vocab", &Model::n_vocab)
-        .def_prop_ro("n_embd", &Model::n_embd)
-        .def_prop_ro("n_embd_out", &Model::n_embd_out)
-        .def_prop_ro("n_layer", &Model::n_layer)
-        .def_prop_ro("n_layer_nextn", &Model::n_layer_nextn)
-        .def_prop_ro("n_ctx_train", &Model::n_ctx_train)
-        .def_prop_ro("size_bytes", &Model::size_bytes)
-        .def_prop_ro("n_params", &Model::n_params)
-        .def_prop_ro("description", &Model::description)
-        .def_prop_ro("chat_template", &Model::chat_template)
-        .def_prop_ro("bos", &Model::bos)
-        .def_prop_ro("eos", &Model::eos)
-        .def("metadata", &Model::metadata)
-        .def("meta", &Model::meta, "key"_a)
-        .def("is_eog", &Model::is_eog, "token"_a)
-        .def("tokenize", &Model::tokenize, "text"_a, "add_special"_a, "parse_special"_a)
-        .def("detokenize", &Model::detokenize, "ids"_a)
-        .def("token_to_piece", [](const Model & model, int token) {
-            const std::string piece = model.token_to_piece(token);
+        .def_prop_ro("path", [](const ModelHandle & h) { return h.p->path(); })
+        .def_prop_ro("load_mtp", [](const ModelHandle & h) { return h.p->load_mtp(); })
+        .def_prop_ro("n_vocab", [](const ModelHandle & h) { return h.p->n_vocab(); })
+        .def_prop_ro("n_embd", [](const ModelHandle & h) { return h.p->n_embd(); })
+        .def_prop_ro("n_embd_out", [](const ModelHandle & h) { return h.p->n_embd_out(); })
+        .def_prop_ro("n_layer", [](const ModelHandle & h) { return h.p->n_layer(); })
+        .def_prop_ro("n_layer_nextn", [](const ModelHandle & h) { return h.p->n_layer_nextn(); })
+        .def_prop_ro("n_ctx_train", [](const ModelHandle & h) { return h.p->n_ctx_train(); })
+        .def_prop_ro("size_bytes", [](const ModelHandle & h) { return h.p->size_bytes(); })
+        .def_prop_ro("n_params", [](const ModelHandle & h) { return h.p->n_params(); })
+        .def_prop_ro("description", [](const ModelHandle & h) { return h.p->description(); })
+        .def_prop_ro("chat_template", [](const ModelHandle & h) { return h.p->chat_template(); })
+        .def_prop_ro("bos", [](const ModelHandle & h) { return h.p->bos(); })
+        .def_prop_ro("eos", [](const ModelHandle & h) { return h.p->eos(); })
+        .def("metadata", [](const ModelHandle & h) { return h.p->metadata(); })
+        .def("meta", [](const ModelHandle & h, const std::string & k) { return h.p->meta(k); }, "key"_a)
+        .def("is_eog", [](const ModelHandle & h, int t) { return h.p->is_eog(t); }, "token"_a)
+        .def("tokenize", [](const ModelHandle & h, const std::string & text, bool add_special, bool parse_special) {
+            return h.p->tokenize(text, add_special, parse_special);
+        }, "text"_a, "add_special"_a, "parse_special"_a)
+        .def("detokenize", [](const ModelHandle & h, const std::vector<llama_token> & ids) { return h.p->detokenize(ids); }, "ids"_a)
+        .def("token_to_piece", [](const ModelHandle & h, int token) {
+            const std::string piece = h.p->token_to_piece(token);
             return nb::bytes(piece.data(), piece.size());
         }, "token"_a);
 
     nb::class_<Runtime>(m, "Runtime")
         .def(nb::init<>())
-        .def("pending", [](const Runtime & rt, const Engine & e) { return rt.pending(&e); });
+        .def("pending", [](const Runtime & rt, const EngineHandle & e) { return rt.pending(e.p.get()); });
 
-    nb::class_<Job>(m, "Job")
+    nb::class_<JobHandle>(m, "Job")
         .def("drain", &drain_job)
-        .def("cancel", &Job::request_cancel)
-        .def_prop_ro("finished", &Job::finished);
+        .def("cancel", [](JobHandle & j) { j.p->request_cancel(); })
+        .def_prop_ro("finished", [](const JobHandle & j) { return j.p->finished(); });
 
-    nb::class_<Engine>(m, "Engine")
+    nb::class_<EngineHandle>(m, "Engine")
         .def_static(
             "create",
-            [](std::shared_ptr<Model> target, std::shared_ptr<Model> draft, int n_draft, int n_ctx, int n_batch,
+            [](const ModelHandle & target, const ModelHandle * draft, int n_draft, int n_ctx, int n_batch,
                int n_ubatch, int n_threads, int n_threads_batch, int flash_attn, int type_k, int type_v,
                int offload_kqv) {
                 ContextOptions c;
@@ -170,31 +185,32 @@ NB_MODULE(_native, m) {
                 std::shared_ptr<Engine> e;
                 {
                     nb::gil_scoped_release release;
-                    e = Engine::create(std::move(target), std::move(draft), n_draft, c, st);
+                    e = Engine::create(target.p, draft != nullptr ? draft->p : nullptr, n_draft, c, st);
                 }
                 if (!e) {
                     raise_status(st);
                 }
-                return e;
+                return EngineHandle{std::move(e)};
             },
             "target"_a, "draft"_a.none(), "n_draft"_a, "n_ctx"_a, "n_batch"_a, "n_ubatch"_a, "n_threads"_a,
             "n_threads_batch"_a, "flash_attn"_a, "type_k"_a, "type_v"_a, "offload_kqv"_a)
-        .def_prop_ro("n_draft", &Engine::n_draft)
-        .def_prop_ro("n_ctx", &Engine::n_ctx)
-        .def_prop_ro("n_batch", &Engine::n_batch)
-        .def_prop_ro("n_ubatch", &Engine::n_ubatch)
-        .def("stats", [](const Engine & e) {
-            const StatsSnapshot s = snapshot(e.stats());
+        .def_prop_ro("n_draft", [](const EngineHandle & h) { return h.p->n_draft(); })
+        .def_prop_ro("n_ctx", [](const EngineHandle & h) { return h.p->n_ctx(); })
+        .def_prop_ro("n_batch", [](const EngineHandle & h) { return h.p->n_batch(); })
+        .def_prop_ro("n_ubatch", [](const EngineHandle & h) { return h.p->n_ubatch(); })
+        .def("stats", [](const EngineHandle & e) {
+            const StatsSnapshot s = snapshot(e.p->stats());
             return std::make_tuple(s.iters, s.drafts_generated, s.drafts_accepted, s.tokens_emitted,
                                    s.prompt_tokens, s.rollback_fallbacks, s.t_draft_us, s.t_verify_us,
                                    s.t_sample_us, s.t_ckpt_us, s.t_prefill_us, s.t_total_us, s.n_draft);
         })
         .def(
             "submit",
-            [](std::shared_ptr<Engine> self, Runtime & rt, std::vector<int> prompt, int max_tokens, float temp,
+            [](const EngineHandle & handle, Runtime & rt, std::vector<int> prompt, int max_tokens, float temp,
                int top_k, float top_p, float min_p, uint32_t seed, int penalty_last_n, float penalty_repeat,
                float penalty_freq, float penalty_present, std::string grammar, std::vector<std::string> stop,
                int emit_stats_every, int wake_fd, bool wait, int capacity) {
+                const std::shared_ptr<Engine> & self = handle.p;
                 if (self->closed()) {
                     raise_status(Status::error(ErrorCode::closed, "the session is closed"));
                 }
@@ -227,15 +243,15 @@ NB_MODULE(_native, m) {
                 if (!st.ok()) {
                     raise_status(st);
                 }
-                return job;
+                return JobHandle{std::move(job)};
             },
             "runtime"_a, "prompt"_a, "max_tokens"_a, "temp"_a, "top_k"_a, "top_p"_a, "min_p"_a, "seed"_a,
             "penalty_last_n"_a, "penalty_repeat"_a, "penalty_freq"_a, "penalty_present"_a, "grammar"_a, "stop"_a,
             "emit_stats_every"_a, "wake_fd"_a, "wait"_a, "capacity"_a)
-        .def("close", [](Engine & self, Runtime & rt) {
-            self.mark_closed();
+        .def("close", [](EngineHandle & self, Runtime & rt) {
+            self.p->mark_closed();
             nb::gil_scoped_release release;
-            rt.cancel_and_wait(&self);
+            rt.cancel_and_wait(self.p.get());
         }, "runtime"_a)
-        .def_prop_ro("closed", &Engine::closed);
+        .def_prop_ro("closed", [](const EngineHandle & h) { return h.p->closed(); });
 }
