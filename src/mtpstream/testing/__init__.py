@@ -1,0 +1,73 @@
+"""Synthetic Qwen3.5 / Qwen3.5-MoE GGUF models with an MTP (NextN) head, for tests.
+
+``make_model(...)`` writes (once, into a cache) a real llama.cpp-loadable model
+with a gpt2-style word-level tokenizer.  With ``weights="oracle"`` the target's
+greedy output follows a known successor map and the MTP head agrees with it
+except on a chosen fraction of tokens, so speculative-decoding acceptance is
+known exactly (:func:`expected_acceptance`) and analytically
+(:func:`analytic_acceptance`).
+
+Example::
+
+    from mtpstream.testing import make_model, load_spec, expected_acceptance
+    path = make_model(arch="qwen35", weights="oracle", size="tiny", mtp_error_rate=0.25)
+    spec = load_spec(path)
+    res = expected_acceptance(spec, [spec.chain_start], n_draft=3, n_tokens=64)
+"""
+
+from __future__ import annotations
+
+from ._api import (
+    CACHE_ENV,
+    SyntheticModel,
+    build_spec,
+    default_cache_dir,
+    describe,
+    expected_acceptance,
+    load_model,
+    load_spec,
+    make_model,
+    oracle_margins,
+)
+from ._config import (
+    ARCHS,
+    KINDS,
+    SIZES,
+    WEIGHTS,
+    Arch,
+    Kind,
+    ModelConfig,
+    Size,
+    Weights,
+    model_config,
+)
+from ._oracle import STOP_WORD, AcceptanceResult, OracleSpec, analytic_acceptance
+from ._writer import FORMAT_VERSION
+
+__all__ = [
+    "ARCHS",
+    "CACHE_ENV",
+    "FORMAT_VERSION",
+    "KINDS",
+    "SIZES",
+    "STOP_WORD",
+    "WEIGHTS",
+    "AcceptanceResult",
+    "Arch",
+    "Kind",
+    "ModelConfig",
+    "OracleSpec",
+    "Size",
+    "SyntheticModel",
+    "Weights",
+    "analytic_acceptance",
+    "build_spec",
+    "default_cache_dir",
+    "describe",
+    "expected_acceptance",
+    "load_model",
+    "load_spec",
+    "make_model",
+    "model_config",
+    "oracle_margins",
+]
