@@ -150,7 +150,10 @@ NB_MODULE(_native, m) {
         .def("tokenize", [](const ModelHandle & h, const std::string & text, bool add_special, bool parse_special) {
             return h.p->tokenize(text, add_special, parse_special);
         }, "text"_a, "add_special"_a, "parse_special"_a)
-        .def("detokenize", [](const ModelHandle & h, const std::vector<llama_token> & ids) { return h.p->detokenize(ids); }, "ids"_a)
+        .def("detokenize", [](const ModelHandle & h, const std::vector<llama_token> & ids) {
+            const std::string text = h.p->detokenize(ids);
+            return nb::bytes(text.data(), text.size());
+        }, "ids"_a)
         .def("token_to_piece", [](const ModelHandle & h, int token) {
             const std::string piece = h.p->token_to_piece(token);
             return nb::bytes(piece.data(), piece.size());
@@ -163,7 +166,11 @@ NB_MODULE(_native, m) {
     nb::class_<JobHandle>(m, "Job")
         .def("drain", &drain_job)
         .def("cancel", [](JobHandle & j) { j.p->request_cancel(); })
-        .def_prop_ro("finished", [](const JobHandle & j) { return j.p->finished(); });
+        .def_prop_ro("finished", [](const JobHandle & j) { return j.p->finished(); })
+        .def("wait", [](JobHandle & j) {
+            nb::gil_scoped_release release;
+            j.p->wait_finished();
+        });
 
     nb::class_<EngineHandle>(m, "Engine")
         .def_static(
@@ -209,7 +216,7 @@ NB_MODULE(_native, m) {
             [](const EngineHandle & handle, Runtime & rt, std::vector<int> prompt, int max_tokens, float temp,
                int top_k, float top_p, float min_p, uint32_t seed, int penalty_last_n, float penalty_repeat,
                float penalty_freq, float penalty_present, std::string grammar, std::vector<std::string> stop,
-               int emit_stats_every, int wake_fd, bool wait, int capacity) {
+               int emit_stats_every, int wake_fd, bool wait, int capacity, bool discard) {
                 const std::shared_ptr<Engine> & self = handle.p;
                 if (self->closed()) {
                     raise_status(Status::error(ErrorCode::closed, "the session is closed"));
@@ -239,6 +246,7 @@ NB_MODULE(_native, m) {
                 }
                 auto job = std::make_shared<Job>(self, rt.scheduler(), std::move(gen), wake_fd,
                                                  static_cast<std::size_t>(capacity));
+                job->set_discard(discard);
                 st = rt.submit(job, wait);
                 if (!st.ok()) {
                     raise_status(st);
@@ -247,7 +255,7 @@ NB_MODULE(_native, m) {
             },
             "runtime"_a, "prompt"_a, "max_tokens"_a, "temp"_a, "top_k"_a, "top_p"_a, "min_p"_a, "seed"_a,
             "penalty_last_n"_a, "penalty_repeat"_a, "penalty_freq"_a, "penalty_present"_a, "grammar"_a, "stop"_a,
-            "emit_stats_every"_a, "wake_fd"_a, "wait"_a, "capacity"_a)
+            "emit_stats_every"_a, "wake_fd"_a, "wait"_a, "capacity"_a, "discard"_a = false)
         .def("close", [](EngineHandle & self, Runtime & rt) {
             self.p->mark_closed();
             nb::gil_scoped_release release;

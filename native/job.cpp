@@ -33,6 +33,9 @@ void Job::wake() {
 }
 
 void Job::push(Event ev) {
+    if (discard_ && !is_terminal(ev.kind)) {
+        return;
+    }
     bool need_wake;
     {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -68,6 +71,23 @@ void Job::request_cancel() {
     cancel_.store(true);
     { std::lock_guard<std::mutex> lock(scheduler_->mutex); }
     scheduler_->work.notify_all();
+}
+
+}  // namespace mtpstream
+
+namespace mtpstream {
+
+void Job::mark_finished() {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        finished_.store(true);
+    }
+    finished_cv_.notify_all();
+}
+
+void Job::wait_finished() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    finished_cv_.wait(lock, [&] { return finished_.load(); });
 }
 
 }  // namespace mtpstream

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -33,13 +34,17 @@ public:
     // Set the cancel flag only (for callers that hold the scheduler mutex and notify).
     void cancel() { cancel_.store(true); }
     bool finished() const { return finished_.load(); }
+    // Block until the job has finished (benchmarks; call without the GIL).
+    void wait_finished();
+    // Drop token/stats events natively instead of queueing them (benchmarks).
+    void set_discard(bool v) { discard_ = v; }
 
     // --- producer side (worker thread) ---
     void push(Event ev);
     bool has_room() const { return size_.load() + reserve_ <= capacity_; }
     bool cancel_requested() const { return cancel_.load(); }
     const std::atomic<bool> & cancel_flag() const { return cancel_; }
-    void mark_finished() { finished_.store(true); }
+    void mark_finished();
 
     Engine & engine() { return *engine_; }
     const Engine * engine_id() const { return engine_.get(); }
@@ -62,6 +67,8 @@ private:
     std::atomic<bool> cancel_{false};
     std::atomic<bool> finished_{false};
     bool woken_ = false;  // a wake byte is outstanding (guarded by mutex_)
+    bool discard_ = false;
+    std::condition_variable finished_cv_;
 };
 
 }  // namespace mtpstream

@@ -11,7 +11,9 @@ namespace {
 const char * const replacement = "\xEF\xBF\xBD";  // U+FFFD
 
 // Length of the well-formed UTF-8 sequence starting at s[i] (Unicode Table 3-7);
-// 0 if s ends inside a sequence that could still become well-formed; -1 if ill-formed.
+// 0 if s ends inside a sequence that could still become well-formed; -m if
+// ill-formed, where m >= 1 is the length of the maximal subpart to replace with
+// one U+FFFD (the W3C/Unicode practice Python's decoder also follows).
 int sequence_length(const std::string & s, std::size_t i) {
     const auto b0 = static_cast<unsigned char>(s[i]);
     if (b0 < 0x80) {
@@ -47,7 +49,7 @@ int sequence_length(const std::string & s, std::size_t i) {
         const unsigned char l = k == 1 ? lo : 0x80;
         const unsigned char h = k == 1 ? hi : 0xBF;
         if (b < l || b > h) {
-            return -1;
+            return -k;
         }
     }
     return len;
@@ -72,7 +74,7 @@ std::string TextStream::push(const std::string & bytes) {
         }
         if (n < 0) {
             held_ += replacement;
-            i += 1;
+            i += static_cast<std::size_t>(-n);
         } else {
             held_.append(raw_, i, static_cast<std::size_t>(n));
             i += static_cast<std::size_t>(n);

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conftest import EXACT, Models, collect
 
 import mtpstream
 from mtpstream.testing import analytic_acceptance, expected_acceptance, load_spec
+
+from conftest import EXACT, Models, collect
 
 
 @pytest.mark.asyncio
@@ -50,5 +51,7 @@ async def test_eog_token_ends_with_eog_event(models: Models) -> None:
         last = events[-1]
         assert isinstance(last, mtpstream.EogEvent)
         assert last.token_id == spec.eos_token_id and model.is_eog(last.token_id)
-        assert not any(isinstance(e, mtpstream.TokenEvent) and e.token_id == spec.eos_token_id for e in events)
+        assert not any(
+            isinstance(e, mtpstream.TokenEvent) and e.token_id == spec.eos_token_id for e in events
+        )
         assert last.usage.completion_tokens == 0

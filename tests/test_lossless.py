@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import EXACT, Models, collect
 
 import mtpstream
+
+from conftest import EXACT, Models, collect
 
 N_TOKENS = 128
 
@@ -82,7 +83,7 @@ async def test_penalties_and_grammar_behave_as_plain(models: Models) -> None:
 
 
 def _first_diff(a: list[int], b: list[int]) -> int:
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return i
     return min(len(a), len(b))

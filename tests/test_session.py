@@ -7,9 +7,10 @@ import time
 
 import anyio
 import pytest
-from conftest import EXACT, Models, collect
 
 import mtpstream
+
+from conftest import EXACT, Models, collect
 
 PROMPT = "the river runs"
 
@@ -172,9 +173,10 @@ async def test_two_sessions_on_one_model_in_parallel(models: Models) -> None:
     model = models["qwen35-oracle"]
     ref = await _reference(model, PROMPT, 64)
     results: dict[int, list[int]] = {}
-    with mtpstream.init(model, n_draft=3, n_ctx=512, **EXACT) as a, mtpstream.init(
-        model, n_draft=3, n_ctx=512, **EXACT
-    ) as b:
+    with (
+        mtpstream.init(model, n_draft=3, n_ctx=512, **EXACT) as a,
+        mtpstream.init(model, n_draft=3, n_ctx=512, **EXACT) as b,
+    ):
 
         async def run(i: int, s: mtpstream.MTP) -> None:
             results[i], _ = await collect(s, PROMPT, max_tokens=64)

@@ -121,9 +121,7 @@ class Llama:
         out: np.ndarray = np.ctypeslib.as_array(ptr, shape=(self.n_vocab(model),)).copy()
         return out
 
-    def greedy(
-        self, model: Any, ctx: Any, prompt: list[int], n: int
-    ) -> tuple[list[int], list[float]]:
+    def greedy(self, model: Any, ctx: Any, prompt: list[int], n: int) -> tuple[list[int], list[float]]:
         """Plain greedy decoding: single-token llama_decode + argmax; returns tokens, margins."""
         arr = (self.lib.llama_token * len(prompt))(*prompt)
         assert self.lib.llama_decode(ctx, self.lib.llama_batch_get_one(arr, len(prompt))) == 0
@@ -151,9 +149,7 @@ class Llama:
                 assert idx == i
                 pos = lib.llama_pos(i)
                 assert lib.llama_batch_ext_set_pos(batch, idx, ctypes.byref(pos))
-                row = lib.llama_embd(
-                    hidden[i].ctypes.data_as(ctypes.POINTER(ctypes.c_float)), 1, n_embd
-                )
+                row = lib.llama_embd(hidden[i].ctypes.data_as(ctypes.POINTER(ctypes.c_float)), 1, n_embd)
                 assert lib.llama_batch_ext_set_embd_token(batch, idx, row)
                 assert lib.llama_batch_ext_set_output_logits(batch, idx, True)
             assert lib.llama_process(mctx, lib.LLAMA_PROCESS_TYPE_DECODE, batch) == 0
@@ -234,8 +230,7 @@ def test_concurrent_writers_are_safe(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "mtpstream.testing", "make", "--arch", "qwen35moe"]
     cmd += ["--cache-dir", str(tmp_path / "shared")]
     procs = [
-        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(3)
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)
     ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
@@ -295,9 +290,7 @@ def test_metadata_and_spec_round_trip(model_dir: Path, arch: Arch) -> None:
     assert plain.spec is not None and plain.spec.head is None
     assert plain.spec.succ == info.spec.succ  # the target does not depend on the head
 
-    side = load_model(
-        make_model(arch=arch, kind="sidecar", mtp_error_rate=0.3, seed=7, cache_dir=model_dir)
-    )
+    side = load_model(make_model(arch=arch, kind="sidecar", mtp_error_rate=0.3, seed=7, cache_dir=model_dir))
     assert side.spec == info.spec and side.n_layer_nextn == 1
 
     rnd = load_model(make_model(arch=arch, weights="random", cache_dir=model_dir))
@@ -320,9 +313,7 @@ def test_spec_structure() -> None:
     # head errors: the requested fraction of word classes, never equal to succ
     assert spec.head is not None
     wrong_words = [
-        w
-        for w in range(n_words)
-        if spec.head[vocab.word_spaced[w]] != spec.succ[vocab.word_spaced[w]]
+        w for w in range(n_words) if spec.head[vocab.word_spaced[w]] != spec.succ[vocab.word_spaced[w]]
     ]
     assert len(wrong_words) == round(0.2 * n_words)
     assert all(spec.head[t] != spec.succ[t] for t in spec.error_tokens)
@@ -483,9 +474,7 @@ def test_mtp_head_predicts_head_map(
     model = _load(llama, loaded, path)
     mctx = _ctx(llama, loaded, model, mtp=True)
     tokens = spec.chain(spec.chain_start, 96)
-    hidden = np.random.default_rng(0).standard_normal(
-        (len(tokens), llama.lib.llama_model_n_embd(model))
-    )
+    hidden = np.random.default_rng(0).standard_normal((len(tokens), llama.lib.llama_model_n_embd(model)))
     got = llama.mtp_argmax(model, mctx, tokens, hidden)
     want = [spec.head[t] for t in tokens]
     assert got == want

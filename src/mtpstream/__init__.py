@@ -1,9 +1,9 @@
 """mtpstream: Multi-Token-Prediction speculative decoding for GGUF models.
 
-    model = mtpstream.load_model("model-with-mtp.gguf")
-    with mtpstream.init(model, n_draft=3) as mtp:
-        async for piece in mtp.stream("Write a haiku about the sea:", max_tokens=64):
-            print(piece, end="")
+model = mtpstream.load_model("model-with-mtp.gguf")
+with mtpstream.init(model, n_draft=3) as mtp:
+    async for piece in mtp.stream("Write a haiku about the sea:", max_tokens=64):
+        print(piece, end="")
 """
 
 from __future__ import annotations

@@ -12,6 +12,6 @@ from __future__ import annotations
 
 import llama_cpp  # noqa: F401  (must precede _native: see the docstring)
 
-from . import _native
+from . import _native as _native
 
 __all__ = ["_native"]

@@ -65,8 +65,8 @@ _BY_CODE: dict[int, type[MTPError]] = {
 
 def from_native(exc: BaseException) -> MTPError:
     """Translate a ``NativeError(code, message)`` into the matching typed error."""
-    args = getattr(exc, "args", ())
+    args: tuple[object, ...] = tuple(getattr(exc, "args", ()))
     if len(args) == 2 and isinstance(args[0], int):
-        code, message = args
+        code, message = args[0], args[1]
         return _BY_CODE.get(code, MTPError)(str(message))
     return MTPError(str(exc))

@@ -230,7 +230,7 @@ class Model:
         ids = list(ids)
         for t in ids:
             self._check_token(t)
-        return str(self._handle.detokenize(ids))
+        return bytes(self._handle.detokenize(ids)).decode("utf-8", errors="replace")
 
     def token_to_piece(self, token_id: int) -> bytes:
         """The raw bytes of one token as generation renders it."""

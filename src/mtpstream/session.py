@@ -43,6 +43,8 @@ class MTP:
 
     def __init__(self, model: Model, draft_model: Model | None, options: SessionOptions, engine: Any):
         self._model = model
+        self._model_native: Any = model._handle  # keeps the weights alive after model.close()
+        self._n_vocab = model.n_vocab
         self._draft_model = draft_model
         self._options = options
         self._engine: Any = engine
@@ -110,20 +112,69 @@ class MTP:
         events = self.stream_events(prompt, **options)
         async with contextlib.aclosing(events):  # type: ignore[type-var]
             async for ev in events:
-                if isinstance(ev, TokenEvent):
-                    parts.append(ev.text)
-                elif isinstance(ev, (DoneEvent, EogEvent)):
+                if isinstance(ev, (TokenEvent, DoneEvent, EogEvent)):
                     parts.append(ev.text)
         return "".join(parts)
+
+    def _run_native(self, prompt: str | Sequence[int], **options: Any) -> tuple[Usage, str]:
+        """Run one generation to completion with events dropped natively (blocking).
+
+        For benchmarks: the same engine work as a stream, with no Python in the
+        loop at all. Returns the usage and the finish reason (``"eog"`` for EOG).
+        """
+        opts = validate(GenerationOptions, options)
+        tokens = self._prompt_tokens(prompt)
+        engine = self._live
+        seed = opts.seed if opts.seed is not None else int(_native.LLAMA_DEFAULT_SEED)
+        try:
+            job = engine.submit(
+                _runtime.get(),
+                tokens,
+                opts.max_tokens,
+                opts.temp,
+                opts.top_k,
+                opts.top_p,
+                opts.min_p,
+                seed,
+                opts.penalty_last_n,
+                opts.penalty_repeat,
+                opts.penalty_freq,
+                opts.penalty_present,
+                opts.grammar or "",
+                list(opts.stop),
+                0,
+                -1,
+                True,
+                _QUEUE_CAPACITY,
+                True,
+            )
+        except _native.NativeError as exc:
+            raise from_native(exc) from None
+        self._calls += 1
+        job.wait()
+        for kind, _tok, _text, reason, n_prompt, n_completion, drafts, accepted, error in job.drain():
+            if kind == _ERROR:
+                raise GenerationError(error)
+            if kind == _CANCELLED:
+                raise SessionClosedError("the generation was cancelled because the session was closed")
+            if kind in (_DONE, _EOG):
+                usage = Usage(
+                    prompt_tokens=n_prompt,
+                    completion_tokens=n_completion,
+                    drafts_generated=drafts,
+                    drafts_accepted=accepted,
+                )
+                return usage, ("eog" if kind == _EOG else reason)
+        raise GenerationError("the generation ended without a terminal event")
 
     def _prompt_tokens(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):
             if not prompt:
                 raise InvalidOptionError("prompt is empty", field="prompt")
-            tokens = self._model.tokenize(prompt, add_special=True, parse_special=True)
+            tokens = list(self._model_native.tokenize(prompt, True, True))
         elif isinstance(prompt, (list, tuple)):
             tokens = list(prompt)
-            n_vocab = self._model.n_vocab
+            n_vocab = self._n_vocab
             for i, t in enumerate(tokens):
                 if isinstance(t, bool) or not isinstance(t, int):
                     raise InvalidOptionError(
@@ -131,8 +182,7 @@ class MTP:
                     )
                 if not 0 <= t < n_vocab:
                     raise InvalidOptionError(
-                        f"prompt token {t} at index {i} is out of range for a vocabulary of "
-                        f"{n_vocab} tokens",
+                        f"prompt token {t} at index {i} is out of range for a vocabulary of {n_vocab} tokens",
                         field="prompt",
                     )
         else:
@@ -218,9 +268,24 @@ class _EventStream:
         seed = o.seed if o.seed is not None else int(_native.LLAMA_DEFAULT_SEED)
         try:
             self._job = engine.submit(
-                _runtime.get(), self._prompt, o.max_tokens, o.temp, o.top_k, o.top_p, o.min_p, seed,
-                o.penalty_last_n, o.penalty_repeat, o.penalty_freq, o.penalty_present, o.grammar or "",
-                list(o.stop), o.emit_stats_every, wfd, self._wait, _QUEUE_CAPACITY,
+                _runtime.get(),
+                self._prompt,
+                o.max_tokens,
+                o.temp,
+                o.top_k,
+                o.top_p,
+                o.min_p,
+                seed,
+                o.penalty_last_n,
+                o.penalty_repeat,
+                o.penalty_freq,
+                o.penalty_present,
+                o.grammar or "",
+                list(o.stop),
+                o.emit_stats_every,
+                wfd,
+                self._wait,
+                _QUEUE_CAPACITY,
             )
         except _native.NativeError as exc:
             rsock.close()
@@ -342,7 +407,9 @@ def _engine_args(opts: SessionOptions) -> dict[str, int]:
 
 def _check_models(model: Model, draft_model: Model | None, n_draft: int) -> None:
     if not isinstance(model, Model):
-        raise InvalidOptionError(f"model must be an mtpstream.Model, not {type(model).__name__}", field="model")
+        raise InvalidOptionError(
+            f"model must be an mtpstream.Model, not {type(model).__name__}", field="model"
+        )
     if model.closed:
         raise SessionClosedError("the model is closed")
     if model.is_sidecar:

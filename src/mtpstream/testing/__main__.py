@@ -17,9 +17,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mtpstream.testing", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
 
-    mk = sub.add_parser(
-        "make", help="write (or find in the cache) a synthetic model and print its path"
-    )
+    mk = sub.add_parser("make", help="write (or find in the cache) a synthetic model and print its path")
     mk.add_argument("--arch", choices=ARCHS, default="qwen35")
     mk.add_argument("--weights", choices=WEIGHTS, default="oracle")
     mk.add_argument("--size", choices=SIZES, default="tiny")

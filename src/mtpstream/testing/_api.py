@@ -61,12 +61,7 @@ def _normalize(
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if (
-        isinstance(seed, bool)
-        or not isinstance(seed, (int, np.integer))
-        or seed < 0
-        or seed >= 2**63
-    ):
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0 or seed >= 2**63:
         raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     rate = float(mtp_error_rate)
     if not 0.0 <= rate <= 1.0:
@@ -318,7 +313,5 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
         "size_bytes": os.path.getsize(path),
         "gguf_version": hdr.version,
         "metadata": kv,
-        "tensors": [
-            {"name": t.name, "shape": list(t.shape), "type": t.ggml_type} for t in hdr.tensors
-        ],
+        "tensors": [{"name": t.name, "shape": list(t.shape), "type": t.ggml_type} for t in hdr.tensors],
     }

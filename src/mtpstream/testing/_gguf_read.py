@@ -109,9 +109,7 @@ class _Cursor:
             if etype in _SCALARS:
                 size = _SCALARS[etype][1]
                 if decode:
-                    arr = np.frombuffer(
-                        self.buf, dtype=_NP_DTYPES[etype], count=count, offset=self.pos
-                    )
+                    arr = np.frombuffer(self.buf, dtype=_NP_DTYPES[etype], count=count, offset=self.pos)
                     out: Any = arr.copy()
                 else:
                     out = None
@@ -122,9 +120,7 @@ class _Cursor:
         raise ValueError(f"unknown GGUF value type {vtype}")
 
 
-def read_header(
-    path: str | os.PathLike[str], want: Callable[[str], bool] | None = None
-) -> GGUFHeader:
+def read_header(path: str | os.PathLike[str], want: Callable[[str], bool] | None = None) -> GGUFHeader:
     """Read the GGUF header of ``path``; decode keys for which ``want(key)`` is true."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size

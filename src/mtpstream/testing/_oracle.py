@@ -42,9 +42,7 @@ _STREAM_EMBED = 5
 
 def rng_for(seed: int, stream: int, name: str = "") -> np.random.Generator:
     """Independent deterministic random stream for ``(seed, stream, name)``."""
-    return np.random.default_rng(
-        np.random.SeedSequence([seed, stream, zlib.crc32(name.encode("utf-8"))])
-    )
+    return np.random.default_rng(np.random.SeedSequence([seed, stream, zlib.crc32(name.encode("utf-8"))]))
 
 
 @dataclass(frozen=True)
@@ -76,9 +74,7 @@ class OracleSpec:
         """Tokens after which the MTP head predicts something other than ``succ``."""
         if self.head is None:
             return frozenset()
-        return frozenset(
-            t for t, (s, h) in enumerate(zip(self.succ, self.head, strict=True)) if s != h
-        )
+        return frozenset(t for t, (s, h) in enumerate(zip(self.succ, self.head, strict=True)) if s != h)
 
     def chain(self, start: int, n: int) -> list[int]:
         """The ``n`` tokens greedy decoding emits after ``start`` (stops after EOS)."""

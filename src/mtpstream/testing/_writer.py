@@ -107,9 +107,7 @@ class _Builder:
     def linear(self, name: str, n_out: int, n_in: int) -> TensorPlan:
         """A projection with standard ``1/sqrt(fan_in)`` init."""
         shape = (n_out, n_in)
-        return TensorPlan(
-            name, shape, self.matrix_type(), self.normal(name, shape, 1.0 / math.sqrt(n_in))
-        )
+        return TensorPlan(name, shape, self.matrix_type(), self.normal(name, shape, 1.0 / math.sqrt(n_in)))
 
     def out_proj(self, name: str, shape: tuple[int, ...]) -> TensorPlan:
         """A projection back into the residual stream: zero for oracle weights."""
@@ -235,9 +233,7 @@ class _Builder:
             )
         yield self.out_proj(p + "ffn_down_exps.weight", (c.n_expert, c.n_embd, c.n_ff_exp))
         sg = p + "ffn_gate_inp_shexp.weight"
-        yield TensorPlan(
-            sg, (c.n_embd,), "f32", self.normal(sg, (c.n_embd,), 1.0 / math.sqrt(c.n_embd))
-        )
+        yield TensorPlan(sg, (c.n_embd,), "f32", self.normal(sg, (c.n_embd,), 1.0 / math.sqrt(c.n_embd)))
         yield self.linear(p + "ffn_gate_shexp.weight", c.n_ff_shexp, c.n_embd)
         yield self.linear(p + "ffn_up_shexp.weight", c.n_ff_shexp, c.n_embd)
         yield self.out_proj(p + "ffn_down_shexp.weight", (c.n_embd, c.n_ff_shexp))
@@ -299,9 +295,7 @@ class _Builder:
         return out
 
 
-def _add_metadata(
-    w: gguf.GGUFWriter, req: ModelRequest, vocab: Vocab, layout: OracleLayout | None
-) -> None:
+def _add_metadata(w: gguf.GGUFWriter, req: ModelRequest, vocab: Vocab, layout: OracleLayout | None) -> None:
     c = req.cfg
     a = c.arch
     w.add_string("general.name", f"mtpstream synthetic {a} {c.size} {req.weights} {req.kind}")
@@ -374,9 +368,7 @@ def _encode(plan: TensorPlan) -> np.ndarray:
         return np.ascontiguousarray(data, dtype=np.float32)
     if plan.qtype == "f16":
         return np.ascontiguousarray(data, dtype=np.float16)
-    q = gguf.quants.quantize(
-        np.ascontiguousarray(data, dtype=np.float32), gguf.GGMLQuantizationType.Q8_0
-    )
+    q = gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), gguf.GGMLQuantizationType.Q8_0)
     return np.ascontiguousarray(q)
 
 
@@ -389,9 +381,7 @@ def write_model(req: ModelRequest, path: str | os.PathLike[str]) -> None:
     try:
         _add_metadata(w, req, vocab, builder.layout)
         for p in plans:
-            w.add_tensor_info(
-                p.name, p.shape, np.dtype(np.float32), p.nbytes, raw_dtype=_GGML_TYPES[p.qtype]
-            )
+            w.add_tensor_info(p.name, p.shape, np.dtype(np.float32), p.nbytes, raw_dtype=_GGML_TYPES[p.qtype])
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()

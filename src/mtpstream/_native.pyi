@@ -1,0 +1,85 @@
+# Type stubs of the nanobind extension (native/bindings.cpp). Private API.
+from collections.abc import Callable, Sequence
+from typing import Any
+
+LLAMA_DEFAULT_SEED: int
+
+class NativeError(RuntimeError): ...
+
+def llama_backend_info() -> str: ...
+def llama_supports_gpu_offload() -> bool: ...
+def llama_max_devices() -> int: ...
+def llama_model_load_from_file_address() -> int: ...
+
+class LogBridge:
+    def __init__(self) -> None: ...
+    def install(self) -> None: ...
+    def set_min_level(self, level: int) -> None: ...
+    def drain(self) -> list[tuple[int, str]]: ...
+
+class Model:
+    @staticmethod
+    def load(
+        path: str,
+        n_gpu_layers: int | None,
+        load_mtp: bool,
+        use_mmap: bool,
+        progress: Callable[[float], object] | None,
+    ) -> Model: ...
+    path: str
+    load_mtp: bool
+    n_vocab: int
+    n_embd: int
+    n_embd_out: int
+    n_layer: int
+    n_layer_nextn: int
+    n_ctx_train: int
+    size_bytes: int
+    n_params: int
+    description: str
+    chat_template: str
+    bos: int
+    eos: int
+    def metadata(self) -> list[tuple[str, str]]: ...
+    def meta(self, key: str) -> str | None: ...
+    def is_eog(self, token: int) -> bool: ...
+    def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]: ...
+    def detokenize(self, ids: Sequence[int]) -> bytes: ...
+    def token_to_piece(self, token: int) -> bytes: ...
+
+class Runtime:
+    def __init__(self) -> None: ...
+    def pending(self, engine: Engine) -> int: ...
+
+EventTuple = tuple[int, int, bytes, str, int, int, int, int, str]
+
+class Job:
+    finished: bool
+    def drain(self) -> list[EventTuple]: ...
+    def cancel(self) -> None: ...
+    def wait(self) -> None: ...
+
+class Engine:
+    @staticmethod
+    def create(
+        target: Model,
+        draft: Model | None,
+        n_draft: int,
+        n_ctx: int,
+        n_batch: int,
+        n_ubatch: int,
+        n_threads: int,
+        n_threads_batch: int,
+        flash_attn: int,
+        type_k: int,
+        type_v: int,
+        offload_kqv: int,
+    ) -> Engine: ...
+    n_draft: int
+    n_ctx: int
+    n_batch: int
+    n_ubatch: int
+    closed: bool
+    def stats(self) -> tuple[int, ...]: ...
+    def submit(self, runtime: Runtime, *args: Any, **kwargs: Any) -> Job: ...
+    def close(self, runtime: Runtime) -> None: ...
