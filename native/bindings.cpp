@@ -175,7 +175,8 @@ NB_MODULE(_native, m) {
     nb::class_<EngineHandle>(m, "Engine")
         .def_static(
             "create",
-            [](const ModelHandle & target, const ModelHandle * draft, int n_draft, int n_ctx, int n_batch,
+            [](const ModelHandle & target, const ModelHandle * draft, int n_draft, bool auto_draft, int n_ctx,
+               int n_batch,
                int n_ubatch, int n_threads, int n_threads_batch, int flash_attn, int type_k, int type_v,
                int offload_kqv) {
                 ContextOptions c;
@@ -192,16 +193,17 @@ NB_MODULE(_native, m) {
                 std::shared_ptr<Engine> e;
                 {
                     nb::gil_scoped_release release;
-                    e = Engine::create(target.p, draft != nullptr ? draft->p : nullptr, n_draft, c, st);
+                    e = Engine::create(target.p, draft != nullptr ? draft->p : nullptr, n_draft, auto_draft, c, st);
                 }
                 if (!e) {
                     raise_status(st);
                 }
                 return EngineHandle{std::move(e)};
             },
-            "target"_a, "draft"_a.none(), "n_draft"_a, "n_ctx"_a, "n_batch"_a, "n_ubatch"_a, "n_threads"_a,
+            "target"_a, "draft"_a.none(), "n_draft"_a, "auto_draft"_a, "n_ctx"_a, "n_batch"_a, "n_ubatch"_a, "n_threads"_a,
             "n_threads_batch"_a, "flash_attn"_a, "type_k"_a, "type_v"_a, "offload_kqv"_a)
         .def_prop_ro("n_draft", [](const EngineHandle & h) { return h.p->n_draft(); })
+        .def_prop_ro("auto_draft", [](const EngineHandle & h) { return h.p->auto_draft(); })
         .def_prop_ro("n_ctx", [](const EngineHandle & h) { return h.p->n_ctx(); })
         .def_prop_ro("n_batch", [](const EngineHandle & h) { return h.p->n_batch(); })
         .def_prop_ro("n_ubatch", [](const EngineHandle & h) { return h.p->n_ubatch(); })

@@ -79,7 +79,7 @@ llama_batch Batch::view(bool with_hidden) {
 
 std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> target,
                                        std::shared_ptr<Model> draft_model, int32_t n_draft,
-                                       const ContextOptions & copts, Status & status) {
+                                       bool auto_draft, const ContextOptions & copts, Status & status) {
     std::shared_ptr<Engine> e(new Engine());
     e->target_ = std::move(target);
     e->n_draft_ = n_draft;
@@ -161,6 +161,9 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> target,
         e->batch_dft_ = std::make_unique<Batch>(e->n_batch_, e->n_embd_);
         e->drafts_.reserve(static_cast<size_t>(n_draft));
         e->rows_.resize(static_cast<size_t>(n_draft + 1) * static_cast<size_t>(e->n_embd_));
+    }
+    if (auto_draft && speculative) {
+        e->auto_ = std::make_unique<AutoDraft>(n_draft);
     }
     e->stats_.n_draft.store(n_draft);
     return e;
@@ -383,8 +386,12 @@ void Engine::decode_step(Job & job) {
         return;
     }
     const bool speculative = ctx_dft_ != nullptr;
-    int32_t k = speculative ? std::min({n_draft_, remaining - 1, room - 1}) : 0;
+    const int32_t k_max = auto_ ? auto_->choose() : n_draft_;
+    int32_t k = speculative ? std::min({k_max, remaining - 1, room - 1}) : 0;
     k = std::max(k, 0);
+    if (auto_) {
+        stats_.n_draft.store(k_max, std::memory_order_relaxed);
+    }
     llama_memory_t mem_tgt = llama_get_memory(ctx_tgt_.get());
 
     // 1. draft with the MTP head
@@ -454,7 +461,8 @@ void Engine::decode_step(Job & job) {
         batch_tgt_->add(drafts_[static_cast<size_t>(j)], g.n_past + 1 + j, true);
     }
     const int32_t rc = llama_decode(ctx_tgt_.get(), batch_tgt_->view(false));
-    SessionStats::add(stats_.t_verify_us, elapsed(t_v));
+    const uint64_t t_verify = elapsed(t_v);
+    SessionStats::add(stats_.t_verify_us, t_verify);
     if (rc != 0) {
         if (rc == 2 || job.cancel_requested()) {
             finish_cancelled(job);
@@ -495,6 +503,9 @@ void Engine::decode_step(Job & job) {
     SessionStats::add(stats_.drafts_accepted, static_cast<uint64_t>(n_acc));
     g.drafts += k;
     g.accepted += n_acc;
+    if (auto_) {
+        auto_->observe(k, n_acc, static_cast<double>(t_draft), static_cast<double>(t_verify));
+    }
 
     // 4. roll back rejected positions and bring the draft state to the accepted one
     const int64_t t_c = now_us();

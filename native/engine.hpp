@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "auto_draft.hpp"
 #include "events.hpp"
 #include "generation.hpp"
 #include "llama.h"
@@ -54,9 +55,10 @@ private:
 class Engine {
 public:
     // n_draft = 0: plain decoding (no draft context). draft_model null: the target's own head.
+    // auto_draft: n_draft is the longest draft; each iteration picks its own length.
     static std::shared_ptr<Engine> create(std::shared_ptr<Model> target,
                                           std::shared_ptr<Model> draft_model, int32_t n_draft,
-                                          const ContextOptions & copts, Status & status);
+                                          bool auto_draft, const ContextOptions & copts, Status & status);
     ~Engine();
     Engine(const Engine &) = delete;
     Engine & operator=(const Engine &) = delete;
@@ -70,6 +72,7 @@ public:
 
     const SessionStats & stats() const { return stats_; }
     int32_t n_draft() const { return n_draft_; }
+    bool auto_draft() const { return auto_ != nullptr; }
     int32_t n_ctx() const { return n_ctx_; }
     int32_t n_batch() const { return n_batch_; }
     int32_t n_ubatch() const { return n_ubatch_; }
@@ -108,6 +111,7 @@ private:
     std::unique_ptr<Batch> batch_dft_;
     std::vector<llama_token> drafts_;
     std::vector<float> rows_;  // target hidden rows of the last verify
+    std::unique_ptr<AutoDraft> auto_;
     SessionStats stats_;
     std::atomic<bool> closed_{false};
     std::atomic<const std::atomic<bool> *> abort_flag_{nullptr};

@@ -87,3 +87,18 @@ def _first_diff(a: list[int], b: list[int]) -> int:
         if x != y:
             return i
     return min(len(a), len(b))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("name", ["qwen35-oracle", "qwen35-oracle-0", "qwen35-random"])
+async def test_auto_draft_is_lossless_and_adapts(models: Models, name: str) -> None:
+    model = models[name]
+    prompt = model.tokenize("the old man and the sea went")
+    base = await _plain(model, prompt, max_tokens=400)
+    with mtpstream.init(model, n_draft="auto", n_ctx=1024, **EXACT) as mtp:
+        assert mtp.auto_draft and mtp.n_draft == 6
+        ids, done = await collect(mtp, prompt, max_tokens=400)
+        assert 0 <= mtp.stats().n_draft <= 6
+    assert ids == base
+    # it probes draft lengths 1, 6 and 0 first, so it always drafted something
+    assert done.usage.drafts_generated >= 7

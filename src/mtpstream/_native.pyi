@@ -65,6 +65,7 @@ class Engine:
         target: Model,
         draft: Model | None,
         n_draft: int,
+        auto_draft: bool,
         n_ctx: int,
         n_batch: int,
         n_ubatch: int,
@@ -76,6 +77,7 @@ class Engine:
         offload_kqv: int,
     ) -> Engine: ...
     n_draft: int
+    auto_draft: bool
     n_ctx: int
     n_batch: int
     n_ubatch: int

@@ -29,6 +29,8 @@ from .stats import MTPStats, Usage
 __all__ = ["MTP", "init"]
 
 _QUEUE_CAPACITY = 512
+# the longest draft n_draft="auto" may choose
+AUTO_MAX_DRAFT = 6
 # event kinds (native/events.hpp)
 _TOKEN, _STATS, _DONE, _EOG, _ERROR, _CANCELLED = range(6)
 
@@ -58,8 +60,13 @@ class MTP:
 
     @property
     def n_draft(self) -> int:
-        """Draft tokens per iteration (0: plain decoding)."""
+        """Draft tokens per iteration (0: plain decoding); with ``auto``, the longest allowed."""
         return int(self._live.n_draft)
+
+    @property
+    def auto_draft(self) -> bool:
+        """True if the draft length adapts (``n_draft="auto"``); see ``stats().n_draft``."""
+        return bool(self._live.auto_draft)
 
     @property
     def n_ctx(self) -> int:
@@ -465,23 +472,21 @@ def init(
 
     ``n_draft >= 1`` drafts that many tokens per iteration with the model's MTP
     head (or ``draft_model``, an MTP sidecar GGUF); ``n_draft=0`` is plain
-    decoding through the same engine. Context options: ``n_threads,
+    decoding through the same engine; ``n_draft="auto"`` picks the length of each
+    draft (0..6) from the measured acceptance and costs. Context options: ``n_threads,
     n_threads_batch, n_batch, n_ubatch, flash_attn, type_k, type_v, offload_kqv``.
     """
     opts = validate(SessionOptions, {"n_draft": n_draft, "n_ctx": n_ctx, **context_options})
-    if opts.n_draft == "auto":
-        raise InvalidOptionError(
-            "n_draft='auto' is not available in this release; pass an int (2-3 is usually best)",
-            field="n_draft",
-        )
-    assert isinstance(opts.n_draft, int)
-    _check_models(model, draft_model, opts.n_draft)
-    draft_native = draft_model._handle if (draft_model is not None and opts.n_draft > 0) else None
+    auto = opts.n_draft == "auto"
+    n_max = AUTO_MAX_DRAFT if auto else opts.n_draft
+    assert isinstance(n_max, int)
+    _check_models(model, draft_model, n_max)
+    draft_native = draft_model._handle if (draft_model is not None and n_max > 0) else None
     _logging.sync_level()
     try:
-        engine = _native.Engine.create(model._handle, draft_native, opts.n_draft, **_engine_args(opts))
+        engine = _native.Engine.create(model._handle, draft_native, n_max, auto, **_engine_args(opts))
     except _native.NativeError as exc:
         _logging.flush()
         raise from_native(exc) from None
     _logging.flush()
-    return MTP(model, draft_model if opts.n_draft > 0 else None, opts, engine)
+    return MTP(model, draft_model if n_max > 0 else None, opts, engine)

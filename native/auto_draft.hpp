@@ -1,0 +1,107 @@
+// n_draft="auto": picks the draft length of each iteration from the measured
+// acceptance and the measured costs of drafting and verifying.
+//
+// With per-position acceptance probability p (a draft is accepted given the ones
+// before it were), an iteration with k drafts emits 1 + p + ... + p^k tokens on
+// average and costs k draft steps plus one (k+1)-token verify. We pick the k with
+// the most tokens per microsecond. Costs are running averages per k; verify costs
+// of k values not measured yet come from a least-squares line through the measured
+// ones. A few probes at the start and one every `probe_every` iterations keep the
+// estimates fresh, so a session can move between "plain" and "long drafts".
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace mtpstream {
+
+class AutoDraft {
+public:
+    explicit AutoDraft(int max_k) : max_k_(max_k), verify_us_(static_cast<size_t>(max_k) + 1, -1.0) {}
+
+    int max_k() const { return max_k_; }
+
+    int choose() {
+        ++iter_;
+        // initial probes: one draft, the longest draft, no draft
+        const int probes[] = {1, max_k_, 0};
+        for (int k : probes) {
+            if (verify_us_[static_cast<size_t>(k)] < 0.0) {
+                return k;
+            }
+        }
+        int best = best_k();
+        if (iter_ % probe_every == 0) {
+            // alternate probing one below and one above the current choice
+            const int step = (iter_ / probe_every) % 2 == 0 ? 1 : -1;
+            best = std::clamp(best + step, 0, max_k_);
+        }
+        return best;
+    }
+
+    void observe(int k, int n_accepted, double draft_us, double verify_us) {
+        constexpr double decay = 0.98;
+        constexpr double alpha = 0.2;
+        if (k > 0) {
+            successes_ = successes_ * decay + n_accepted;
+            trials_ = trials_ * decay + n_accepted + (n_accepted < k ? 1 : 0);
+            const double per_step = draft_us / k;
+            draft_step_us_ = draft_step_us_ < 0.0 ? per_step : draft_step_us_ + alpha * (per_step - draft_step_us_);
+        }
+        double & v = verify_us_[static_cast<size_t>(k)];
+        v = v < 0.0 ? verify_us : v + alpha * (verify_us - v);
+    }
+
+    double acceptance() const { return (successes_ + 1.0) / (trials_ + 2.0); }
+
+private:
+    static constexpr int64_t probe_every = 48;
+
+    int best_k() const {
+        // least-squares line through the measured verify costs
+        double n = 0, sx = 0, sy = 0, sxx = 0, sxy = 0;
+        for (int k = 0; k <= max_k_; ++k) {
+            const double v = verify_us_[static_cast<size_t>(k)];
+            if (v >= 0.0) {
+                n += 1;
+                sx += k;
+                sy += v;
+                sxx += static_cast<double>(k) * k;
+                sxy += k * v;
+            }
+        }
+        const double den = n * sxx - sx * sx;
+        const double slope = den > 0.0 ? (n * sxy - sx * sy) / den : 0.0;
+        const double icpt = n > 0.0 ? (sy - slope * sx) / n : 1.0;
+        const double p = acceptance();
+        const double d = std::max(draft_step_us_, 0.0);
+        int best = 0;
+        double best_rate = -1.0;
+        double expected = 0.0;  // 1 + p + ... + p^k
+        double pk = 1.0;
+        for (int k = 0; k <= max_k_; ++k) {
+            expected += pk;
+            pk *= p;
+            double v = verify_us_[static_cast<size_t>(k)];
+            if (v < 0.0) {
+                v = std::max(icpt + slope * k, 1.0);
+            }
+            const double rate = expected / (d * k + v);
+            if (rate > best_rate) {
+                best_rate = rate;
+                best = k;
+            }
+        }
+        return best;
+    }
+
+    int max_k_;
+    std::vector<double> verify_us_;
+    double draft_step_us_ = -1.0;
+    double successes_ = 0.0;
+    double trials_ = 0.0;
+    int64_t iter_ = 0;
+};
+
+}  // namespace mtpstream
