@@ -26,6 +26,7 @@ PROMPT = "the river runs"
         ({"type_k": "q9_9"}, "type_k"),
         ({"flash_attn": "yes"}, "flash_attn"),
         ({"bogus_option": 1}, "bogus_option"),
+        ({"type_v": "q8_0", "flash_attn": False}, "type_v"),
     ],
 )
 def test_bad_session_options(oracle: mtpstream.Model, kwargs: dict[str, Any], field: str) -> None:

@@ -36,11 +36,22 @@ def sync_level() -> None:
     _bridge.set_min_level(_ggml_level(logger.getEffectiveLevel()))
 
 
-def flush() -> None:
-    """Forward buffered llama.cpp log lines to the logger."""
+def flush() -> list[str]:
+    """Forward buffered llama.cpp log lines to the logger; return the error lines."""
+    errors: list[str] = []
     for level, line in _bridge.drain():
         logger.log(_GGML_TO_PY.get(level, logging.INFO), "%s", line)
+        if level >= 4:
+            errors.append(line.strip())
     sync_level()
+    return errors
+
+
+def with_errors(message: str, errors: list[str]) -> str:
+    """``message`` followed by llama.cpp's own error lines, if it logged any."""
+    if not errors:
+        return message
+    return f"{message}: " + " / ".join(errors[-3:])
 
 
 sync_level()

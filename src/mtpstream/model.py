@@ -267,8 +267,8 @@ def load_model(
     try:
         native = _native.Model.load(str(p), n_gpu_layers, bool(load_mtp), bool(use_mmap), progress)
     except _native.NativeError as exc:
-        _logging.flush()
         err = from_native(exc)
-        raise ModelLoadError(f"{err} [architecture '{info.arch}']") from None
+        message = _logging.with_errors(f"{err} [architecture '{info.arch}']", _logging.flush())
+        raise ModelLoadError(message) from None
     _logging.flush()
     return Model(native, info, p)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InvalidOptionError
 
@@ -43,6 +43,12 @@ class SessionOptions(_Strict):
     type_k: KVType | None = None
     type_v: KVType | None = None
     offload_kqv: bool | None = None
+
+    @model_validator(mode="after")
+    def _quantized_v_needs_flash_attn(self) -> SessionOptions:
+        if self.type_v not in (None, "f32", "f16", "bf16") and self.flash_attn is False:
+            raise ValueError("a quantized V cache (type_v) requires flash attention; drop flash_attn=False")
+        return self
 
     @field_validator("n_draft")
     @classmethod
@@ -109,6 +115,8 @@ def validate(model: type[M], values: dict[str, Any]) -> M:
         return model.model_validate(values)
     except ValidationError as exc:
         err = exc.errors()[0]
+        if not err["loc"] and "type_v" in err["msg"]:
+            err["loc"] = ("type_v",)
         field = ".".join(str(p) for p in err["loc"]) or None
         if err["type"] == "extra_forbidden":
             msg = f"unknown option '{field}'"

@@ -486,7 +486,7 @@ def init(
     try:
         engine = _native.Engine.create(model._handle, draft_native, n_max, auto, **_engine_args(opts))
     except _native.NativeError as exc:
-        _logging.flush()
-        raise from_native(exc) from None
+        err = from_native(exc)
+        raise type(err)(_logging.with_errors(str(err), _logging.flush())) from None
     _logging.flush()
     return MTP(model, draft_model if n_max > 0 else None, opts, engine)
