@@ -418,12 +418,7 @@ void Engine::decode_step(Job & job) {
         for (int32_t j = 0; j < k; ++j) {
             const int32_t rc = llama_decode(dft, batch_dft_->view(true));
             if (rc != 0) {
-                if (rc == 2 || job.cancel_requested()) {
-                    finish_cancelled(job);
-                } else {
-                    finish(job, EventKind::error, "", -1,
-                           "llama_decode failed on the draft context (code " + std::to_string(rc) + ")");
-                }
+                fail_decode(job, rc, "draft");
                 return;
             }
             if (j == 0) {
@@ -464,12 +459,7 @@ void Engine::decode_step(Job & job) {
     const uint64_t t_verify = elapsed(t_v);
     SessionStats::add(stats_.t_verify_us, t_verify);
     if (rc != 0) {
-        if (rc == 2 || job.cancel_requested()) {
-            finish_cancelled(job);
-        } else {
-            finish(job, EventKind::error, "", -1,
-                   "llama_decode failed on the target context (code " + std::to_string(rc) + ")");
-        }
+        fail_decode(job, rc, "target");
         return;
     }
 
@@ -611,6 +601,16 @@ void Engine::finish(Job & job, EventKind kind, const std::string & reason, llama
     g.phase = Generation::Phase::finished;
     job.push(std::move(ev));
     job.mark_finished();
+}
+
+void Engine::fail_decode(Job & job, int32_t rc, const char * which) {
+    // 2 = aborted by the abort callback, i.e. the job was cancelled
+    if (rc == 2 || job.cancel_requested()) {
+        finish_cancelled(job);
+    } else {
+        finish(job, EventKind::error, "", -1,
+               std::string("llama_decode failed on the ") + which + " context (code " + std::to_string(rc) + ")");
+    }
 }
 
 void Engine::finish_cancelled(Job & job) { finish(job, EventKind::cancelled, "cancelled", -1); }

@@ -94,6 +94,7 @@ private:
     void emit_token(Job & job, llama_token tok, bool & ended);
     void finish(Job & job, EventKind kind, const std::string & reason, llama_token tok,
                 const std::string & error = "");
+    void fail_decode(Job & job, int32_t rc, const char * which);
     Usage usage(const Generation & g) const;
     static bool abort_cb(void * data);
 
