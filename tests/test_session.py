@@ -228,3 +228,14 @@ async def test_trio_stream_cancel_and_reuse(oracle: mtpstream.Model, anyio_backe
         assert ids == ref
         text = await mtp.generate(PROMPT, max_tokens=32)
         assert text == oracle.detokenize(ref)
+
+
+@pytest.mark.asyncio
+async def test_break_out_of_text_stream_cancels_at_once(oracle: mtpstream.Model) -> None:
+    with mtpstream.init(oracle, n_draft=3, n_ctx=4096) as mtp:
+        async for _piece in mtp.stream(PROMPT, max_tokens=3000):
+            break
+        ids, _ = await collect(mtp, PROMPT, max_tokens=8)
+        assert len(ids) == 8
+        # the abandoned call stopped long before its 3000 tokens
+        assert mtp.stats().tokens_emitted < 1000

@@ -102,16 +102,14 @@ class MTP:
         tokens = self._prompt_tokens(prompt)
         return _EventStream(self, tokens, opts, wait)
 
-    async def stream(self, prompt: str | Sequence[int], **options: Any) -> AsyncIterator[str]:
-        """Generate from ``prompt``, yielding non-empty pieces of text."""
-        events = self.stream_events(prompt, **options)
-        async with contextlib.aclosing(events):  # type: ignore[type-var]
-            async for ev in events:
-                if isinstance(ev, TokenEvent):
-                    if ev.text:
-                        yield ev.text
-                elif isinstance(ev, (DoneEvent, EogEvent)) and ev.text:
-                    yield ev.text
+    def stream(self, prompt: str | Sequence[int], **options: Any) -> AsyncIterator[str]:
+        """Generate from ``prompt``, yielding non-empty pieces of text.
+
+        Same options as :meth:`stream_events`; leaving the loop early cancels the
+        generation at once (the iterator is a plain object, not an async
+        generator, so nothing waits for garbage collection).
+        """
+        return _TextStream(self.stream_events(prompt, **options))
 
     async def generate(self, prompt: str | Sequence[int], **options: Any) -> str:
         """Generate from ``prompt`` and return the whole text."""
@@ -396,6 +394,26 @@ class _EventStream:
         sock = self._sock
         if sock is not None:
             sock.close()
+
+
+class _TextStream:
+    """The async iterator behind :meth:`MTP.stream`: the non-empty texts of an event stream."""
+
+    def __init__(self, events: AsyncIterator[Event]) -> None:
+        self._events = events
+
+    def __aiter__(self) -> _TextStream:
+        return self
+
+    async def __anext__(self) -> str:
+        while True:
+            ev = await self._events.__anext__()
+            if isinstance(ev, (TokenEvent, DoneEvent, EogEvent)) and ev.text:
+                return ev.text
+
+    async def aclose(self) -> None:
+        """Stop the generation and wait until the worker has acknowledged it."""
+        await self._events.aclose()  # type: ignore[attr-defined]
 
 
 def _engine_args(opts: SessionOptions) -> dict[str, int]:
