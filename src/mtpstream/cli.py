@@ -1,5 +1,8 @@
-"""The ``mtpstream`` command: ``mtpstream demo`` streams an MTP generation from a
-synthetic model (or ``--model PATH``) and compares it with plain decoding."""
+"""The ``mtpstream`` command.
+
+``mtpstream demo`` streams an MTP generation from a synthetic model (or
+``--model PATH``) and compares it with plain decoding; ``mtpstream bench``
+measures MTP against plain decoding (see ``mtpstream bench --help``)."""
 
 from __future__ import annotations
 
@@ -113,7 +116,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--max-tokens", type=int, default=64)
     demo.add_argument("--prompt", default="The quiet river carried")
     demo.set_defaults(func=_cmd_demo)
-    args = parser.parse_args(argv)
+    bench = sub.add_parser(
+        "bench", help="benchmark MTP against plain decoding (see `mtpstream bench --help`)", add_help=False
+    )
+    bench.set_defaults(func=None)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        from . import bench as bench_module
+
+        return bench_module.main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return int(args.func(args))
 
 

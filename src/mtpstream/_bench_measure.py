@@ -1,0 +1,518 @@
+"""Benchmark measurements: the n_draft grid, time to first token, the async layer,
+``stats()`` latency and the cost of idle sessions.
+
+Private to :mod:`mtpstream.bench`. Every function here measures and returns raw
+figures; deriving speedups, ideal bounds and verdicts is :mod:`._bench_report`'s job.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import anyio
+
+from ._bench_env import (
+    CpuSnapshot,
+    paired_ratios,
+    peak_rss_bytes,
+    percentiles_us,
+    reset_peak_rss,
+    summarize,
+)
+from .errors import MTPError
+from .events import DoneEvent, EogEvent, TokenEvent
+from .model import Model
+from .session import MTP, init
+from .stats import MTPStats
+
+__all__ = [
+    "DraftKey",
+    "Level",
+    "Log",
+    "RunSample",
+    "Settings",
+    "async_layer",
+    "company_cost",
+    "draft_label",
+    "generation_prompt",
+    "grid",
+    "long_prompt",
+    "open_session",
+    "row_summary",
+    "stats_latency",
+    "ttft_grid",
+]
+
+DraftKey = Union[int, Literal["auto"]]  # noqa: UP007
+"""An ``n_draft`` value: a draft length or ``"auto"``."""
+
+Log = Callable[[str], None]
+
+_TIMING_FIELDS = ("draft", "verify", "sample", "ckpt", "other", "total", "prefill")
+_TEXT = (
+    "The quiet river carried the last light of the evening past the old mill, "
+    "where a keeper wrote down the names of the boats and the weather of the day. "
+)
+
+
+def draft_label(k: DraftKey) -> str:
+    """The JSON key of an ``n_draft`` value."""
+    return str(k)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much to measure (see ``mtpstream bench --help``)."""
+
+    n_drafts: tuple[int, ...]
+    runs: int
+    warmup: int
+    tokens: int
+    threads: int
+    n_ctx: int
+    ttft_prompt_tokens: int
+    ref_n_draft: int
+    company: tuple[int, ...] = (0, 1, 3)
+    stats_interval_s: float = 0.0005
+    flash_attn: bool | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """Every setting, JSON-able."""
+        return {
+            "n_drafts": list(self.n_drafts),
+            "runs": self.runs,
+            "warmup": self.warmup,
+            "tokens": self.tokens,
+            "n_threads": self.threads,
+            "n_ctx": self.n_ctx,
+            "ttft_prompt_tokens": self.ttft_prompt_tokens,
+            "ref_n_draft": self.ref_n_draft,
+            "company_idle_sessions": list(self.company),
+            "stats_poll_interval_s": self.stats_interval_s,
+            "flash_attn": self.flash_attn,
+            "sampling": "greedy (temp=0)",
+        }
+
+
+@dataclass(frozen=True)
+class Level:
+    """One acceptance level: a model file and what is known about its MTP head."""
+
+    name: str
+    weights: str
+    """``"oracle"``, ``"random"`` or ``"file"`` (a user-supplied GGUF)."""
+    path: Path
+    mtp_error_rate: float | None = None
+    chain_start: int | None = None
+    oracle_chain: tuple[int, ...] = ()
+    """For oracle models: the target's greedy chain after ``chain_start``."""
+
+    @property
+    def nominal_acceptance(self) -> float | None:
+        """Per-draft-token agreement of the oracle head (``1 - mtp_error_rate``)."""
+        return None if self.mtp_error_rate is None else round(1.0 - self.mtp_error_rate, 4)
+
+    def as_json(self) -> dict[str, Any]:
+        """Identity of the level, JSON-able."""
+        return {
+            "name": self.name,
+            "weights": self.weights,
+            "mtp_error_rate": self.mtp_error_rate,
+            "nominal_acceptance": self.nominal_acceptance,
+            "model_path": str(self.path),
+            "model_file_bytes": self.path.stat().st_size if self.path.exists() else None,
+        }
+
+
+def generation_prompt(level: Level, model: Model) -> list[int]:
+    """A short prompt: the oracle's chain start, or a sentence of text."""
+    if level.chain_start is not None:
+        return [level.chain_start]
+    return model.tokenize(_TEXT.split(",")[0], add_special=True)
+
+
+def long_prompt(level: Level, model: Model, n_tokens: int) -> list[int]:
+    """A prompt of exactly ``n_tokens`` tokens (for time to first token)."""
+    if level.chain_start is not None and len(level.oracle_chain) >= n_tokens - 1:
+        return [level.chain_start, *level.oracle_chain[: n_tokens - 1]]
+    tokens = model.tokenize(_TEXT, add_special=True)
+    body = model.tokenize(_TEXT, add_special=False) or tokens
+    while len(tokens) < n_tokens:
+        tokens.extend(body)
+    return tokens[:n_tokens]
+
+
+def open_session(model: Model, k: DraftKey, settings: Settings) -> MTP:
+    """An MTP session with the benchmark's context options."""
+    return init(
+        model, n_draft=k, n_ctx=settings.n_ctx, n_threads=settings.threads, flash_attn=settings.flash_attn
+    )
+
+
+# --------------------------------------------------------------------- one run
+@dataclass
+class RunSample:
+    """One generation: wall time, the session's counters over it, and the machine's load."""
+
+    wall_s: float
+    completion_tokens: int
+    finish_reason: str
+    iters: int
+    drafts_generated: int
+    drafts_accepted: int
+    timing_us: dict[str, int]
+    peak_rss_bytes: int
+    foreign_cpu_cores: float = 0.0
+    """Other processes' CPU use during the run, in cores (0 on a quiet machine)."""
+    steal_cores: float = 0.0
+
+    @property
+    def decode_tokens_per_sec(self) -> float:
+        """Tokens after the first over decode time (the engine's ``tokens_per_sec``)."""
+        total = self.timing_us["total"]
+        return (self.completion_tokens - 1) / (total / 1e6) if total > 0 else 0.0
+
+    @property
+    def wall_tokens_per_sec(self) -> float:
+        """Tokens over the wall time of the whole call (prefill included)."""
+        return self.completion_tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+    def per_iter_us(self, phase: str) -> float | None:
+        """Time of ``phase`` per decode iteration in this run."""
+        return self.timing_us[phase] / self.iters if self.iters else None
+
+
+def _delta(before: MTPStats, after: MTPStats) -> dict[str, Any]:
+    t0, t1 = before.timing_us, after.timing_us
+    timing = {f: getattr(t1, f) - getattr(t0, f) for f in _TIMING_FIELDS}
+    # "other" is derived; recompute it from this run's deltas (the first token's
+    # sampling is counted in "sample" but happens during prefill, outside "total")
+    phases = sum(timing[f] for f in ("draft", "verify", "sample", "ckpt"))
+    timing["other"] = max(0, timing["total"] - phases)
+    return {
+        "iters": after.iters - before.iters,
+        "drafts_generated": after.drafts_generated - before.drafts_generated,
+        "drafts_accepted": after.drafts_accepted - before.drafts_accepted,
+        "timing_us": timing,
+    }
+
+
+def run_native(mtp: MTP, prompt: Sequence[int], tokens: int) -> RunSample:
+    """One generation with events dropped natively (no Python in the loop)."""
+    reset_peak_rss()
+    before = mtp.stats()
+    cpu0 = CpuSnapshot.take()
+    usage, reason = mtp._run_native(list(prompt), max_tokens=tokens)
+    cpu = CpuSnapshot.take().since(cpu0)
+    d = _delta(before, mtp.stats())
+    return RunSample(
+        wall_s=cpu["wall_s"],
+        completion_tokens=usage.completion_tokens,
+        finish_reason=reason,
+        peak_rss_bytes=peak_rss_bytes(),
+        foreign_cpu_cores=cpu["foreign_cpu_cores"],
+        steal_cores=cpu["steal_cores"],
+        **d,
+    )
+
+
+def _rotated(items: Sequence[Any], shift: int) -> list[Any]:
+    """``items`` rotated left by ``shift`` (so each item takes every position in turn)."""
+    if not items:
+        return []
+    s = shift % len(items)
+    return [*items[s:], *items[:s]]
+
+
+# --------------------------------------------------------------------- the grid
+def grid(
+    sessions: dict[DraftKey, MTP], prompt: Sequence[int], settings: Settings, log: Log
+) -> dict[DraftKey, list[RunSample]]:
+    """``runs`` interleaved rounds over every (warm) session, the order rotated per round."""
+    keys = list(sessions)
+    samples: dict[DraftKey, list[RunSample]] = {k: [] for k in keys}
+    for r in range(settings.runs):
+        for k in _rotated(keys, r):
+            samples[k].append(run_native(sessions[k], prompt, settings.tokens))
+        last = "  ".join(f"k={draft_label(k)}:{samples[k][-1].decode_tokens_per_sec:.1f}" for k in keys)
+        busy = max(samples[k][-1].foreign_cpu_cores for k in keys)
+        log(f"    round {r + 1}/{settings.runs}  tok/s {last}  (other processes: {busy:.2f} cores)")
+    return samples
+
+
+def _median_per_iter(samples: Sequence[RunSample], phase: str) -> float | None:
+    values = [v for v in (s.per_iter_us(phase) for s in samples) if v is not None]
+    return round(statistics.median(values), 1) if values else None
+
+
+def row_summary(samples: Sequence[RunSample]) -> dict[str, Any]:
+    """Everything one (level, n_draft) cell reports."""
+    iters = sum(s.iters for s in samples)
+    gen = sum(s.drafts_generated for s in samples)
+    acc = sum(s.drafts_accepted for s in samples)
+    timing = {f: sum(s.timing_us[f] for s in samples) for f in _TIMING_FIELDS}
+    per_iter = {f: _median_per_iter(samples, f) for f in _TIMING_FIELDS if f != "prefill"}
+    per_iter["prefill_per_run"] = round(statistics.median(s.timing_us["prefill"] for s in samples), 1)
+    return {
+        "tokens_per_sec": summarize([s.decode_tokens_per_sec for s in samples], 2),
+        "wall_tokens_per_sec": summarize([s.wall_tokens_per_sec for s in samples], 2),
+        "acceptance_rate": round(acc / gen, 4) if gen else None,
+        "accepted_per_iter": round(acc / iters, 4) if iters else None,
+        "tokens_per_iter": round((acc + iters) / iters, 4) if iters else None,
+        "iters": iters,
+        "drafts_generated": gen,
+        "drafts_accepted": acc,
+        "completion_tokens": sum(s.completion_tokens for s in samples),
+        "finish_reasons": sorted({s.finish_reason for s in samples}),
+        "timing_us": timing,
+        "timing_us_per_iter": per_iter,
+        "timing_note": "timing_us: sums over the measured runs; timing_us_per_iter: median over "
+        "runs of each run's time per iteration (prefill: per run)",
+        "peak_rss_bytes": max((s.peak_rss_bytes for s in samples), default=None),
+        "foreign_cpu_cores": summarize([s.foreign_cpu_cores for s in samples], 3),
+        "steal_cores_max": max((s.steal_cores for s in samples), default=None),
+        "runs": [
+            {
+                "tokens_per_sec": round(s.decode_tokens_per_sec, 3),
+                "verify_us_per_iter": _round(s.per_iter_us("verify")),
+                "draft_us_per_iter": _round(s.per_iter_us("draft")),
+                "foreign_cpu_cores": s.foreign_cpu_cores,
+            }
+            for s in samples
+        ],
+    }
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 1)
+
+
+# --------------------------------------------------------------------- first token
+async def _first_token(mtp: MTP, prompt: Sequence[int]) -> float:
+    t0 = time.perf_counter()
+    first: float | None = None
+    async for ev in mtp.stream_events(list(prompt), max_tokens=1):
+        if isinstance(ev, TokenEvent) and first is None:
+            first = time.perf_counter() - t0
+    if first is None:
+        raise MTPError("the generation produced no token")
+    return first
+
+
+def ttft_once(mtp: MTP, prompt: Sequence[int]) -> tuple[float, int]:
+    """Seconds to the first TokenEvent under asyncio, and the engine's prefill time (µs)."""
+    before = mtp.stats().timing_us.prefill
+    reset_peak_rss()
+    s = anyio.run(_first_token, mtp, prompt, backend="asyncio")
+    return s, mtp.stats().timing_us.prefill - before
+
+
+def ttft_grid(
+    sessions: dict[DraftKey, MTP], prompt: Sequence[int], settings: Settings, log: Log
+) -> dict[str, Any]:
+    """Time to first token on a long prompt for every session, interleaved."""
+    keys = list(sessions)
+    for k in keys:
+        for _ in range(settings.warmup):
+            ttft_once(sessions[k], prompt)
+    ttft: dict[DraftKey, list[float]] = {k: [] for k in keys}
+    prefill: dict[DraftKey, list[float]] = {k: [] for k in keys}
+    rss: dict[DraftKey, int] = {k: 0 for k in keys}
+    for r in range(settings.runs):
+        for k in _rotated(keys, r):
+            s, p_us = ttft_once(sessions[k], prompt)
+            ttft[k].append(s * 1000)
+            prefill[k].append(p_us / 1000)
+            rss[k] = max(rss[k], peak_rss_bytes())
+    log("    ttft ms " + "  ".join(f"k={draft_label(k)}:{statistics.median(ttft[k]):.0f}" for k in keys))
+    return {
+        "prompt_tokens": len(prompt),
+        "by_n_draft": {
+            draft_label(k): {
+                "ttft_ms": summarize(ttft[k], 2),
+                "engine_prefill_ms": summarize(prefill[k], 2),
+                "peak_rss_bytes": rss[k],
+            }
+            for k in keys
+        },
+    }
+
+
+# --------------------------------------------------------------------- async layer
+async def _consume(mtp: MTP, prompt: Sequence[int], tokens: int) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    n = 0
+    async for ev in mtp.stream_events(list(prompt), max_tokens=tokens):
+        if isinstance(ev, TokenEvent):
+            n += 1
+        elif isinstance(ev, (DoneEvent, EogEvent)):
+            n = ev.usage.completion_tokens
+    return time.perf_counter() - t0, n
+
+
+def _consume_once(mtp: MTP, prompt: Sequence[int], tokens: int, mode: str) -> tuple[float, int]:
+    """Wall seconds and completion tokens of one generation consumed in ``mode``."""
+    if mode == "native":
+        t0 = time.perf_counter()
+        usage, _ = mtp._run_native(list(prompt), max_tokens=tokens)
+        return time.perf_counter() - t0, usage.completion_tokens
+    return anyio.run(_consume, mtp, prompt, tokens, backend=mode)
+
+
+def async_layer(mtp: MTP, prompt: Sequence[int], settings: Settings, log: Log) -> dict[str, Any]:
+    """The same generation consumed natively, under asyncio and under trio, interleaved."""
+    modes = ("native", "asyncio", "trio")
+    for mode in modes:
+        for _ in range(settings.warmup):
+            _consume_once(mtp, prompt, settings.tokens, mode)
+    tps: dict[str, list[float]] = {m: [] for m in modes}
+    counts: dict[str, set[int]] = {m: set() for m in modes}
+    for r in range(settings.runs):
+        for mode in _rotated(modes, r):
+            wall, n = _consume_once(mtp, prompt, settings.tokens, mode)
+            tps[mode].append(n / wall)
+            counts[mode].add(n)
+    med = {m: statistics.median(tps[m]) for m in modes}
+    log("    async tok/s " + "  ".join(f"{m}:{med[m]:.1f}" for m in modes))
+    return {
+        "n_draft": mtp.n_draft,
+        "metric": "completion tokens / wall seconds of the whole call (prefill included)",
+        "modes": {
+            m: {"tokens_per_sec": summarize(tps[m], 2), "completion_tokens": sorted(counts[m])}
+            for m in modes
+        },
+        "asyncio_over_native_paired": paired_ratios(tps["asyncio"], tps["native"]),
+        "trio_over_native_paired": paired_ratios(tps["trio"], tps["native"]),
+        "asyncio_over_native": paired_ratios(tps["asyncio"], tps["native"])["median"],
+        "trio_over_native": paired_ratios(tps["trio"], tps["native"])["median"],
+        "ratio_note": "median over rounds of the ratio within a round (runs interleaved)",
+    }
+
+
+# --------------------------------------------------------------------- stats() latency
+def _timed_stats(mtp: MTP) -> int:
+    t0 = time.perf_counter_ns()
+    mtp.stats()
+    return time.perf_counter_ns() - t0
+
+
+async def _stream_with_task_poller(
+    mtp: MTP, prompt: Sequence[int], tokens: int, interval: float
+) -> list[int]:
+    samples: list[int] = []
+    done = anyio.Event()
+
+    async def poll() -> None:
+        while not done.is_set():
+            samples.append(_timed_stats(mtp))
+            await anyio.sleep(interval)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(poll)
+        await _consume(mtp, prompt, tokens)
+        done.set()
+    return samples
+
+
+@contextmanager
+def _thread_poller(mtp: MTP, interval: float) -> Iterator[list[int]]:
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            samples.append(_timed_stats(mtp))
+            time.sleep(interval)
+
+    th = threading.Thread(target=poll, name="bench-stats-poller", daemon=True)
+    th.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        th.join()
+
+
+def stats_latency(mtp: MTP, prompt: Sequence[int], settings: Settings, log: Log) -> dict[str, Any]:
+    """``stats()`` latency while an asyncio stream runs: from another task, another thread."""
+    task: list[int] = []
+    thread: list[int] = []
+    interval = settings.stats_interval_s
+    for _ in range(max(1, settings.runs // 2)):
+        task += anyio.run(_stream_with_task_poller, mtp, prompt, settings.tokens, interval)
+        with _thread_poller(mtp, interval) as samples:
+            anyio.run(_consume, mtp, prompt, settings.tokens, backend="asyncio")
+        thread += samples
+    out: dict[str, Any] = {
+        "n_draft": mtp.n_draft,
+        "poll_interval_s": interval,
+        "from_task": percentiles_us(task),
+        "from_thread": percentiles_us(thread),
+    }
+    log(
+        f"    stats() p99: task {out['from_task']['p99_us']} us, "
+        f"thread {out['from_thread']['p99_us']} us"
+    )
+    return out
+
+
+# --------------------------------------------------------------------- idle company
+@dataclass
+class _Company:
+    """Idle sessions kept alive next to the measured one."""
+
+    model: Model
+    k: DraftKey
+    settings: Settings
+    prompt: Sequence[int]
+    alive: list[MTP] = field(default_factory=list)
+
+    def __enter__(self) -> _Company:
+        return self
+
+    def grow(self, n: int) -> None:
+        """Open ``n`` sessions, run each once (so its contexts are warm), leave them idle."""
+        for _ in range(n):
+            s = open_session(self.model, self.k, self.settings)
+            self.alive.append(s)
+            s._run_native(list(self.prompt), max_tokens=4)
+
+    def __exit__(self, *exc: object) -> None:
+        for s in self.alive:
+            s.close()
+        self.alive.clear()
+
+
+def company_cost(
+    model: Model, prompt: Sequence[int], settings: Settings, log: Log
+) -> dict[str, Any]:
+    """Decode speed of one session with 0, 1, 3... other sessions alive but idle."""
+    k = settings.ref_n_draft
+    counts = settings.company
+    tps: dict[int, list[float]] = {n: [] for n in counts}
+    with open_session(model, k, settings) as main:
+        for _ in range(settings.warmup):
+            run_native(main, prompt, settings.tokens)
+        for r in range(settings.runs):
+            for n in _rotated(counts, r):
+                with _Company(model, k, settings, prompt) as company:
+                    company.grow(n)
+                    tps[n].append(run_native(main, prompt, settings.tokens).decode_tokens_per_sec)
+    paired = {n: paired_ratios(tps[n], tps[counts[0]]) for n in counts}
+    log("    company tok/s " + "  ".join(f"{n} idle:{statistics.median(tps[n]):.1f}" for n in counts))
+    return {
+        "n_draft": k,
+        "by_idle_sessions": {
+            str(n): {"tokens_per_sec": summarize(tps[n], 2), f"over_{counts[0]}_paired": paired[n]}
+            for n in counts
+        },
+        "ratio_vs_alone": {str(n): paired[n]["median"] for n in counts},
+        "ratio_note": "median over rounds of the ratio within a round (runs interleaved)",
+    }

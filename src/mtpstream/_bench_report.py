@@ -1,0 +1,383 @@
+"""Benchmark analysis and output: speedups, the ideal bound, targets, table, plot, JSON.
+
+Private to :mod:`mtpstream.bench`. Works on the JSON-able dictionaries the
+measurements produce, so a saved result can be re-analysed.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ._bench_env import paired_ratios
+
+__all__ = [
+    "IDEAL_METHOD",
+    "TARGET_THRESHOLDS",
+    "add_derived",
+    "evaluate_targets",
+    "format_summary",
+    "plot",
+    "ttft_ratios",
+    "write_json",
+]
+
+IDEAL_METHOD = (
+    "Runs are interleaved in rounds (every n_draft once per round, order rotated), and ratios "
+    "are paired: computed within a round, then the median over rounds is reported. "
+    "speedup(k) = decode tokens/s at k / at n_draft=0. ideal speedup(k) = tokens_per_iter(k) "
+    "* plain_step_us / (verify_batch_us(k) + draft_us_per_iter(k)), where plain_step_us is the "
+    "verify (single-token decode) time per iteration at n_draft=0, verify_batch_us(k) the "
+    "verify time per iteration at k (a k+1-token batch), draft_us_per_iter(k) the draft time "
+    "per iteration (draft_step_us(k) = draft time / drafts_generated) and tokens_per_iter(k) = "
+    "(drafts_accepted + iters) / iters, all from the engine's timing_us in the same run: the "
+    "speedup a loop with no cost besides its decodes would reach at the measured acceptance. "
+    "efficiency = speedup / ideal speedup. ideal_speedup_flat_verify uses plain_step_us in "
+    "place of verify_batch_us(k): the bound if a (k+1)-token batch cost what one token costs."
+)
+
+TARGET_THRESHOLDS: dict[str, float] = {
+    "async_asyncio_over_native": 0.98,
+    "async_trio_over_native": 0.97,
+    "efficiency_at_best_n_draft": 0.90,
+    "full_acceptance_best_over_plain": 1.10,
+    "random_auto_over_plain": 0.97,
+    "stats_p99_us": 50.0,
+    "ttft_mtp_over_plain": 1.10,
+    "idle_company_over_alone": 0.97,
+}
+
+
+# --------------------------------------------------------------------- derived figures
+def _series(row: dict[str, Any], field: str) -> list[float]:
+    """One per-run figure of a cell, in round order (missing values as 0)."""
+    return [float(r[field] or 0.0) for r in row["runs"]]
+
+
+def _cell_costs(row: dict[str, Any], plain_step_us: float | None) -> dict[str, Any]:
+    """Costs of one (level, n_draft) cell (medians over runs, µs)."""
+    verify = row["timing_us_per_iter"].get("verify")
+    draft = row["timing_us_per_iter"].get("draft")
+    gen = row["drafts_generated"]
+    tpi = row["tokens_per_iter"]
+    flat = None
+    if plain_step_us and draft is not None and tpi:
+        flat = round(tpi * plain_step_us / (plain_step_us + draft), 4)
+    return {
+        "verify_batch_us": verify,
+        "draft_us_per_iter": draft,
+        "draft_step_us": round(row["timing_us"]["draft"] / gen, 1) if gen else None,
+        "verify_over_plain_step": round(verify / plain_step_us, 4) if verify and plain_step_us else None,
+        "ideal_speedup_flat_verify": flat,
+    }
+
+
+def _paired(row: dict[str, Any], plain: dict[str, Any]) -> dict[str, Any]:
+    """Speedup, ideal speedup and efficiency of a cell, paired round by round with plain."""
+    tpi = row["tokens_per_iter"] or 0.0
+    rounds = zip(
+        _series(row, "tokens_per_sec"),
+        _series(row, "verify_us_per_iter"),
+        _series(row, "draft_us_per_iter"),
+        _series(plain, "tokens_per_sec"),
+        _series(plain, "verify_us_per_iter"),
+        strict=True,
+    )
+    speed: list[float] = []
+    ideal: list[float] = []
+    for tps, verify, draft, p_tps, p_step in rounds:
+        if p_tps and verify + draft and tpi:
+            speed.append(tps / p_tps)
+            ideal.append(tpi * p_step / (verify + draft))
+    eff = [sp / i for sp, i in zip(speed, ideal, strict=True) if i]
+
+    def med(values: list[float]) -> float | None:
+        return round(statistics.median(values), 4) if values else None
+
+    return {
+        "speedup": med(speed),
+        "speedup_min": round(min(speed), 4) if speed else None,
+        "speedup_max": round(max(speed), 4) if speed else None,
+        "ideal_speedup": med(ideal),
+        "efficiency": med(eff),
+    }
+
+
+def _best_key(rows: dict[str, Any]) -> str | None:
+    """The fixed n_draft >= 1 with the highest (paired, median) speedup."""
+    fixed = {
+        k: float(r["speedup"])
+        for k, r in rows.items()
+        if k.isdigit() and int(k) >= 1 and r.get("speedup") is not None
+    }
+    return max(fixed, key=lambda k: fixed[k]) if fixed else None
+
+
+def add_derived(level: dict[str, Any]) -> None:
+    """Add costs, speedups, the ideal bound and efficiency to a level's rows (in place)."""
+    rows: dict[str, Any] = level["rows"]
+    plain = rows.get("0")
+    plain_step = plain["timing_us_per_iter"].get("verify") if plain else None
+    for row in rows.values():
+        row.update(_cell_costs(row, plain_step))
+        if plain is not None:
+            row.update(_paired(row, plain))
+    best = _best_key(rows)
+    level["costs"] = {
+        "plain_step_us": plain_step,
+        "verify_batch_us": {k: r["verify_batch_us"] for k, r in rows.items() if k != "0"},
+        "draft_step_us": {k: r["draft_step_us"] for k, r in rows.items() if k != "0"},
+    }
+    level["best_n_draft"] = int(best) if best is not None else None
+    level["best_speedup"] = rows[best]["speedup"] if best else None
+    level["efficiency_at_best"] = rows[best]["efficiency"] if best else None
+
+
+# --------------------------------------------------------------------- targets
+def _verdict(
+    description: str, measured: Any, ok: bool | None, threshold: float, note: str = ""
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "target": description,
+        "threshold": threshold,
+        "measured": measured,
+        "pass": ok,
+    }
+    if note:
+        out["note"] = note
+    return out
+
+
+def _t_async(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    a = result["async_layer"]
+    t_b, t_c = TARGET_THRESHOLDS["async_asyncio_over_native"], TARGET_THRESHOLDS["async_trio_over_native"]
+    b, c = a["asyncio_over_native"], a["trio_over_native"]
+    return {
+        "async_asyncio_over_native": _verdict("(b) asyncio / (a) native >= 0.98", b, b >= t_b, t_b),
+        "async_trio_over_native": _verdict("(c) trio / (a) native >= 0.97", c, c >= t_c, t_c),
+    }
+
+
+def _t_efficiency(result: dict[str, Any]) -> dict[str, Any]:
+    t = TARGET_THRESHOLDS["efficiency_at_best_n_draft"]
+    measured = {lv["name"]: lv["efficiency_at_best"] for lv in result["levels"]}
+    values = [v for v in measured.values() if v is not None]
+    ok = bool(values) and all(v >= t for v in values)
+    return _verdict(
+        "efficiency >= 0.90 of the ideal at every acceptance level, at its best n_draft >= 1",
+        measured,
+        ok if values else None,
+        t,
+    )
+
+
+def _full_level(result: dict[str, Any]) -> dict[str, Any] | None:
+    levels: list[dict[str, Any]] = result["levels"]
+    return next((lv for lv in levels if lv.get("nominal_acceptance") == 1.0), None)
+
+
+def _t_full(result: dict[str, Any]) -> dict[str, Any]:
+    t = TARGET_THRESHOLDS["full_acceptance_best_over_plain"]
+    desc = (
+        "at ~100% acceptance, best n_draft clearly faster than plain: faster in every round "
+        "and the median (paired) ratio >= 1.10"
+    )
+    lv = _full_level(result)
+    if lv is None or lv["best_n_draft"] is None:
+        return _verdict(desc, None, None, t, "no ~100% acceptance level in this run")
+    best = lv["rows"][str(lv["best_n_draft"])]
+    ratio, worst = best["speedup"], best["speedup_min"]
+    measured = {"n_draft": lv["best_n_draft"], "ratio": ratio, "worst_round": worst}
+    return _verdict(desc, measured, bool(ratio and ratio >= t and worst and worst > 1.0), t)
+
+
+def _t_random_auto(result: dict[str, Any]) -> dict[str, Any]:
+    t = TARGET_THRESHOLDS["random_auto_over_plain"]
+    desc = 'random weights: n_draft="auto" >= 0.97x plain decode speed'
+    lv = next((x for x in result["levels"] if x["weights"] == "random"), None)
+    if lv is None:
+        return _verdict(desc, None, None, t, "no random-weights level in this run")
+    row = lv["rows"].get("auto")
+    if row is None:
+        return _verdict(desc, None, None, t, "n_draft='auto' unavailable: " + lv["auto"]["reason"])
+    ratio = row["speedup"]
+    return _verdict(desc, ratio, bool(ratio is not None and ratio >= t), t)
+
+
+def _t_stats(result: dict[str, Any]) -> dict[str, Any]:
+    t = TARGET_THRESHOLDS["stats_p99_us"]
+    s = result["stats_latency"]
+    measured = {"from_task": s["from_task"]["p99_us"], "from_thread": s["from_thread"]["p99_us"]}
+    values = [v for v in measured.values() if v is not None]
+    ok = bool(values) and all(v < t for v in values)
+    return _verdict("stats() p99 < 50 us (from another task and from another thread)", measured, ok, t)
+
+
+def _t_ttft(result: dict[str, Any]) -> dict[str, Any]:
+    t = TARGET_THRESHOLDS["ttft_mtp_over_plain"]
+    r = result["ttft"]
+    measured = {"pooled": r["mtp_over_plain"], "worst_n_draft": r["worst_mtp_over_plain"]}
+    ok = r["mtp_over_plain"] is not None and r["mtp_over_plain"] <= t
+    return _verdict(
+        "time to first token (512-token prompt) with MTP <= 1.10x plain",
+        measured,
+        ok,
+        t,
+        "pooled: per round, mean TTFT over every n_draft >= 1 / plain; median over rounds",
+    )
+
+
+def _t_company(result: dict[str, Any]) -> dict[str, Any]:
+    t = TARGET_THRESHOLDS["idle_company_over_alone"]
+    ratios = {k: v for k, v in result["company"]["ratio_vs_alone"].items() if k != "0"}
+    ok = all(v >= t for v in ratios.values()) if ratios else None
+    return _verdict(
+        "no measurable slowdown with idle sessions alive (median paired ratio >= 0.97)",
+        ratios,
+        ok,
+        t,
+    )
+
+
+def evaluate_targets(result: dict[str, Any]) -> dict[str, Any]:
+    """Every target of the issue, with measured figures and a pass flag (None: not measurable)."""
+    targets: dict[str, Any] = {}
+    targets.update(_t_async(result))
+    targets["efficiency_at_best_n_draft"] = _t_efficiency(result)
+    targets["full_acceptance_best_over_plain"] = _t_full(result)
+    targets["random_auto_over_plain"] = _t_random_auto(result)
+    targets["stats_p99_us"] = _t_stats(result)
+    targets["ttft_mtp_over_plain"] = _t_ttft(result)
+    targets["idle_company_over_alone"] = _t_company(result)
+    return targets
+
+
+def ttft_ratios(ttft: dict[str, Any]) -> None:
+    """Add MTP / plain time-to-first-token ratios (paired by round) to a TTFT result."""
+    by = ttft["by_n_draft"]
+    plain = by.get("0", {}).get("ttft_ms", {}).get("values", [])
+    per_k = {k: r["ttft_ms"]["values"] for k, r in by.items() if k != "0"}
+    if not plain or not per_k:
+        ttft["mtp_over_plain"] = ttft["worst_mtp_over_plain"] = None
+        return
+    ratios = {k: paired_ratios(v, plain) for k, v in per_k.items()}
+    pooled = [statistics.mean(vals) for vals in zip(*per_k.values(), strict=True)]
+    ttft["mtp_over_plain_by_n_draft"] = {k: r["median"] for k, r in ratios.items()}
+    ttft["mtp_over_plain_paired"] = paired_ratios(pooled, plain)
+    ttft["mtp_over_plain"] = ttft["mtp_over_plain_paired"]["median"]
+    ttft["worst_mtp_over_plain"] = max(r["median"] for r in ratios.values())
+    ttft["ratio_note"] = (
+        "pooled: per round, the mean TTFT over every n_draft >= 1 divided by plain's; median over rounds"
+    )
+
+
+# --------------------------------------------------------------------- console summary
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _level_table(lv: dict[str, Any]) -> list[str]:
+    head = (
+        f"  {'n_draft':>7} {'tok/s':>6} {'min-max':>11} {'speedup':>7} {'ideal':>6} {'effic.':>6} "
+        f"{'accept':>6} {'tok/it':>6} {'verify':>7} {'V/plain':>7} {'draft':>6} {'flat':>5} {'sessMB':>6}"
+    )
+    out = [f"{lv['name']}  (nominal acceptance {lv['nominal_acceptance']}; times in us)", head]
+    rss = lv.get("session_rss_bytes", {})
+    for k, r in lv["rows"].items():
+        t = r["tokens_per_sec"]
+        mb = rss[k] / 2**20 if rss.get(k) is not None else None
+        out.append(
+            f"  {k:>7} {_fmt(t['median'], '6.1f')} {_fmt(t['min'], '5.1f')}-{_fmt(t['max'], '<5.1f')} "
+            f"{_fmt(r['speedup'], '7.2f')} {_fmt(r['ideal_speedup'], '6.2f')} "
+            f"{_fmt(r['efficiency'], '6.2f')} {_fmt(r['acceptance_rate'], '6.3f')} "
+            f"{_fmt(r['tokens_per_iter'], '6.2f')} {_fmt(r['verify_batch_us'], '7.0f')} "
+            f"{_fmt(r['verify_over_plain_step'], '7.2f')} {_fmt(r['draft_step_us'], '6.0f')} "
+            f"{_fmt(r['ideal_speedup_flat_verify'], '5.2f')} {_fmt(mb, '6.0f')}"
+        )
+    return out
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    """The human-readable report printed at the end of a run."""
+    lines: list[str] = []
+    for lv in result["levels"]:
+        lines += _level_table(lv)
+        lines.append("")
+    a, s, c, t = result["async_layer"], result["stats_latency"], result["company"], result["ttft"]
+    lines.append(
+        f"async layer (n_draft={a['n_draft']}): asyncio/native {a['asyncio_over_native']:.3f}, "
+        f"trio/native {a['trio_over_native']:.3f}"
+    )
+    lines.append(
+        f"stats() latency: task p50/p99/max {s['from_task']['p50_us']}/{s['from_task']['p99_us']}/"
+        f"{s['from_task']['max_us']} us; thread {s['from_thread']['p50_us']}/"
+        f"{s['from_thread']['p99_us']}/{s['from_thread']['max_us']} us"
+    )
+    lines.append(f"idle company (ratio vs alone): {c['ratio_vs_alone']}")
+    lines.append(
+        f"time to first token ({t['prompt_tokens']} tokens): MTP/plain {t['mtp_over_plain']} "
+        f"(worst n_draft {t['worst_mtp_over_plain']})"
+    )
+    lines.append("targets:")
+    for name, v in result["targets"].items():
+        flag = {True: "PASS", False: "FAIL", None: "n/a "}[v["pass"]]
+        lines.append(f"  [{flag}] {name}: {v['measured']}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------- plot and JSON
+def _import_pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot(result: dict[str, Any], path: Path, log: Callable[[str], None]) -> Path | None:
+    """Speedup vs n_draft, one line per acceptance level, the ideal bound dashed."""
+    try:
+        plt = _import_pyplot()
+    except ImportError:
+        log("note: matplotlib is not installed; skipping the plot (pip install matplotlib)")
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for i, lv in enumerate(result["levels"]):
+        ks = sorted(int(k) for k in lv["rows"] if k.isdigit())
+        rows = [lv["rows"][str(k)] for k in ks]
+        color = f"C{i}"
+        speed = [r["speedup"] for r in rows]
+        err = [
+            [r["speedup"] - r["speedup_min"] for r in rows],
+            [r["speedup_max"] - r["speedup"] for r in rows],
+        ]
+        ideal = [r["ideal_speedup"] for r in rows]
+        ax.errorbar(ks, speed, yerr=err, fmt="o-", color=color, capsize=3, label=f"{lv['name']} measured")
+        ax.plot(ks, ideal, "--", color=color, alpha=0.7, label=f"{lv['name']} ideal")
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xlabel("n_draft")
+    ax.set_ylabel("decode speedup vs plain (n_draft=0)")
+    ax.set_title(
+        f"mtpstream MTP speedup vs plain ({result['settings']['tokens']} tokens; "
+        f"median of {result['settings']['runs']} paired rounds, min-max bars)",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_json(result: dict[str, Any], path: Path) -> Path:
+    """Write ``result`` as indented JSON (atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(path)
+    return path

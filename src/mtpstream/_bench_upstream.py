@@ -1,0 +1,215 @@
+"""Optional comparison with upstream ``llama-server --spec-type draft-mtp``.
+
+Private to :mod:`mtpstream.bench`. Builds ``llama-server`` once from the
+llama.cpp vendored in the llama-cpp-python 0.3.36 sdist (fetched with ``pip
+download`` into the cache when absent), then, per level and ``n_draft``, runs
+the same greedy generation on the server and on mtpstream, alternating run by
+run so drift hits both sides alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ._bench_env import summarize
+from ._bench_measure import Level, Settings, generation_prompt, open_session, run_native
+from .model import load_model
+
+__all__ = ["compare"]
+
+Log = Callable[[str], None]
+
+_PACKAGE = "llama-cpp-python"
+_VERSION = "0.3.36"
+_SRC_ENV = "MTPSTREAM_LLAMA_CPP_SRC"
+"""Optional: an already unpacked llama.cpp source tree to build from."""
+_HEALTH_TIMEOUT_S = 180.0
+
+
+def _cache_root() -> Path:
+    from .testing import default_cache_dir
+
+    return default_cache_dir().parent / "upstream"
+
+
+def _run(cmd: Sequence[str], log: Log, cwd: Path | None = None) -> None:
+    log("    $ " + " ".join(cmd))
+    subprocess.run(list(cmd), cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+
+
+def _extract(archive: Path, dest: Path) -> None:
+    with tarfile.open(archive) as tf:
+        if hasattr(tarfile, "data_filter"):
+            tf.extractall(dest, filter="data")
+        else:  # pragma: no cover - Python without extraction filters
+            for member in tf.getmembers():
+                if member.name.startswith("/") or ".." in Path(member.name).parts:
+                    raise RuntimeError(f"unsafe path in {archive.name}: {member.name}")
+            tf.extractall(dest)
+
+
+def _source_dir(root: Path, log: Log) -> Path:
+    """The vendored llama.cpp tree: ``$MTPSTREAM_LLAMA_CPP_SRC``, the cache, or a fresh sdist."""
+    env = os.environ.get(_SRC_ENV)
+    if env:
+        return Path(env)
+    src = root / f"llama_cpp_python-{_VERSION}" / "vendor" / "llama.cpp"
+    if (src / "CMakeLists.txt").exists():
+        return src
+    sdist = root / "sdist"
+    sdist.mkdir(parents=True, exist_ok=True)
+    log(f"  fetching the {_PACKAGE}=={_VERSION} sdist")
+    _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+          f"{_PACKAGE}=={_VERSION}", "-d", str(sdist)], log)
+    archive = next(sdist.glob(f"llama_cpp_python-{_VERSION}.tar.gz"))
+    _extract(archive, root)
+    return src
+
+
+def _server_binary(root: Path, threads: int, log: Log) -> Path:
+    """Build ``llama-server`` (once) and return its path."""
+    build = root / "build"
+    exe = build / "bin" / "llama-server"
+    if exe.exists():
+        return exe
+    src = _source_dir(root, log)
+    log(f"  building llama-server from {src} (once; several minutes)")
+    if shutil.which("cmake") is None:
+        raise RuntimeError("cmake is required for --with-upstream")
+    _run(["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+          "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+          "-DLLAMA_CURL=OFF", "-DBUILD_SHARED_LIBS=OFF"], log)
+    _run(["cmake", "--build", str(build), "--target", "llama-server", "-j", str(threads)], log)
+    return exe
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _request(port: int, path: str, body: dict[str, Any] | None = None, timeout: float = 600) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def _wait_healthy(proc: subprocess.Popen[bytes], port: int) -> None:
+    deadline = time.monotonic() + _HEALTH_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"llama-server exited with code {proc.returncode}")
+        with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+            if _request(port, "/health", timeout=2).get("status") == "ok":
+                return
+        time.sleep(0.25)
+    raise RuntimeError("llama-server did not become healthy in time")
+
+
+@contextlib.contextmanager
+def _server(exe: Path, model: Path, k: int, settings: Settings) -> Iterator[int]:
+    """A running llama-server for ``model`` with ``k`` MTP drafts (0: no speculation)."""
+    port = _free_port()
+    t = str(settings.threads)
+    cmd = [str(exe), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
+           "-t", t, "-tb", t, "-c", str(settings.n_ctx), "-np", "1", "--no-webui"]
+    if settings.flash_attn is not None:
+        cmd += ["-fa", "on" if settings.flash_attn else "off"]
+    if k > 0:
+        cmd += ["--spec-type", "draft-mtp", "--spec-draft-n-max", str(k)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_healthy(proc, port)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _complete(port: int, prompt: Sequence[int], tokens: int) -> dict[str, Any]:
+    """One greedy completion; the server's ``timings`` block."""
+    body = {"prompt": list(prompt), "n_predict": tokens, "temperature": 0.0, "top_k": 1,
+            "cache_prompt": False, "ignore_eos": False, "stream": False}
+    timings: dict[str, Any] = _request(port, "/completion", body)["timings"]
+    return timings
+
+
+def _cell(exe: Path, level: Level, k: int, settings: Settings, log: Log) -> dict[str, Any]:
+    """Upstream vs mtpstream at one (level, n_draft), alternating run by run."""
+    model = load_model(level.path)
+    try:
+        prompt = generation_prompt(level, model)
+        with open_session(model, k, settings) as ours, _server(exe, level.path, k, settings) as port:
+            for _ in range(settings.warmup):
+                _complete(port, prompt, settings.tokens)
+                run_native(ours, prompt, settings.tokens)
+            up_tps: list[float] = []
+            our_tps: list[float] = []
+            drafts = accepted = 0
+            for r in range(settings.runs):
+                order = (0, 1) if r % 2 == 0 else (1, 0)
+                for side in order:
+                    if side == 0:
+                        t = _complete(port, prompt, settings.tokens)
+                        up_tps.append(float(t["predicted_per_second"]))
+                        drafts += int(t.get("draft_n", 0))
+                        accepted += int(t.get("draft_n_accepted", 0))
+                    else:
+                        our_tps.append(run_native(ours, prompt, settings.tokens).decode_tokens_per_sec)
+    finally:
+        model.close()
+    ratio = statistics.median(our_tps) / statistics.median(up_tps)
+    log(f"    {level.name} k={k}: upstream {statistics.median(up_tps):.1f} tok/s, "
+        f"mtpstream {statistics.median(our_tps):.1f} tok/s ({ratio:.2f}x)")
+    return {
+        "upstream_tokens_per_sec": summarize(up_tps, 2),
+        "upstream_acceptance_rate": round(accepted / drafts, 4) if drafts else None,
+        "mtpstream_tokens_per_sec": summarize(our_tps, 2),
+        "mtpstream_over_upstream": round(ratio, 4),
+    }
+
+
+def compare(levels: Sequence[Level], settings: Settings, log: Log) -> dict[str, Any]:
+    """Upstream llama-server vs mtpstream on every level and n_draft (never raises)."""
+    root = _cache_root()
+    out: dict[str, Any] = {"enabled": True, "llama_cpp_python_sdist": f"{_PACKAGE}=={_VERSION}",
+                           "metric": "decode tokens/s: server timings.predicted_per_second vs "
+                           "mtpstream stats (both exclude prompt processing)"}
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        exe = _server_binary(root, settings.threads, log)
+    except (OSError, RuntimeError, subprocess.CalledProcessError, StopIteration) as exc:
+        log(f"  upstream comparison unavailable: {exc}")
+        return {**out, "available": False, "reason": str(exc)}
+    out.update(available=True, server=str(exe), levels={})
+    log("upstream llama-server comparison")
+    for level in levels:
+        cells: dict[str, Any] = {}
+        for k in settings.n_drafts:
+            try:
+                cells[str(k)] = _cell(exe, level, k, settings, log)
+            except (OSError, RuntimeError, KeyError, ValueError, urllib.error.URLError) as exc:
+                cells[str(k)] = {"error": str(exc)}
+        out["levels"][level.name] = cells
+    return out

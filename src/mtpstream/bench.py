@@ -1,0 +1,365 @@
+"""``mtpstream bench``: MTP vs plain decoding, the ideal bound, and the cost of the async layer.
+
+For every acceptance level (by default the ``bench``-size synthetic model with
+oracle weights at 100%, 75% and 50% per-token draft agreement, plus random
+weights) and every ``n_draft``, generations run natively (events dropped, no
+Python in the loop), interleaved round by round so drift hits every cell alike;
+each cell reports the median decode tokens/s of ``--runs`` runs after a warm-up
+(with min-max), acceptance, tokens per iteration, the engine's ``timing_us``
+breakdown and peak RSS. From the engine's own timings it derives the cost of a
+plain decode step, of a (k+1)-token verify batch and of a draft step, the ideal
+speedup at the measured acceptance, and the efficiency (measured / ideal).
+
+On the ~100% level it also measures time to first token on a 512-token prompt,
+the async layer ((a) native, (b) ``async for`` under asyncio, (c) under trio),
+``stats()`` latency while a stream runs (from a task and from a thread), and the
+decode speed of one session with 0, 1 and 3 idle sessions alive on the model.
+
+Results: ``<out>/bench-<time>[-quick].json`` (machine, versions, settings, every
+figure, the targets with pass/fail flags) and a PNG plot next to it.
+``--quick`` is a smoke check (the ``tiny`` synthetic models, n_draft 0/1/3, 3
+runs of 48 tokens): it shows the JSON is complete, not how fast anything is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import _bench_env as env
+from . import _bench_measure as meas
+from . import _bench_report as report
+from .errors import InvalidOptionError, MTPError
+from .model import Model, load_model
+from .session import MTP
+
+__all__ = ["BenchConfig", "main", "run"]
+
+# (level name, weights, mtp_error_rate): per-token draft agreement 1.0, 0.75, 0.5, random
+_DEFAULT_LEVELS: tuple[tuple[str, str, float], ...] = (
+    ("oracle-a1.00", "oracle", 0.0),
+    ("oracle-a0.75", "oracle", 0.25),
+    ("oracle-a0.50", "oracle", 0.5),
+    ("random", "random", 0.0),
+)
+
+
+@dataclass(frozen=True)
+class _Defaults:
+    n_drafts: tuple[int, ...]
+    runs: int
+    warmup: int
+    tokens: int
+
+
+_FULL = _Defaults(n_drafts=(0, 1, 2, 3, 4, 5, 6), runs=5, warmup=1, tokens=128)
+_QUICK = _Defaults(n_drafts=(0, 1, 3), runs=3, warmup=1, tokens=48)
+_TTFT_PROMPT_TOKENS = 512
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark run: what to measure, on which models, where to write."""
+
+    settings: meas.Settings
+    model: Path | None
+    size: str
+    arch: str
+    out: Path
+    quick: bool
+    plot: bool
+    with_upstream: bool
+
+
+class _Logger:
+    """Progress lines on stderr, stamped with the seconds since the start."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __call__(self, msg: str) -> None:
+        print(f"[{time.perf_counter() - self.t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------- levels
+def _synthetic_level(name: str, path: Path) -> meas.Level:
+    """A level for a file written by :mod:`mtpstream.testing` (oracle spec when it has one)."""
+    from .testing import load_model as describe_synthetic
+
+    info = describe_synthetic(path)
+    if info.spec is None:
+        return meas.Level(name=name, weights=info.weights, path=path)
+    spec = info.spec
+    return meas.Level(
+        name=name,
+        weights="oracle",
+        path=path,
+        mtp_error_rate=spec.mtp_error_rate,
+        chain_start=spec.chain_start,
+        oracle_chain=tuple(spec.chain(spec.chain_start, _TTFT_PROMPT_TOKENS)),
+    )
+
+
+def _default_levels(cfg: BenchConfig, log: _Logger) -> list[meas.Level]:
+    """Write (or find in the cache) the synthetic models of every default level."""
+    from .testing import make_model
+
+    levels = []
+    for name, weights, rate in _DEFAULT_LEVELS:
+        t0 = time.perf_counter()
+        path = make_model(
+            arch=cfg.arch,  # type: ignore[arg-type]
+            weights=weights,  # type: ignore[arg-type]
+            size=cfg.size,  # type: ignore[arg-type]
+            mtp_error_rate=rate,
+        )
+        log(f"model {name}: {path.name} ({time.perf_counter() - t0:.1f} s)")
+        levels.append(_synthetic_level(name, path))
+    return levels
+
+
+def _user_level(path: Path) -> meas.Level:
+    """The single level of a user-supplied GGUF."""
+    try:
+        return _synthetic_level(path.stem, path)
+    except (ValueError, KeyError, OSError):
+        return meas.Level(name=path.stem, weights="file", path=path)
+
+
+def _ref_level(levels: Sequence[meas.Level]) -> meas.Level:
+    """Where the async layer, TTFT, stats() and company are measured: the ~100% level
+    (the most tokens/s, so the async layer's per-token cost shows most), else the first."""
+    return next((lv for lv in levels if lv.nominal_acceptance == 1.0), levels[0])
+
+
+# --------------------------------------------------------------------- one level
+def _open_sessions(
+    model: Model, prompt: Sequence[int], settings: meas.Settings
+) -> tuple[dict[meas.DraftKey, MTP], dict[str, Any], dict[str, int]]:
+    """A warm session per n_draft, plus ``"auto"`` when this build supports it.
+
+    Also returns whether "auto" is available and each session's memory: the growth
+    of the process's resident set over opening it and running its warm-up.
+    """
+    sessions: dict[meas.DraftKey, MTP] = {}
+    rss: dict[str, int] = {}
+    auto = {"available": True, "reason": ""}
+    keys: list[meas.DraftKey] = [*settings.n_drafts, "auto"]
+    for k in keys:
+        before = env.current_rss_bytes()
+        try:
+            session = meas.open_session(model, k, settings)
+        except InvalidOptionError as exc:
+            if k != "auto":
+                raise
+            auto = {"available": False, "reason": str(exc)}
+            continue
+        sessions[k] = session
+        for _ in range(settings.warmup):
+            meas.run_native(session, prompt, settings.tokens)
+        rss[meas.draft_label(k)] = env.current_rss_bytes() - before
+    return sessions, auto, rss
+
+
+def _with_load(fn: Callable[[], dict[str, Any]], level: meas.Level) -> dict[str, Any]:
+    """Run one measurement; tag its result with the level and the machine's load meanwhile."""
+    cpu0 = env.CpuSnapshot.take()
+    out = fn()
+    out["level"] = level.name
+    out["machine_load"] = env.CpuSnapshot.take().since(cpu0)
+    return out
+
+
+def _ref_measurements(
+    model: Model, level: meas.Level, sessions: dict[meas.DraftKey, MTP], cfg: BenchConfig, log: _Logger
+) -> dict[str, Any]:
+    """TTFT, async layer and stats() latency on the reference level's sessions."""
+    s = cfg.settings
+    prompt = meas.generation_prompt(level, model)
+    long = meas.long_prompt(level, model, s.ttft_prompt_tokens)
+    fixed: dict[meas.DraftKey, MTP] = {k: v for k, v in sessions.items() if k != "auto"}
+    ref = sessions[s.ref_n_draft]
+    log(f"  time to first token ({s.ttft_prompt_tokens}-token prompt)")
+    ttft = _with_load(lambda: meas.ttft_grid(fixed, long, s, log), level)
+    report.ttft_ratios(ttft)
+    log(f"  async layer (n_draft={s.ref_n_draft}): native / asyncio / trio")
+    async_layer = _with_load(lambda: meas.async_layer(ref, prompt, s, log), level)
+    log("  stats() latency while streaming")
+    stats = _with_load(lambda: meas.stats_latency(ref, prompt, s, log), level)
+    return {"ttft": ttft, "async_layer": async_layer, "stats_latency": stats}
+
+
+def _bench_level(
+    level: meas.Level, cfg: BenchConfig, is_ref: bool, log: _Logger
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Grid (and, on the reference level, the other measurements) for one level."""
+    t0 = time.perf_counter()
+    model = load_model(level.path)
+    out: dict[str, Any] = {**level.as_json(), "model_load_s": round(time.perf_counter() - t0, 2)}
+    out["n_params"] = model.n_params
+    extra: dict[str, Any] = {}
+    cpu0 = env.CpuSnapshot.take()
+    try:
+        prompt = meas.generation_prompt(level, model)
+        out["prompt_tokens"] = len(prompt)
+        sessions, out["auto"], out["session_rss_bytes"] = _open_sessions(model, prompt, cfg.settings)
+        try:
+            keys = ", ".join(meas.draft_label(k) for k in sessions)
+            s = cfg.settings
+            log(f"level {level.name}: n_draft {keys}; {s.runs} runs x {s.tokens} tokens")
+            samples = meas.grid(sessions, prompt, cfg.settings, log)
+            out["rows"] = {meas.draft_label(k): meas.row_summary(v) for k, v in samples.items()}
+            if is_ref:
+                extra = _ref_measurements(model, level, sessions, cfg, log)
+        finally:
+            for session in sessions.values():
+                session.close()
+        if is_ref:
+            log(f"  idle company: {', '.join(map(str, cfg.settings.company))} idle sessions")
+            extra["company"] = _with_load(lambda: meas.company_cost(model, prompt, cfg.settings, log), level)
+    finally:
+        model.close()
+    out["machine_load"] = env.CpuSnapshot.take().since(cpu0)
+    report.add_derived(out)
+    return out, extra
+
+
+# --------------------------------------------------------------------- the run
+def _upstream(cfg: BenchConfig, levels: Sequence[meas.Level], log: _Logger) -> dict[str, Any]:
+    if not cfg.with_upstream:
+        return {"enabled": False}
+    from . import _bench_upstream
+
+    return _bench_upstream.compare(levels, cfg.settings, log)
+
+
+def run(cfg: BenchConfig, log: _Logger | None = None) -> dict[str, Any]:
+    """Run every measurement and return the JSON-able result (targets included)."""
+    log = log or _Logger()
+    started = time.perf_counter()
+    cpu0 = env.CpuSnapshot.take()
+    result: dict[str, Any] = {
+        "schema": "mtpstream-bench/1",
+        "created_utc": env.utc_now(),
+        "quick": cfg.quick,
+        "machine": env.machine_info(),
+        "versions": env.versions(),
+        "settings": {**cfg.settings.as_json(), "model_size": cfg.size, "arch": cfg.arch},
+        "ideal_method": report.IDEAL_METHOD,
+    }
+    levels = [_user_level(cfg.model)] if cfg.model else _default_levels(cfg, log)
+    ref = _ref_level(levels)
+    result["reference_level"] = ref.name
+    result["levels"] = []
+    for level in levels:
+        out, extra = _bench_level(level, cfg, level is ref, log)
+        result["levels"].append(out)
+        result.update(extra)
+    result["upstream"] = _upstream(cfg, levels, log)
+    result["targets"] = report.evaluate_targets(result)
+    flags = [t["pass"] for t in result["targets"].values() if t["pass"] is not None]
+    result["all_targets_pass"] = all(flags)
+    result["machine"]["load_average_end"] = env.load_average()
+    result["machine"]["load_during_run"] = load = env.CpuSnapshot.take().since(cpu0)
+    if load["foreign_cpu_cores"] > 0.05:
+        log(f"warning: other processes used {load['foreign_cpu_cores']:.2f} cores on average "
+            "during the run; timings are distorted (re-run on a quiet machine)")
+    result["machine"]["peak_rss_bytes_process"] = env.peak_rss_bytes()
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+# --------------------------------------------------------------------- CLI
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mtpstream bench",
+        description="Benchmark MTP speculative decoding against plain decoding.",
+        epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", nargs="?", metavar="MODEL", help="a GGUF with an MTP head "
+                   "(default: the synthetic models, oracle weights at 3 acceptance levels + random)")
+    p.add_argument("--quick", action="store_true", help="smoke check in < 2 min (tiny models, fewer runs)")
+    p.add_argument("--out", default="benchmarks/results", help="results directory (default: %(default)s)")
+    p.add_argument("--n-draft", type=int, nargs="+", metavar="K", help="n_draft values (0 is always added)")
+    p.add_argument("--runs", type=int, help="measured runs per cell (default 5; --quick 3)")
+    p.add_argument("--warmup", type=int, help="warm-up runs per cell (default 1)")
+    p.add_argument("--tokens", type=int, help="tokens per generation (default 128; --quick 48)")
+    p.add_argument("--threads", type=int, help="n_threads (default: the CPUs available to this process)")
+    p.add_argument("--size", choices=("tiny", "bench"),
+                   help="synthetic model size (default bench; --quick: tiny)")
+    p.add_argument("--arch", choices=("qwen35", "qwen35moe"), default="qwen35", help="synthetic model arch")
+    p.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
+    p.add_argument("--with-upstream", action="store_true",
+                   help="also compare with upstream llama-server --spec-type draft-mtp (builds it once)")
+    return p
+
+
+def _settings(args: argparse.Namespace) -> meas.Settings:
+    base = _QUICK if args.quick else _FULL
+    n_drafts = tuple(sorted({0, *(args.n_draft or base.n_drafts)}))
+    if any(k < 0 for k in n_drafts) or len(n_drafts) < 2:
+        raise InvalidOptionError("--n-draft needs values >= 0, at least one of them >= 1", field="n_draft")
+    tokens = int(args.tokens or base.tokens)
+    runs = int(args.runs or base.runs)
+    if tokens < 2 or runs < 1:
+        raise InvalidOptionError("--tokens must be >= 2 and --runs >= 1", field="tokens")
+    return meas.Settings(
+        n_drafts=n_drafts,
+        runs=runs,
+        warmup=int(args.warmup if args.warmup is not None else base.warmup),
+        tokens=tokens,
+        threads=int(args.threads or env.available_cpus()),
+        n_ctx=max(2048, _TTFT_PROMPT_TOKENS + 64, tokens + 64),
+        ttft_prompt_tokens=_TTFT_PROMPT_TOKENS,
+        ref_n_draft=3 if 3 in n_drafts else max(n_drafts),
+    )
+
+
+def _config(args: argparse.Namespace) -> BenchConfig:
+    return BenchConfig(
+        settings=_settings(args),
+        model=Path(args.model) if args.model else None,
+        size=args.size or ("tiny" if args.quick else "bench"),
+        arch=args.arch,
+        out=Path(args.out),
+        quick=args.quick,
+        plot=not args.no_plot,
+        with_upstream=args.with_upstream,
+    )
+
+
+def _write_outputs(result: dict[str, Any], cfg: BenchConfig, log: _Logger) -> Path:
+    stem = "bench-" + time.strftime("%Y%m%d-%H%M%S") + ("-quick" if cfg.quick else "")
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    png = report.plot(result, cfg.out / f"{stem}.png", log) if cfg.plot else None
+    result["plot"] = str(png) if png else None
+    path = report.write_json(result, cfg.out / f"{stem}.json")
+    log(f"wrote {path}" + (f" and {png}" if png else ""))
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``mtpstream bench``; returns the process exit code (0 on success,
+    also when targets fail: they are reported, not enforced)."""
+    args = _parser().parse_args(argv)
+    log = _Logger()
+    try:
+        cfg = _config(args)
+        result = run(cfg, log)
+    except MTPError as exc:
+        print(f"mtpstream bench: error: {exc}", file=sys.stderr)
+        return 2
+    result["command"] = ["mtpstream", "bench", *(argv if argv is not None else sys.argv[1:])]
+    _write_outputs(result, cfg, log)
+    print(report.format_summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,132 @@
+"""`mtpstream bench --quick` writes a complete JSON result (the figures are not checked)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mtpstream import bench
+
+TOP_KEYS = {
+    "schema", "created_utc", "quick", "machine", "versions", "settings", "ideal_method",
+    "reference_level", "levels", "ttft", "async_layer", "stats_latency", "company",
+    "upstream", "targets", "all_targets_pass", "wall_s", "command", "plot",
+}
+MACHINE_KEYS = {
+    "cpu_model", "cpu_count", "cpus_available", "load_average_start", "load_average_end",
+    "load_during_run",
+}
+VERSION_KEYS = {"python", "mtpstream", "llama-cpp-python"}
+SETTINGS_KEYS = {"n_drafts", "runs", "warmup", "tokens", "n_threads", "n_ctx", "ttft_prompt_tokens"}
+LEVEL_KEYS = {
+    "name", "weights", "mtp_error_rate", "nominal_acceptance", "model_path", "model_load_s",
+    "auto", "rows", "costs", "best_n_draft", "best_speedup", "efficiency_at_best",
+    "session_rss_bytes", "machine_load", "prompt_tokens",
+}
+ROW_KEYS = {
+    "tokens_per_sec", "wall_tokens_per_sec", "acceptance_rate", "accepted_per_iter",
+    "tokens_per_iter", "iters", "drafts_generated", "drafts_accepted", "timing_us",
+    "timing_us_per_iter", "peak_rss_bytes", "speedup", "ideal_speedup", "efficiency",
+    "verify_batch_us", "draft_step_us", "ideal_speedup_flat_verify", "foreign_cpu_cores",
+    "speedup_min", "speedup_max", "verify_over_plain_step", "runs",
+}
+TIMING_KEYS = {"draft", "verify", "sample", "ckpt", "other", "total", "prefill"}
+SUMMARY_KEYS = {"median", "min", "max", "n", "values"}
+TARGET_KEYS = {
+    "async_asyncio_over_native", "async_trio_over_native", "efficiency_at_best_n_draft",
+    "full_acceptance_best_over_plain", "random_auto_over_plain", "stats_p99_us",
+    "ttft_mtp_over_plain", "idle_company_over_alone",
+}
+LATENCY_KEYS = {"n", "p50_us", "p99_us", "max_us"}
+
+
+def _missing(obj: dict[str, Any], keys: set[str]) -> set[str]:
+    return keys - obj.keys()
+
+
+@pytest.fixture(scope="module")
+def quick_result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    out = tmp_path_factory.mktemp("bench")
+    assert bench.main(["--quick", "--out", str(out)]) == 0
+    files = sorted(out.glob("bench-*-quick.json"))
+    assert len(files) == 1
+    return json.loads(files[0].read_text()), out
+
+
+def test_top_level_sections(quick_result: tuple[dict[str, Any], Path]) -> None:
+    r, _ = quick_result
+    assert not _missing(r, TOP_KEYS)
+    assert r["quick"] is True
+    assert not _missing(r["machine"], MACHINE_KEYS)
+    assert not _missing(r["versions"], VERSION_KEYS)
+    assert not _missing(r["settings"], SETTINGS_KEYS)
+    assert r["upstream"] == {"enabled": False}
+
+
+def test_levels_and_rows(quick_result: tuple[dict[str, Any], Path]) -> None:
+    r, _ = quick_result
+    levels = r["levels"]
+    assert [lv["weights"] for lv in levels] == ["oracle", "oracle", "oracle", "random"]
+    assert [lv["nominal_acceptance"] for lv in levels[:3]] == [1.0, 0.75, 0.5]
+    for lv in levels:
+        assert not _missing(lv, LEVEL_KEYS), lv["name"]
+        assert {"available", "reason"} <= lv["auto"].keys()
+        expected_rows = {str(k) for k in r["settings"]["n_drafts"]}
+        if lv["auto"]["available"]:
+            expected_rows.add("auto")
+        assert set(lv["rows"]) == expected_rows
+        for key, row in lv["rows"].items():
+            assert not _missing(row, ROW_KEYS), (lv["name"], key)
+            assert not _missing(row["timing_us"], TIMING_KEYS)
+            assert not _missing(row["tokens_per_sec"], SUMMARY_KEYS)
+            assert row["tokens_per_sec"]["n"] == r["settings"]["runs"]
+            assert row["tokens_per_sec"]["median"] > 0
+        assert lv["rows"]["0"]["speedup"] == 1.0
+        assert lv["costs"]["plain_step_us"] > 0
+        assert lv["best_n_draft"] is not None
+        assert lv["efficiency_at_best"] is not None
+
+
+def test_reference_measurements(quick_result: tuple[dict[str, Any], Path]) -> None:
+    r, _ = quick_result
+    ttft = r["ttft"]
+    assert ttft["prompt_tokens"] == 512
+    assert {str(k) for k in r["settings"]["n_drafts"]} == set(ttft["by_n_draft"])
+    assert ttft["mtp_over_plain"] is not None
+    a = r["async_layer"]
+    assert set(a["modes"]) == {"native", "asyncio", "trio"}
+    assert a["asyncio_over_native"] > 0 and a["trio_over_native"] > 0
+    # the three consumers saw the same generation
+    assert len({tuple(m["completion_tokens"]) for m in a["modes"].values()}) == 1
+    for src in ("from_task", "from_thread"):
+        assert not _missing(r["stats_latency"][src], LATENCY_KEYS)
+        assert r["stats_latency"][src]["n"] > 0
+    assert set(r["company"]["ratio_vs_alone"]) == {"0", "1", "3"}
+    for section in ("ttft", "async_layer", "stats_latency", "company"):
+        assert {"foreign_cpu_cores", "steal_cores"} <= r[section]["machine_load"].keys(), section
+
+
+def test_targets_have_flags(quick_result: tuple[dict[str, Any], Path]) -> None:
+    r, _ = quick_result
+    assert set(r["targets"]) == TARGET_KEYS
+    for name, t in r["targets"].items():
+        assert {"target", "threshold", "measured", "pass"} <= t.keys(), name
+        assert t["pass"] in (True, False, None), name
+    assert isinstance(r["all_targets_pass"], bool)
+
+
+def test_plot_written_or_skipped(quick_result: tuple[dict[str, Any], Path]) -> None:
+    r, _ = quick_result
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert r["plot"] is None
+    else:
+        assert r["plot"] is not None and Path(r["plot"]).stat().st_size > 0
+
+
+def test_bad_arguments_exit_2(tmp_path: Path) -> None:
+    assert bench.main(["--quick", "--out", str(tmp_path), "--tokens", "1"]) == 2
