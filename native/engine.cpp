@@ -278,7 +278,7 @@ void Engine::begin(Job & job) {
 }
 
 bool Engine::prefill_tokens(Generation & g, const llama_token * tokens, int32_t n, int32_t pos0,
-                            bool want_logits) {
+                            bool want_logits, bool defer_draft) {
     for (int32_t off = 0; off < n; off += n_batch_) {
         const int32_t m = std::min(n_batch_, n - off);
         batch_tgt_->clear();
@@ -295,13 +295,27 @@ bool Engine::prefill_tokens(Generation & g, const llama_token * tokens, int32_t 
         if (rows == nullptr) {
             return false;
         }
-        batch_dft_->clear();
-        for (int32_t i = 0; i < m; ++i) {
-            const float * h = i == 0 ? g.carry.data() : rows + static_cast<size_t>(i - 1) * n_embd_;
-            batch_dft_->add(tokens[off + i], pos0 + off + i, false, h);
-        }
-        if (llama_decode(ctx_dft_.get(), batch_dft_->view(true)) != 0) {
-            return false;
+        const auto row = [&](int32_t i) {
+            return i == 0 ? g.carry.data() : rows + static_cast<size_t>(i - 1) * n_embd_;
+        };
+        if (defer_draft) {
+            // keep the (token, hidden row) pairs; the draft context catches up on
+            // them in the first decode step, after the first token is out
+            if (g.pending_tok.empty()) {
+                g.pending_pos = pos0 + off;
+            }
+            for (int32_t i = 0; i < m; ++i) {
+                g.pending_tok.push_back(tokens[off + i]);
+                g.pending_h.insert(g.pending_h.end(), row(i), row(i) + n_embd_);
+            }
+        } else {
+            batch_dft_->clear();
+            for (int32_t i = 0; i < m; ++i) {
+                batch_dft_->add(tokens[off + i], pos0 + off + i, false, row(i));
+            }
+            if (llama_decode(ctx_dft_.get(), batch_dft_->view(true)) != 0) {
+                return false;
+            }
         }
         std::memcpy(g.carry.data(), rows + static_cast<size_t>(m - 1) * n_embd_,
                     static_cast<size_t>(n_embd_) * sizeof(float));
@@ -317,7 +331,9 @@ void Engine::prefill_step(Job & job) {
     const int32_t pos = static_cast<int32_t>(g.prefill_pos);
     const int32_t m = std::min(n_batch_, n_prompt - pos);
     const bool last_chunk = pos + m == n_prompt;
-    if (!prefill_tokens(g, g.opts.prompt.data() + pos, m, pos, last_chunk)) {
+    // the last chunk's draft-context work waits until the first token is out
+    // (time to first token stays that of plain decoding)
+    if (!prefill_tokens(g, g.opts.prompt.data() + pos, m, pos, last_chunk, last_chunk)) {
         SessionStats::add(stats_.t_prefill_us, elapsed(t0));
         if (job.cancel_requested()) {
             finish_cancelled(job);
@@ -337,9 +353,9 @@ void Engine::prefill_step(Job & job) {
     g.history = g.opts.prompt;
     g.n_past = n_prompt;
     g.last = first;
-    g.pending_tok.clear();
-    g.pending_h.clear();
-    g.pending_pos = n_prompt;
+    if (g.pending_tok.empty()) {
+        g.pending_pos = n_prompt;
+    }
     g.phase = Generation::Phase::decode;
     bool ended = false;
     emit_token(job, first, ended);
@@ -373,7 +389,7 @@ bool Engine::rebuild_memory(Generation & g) {
     g.pending_tok.clear();
     g.pending_h.clear();
     g.pending_pos = g.n_past;
-    return prefill_tokens(g, g.history.data(), g.n_past, 0, false);
+    return prefill_tokens(g, g.history.data(), g.n_past, 0, false, false);
 }
 
 void Engine::decode_step(Job & job) {

@@ -87,10 +87,11 @@ private:
     void decode_step(Job & job);
     bool flush_pending(Generation & g);
     bool rebuild_memory(Generation & g);
-    // Decode `tokens` (at positions from `pos0`) on the target, feeding the draft
-    // context too; leaves logits for the last token and sets g.carry.
+    // Decode `tokens` (at positions from `pos0`) on the target and feed the draft
+    // context (or, with defer_draft, queue the pairs in g.pending); leaves logits
+    // for the last token and sets g.carry.
     bool prefill_tokens(Generation & g, const llama_token * tokens, int32_t n, int32_t pos0,
-                        bool want_logits);
+                        bool want_logits, bool defer_draft);
     void emit_token(Job & job, llama_token tok, bool & ended);
     void finish(Job & job, EventKind kind, const std::string & reason, llama_token tok,
                 const std::string & error = "");
