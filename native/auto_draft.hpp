@@ -6,8 +6,9 @@
 // average and costs k draft steps plus one (k+1)-token verify. We pick the k with
 // the most tokens per microsecond. Costs are running averages per k; verify costs
 // of k values not measured yet come from a least-squares line through the measured
-// ones. A few probes at the start and one every `probe_every` iterations keep the
-// estimates fresh, so a session can move between "plain" and "long drafts".
+// ones. A few probes at the start and one every 48 iterations (every 128 while
+// plain decoding wins) keep the estimates fresh, so a session can move between
+// "plain" and "long drafts".
 #pragma once
 
 #include <algorithm>
@@ -31,11 +32,13 @@ public:
                 return k;
             }
         }
-        int best = best_k();
-        if (iter_ % probe_every == 0) {
-            // alternate probing one below and one above the current choice
-            const int step = (iter_ / probe_every) % 2 == 0 ? 1 : -1;
-            best = std::clamp(best + step, 0, max_k_);
+        const int best = best_k();
+        // while drafting does not pay, probe rarely (each probe costs a draft step
+        // and a 2-token verify); otherwise alternate probes below and above
+        const int64_t every = best == 0 ? probe_every_idle : probe_every;
+        if (iter_ % every == 0) {
+            const int step = best == 0 || (iter_ / every) % 2 == 0 ? 1 : -1;
+            return std::clamp(best + step, 0, max_k_);
         }
         return best;
     }
@@ -57,6 +60,7 @@ public:
 
 private:
     static constexpr int64_t probe_every = 48;
+    static constexpr int64_t probe_every_idle = 128;
 
     int best_k() const {
         // least-squares line through the measured verify costs
