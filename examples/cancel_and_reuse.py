@@ -1,6 +1,6 @@
 """Leave a stream early, then reuse the session: the next call starts clean.
 
-    python examples/cancel_and_reuse.py
+python examples/cancel_and_reuse.py
 """
 
 from __future__ import annotations

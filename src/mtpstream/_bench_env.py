@@ -21,8 +21,8 @@ from typing import Any
 
 __all__ = [
     "CpuSnapshot",
+    "anon_rss_bytes",
     "available_cpus",
-    "current_rss_bytes",
     "load_average",
     "machine_info",
     "paired_ratios",
@@ -137,11 +137,11 @@ class CpuSnapshot:
         }
 
 
-def current_rss_bytes() -> int:
-    """Resident set size now (0 where ``/proc`` is unavailable)."""
+def anon_rss_bytes() -> int:
+    """Anonymous resident memory now: heap and buffers, not the mmapped model (0 without ``/proc``)."""
     with contextlib.suppress(OSError, ValueError, IndexError):
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith("RssAnon:"):
                 return int(line.split()[1]) * 1024
     return 0
 

@@ -385,8 +385,7 @@ def async_layer(mtp: MTP, prompt: Sequence[int], settings: Settings, log: Log) -
         "n_draft": mtp.n_draft,
         "metric": "completion tokens / wall seconds of the whole call (prefill included)",
         "modes": {
-            m: {"tokens_per_sec": summarize(tps[m], 2), "completion_tokens": sorted(counts[m])}
-            for m in modes
+            m: {"tokens_per_sec": summarize(tps[m], 2), "completion_tokens": sorted(counts[m])} for m in modes
         },
         "asyncio_over_native_paired": paired_ratios(tps["asyncio"], tps["native"]),
         "trio_over_native_paired": paired_ratios(tps["trio"], tps["native"]),
@@ -456,10 +455,7 @@ def stats_latency(mtp: MTP, prompt: Sequence[int], settings: Settings, log: Log)
         "from_task": percentiles_us(task),
         "from_thread": percentiles_us(thread),
     }
-    log(
-        f"    stats() p99: task {out['from_task']['p99_us']} us, "
-        f"thread {out['from_thread']['p99_us']} us"
-    )
+    log(f"    stats() p99: task {out['from_task']['p99_us']} us, thread {out['from_thread']['p99_us']} us")
     return out
 
 
@@ -490,9 +486,7 @@ class _Company:
         self.alive.clear()
 
 
-def company_cost(
-    model: Model, prompt: Sequence[int], settings: Settings, log: Log
-) -> dict[str, Any]:
+def company_cost(model: Model, prompt: Sequence[int], settings: Settings, log: Log) -> dict[str, Any]:
     """Decode speed of one session with 0, 1, 3... other sessions alive but idle."""
     k = settings.ref_n_draft
     counts = settings.company

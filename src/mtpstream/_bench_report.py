@@ -20,6 +20,7 @@ __all__ = [
     "add_derived",
     "evaluate_targets",
     "format_summary",
+    "markdown",
     "plot",
     "ttft_ratios",
     "write_json",
@@ -285,7 +286,7 @@ def _level_table(lv: dict[str, Any]) -> list[str]:
         f"{'accept':>6} {'tok/it':>6} {'verify':>7} {'V/plain':>7} {'draft':>6} {'flat':>5} {'sessMB':>6}"
     )
     out = [f"{lv['name']}  (nominal acceptance {lv['nominal_acceptance']}; times in us)", head]
-    rss = lv.get("session_rss_bytes", {})
+    rss = lv.get("session_anon_rss_bytes", {})
     for k, r in lv["rows"].items():
         t = r["tokens_per_sec"]
         mb = rss[k] / 2**20 if rss.get(k) is not None else None
@@ -328,6 +329,42 @@ def format_summary(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------- markdown
+def _md_level(lv: dict[str, Any]) -> list[str]:
+    out = [
+        f"**{lv['name']}** (nominal per-token acceptance {lv['nominal_acceptance']}; "
+        f"plain step {lv['costs']['plain_step_us'] / 1000:.1f} ms)",
+        "",
+        "| n_draft | tok/s (min-max) | speedup | ideal | efficiency | acceptance | tok/iter "
+        "| verify ms (x plain) | draft step ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for k, r in lv["rows"].items():
+        t = r["tokens_per_sec"]
+        verify = r["verify_batch_us"] / 1000 if r["verify_batch_us"] else None
+        draft = r["draft_step_us"] / 1000 if r["draft_step_us"] else None
+        out.append(
+            f"| {k} | {t['median']:.1f} ({t['min']:.1f}-{t['max']:.1f}) | {_fmt(r['speedup'], '.2f')} "
+            f"| {_fmt(r['ideal_speedup'], '.2f')} | {_fmt(r['efficiency'], '.2f')} "
+            f"| {_fmt(r['acceptance_rate'], '.3f')} | {_fmt(r['tokens_per_iter'], '.2f')} "
+            f"| {_fmt(verify, '.1f')} ({_fmt(r['verify_over_plain_step'], '.2f')}) "
+            f"| {_fmt(draft, '.2f')} |"
+        )
+    return [*out, ""]
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The grid and the targets as Markdown tables (for benchmarks/README.md)."""
+    lines: list[str] = []
+    for lv in result["levels"]:
+        lines += _md_level(lv)
+    lines += ["| target | threshold | measured | pass |", "|---|---|---|---|"]
+    for name, v in result["targets"].items():
+        flag = {True: "PASS", False: "**FAIL**", None: "n/a"}[v["pass"]]
+        lines.append(f"| {name} | {v['threshold']} | `{json.dumps(v['measured'])}` | {flag} |")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------- plot and JSON
 def _import_pyplot() -> Any:
     import matplotlib
@@ -358,6 +395,8 @@ def plot(result: dict[str, Any], path: Path, log: Callable[[str], None]) -> Path
         ideal = [r["ideal_speedup"] for r in rows]
         ax.errorbar(ks, speed, yerr=err, fmt="o-", color=color, capsize=3, label=f"{lv['name']} measured")
         ax.plot(ks, ideal, "--", color=color, alpha=0.7, label=f"{lv['name']} ideal")
+        flat = [r["ideal_speedup_flat_verify"] for r in rows]
+        ax.plot(ks, flat, ":", color=color, alpha=0.5, label=f"{lv['name']} if verify were flat")
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set_xlabel("n_draft")
     ax.set_ylabel("decode speedup vs plain (n_draft=0)")
@@ -366,7 +405,7 @@ def plot(result: dict[str, Any], path: Path, log: Callable[[str], None]) -> Path
         f"median of {result['settings']['runs']} paired rounds, min-max bars)",
         fontsize=9,
     )
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=6, ncol=3)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

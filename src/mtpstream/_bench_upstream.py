@@ -73,8 +73,21 @@ def _source_dir(root: Path, log: Log) -> Path:
     sdist = root / "sdist"
     sdist.mkdir(parents=True, exist_ok=True)
     log(f"  fetching the {_PACKAGE}=={_VERSION} sdist")
-    _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-          f"{_PACKAGE}=={_VERSION}", "-d", str(sdist)], log)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            f"{_PACKAGE}=={_VERSION}",
+            "-d",
+            str(sdist),
+        ],
+        log,
+    )
     archive = next(sdist.glob(f"llama_cpp_python-{_VERSION}.tar.gz"))
     _extract(archive, root)
     return src
@@ -90,9 +103,22 @@ def _server_binary(root: Path, threads: int, log: Log) -> Path:
     log(f"  building llama-server from {src} (once; several minutes)")
     if shutil.which("cmake") is None:
         raise RuntimeError("cmake is required for --with-upstream")
-    _run(["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-          "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-          "-DLLAMA_CURL=OFF", "-DBUILD_SHARED_LIBS=OFF"], log)
+    _run(
+        [
+            "cmake",
+            "-S",
+            str(src),
+            "-B",
+            str(build),
+            "-DCMAKE_BUILD_TYPE=Release",
+            "-DLLAMA_BUILD_SERVER=ON",
+            "-DLLAMA_BUILD_TESTS=OFF",
+            "-DLLAMA_BUILD_EXAMPLES=OFF",
+            "-DLLAMA_CURL=OFF",
+            "-DBUILD_SHARED_LIBS=OFF",
+        ],
+        log,
+    )
     _run(["cmake", "--build", str(build), "--target", "llama-server", "-j", str(threads)], log)
     return exe
 
@@ -105,8 +131,9 @@ def _free_port() -> int:
 
 def _request(port: int, path: str, body: dict[str, Any] | None = None, timeout: float = 600) -> Any:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=data, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read())
 
@@ -128,8 +155,24 @@ def _server(exe: Path, model: Path, k: int, settings: Settings) -> Iterator[int]
     """A running llama-server for ``model`` with ``k`` MTP drafts (0: no speculation)."""
     port = _free_port()
     t = str(settings.threads)
-    cmd = [str(exe), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
-           "-t", t, "-tb", t, "-c", str(settings.n_ctx), "-np", "1", "--no-webui"]
+    cmd = [
+        str(exe),
+        "-m",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "-t",
+        t,
+        "-tb",
+        t,
+        "-c",
+        str(settings.n_ctx),
+        "-np",
+        "1",
+        "--no-webui",
+    ]
     if settings.flash_attn is not None:
         cmd += ["-fa", "on" if settings.flash_attn else "off"]
     if k > 0:
@@ -149,8 +192,15 @@ def _server(exe: Path, model: Path, k: int, settings: Settings) -> Iterator[int]
 
 def _complete(port: int, prompt: Sequence[int], tokens: int) -> dict[str, Any]:
     """One greedy completion; the server's ``timings`` block."""
-    body = {"prompt": list(prompt), "n_predict": tokens, "temperature": 0.0, "top_k": 1,
-            "cache_prompt": False, "ignore_eos": False, "stream": False}
+    body = {
+        "prompt": list(prompt),
+        "n_predict": tokens,
+        "temperature": 0.0,
+        "top_k": 1,
+        "cache_prompt": False,
+        "ignore_eos": False,
+        "stream": False,
+    }
     timings: dict[str, Any] = _request(port, "/completion", body)["timings"]
     return timings
 
@@ -180,8 +230,10 @@ def _cell(exe: Path, level: Level, k: int, settings: Settings, log: Log) -> dict
     finally:
         model.close()
     ratio = statistics.median(our_tps) / statistics.median(up_tps)
-    log(f"    {level.name} k={k}: upstream {statistics.median(up_tps):.1f} tok/s, "
-        f"mtpstream {statistics.median(our_tps):.1f} tok/s ({ratio:.2f}x)")
+    log(
+        f"    {level.name} k={k}: upstream {statistics.median(up_tps):.1f} tok/s, "
+        f"mtpstream {statistics.median(our_tps):.1f} tok/s ({ratio:.2f}x)"
+    )
     return {
         "upstream_tokens_per_sec": summarize(up_tps, 2),
         "upstream_acceptance_rate": round(accepted / drafts, 4) if drafts else None,
@@ -193,9 +245,12 @@ def _cell(exe: Path, level: Level, k: int, settings: Settings, log: Log) -> dict
 def compare(levels: Sequence[Level], settings: Settings, log: Log) -> dict[str, Any]:
     """Upstream llama-server vs mtpstream on every level and n_draft (never raises)."""
     root = _cache_root()
-    out: dict[str, Any] = {"enabled": True, "llama_cpp_python_sdist": f"{_PACKAGE}=={_VERSION}",
-                           "metric": "decode tokens/s: server timings.predicted_per_second vs "
-                           "mtpstream stats (both exclude prompt processing)"}
+    out: dict[str, Any] = {
+        "enabled": True,
+        "llama_cpp_python_sdist": f"{_PACKAGE}=={_VERSION}",
+        "metric": "decode tokens/s: server timings.predicted_per_second vs "
+        "mtpstream stats (both exclude prompt processing)",
+    }
     try:
         root.mkdir(parents=True, exist_ok=True)
         exe = _server_binary(root, settings.threads, log)

@@ -24,6 +24,7 @@ runs of 48 tokens): it shows the JSON is complete, not how fast anything is.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -144,14 +145,15 @@ def _open_sessions(
     """A warm session per n_draft, plus ``"auto"`` when this build supports it.
 
     Also returns whether "auto" is available and each session's memory: the growth
-    of the process's resident set over opening it and running its warm-up.
+    of the process's anonymous resident memory (contexts, caches, buffers; the model's
+    weights are shared and mmapped) over opening it and running its warm-up.
     """
     sessions: dict[meas.DraftKey, MTP] = {}
     rss: dict[str, int] = {}
     auto = {"available": True, "reason": ""}
     keys: list[meas.DraftKey] = [*settings.n_drafts, "auto"]
     for k in keys:
-        before = env.current_rss_bytes()
+        before = env.anon_rss_bytes()
         try:
             session = meas.open_session(model, k, settings)
         except InvalidOptionError as exc:
@@ -162,7 +164,7 @@ def _open_sessions(
         sessions[k] = session
         for _ in range(settings.warmup):
             meas.run_native(session, prompt, settings.tokens)
-        rss[meas.draft_label(k)] = env.current_rss_bytes() - before
+        rss[meas.draft_label(k)] = env.anon_rss_bytes() - before
     return sessions, auto, rss
 
 
@@ -207,7 +209,7 @@ def _bench_level(
     try:
         prompt = meas.generation_prompt(level, model)
         out["prompt_tokens"] = len(prompt)
-        sessions, out["auto"], out["session_rss_bytes"] = _open_sessions(model, prompt, cfg.settings)
+        sessions, out["auto"], out["session_anon_rss_bytes"] = _open_sessions(model, prompt, cfg.settings)
         try:
             keys = ", ".join(meas.draft_label(k) for k in sessions)
             s = cfg.settings
@@ -267,8 +269,10 @@ def run(cfg: BenchConfig, log: _Logger | None = None) -> dict[str, Any]:
     result["machine"]["load_average_end"] = env.load_average()
     result["machine"]["load_during_run"] = load = env.CpuSnapshot.take().since(cpu0)
     if load["foreign_cpu_cores"] > 0.05:
-        log(f"warning: other processes used {load['foreign_cpu_cores']:.2f} cores on average "
-            "during the run; timings are distorted (re-run on a quiet machine)")
+        log(
+            f"warning: other processes used {load['foreign_cpu_cores']:.2f} cores on average "
+            "during the run; timings are distorted (re-run on a quiet machine)"
+        )
     result["machine"]["peak_rss_bytes_process"] = env.peak_rss_bytes()
     result["wall_s"] = round(time.perf_counter() - started, 1)
     return result
@@ -282,8 +286,13 @@ def _parser() -> argparse.ArgumentParser:
         epilog=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", nargs="?", metavar="MODEL", help="a GGUF with an MTP head "
-                   "(default: the synthetic models, oracle weights at 3 acceptance levels + random)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        metavar="MODEL",
+        help="a GGUF with an MTP head "
+        "(default: the synthetic models, oracle weights at 3 acceptance levels + random)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke check in < 2 min (tiny models, fewer runs)")
     p.add_argument("--out", default="benchmarks/results", help="results directory (default: %(default)s)")
     p.add_argument("--n-draft", type=int, nargs="+", metavar="K", help="n_draft values (0 is always added)")
@@ -291,12 +300,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, help="warm-up runs per cell (default 1)")
     p.add_argument("--tokens", type=int, help="tokens per generation (default 128; --quick 48)")
     p.add_argument("--threads", type=int, help="n_threads (default: the CPUs available to this process)")
-    p.add_argument("--size", choices=("tiny", "bench"),
-                   help="synthetic model size (default bench; --quick: tiny)")
+    p.add_argument(
+        "--size", choices=("tiny", "bench"), help="synthetic model size (default bench; --quick: tiny)"
+    )
     p.add_argument("--arch", choices=("qwen35", "qwen35moe"), default="qwen35", help="synthetic model arch")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
-    p.add_argument("--with-upstream", action="store_true",
-                   help="also compare with upstream llama-server --spec-type draft-mtp (builds it once)")
+    p.add_argument("--markdown", metavar="JSON", help="print a saved result as Markdown tables and exit")
+    p.add_argument(
+        "--with-upstream",
+        action="store_true",
+        help="also compare with upstream llama-server --spec-type draft-mtp (builds it once)",
+    )
     return p
 
 
@@ -348,6 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mtpstream bench``; returns the process exit code (0 on success,
     also when targets fail: they are reported, not enforced)."""
     args = _parser().parse_args(argv)
+    if args.markdown:
+        print(report.markdown(json.loads(Path(args.markdown).read_text())))
+        return 0
     log = _Logger()
     try:
         cfg = _config(args)
