@@ -211,7 +211,8 @@ NB_MODULE(_native, m) {
             const StatsSnapshot s = snapshot(e.p->stats());
             return std::make_tuple(s.iters, s.drafts_generated, s.drafts_accepted, s.tokens_emitted,
                                    s.prompt_tokens, s.rollback_fallbacks, s.t_draft_us, s.t_verify_us,
-                                   s.t_sample_us, s.t_ckpt_us, s.t_prefill_us, s.t_total_us, s.n_draft);
+                                   s.t_sample_us, s.t_ckpt_us, s.t_prefill_us, s.t_total_us, s.n_draft,
+                                   s.context_switches);
         })
         .def(
             "submit",

@@ -164,6 +164,8 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> target,
     }
     if (auto_draft && speculative) {
         e->auto_ = std::make_unique<AutoDraft>(n_draft);
+        e->plain_params_ = cp;
+        e->plain_params_.n_rs_seq = 0;
     }
     e->stats_.n_draft.store(n_draft);
     return e;
@@ -173,6 +175,7 @@ Engine::~Engine() {
     // contexts before models: ContextPtr members are declared after the models but
     // release explicitly to make the order obvious.
     ctx_dft_.reset();
+    ctx_plain_.reset();
     ctx_tgt_.reset();
 }
 
@@ -271,6 +274,11 @@ void Engine::begin(Job & job) {
     if (ctx_dft_) {
         llama_memory_clear(llama_get_memory(ctx_dft_.get()), true);
     }
+    if (ctx_plain_) {
+        llama_memory_clear(llama_get_memory(ctx_plain_.get()), true);
+    }
+    on_plain_ = false;
+    plain_streak_ = 0;
     llama_sampler_reset(g.sampler.get());
     std::fill(g.carry.begin(), g.carry.end(), 0.0f);
     g.t_start_us = now_us();
@@ -380,7 +388,42 @@ bool Engine::flush_pending(Generation & g) {
     return true;
 }
 
+bool Engine::use_plain_context(bool plain) {
+    if (plain == on_plain_) {
+        return true;
+    }
+    if (plain && !ctx_plain_) {
+        if (plain_failed_) {
+            return false;
+        }
+        ctx_plain_.reset(llama_init_from_model(target_->get(), plain_params_));
+        if (!ctx_plain_) {
+            plain_failed_ = true;  // e.g. out of memory: keep decoding on the snapshot context
+            return false;
+        }
+        llama_set_embeddings_nextn(ctx_plain_.get(), true, false);
+    }
+    llama_context * src = live();
+    llama_context * dst = plain ? ctx_plain_.get() : ctx_tgt_.get();
+    const size_t size = llama_state_seq_get_size_ext(src, 0, LLAMA_STATE_SEQ_FLAGS_NONE);
+    state_buf_.resize(size);
+    const size_t written = llama_state_seq_get_data_ext(src, state_buf_.data(), size, 0, LLAMA_STATE_SEQ_FLAGS_NONE);
+    llama_memory_clear(llama_get_memory(dst), true);
+    if (written == 0 ||
+        llama_state_seq_set_data_ext(dst, state_buf_.data(), written, 0, LLAMA_STATE_SEQ_FLAGS_NONE) == 0) {
+        llama_memory_clear(llama_get_memory(dst), true);
+        return false;
+    }
+    on_plain_ = plain;
+    SessionStats::add(stats_.context_switches, 1);
+    return true;
+}
+
 bool Engine::rebuild_memory(Generation & g) {
+    if (ctx_plain_) {
+        llama_memory_clear(llama_get_memory(ctx_plain_.get()), true);
+    }
+    on_plain_ = false;
     llama_memory_clear(llama_get_memory(ctx_tgt_.get()), true);
     if (ctx_dft_) {
         llama_memory_clear(llama_get_memory(ctx_dft_.get()), true);
@@ -407,8 +450,26 @@ void Engine::decode_step(Job & job) {
     k = std::max(k, 0);
     if (auto_) {
         stats_.n_draft.store(k_max, std::memory_order_relaxed);
+        // two iterations in a row without drafts: decode on the snapshot-free
+        // context; any draft (a probe included) moves the sequence back first
+        plain_streak_ = k == 0 ? plain_streak_ + 1 : 0;
+        const bool want_plain = plain_streak_ >= 2;
+        if (want_plain != on_plain_) {
+            const int64_t t0 = now_us();
+            const bool moved = use_plain_context(want_plain);
+            if (!moved && !want_plain && !rebuild_memory(g)) {
+                SessionStats::add(stats_.t_ckpt_us, elapsed(t0));
+                finish(job, EventKind::error, "", -1, "could not move the sequence back to the target context");
+                return;
+            }
+            if (!moved && !want_plain) {
+                SessionStats::add(stats_.rollback_fallbacks, 1);
+            }
+            SessionStats::add(stats_.t_ckpt_us, elapsed(t0));
+        }
     }
-    llama_memory_t mem_tgt = llama_get_memory(ctx_tgt_.get());
+    llama_context * tgt = live();
+    llama_memory_t mem_tgt = llama_get_memory(tgt);
 
     // 1. draft with the MTP head
     uint64_t t_draft = 0;
@@ -471,7 +532,7 @@ void Engine::decode_step(Job & job) {
     for (int32_t j = 0; j < k; ++j) {
         batch_tgt_->add(drafts_[static_cast<size_t>(j)], g.n_past + 1 + j, true);
     }
-    const int32_t rc = llama_decode(ctx_tgt_.get(), batch_tgt_->view(false));
+    const int32_t rc = llama_decode(tgt, batch_tgt_->view(false));
     const uint64_t t_verify = elapsed(t_v);
     SessionStats::add(stats_.t_verify_us, t_verify);
     if (rc != 0) {
@@ -485,7 +546,7 @@ void Engine::decode_step(Job & job) {
     out.reserve(static_cast<size_t>(k) + 1);
     int32_t n_acc = 0;
     for (int32_t i = 0; i <= k; ++i) {
-        const llama_token tok = llama_sampler_sample(g.sampler.get(), ctx_tgt_.get(), i);
+        const llama_token tok = llama_sampler_sample(g.sampler.get(), tgt, i);
         out.push_back(tok);
         if (i < k && tok == drafts_[static_cast<size_t>(i)] && !target_->is_eog(tok)) {
             ++n_acc;
@@ -495,7 +556,7 @@ void Engine::decode_step(Job & job) {
     }
     if (speculative) {
         for (int32_t i = 0; i <= n_acc; ++i) {
-            const float * h = llama_get_embeddings_nextn_ith(ctx_tgt_.get(), i);
+            const float * h = llama_get_embeddings_nextn_ith(tgt, i);
             if (h == nullptr) {
                 finish(job, EventKind::error, "", -1, "the target exported no hidden row");
                 return;

@@ -87,6 +87,12 @@ private:
     void decode_step(Job & job);
     bool flush_pending(Generation & g);
     bool rebuild_memory(Generation & g);
+    // The target context decoding happens on: ctx_tgt_, or ctx_plain_ while "auto"
+    // runs without drafts.
+    llama_context * live() const { return on_plain_ ? ctx_plain_.get() : ctx_tgt_.get(); }
+    // "auto" only: move the sequence between the snapshot-keeping target context and
+    // the snapshot-free plain one (created on first use). False: stay where it is.
+    bool use_plain_context(bool plain);
     // Decode `tokens` (at positions from `pos0`) on the target and feed the draft
     // context (or, with defer_draft, queue the pairs in g.pending); leaves logits
     // for the last token and sets g.carry.
@@ -103,6 +109,15 @@ private:
     std::shared_ptr<Model> draft_model_;
     ContextPtr ctx_tgt_;
     ContextPtr ctx_dft_;
+    // "auto" only: a target context without recurrent-state snapshots. Keeping
+    // snapshots makes every target decode slower, so while drafting does not pay
+    // the sequence lives here; it moves back (state copy) for draft probes.
+    ContextPtr ctx_plain_;
+    bool on_plain_ = false;
+    bool plain_failed_ = false;
+    int32_t plain_streak_ = 0;  // consecutive iterations "auto" chose no drafts
+    std::vector<uint8_t> state_buf_;
+    llama_context_params plain_params_{};
     int32_t n_draft_ = 0;
     int32_t n_ctx_ = 0;
     int32_t n_batch_ = 0;

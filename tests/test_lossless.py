@@ -102,3 +102,25 @@ async def test_auto_draft_is_lossless_and_adapts(models: Models, name: str) -> N
     assert ids == base
     # it probes draft lengths 1, 6 and 0 first, so it always drafted something
     assert done.usage.drafts_generated >= 7
+
+
+@pytest.mark.asyncio
+async def test_auto_draft_moves_to_plain_context_and_back_losslessly() -> None:
+    """When drafting never pays, "auto" decodes on a snapshot-free context; every
+    probe moves the sequence back and forth (a state copy) without changing a token,
+    and the session stays exact for the next call."""
+    from mtpstream.testing import make_model
+
+    with mtpstream.load_model(make_model(weights="oracle", size="tiny", mtp_error_rate=1.0)) as model:
+        prompt = model.tokenize("the old man and the sea went")
+        base = await _plain(model, prompt, max_tokens=450)
+        with mtpstream.init(model, n_draft="auto", n_ctx=1024, **EXACT) as mtp:
+            for _ in range(2):
+                ids, done = await collect(mtp, prompt, max_tokens=450)
+                assert ids == base, f"diverged at {_first_diff(ids, base)}"
+                assert isinstance(done, mtpstream.DoneEvent)
+            stats = mtp.stats()
+            # per call: in after the first plain iterations, then out and back in
+            # around the probes at every 128th iteration
+            assert stats.context_switches >= 6
+            assert stats.rollback_fallbacks == 0

@@ -6,6 +6,7 @@ Private to :mod:`mtpstream.bench`.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import os
 import platform
@@ -30,6 +31,7 @@ __all__ = [
     "percentiles_us",
     "reset_peak_rss",
     "summarize",
+    "trim_heap",
     "utc_now",
     "versions",
 ]
@@ -144,6 +146,13 @@ def anon_rss_bytes() -> int:
             if line.startswith("RssAnon:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def trim_heap() -> None:
+    """Return freed heap memory to the OS (glibc ``malloc_trim``), so that later growth
+    of the resident set is not hidden by reuse of already-resident free pages."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def reset_peak_rss() -> bool:

@@ -281,6 +281,7 @@ def row_summary(samples: Sequence[RunSample]) -> dict[str, Any]:
         "runs": [
             {
                 "tokens_per_sec": round(s.decode_tokens_per_sec, 3),
+                "tokens_per_iter": round((s.drafts_accepted + s.iters) / s.iters, 4) if s.iters else None,
                 "verify_us_per_iter": _round(s.per_iter_us("verify")),
                 "draft_us_per_iter": _round(s.per_iter_us("draft")),
                 "foreign_cpu_cores": s.foreign_cpu_cores,

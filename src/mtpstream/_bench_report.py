@@ -77,10 +77,14 @@ def _cell_costs(row: dict[str, Any], plain_step_us: float | None) -> dict[str, A
 
 
 def _paired(row: dict[str, Any], plain: dict[str, Any]) -> dict[str, Any]:
-    """Speedup, ideal speedup and efficiency of a cell, paired round by round with plain."""
-    tpi = row["tokens_per_iter"] or 0.0
+    """Speedup, ideal speedup and efficiency of a cell, paired round by round with plain.
+
+    Each round's ideal uses that run's own tokens per iteration, so a cell whose
+    behaviour changes between runs (``"auto"`` adapting) is judged run by run.
+    """
     rounds = zip(
         _series(row, "tokens_per_sec"),
+        _series(row, "tokens_per_iter"),
         _series(row, "verify_us_per_iter"),
         _series(row, "draft_us_per_iter"),
         _series(plain, "tokens_per_sec"),
@@ -89,7 +93,7 @@ def _paired(row: dict[str, Any], plain: dict[str, Any]) -> dict[str, Any]:
     )
     speed: list[float] = []
     ideal: list[float] = []
-    for tps, verify, draft, p_tps, p_step in rounds:
+    for tps, tpi, verify, draft, p_tps, p_step in rounds:
         if p_tps and verify + draft and tpi:
             speed.append(tps / p_tps)
             ideal.append(tpi * p_step / (verify + draft))

@@ -152,19 +152,25 @@ def _open_sessions(
     rss: dict[str, int] = {}
     auto = {"available": True, "reason": ""}
     keys: list[meas.DraftKey] = [*settings.n_drafts, "auto"]
-    for k in keys:
-        before = env.anon_rss_bytes()
-        try:
-            session = meas.open_session(model, k, settings)
-        except InvalidOptionError as exc:
-            if k != "auto":
-                raise
-            auto = {"available": False, "reason": str(exc)}
-            continue
-        sessions[k] = session
-        for _ in range(settings.warmup):
-            meas.run_native(session, prompt, settings.tokens)
-        rss[meas.draft_label(k)] = env.anon_rss_bytes() - before
+    try:
+        for k in keys:
+            env.trim_heap()
+            before = env.anon_rss_bytes()
+            try:
+                session = meas.open_session(model, k, settings)
+            except InvalidOptionError as exc:
+                if k != "auto":
+                    raise
+                auto = {"available": False, "reason": str(exc)}
+                continue
+            sessions[k] = session
+            for _ in range(settings.warmup):
+                meas.run_native(session, prompt, settings.tokens)
+            rss[meas.draft_label(k)] = env.anon_rss_bytes() - before
+    except BaseException:
+        for session in sessions.values():
+            session.close()
+        raise
     return sessions, auto, rss
 
 

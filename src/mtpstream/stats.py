@@ -44,10 +44,14 @@ class MTPStats(BaseModel):
     n_draft: int = 0
     prompt_tokens: int = 0
     rollback_fallbacks: int = 0
+    context_switches: int = 0
+    """``n_draft="auto"`` only: how often the sequence moved between the target
+    context that keeps recurrent-state snapshots (needed to roll drafts back) and a
+    snapshot-free one that decodes faster while drafting does not pay."""
 
     @classmethod
     def _from_native(cls, t: tuple[Any, ...], calls: int) -> MTPStats:
-        (iters, gen, acc, emitted, prompt, fallbacks, t_d, t_v, t_s, t_c, t_p, t_tot, n_draft) = t
+        (iters, gen, acc, emitted, prompt, fallbacks, t_d, t_v, t_s, t_c, t_p, t_tot, n_draft, switches) = t
         other = max(0, t_tot - t_d - t_v - t_s - t_c)
         decoded = max(0, emitted - calls)
         timing = TimingUs.model_construct(
@@ -64,6 +68,7 @@ class MTPStats(BaseModel):
             n_draft=n_draft,
             prompt_tokens=prompt,
             rollback_fallbacks=fallbacks,
+            context_switches=switches,
         )
 
     def format(self) -> str:
@@ -85,7 +90,8 @@ class MTPStats(BaseModel):
             f"mtp: draft   {ms(t.draft)}",
             f"mtp: verify  {ms(t.verify)}",
             f"mtp: sample  {ms(t.sample)}",
-            f"mtp: ckpt    {ms(t.ckpt)}   (rollback fallbacks: {self.rollback_fallbacks})",
+            f"mtp: ckpt    {ms(t.ckpt)}   (rollback fallbacks: {self.rollback_fallbacks}, "
+            f"context switches: {self.context_switches})",
             f"mtp: other   {ms(t.other)}",
             f"mtp: total   {ms(t.total)}",
         ]
