@@ -93,6 +93,7 @@ TARGET_KEYS = {
     "stats_p99_us",
     "ttft_mtp_over_plain",
     "idle_company_over_alone",
+    "mtpstream_over_upstream",
 }
 LATENCY_KEYS = {"n", "p50_us", "p99_us", "max_us"}
 
@@ -184,3 +185,41 @@ def test_plot_written_or_skipped(quick_result: tuple[dict[str, Any], Path]) -> N
 
 def test_bad_arguments_exit_2(tmp_path: Path) -> None:
     assert bench.main(["--quick", "--out", str(tmp_path), "--tokens", "1"]) == 2
+
+
+def test_upstream_rows_are_judged_and_tabulated() -> None:
+    """The llama-server comparison (only run with --with-upstream: it builds the server)
+    is judged row by row on the median paired ratio and rendered as a Markdown table."""
+    from mtpstream import _bench_report as report
+
+    def cell(ours: list[float], up: list[float]) -> dict[str, Any]:
+        ratios = [o / u for o, u in zip(ours, up, strict=True)]
+        s = sorted(ratios)
+        return {
+            "upstream_tokens_per_sec": {"median": sorted(up)[1]},
+            "mtpstream_tokens_per_sec": {"median": sorted(ours)[1]},
+            "upstream_acceptance_rate": None,
+            "mtpstream_over_upstream": s[1],
+            "mtpstream_over_upstream_rounds": {"median": s[1], "min": s[0], "max": s[2]},
+        }
+
+    up = {
+        "available": True,
+        "levels": {
+            "oracle-a1.00": {"0": cell([30, 31, 29], [30, 30, 30]), "3": cell([50, 52, 51], [50, 50, 50])}
+        },
+    }
+    verdict = report._t_upstream({"upstream": up})
+    assert verdict["pass"] is True  # k=0 median ratio exactly 1.0, k=3 above
+    assert verdict["measured"]["oracle-a1.00"]["3"] > 1.0
+    up["levels"]["oracle-a1.00"]["0"] = cell([29.5, 30.5, 29.7], [30, 30, 30])
+    verdict = report._t_upstream({"upstream": up})
+    assert verdict["pass"] is False
+    assert "oracle-a1.00 k=0" in verdict["note"]  # one round above 1: within noise
+    up["levels"]["oracle-a1.00"]["0"] = cell([29, 29.5, 29.9], [30, 30, 30])
+    verdict = report._t_upstream({"upstream": up})
+    assert verdict["pass"] is False
+    assert "oracle-a1.00 k=0" not in verdict["note"]  # every round below 1: not noise
+    assert report._t_upstream({"upstream": {"enabled": False}})["pass"] is None
+    table = report._md_upstream(up)
+    assert any(line.startswith("| oracle-a1.00 | 3 | 50.0 | 51.0 |") for line in table)

@@ -49,6 +49,7 @@ TARGET_THRESHOLDS: dict[str, float] = {
     "stats_p99_us": 50.0,
     "ttft_mtp_over_plain": 1.10,
     "idle_company_over_alone": 0.97,
+    "mtpstream_over_upstream": 1.0,
 }
 
 
@@ -247,6 +248,28 @@ def _t_company(result: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def _t_upstream(result: dict[str, Any]) -> dict[str, Any]:
+    t = TARGET_THRESHOLDS["mtpstream_over_upstream"]
+    desc = "at least as fast as llama-server --spec-type draft-mtp on every row (median paired ratio >= 1)"
+    up = result.get("upstream") or {}
+    if not up.get("available"):
+        return _verdict(desc, None, None, t, up.get("reason", "not run (--with-upstream)"))
+    measured: dict[str, dict[str, float | None]] = {}
+    within_noise: list[str] = []
+    for name, cells in up["levels"].items():
+        measured[name] = {}
+        for k, cell in cells.items():
+            measured[name][k] = cell.get("mtpstream_over_upstream")
+            rounds = cell.get("mtpstream_over_upstream_rounds") or {}
+            if rounds and rounds["min"] < 1.0 <= rounds["max"] and rounds["median"] < t:
+                within_noise.append(f"{name} k={k}")
+    values = [v for cells in measured.values() for v in cells.values()]
+    ok = bool(values) and all(v is not None and v >= t for v in values)
+    note = "rows below 1 whose rounds straddle 1 (within run-to-run noise): "
+    note += ", ".join(within_noise) or "none"
+    return _verdict(desc, measured, ok, t, note)
+
+
 def evaluate_targets(result: dict[str, Any]) -> dict[str, Any]:
     """Every target of the issue, with measured figures and a pass flag (None: not measurable)."""
     targets: dict[str, Any] = {}
@@ -257,6 +280,7 @@ def evaluate_targets(result: dict[str, Any]) -> dict[str, Any]:
     targets["stats_p99_us"] = _t_stats(result)
     targets["ttft_mtp_over_plain"] = _t_ttft(result)
     targets["idle_company_over_alone"] = _t_company(result)
+    targets["mtpstream_over_upstream"] = _t_upstream(result)
     return targets
 
 
@@ -357,11 +381,38 @@ def _md_level(lv: dict[str, Any]) -> list[str]:
     return [*out, ""]
 
 
+def _md_upstream(up: dict[str, Any]) -> list[str]:
+    if not up.get("available"):
+        return []
+    out = [
+        "**upstream llama-server** (decode tok/s, median; ratio = median of per-round "
+        "mtpstream/upstream, min-max)",
+        "",
+        "| level | n_draft | llama-server | mtpstream | ratio (min-max) | server acceptance |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, cells in up["levels"].items():
+        for k, c in cells.items():
+            if "error" in c:
+                out.append(f"| {name} | {k} | error: {c['error']} | | | |")
+                continue
+            r = c.get("mtpstream_over_upstream_rounds") or {}
+            span = f" ({r['min']:.3f}-{r['max']:.3f})" if r else ""
+            out.append(
+                f"| {name} | {k} | {c['upstream_tokens_per_sec']['median']:.1f} "
+                f"| {c['mtpstream_tokens_per_sec']['median']:.1f} "
+                f"| {_fmt(c['mtpstream_over_upstream'], '.3f')}{span} "
+                f"| {_fmt(c['upstream_acceptance_rate'], '.3f')} |"
+            )
+    return [*out, ""]
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The grid and the targets as Markdown tables (for benchmarks/README.md)."""
     lines: list[str] = []
     for lv in result["levels"]:
         lines += _md_level(lv)
+    lines += _md_upstream(result.get("upstream") or {})
     lines += ["| target | threshold | measured | pass |", "|---|---|---|---|"]
     for name, v in result["targets"].items():
         flag = {True: "PASS", False: "**FAIL**", None: "n/a"}[v["pass"]]

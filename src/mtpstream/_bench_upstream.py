@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._bench_env import summarize
+from ._bench_env import paired_ratios, summarize
 from ._bench_measure import Level, Settings, generation_prompt, open_session, run_native
 from .model import load_model
 
@@ -229,16 +229,18 @@ def _cell(exe: Path, level: Level, k: int, settings: Settings, log: Log) -> dict
                         our_tps.append(run_native(ours, prompt, settings.tokens).decode_tokens_per_sec)
     finally:
         model.close()
-    ratio = statistics.median(our_tps) / statistics.median(up_tps)
+    paired = paired_ratios(our_tps, up_tps)
     log(
         f"    {level.name} k={k}: upstream {statistics.median(up_tps):.1f} tok/s, "
-        f"mtpstream {statistics.median(our_tps):.1f} tok/s ({ratio:.2f}x)"
+        f"mtpstream {statistics.median(our_tps):.1f} tok/s (paired {paired['median']:.3f}x, "
+        f"{paired['min']:.3f}-{paired['max']:.3f})"
     )
     return {
         "upstream_tokens_per_sec": summarize(up_tps, 2),
         "upstream_acceptance_rate": round(accepted / drafts, 4) if drafts else None,
         "mtpstream_tokens_per_sec": summarize(our_tps, 2),
-        "mtpstream_over_upstream": round(ratio, 4),
+        "mtpstream_over_upstream": paired["median"],
+        "mtpstream_over_upstream_rounds": paired,
     }
 
 
@@ -249,7 +251,8 @@ def compare(levels: Sequence[Level], settings: Settings, log: Log) -> dict[str, 
         "enabled": True,
         "llama_cpp_python_sdist": f"{_PACKAGE}=={_VERSION}",
         "metric": "decode tokens/s: server timings.predicted_per_second vs "
-        "mtpstream stats (both exclude prompt processing)",
+        "mtpstream stats (both exclude prompt processing); mtpstream_over_upstream is the "
+        "median of per-round ratios (runs alternate, order flipped every round)",
     }
     try:
         root.mkdir(parents=True, exist_ok=True)
