@@ -8,7 +8,9 @@
 // of k values not measured yet come from a least-squares line through the measured
 // ones. A few probes at the start and one every 48 iterations (every 128 while
 // plain decoding wins) keep the estimates fresh, so a session can move between
-// "plain" and "long drafts".
+// "plain" and "long drafts". The first measurement of each draft length is only a
+// placeholder: it may include llama.cpp allocating a compute graph for a batch size
+// it has not seen, so the second one replaces it (each initial probe runs twice).
 #pragma once
 
 #include <algorithm>
@@ -19,17 +21,20 @@ namespace mtpstream {
 
 class AutoDraft {
 public:
-    explicit AutoDraft(int max_k) : max_k_(max_k), verify_us_(static_cast<size_t>(max_k) + 1, -1.0) {}
+    explicit AutoDraft(int max_k)
+        : max_k_(max_k), verify_us_(static_cast<size_t>(max_k) + 1, -1.0), seen_(static_cast<size_t>(max_k) + 1, 0) {}
 
     int max_k() const { return max_k_; }
 
     int choose() {
         ++iter_;
-        // initial probes: one draft, the longest draft, no draft
+        // initial probes, twice each: one draft, the longest draft, no draft
         const int probes[] = {1, max_k_, 0};
-        for (int k : probes) {
-            if (verify_us_[static_cast<size_t>(k)] < 0.0) {
-                return k;
+        for (int round = 1; round <= 2; ++round) {
+            for (int k : probes) {
+                if (seen_[static_cast<size_t>(k)] < round) {
+                    return k;
+                }
             }
         }
         const int best = best_k();
@@ -50,10 +55,13 @@ public:
             successes_ = successes_ * decay + n_accepted;
             trials_ = trials_ * decay + n_accepted + (n_accepted < k ? 1 : 0);
             const double per_step = draft_us / k;
-            draft_step_us_ = draft_step_us_ < 0.0 ? per_step : draft_step_us_ + alpha * (per_step - draft_step_us_);
+            draft_seen_ = std::min(draft_seen_ + 1, 3);
+            draft_step_us_ = draft_seen_ <= 2 ? per_step : draft_step_us_ + alpha * (per_step - draft_step_us_);
         }
         double & v = verify_us_[static_cast<size_t>(k)];
-        v = v < 0.0 ? verify_us : v + alpha * (verify_us - v);
+        int & seen = seen_[static_cast<size_t>(k)];
+        seen = std::min(seen + 1, 3);
+        v = seen <= 2 ? verify_us : v + alpha * (verify_us - v);
     }
 
     double acceptance() const { return (successes_ + 1.0) / (trials_ + 2.0); }
@@ -102,7 +110,9 @@ private:
 
     int max_k_;
     std::vector<double> verify_us_;
+    std::vector<int> seen_;  // observations per draft length
     double draft_step_us_ = -1.0;
+    int draft_seen_ = 0;
     double successes_ = 0.0;
     double trials_ = 0.0;
     int64_t iter_ = 0;
