@@ -94,6 +94,7 @@ TARGET_KEYS = {
     "ttft_mtp_over_plain",
     "idle_company_over_alone",
     "mtpstream_over_upstream",
+    "auto_over_best_fixed",
 }
 LATENCY_KEYS = {"n", "p50_us", "p99_us", "max_us"}
 

@@ -22,6 +22,7 @@ __all__ = [
     "format_summary",
     "markdown",
     "plot",
+    "reanalyze",
     "ttft_ratios",
     "write_json",
 ]
@@ -50,6 +51,7 @@ TARGET_THRESHOLDS: dict[str, float] = {
     "ttft_mtp_over_plain": 1.10,
     "idle_company_over_alone": 0.97,
     "mtpstream_over_upstream": 1.0,
+    "auto_over_best_fixed": 0.95,
 }
 
 
@@ -213,6 +215,24 @@ def _t_random_auto(result: dict[str, Any]) -> dict[str, Any]:
     return _verdict(desc, ratio, bool(ratio is not None and ratio >= t), t)
 
 
+def _t_auto_vs_best(result: dict[str, Any]) -> dict[str, Any]:
+    t = TARGET_THRESHOLDS["auto_over_best_fixed"]
+    desc = 'n_draft="auto" within 5% of the best fixed n_draft (0..6) at every level (median paired ratio)'
+    measured: dict[str, Any] = {}
+    for lv in result["levels"]:
+        rows = lv["rows"]
+        auto = rows.get("auto")
+        fixed = {k: r["tokens_per_sec"]["median"] for k, r in rows.items() if k.isdigit()}
+        if auto is None or not fixed:
+            continue
+        best = max(fixed, key=lambda k: fixed[k])
+        ratio = paired_ratios(_series(auto, "tokens_per_sec"), _series(rows[best], "tokens_per_sec"))
+        measured[lv["name"]] = {"best_fixed": int(best), "ratio": ratio["median"]}
+    values = [m["ratio"] for m in measured.values()]
+    ok = bool(values) and all(v is not None and v >= t for v in values)
+    return _verdict(desc, measured, ok if values else None, t)
+
+
 def _t_stats(result: dict[str, Any]) -> dict[str, Any]:
     t = TARGET_THRESHOLDS["stats_p99_us"]
     s = result["stats_latency"]
@@ -270,6 +290,19 @@ def _t_upstream(result: dict[str, Any]) -> dict[str, Any]:
     return _verdict(desc, measured, ok, t, note)
 
 
+def reanalyze(result: dict[str, Any]) -> dict[str, Any]:
+    """Recompute every derived figure of a saved result from its raw measurements (in
+    place): per-level speedups, ideal bound and efficiency, TTFT ratios, targets."""
+    for level in result["levels"]:
+        add_derived(level)
+    ttft_ratios(result["ttft"])
+    result["ideal_method"] = IDEAL_METHOD
+    result["targets"] = evaluate_targets(result)
+    flags = [t["pass"] for t in result["targets"].values() if t["pass"] is not None]
+    result["all_targets_pass"] = all(flags)
+    return result
+
+
 def evaluate_targets(result: dict[str, Any]) -> dict[str, Any]:
     """Every target of the issue, with measured figures and a pass flag (None: not measurable)."""
     targets: dict[str, Any] = {}
@@ -277,6 +310,7 @@ def evaluate_targets(result: dict[str, Any]) -> dict[str, Any]:
     targets["efficiency_at_best_n_draft"] = _t_efficiency(result)
     targets["full_acceptance_best_over_plain"] = _t_full(result)
     targets["random_auto_over_plain"] = _t_random_auto(result)
+    targets["auto_over_best_fixed"] = _t_auto_vs_best(result)
     targets["stats_p99_us"] = _t_stats(result)
     targets["ttft_mtp_over_plain"] = _t_ttft(result)
     targets["idle_company_over_alone"] = _t_company(result)
@@ -407,9 +441,31 @@ def _md_upstream(up: dict[str, Any]) -> list[str]:
     return [*out, ""]
 
 
+def _md_summary(result: dict[str, Any]) -> list[str]:
+    """One line per level: median decode tok/s per n_draft, and the best fixed n_draft."""
+    keys = [k for k in result["levels"][0]["rows"]] if result["levels"] else []
+    head = ["k=0 (plain)" if k == "0" else k if k == "auto" else f"k={k}" for k in keys]
+    out = [
+        "| level | " + " | ".join(head) + " | best fixed vs plain | auto vs plain |",
+        "|---" * (len(keys) + 3) + "|",
+    ]
+    for lv in result["levels"]:
+        cells = []
+        for k in keys:
+            r = lv["rows"].get(k)
+            t = r["tokens_per_sec"] if r else None
+            cells.append("-" if t is None else f"{t['median']:.1f}")
+        best = lv["best_n_draft"]
+        best_txt = "-" if best is None else f"{_fmt(lv['best_speedup'], '.2f')}x (k={best})"
+        auto = lv["rows"].get("auto")
+        auto_txt = "-" if auto is None else f"{_fmt(auto['speedup'], '.3f')}x"
+        out.append(f"| {lv['name']} | " + " | ".join(cells) + f" | {best_txt} | {auto_txt} |")
+    return [*out, ""]
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The grid and the targets as Markdown tables (for benchmarks/README.md)."""
-    lines: list[str] = []
+    lines: list[str] = _md_summary(result)
     for lv in result["levels"]:
         lines += _md_level(lv)
     lines += _md_upstream(result.get("upstream") or {})

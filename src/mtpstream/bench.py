@@ -313,6 +313,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
     p.add_argument("--markdown", metavar="JSON", help="print a saved result as Markdown tables and exit")
     p.add_argument(
+        "--reanalyze",
+        metavar="JSON",
+        help="recompute a saved result's derived figures and targets from its raw measurements "
+        "with this version's analysis, rewrite the JSON (and plot) in place, print the summary",
+    )
+    p.add_argument(
         "--with-upstream",
         action="store_true",
         help="also compare with upstream llama-server --spec-type draft-mtp (builds it once)",
@@ -369,7 +375,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     also when targets fail: they are reported, not enforced)."""
     args = _parser().parse_args(argv)
     if args.markdown:
-        print(report.markdown(json.loads(Path(args.markdown).read_text())))
+        print(report.markdown(report.reanalyze(json.loads(Path(args.markdown).read_text()))))
+        return 0
+    if args.reanalyze:
+        path = Path(args.reanalyze)
+        result = report.reanalyze(json.loads(path.read_text()))
+        report.write_json(result, path)
+        if result.get("plot"):
+            report.plot(result, path.with_suffix(".png"), _Logger())
+        print(report.format_summary(result))
         return 0
     log = _Logger()
     try:
