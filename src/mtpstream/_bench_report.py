@@ -422,8 +422,9 @@ def _md_upstream(up: dict[str, Any]) -> list[str]:
         "**upstream llama-server** (decode tok/s, median; ratio = median of per-round "
         "mtpstream/upstream, min-max)",
         "",
-        "| level | n_draft | llama-server | mtpstream | ratio (min-max) | server acceptance |",
-        "|---|---|---|---|---|---|",
+        "| level | n_draft | llama-server | mtpstream | ratio (min-max) | whole request, speed ratio "
+        "| server acceptance |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, cells in up["levels"].items():
         for k, c in cells.items():
@@ -432,10 +433,12 @@ def _md_upstream(up: dict[str, Any]) -> list[str]:
                 continue
             r = c.get("mtpstream_over_upstream_rounds") or {}
             span = f" ({r['min']:.3f}-{r['max']:.3f})" if r else ""
+            q = c.get("request_speed_over_upstream_rounds") or {}
+            req = f"{q['median']:.3f} ({q['min']:.3f}-{q['max']:.3f})" if q else "-"
             out.append(
                 f"| {name} | {k} | {c['upstream_tokens_per_sec']['median']:.1f} "
                 f"| {c['mtpstream_tokens_per_sec']['median']:.1f} "
-                f"| {_fmt(c['mtpstream_over_upstream'], '.3f')}{span} "
+                f"| {_fmt(c['mtpstream_over_upstream'], '.3f')}{span} | {req} "
                 f"| {_fmt(c['upstream_acceptance_rate'], '.3f')} |"
             )
     return [*out, ""]

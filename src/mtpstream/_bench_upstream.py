@@ -216,6 +216,8 @@ def _cell(exe: Path, level: Level, k: int, settings: Settings, log: Log) -> dict
                 run_native(ours, prompt, settings.tokens)
             up_tps: list[float] = []
             our_tps: list[float] = []
+            up_ms: list[float] = []  # whole request: prompt + generation
+            our_ms: list[float] = []
             drafts = accepted = 0
             for r in range(settings.runs):
                 order = (0, 1) if r % 2 == 0 else (1, 0)
@@ -223,10 +225,13 @@ def _cell(exe: Path, level: Level, k: int, settings: Settings, log: Log) -> dict
                     if side == 0:
                         t = _complete(port, prompt, settings.tokens)
                         up_tps.append(float(t["predicted_per_second"]))
+                        up_ms.append(float(t["prompt_ms"]) + float(t["predicted_ms"]))
                         drafts += int(t.get("draft_n", 0))
                         accepted += int(t.get("draft_n_accepted", 0))
                     else:
-                        our_tps.append(run_native(ours, prompt, settings.tokens).decode_tokens_per_sec)
+                        sample = run_native(ours, prompt, settings.tokens)
+                        our_tps.append(sample.decode_tokens_per_sec)
+                        our_ms.append((sample.timing_us["prefill"] + sample.timing_us["total"]) / 1000)
     finally:
         model.close()
     paired = paired_ratios(our_tps, up_tps)
@@ -241,6 +246,10 @@ def _cell(exe: Path, level: Level, k: int, settings: Settings, log: Log) -> dict
         "mtpstream_tokens_per_sec": summarize(our_tps, 2),
         "mtpstream_over_upstream": paired["median"],
         "mtpstream_over_upstream_rounds": paired,
+        "upstream_request_ms": summarize(up_ms, 1),
+        "mtpstream_request_ms": summarize(our_ms, 1),
+        # speed ratio of the whole request (prompt included): upstream time / ours
+        "request_speed_over_upstream_rounds": paired_ratios(up_ms, our_ms),
     }
 
 
@@ -252,7 +261,9 @@ def compare(levels: Sequence[Level], settings: Settings, log: Log) -> dict[str, 
         "llama_cpp_python_sdist": f"{_PACKAGE}=={_VERSION}",
         "metric": "decode tokens/s: server timings.predicted_per_second vs "
         "mtpstream stats (both exclude prompt processing); mtpstream_over_upstream is the "
-        "median of per-round ratios (runs alternate, order flipped every round)",
+        "median of per-round ratios (runs alternate, order flipped every round). "
+        "request_speed_over_upstream: the whole request (prompt + generation: server "
+        "prompt_ms + predicted_ms vs engine prefill + decode time), upstream time / ours",
     }
     try:
         root.mkdir(parents=True, exist_ok=True)
