@@ -48,26 +48,41 @@ public:
         return best;
     }
 
-    void observe(int k, int n_accepted, double draft_us, double verify_us) {
+    // costs_valid=false: the iteration also paid a one-off (the sequence moved to the
+    // other target context, whose first decode may rebuild its graph), so only the
+    // acceptance is learned from it.
+    void observe(int k, int n_accepted, double draft_us, double verify_us, bool costs_valid = true) {
         constexpr double decay = 0.98;
-        constexpr double alpha = 0.2;
         if (k > 0) {
             successes_ = successes_ * decay + n_accepted;
             trials_ = trials_ * decay + n_accepted + (n_accepted < k ? 1 : 0);
-            const double per_step = draft_us / k;
-            draft_seen_ = std::min(draft_seen_ + 1, 3);
-            draft_step_us_ = draft_seen_ <= 2 ? per_step : draft_step_us_ + alpha * (per_step - draft_step_us_);
         }
-        double & v = verify_us_[static_cast<size_t>(k)];
-        int & seen = seen_[static_cast<size_t>(k)];
-        seen = std::min(seen + 1, 3);
-        v = seen <= 2 ? verify_us : v + alpha * (verify_us - v);
+        if (!costs_valid) {
+            return;
+        }
+        if (k > 0) {
+            update(draft_step_us_, draft_seen_, draft_us / k);
+        }
+        update(verify_us_[static_cast<size_t>(k)], seen_[static_cast<size_t>(k)], verify_us);
     }
 
     double acceptance() const { return (successes_ + 1.0) / (trials_ + 2.0); }
 
 private:
     static constexpr int64_t probe_every = 48;
+
+    // The second measurement replaces the first; later ones enter a running average,
+    // each clamped to twice the current estimate so that one stall (a page fault, the
+    // machine pausing the process) cannot outweigh many normal iterations.
+    static void update(double & estimate, int & seen, double measured) {
+        constexpr double alpha = 0.2;
+        seen = std::min(seen + 1, 3);
+        if (seen <= 2) {
+            estimate = measured;
+        } else {
+            estimate += alpha * (std::min(measured, 2.0 * estimate) - estimate);
+        }
+    }
     static constexpr int64_t probe_every_idle = 128;
 
     int best_k() const {

@@ -277,8 +277,9 @@ void Engine::begin(Job & job) {
     if (ctx_plain_) {
         llama_memory_clear(llama_get_memory(ctx_plain_.get()), true);
     }
-    on_plain_ = false;
-    plain_streak_ = 0;
+    // "auto" that ended the previous call decoding without drafts starts this one
+    // (prompt included) on the snapshot-free context
+    on_plain_ = ctx_plain_ != nullptr && plain_streak_ >= 2;
     llama_sampler_reset(g.sampler.get());
     std::fill(g.carry.begin(), g.carry.end(), 0.0f);
     g.t_start_us = now_us();
@@ -293,13 +294,13 @@ bool Engine::prefill_tokens(Generation & g, const llama_token * tokens, int32_t 
         for (int32_t i = 0; i < m; ++i) {
             batch_tgt_->add(tokens[off + i], pos0 + off + i, want_logits && off + i == n - 1);
         }
-        if (llama_decode(ctx_tgt_.get(), batch_tgt_->view(false)) != 0) {
+        if (llama_decode(live(), batch_tgt_->view(false)) != 0) {
             return false;
         }
         if (!ctx_dft_) {
             continue;
         }
-        const float * rows = llama_get_embeddings_nextn(ctx_tgt_.get());
+        const float * rows = llama_get_embeddings_nextn(live());
         if (rows == nullptr) {
             return false;
         }
@@ -356,7 +357,7 @@ void Engine::prefill_step(Job & job) {
         return;
     }
     const int64_t ts = now_us();
-    const llama_token first = llama_sampler_sample(g.sampler.get(), ctx_tgt_.get(), m - 1);
+    const llama_token first = llama_sampler_sample(g.sampler.get(), live(), m - 1);
     SessionStats::add(stats_.t_sample_us, elapsed(ts));
     g.history = g.opts.prompt;
     g.n_past = n_prompt;
@@ -448,6 +449,7 @@ void Engine::decode_step(Job & job) {
     const int32_t k_max = auto_ ? auto_->choose() : n_draft_;
     int32_t k = speculative ? std::min({k_max, remaining - 1, room - 1}) : 0;
     k = std::max(k, 0);
+    bool switched = false;  // "auto" moved the sequence between target contexts
     if (auto_) {
         stats_.n_draft.store(k_max, std::memory_order_relaxed);
         // two iterations in a row without drafts: decode on the snapshot-free
@@ -455,6 +457,7 @@ void Engine::decode_step(Job & job) {
         plain_streak_ = k == 0 ? plain_streak_ + 1 : 0;
         const bool want_plain = plain_streak_ >= 2;
         if (want_plain != on_plain_) {
+            switched = true;
             const int64_t t0 = now_us();
             const bool moved = use_plain_context(want_plain);
             if (!moved && !want_plain && !rebuild_memory(g)) {
@@ -571,7 +574,7 @@ void Engine::decode_step(Job & job) {
     g.drafts += k;
     g.accepted += n_acc;
     if (auto_) {
-        auto_->observe(k, n_acc, static_cast<double>(t_draft), static_cast<double>(t_verify));
+        auto_->observe(k, n_acc, static_cast<double>(t_draft), static_cast<double>(t_verify), !switched);
     }
 
     // 4. roll back rejected positions and bring the draft state to the accepted one
