@@ -223,4 +223,4 @@ def test_upstream_rows_are_judged_and_tabulated() -> None:
     assert "oracle-a1.00 k=0" not in verdict["note"]  # every round below 1: not noise
     assert report._t_upstream({"upstream": {"enabled": False}})["pass"] is None
     table = report._md_upstream(up)
-    assert any(line.startswith("| oracle-a1.00 | 3 | 50.0 | 51.0 |") for line in table)
+    assert any(line.startswith("| oracle-a1.00 | 3 | 50.0 | 51.0 | 1.020 (1.000-1.040) |") for line in table)

@@ -415,6 +415,11 @@ def _md_level(lv: dict[str, Any]) -> list[str]:
     return [*out, ""]
 
 
+def _ratio_span(r: dict[str, Any] | None) -> str:
+    """A summarized ratio as "median (min-max)"."""
+    return f"{r['median']:.3f} ({r['min']:.3f}-{r['max']:.3f})" if r else "-"
+
+
 def _md_upstream(up: dict[str, Any]) -> list[str]:
     if not up.get("available"):
         return []
@@ -429,16 +434,13 @@ def _md_upstream(up: dict[str, Any]) -> list[str]:
     for name, cells in up["levels"].items():
         for k, c in cells.items():
             if "error" in c:
-                out.append(f"| {name} | {k} | error: {c['error']} | | | |")
+                out.append(f"| {name} | {k} | error: {c['error']} | | | | |")
                 continue
-            r = c.get("mtpstream_over_upstream_rounds") or {}
-            span = f" ({r['min']:.3f}-{r['max']:.3f})" if r else ""
-            q = c.get("request_speed_over_upstream_rounds") or {}
-            req = f"{q['median']:.3f} ({q['min']:.3f}-{q['max']:.3f})" if q else "-"
             out.append(
                 f"| {name} | {k} | {c['upstream_tokens_per_sec']['median']:.1f} "
                 f"| {c['mtpstream_tokens_per_sec']['median']:.1f} "
-                f"| {_fmt(c['mtpstream_over_upstream'], '.3f')}{span} | {req} "
+                f"| {_ratio_span(c.get('mtpstream_over_upstream_rounds'))} "
+                f"| {_ratio_span(c.get('request_speed_over_upstream_rounds'))} "
                 f"| {_fmt(c['upstream_acceptance_rate'], '.3f')} |"
             )
     return [*out, ""]
