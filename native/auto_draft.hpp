@@ -70,6 +70,7 @@ public:
 
 private:
     static constexpr int64_t probe_every = 48;
+    static constexpr int64_t probe_every_idle = 128;
 
     // The second measurement replaces the first; later ones enter a running average,
     // each clamped to twice the current estimate so that one stall (a page fault, the
@@ -83,7 +84,6 @@ private:
             estimate += alpha * (std::min(measured, 2.0 * estimate) - estimate);
         }
     }
-    static constexpr int64_t probe_every_idle = 128;
 
     int best_k() const {
         // least-squares line through the measured verify costs

@@ -421,10 +421,7 @@ bool Engine::use_plain_context(bool plain) {
 }
 
 bool Engine::rebuild_memory(Generation & g) {
-    if (ctx_plain_) {
-        llama_memory_clear(llama_get_memory(ctx_plain_.get()), true);
-    }
-    on_plain_ = false;
+    on_plain_ = false;  // the plain context is cleared whenever the sequence moves there
     llama_memory_clear(llama_get_memory(ctx_tgt_.get()), true);
     if (ctx_dft_) {
         llama_memory_clear(llama_get_memory(ctx_dft_.get()), true);
@@ -459,16 +456,18 @@ void Engine::decode_step(Job & job) {
         if (want_plain != on_plain_) {
             switched = true;
             const int64_t t0 = now_us();
-            const bool moved = use_plain_context(want_plain);
-            if (!moved && !want_plain && !rebuild_memory(g)) {
-                SessionStats::add(stats_.t_ckpt_us, elapsed(t0));
+            // failing to move to the plain context just keeps decoding where we are;
+            // failing to move back rebuilds the target context from the token history
+            bool ok = use_plain_context(want_plain) || want_plain;
+            if (!ok) {
+                SessionStats::add(stats_.rollback_fallbacks, 1);
+                ok = rebuild_memory(g);
+            }
+            SessionStats::add(stats_.t_ckpt_us, elapsed(t0));
+            if (!ok) {
                 finish(job, EventKind::error, "", -1, "could not move the sequence back to the target context");
                 return;
             }
-            if (!moved && !want_plain) {
-                SessionStats::add(stats_.rollback_fallbacks, 1);
-            }
-            SessionStats::add(stats_.t_ckpt_us, elapsed(t0));
         }
     }
     llama_context * tgt = live();

@@ -224,3 +224,19 @@ def test_upstream_rows_are_judged_and_tabulated() -> None:
     assert report._t_upstream({"upstream": {"enabled": False}})["pass"] is None
     table = report._md_upstream(up)
     assert any(line.startswith("| oracle-a1.00 | 3 | 50.0 | 51.0 | 1.020 (1.000-1.040) |") for line in table)
+
+
+def test_saved_result_reanalyzes_to_the_same_targets(
+    quick_result: tuple[dict[str, Any], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--reanalyze recomputes derived figures from the raw runs: on a fresh result it
+    changes nothing; --markdown prints tables; an unreadable file is a clear error."""
+    r, _ = quick_result
+    copy = tmp_path / "copy.json"
+    copy.write_text(json.dumps(r))
+    assert bench.main(["--reanalyze", str(copy)]) == 0
+    assert json.loads(copy.read_text())["targets"] == r["targets"]
+    assert bench.main(["--markdown", str(copy)]) == 0
+    assert "| level | k=0 (plain) |" in capsys.readouterr().out
+    assert bench.main(["--markdown", str(tmp_path / "missing.json")]) == 2
+    assert "not a readable result" in capsys.readouterr().err

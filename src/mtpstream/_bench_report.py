@@ -20,6 +20,7 @@ __all__ = [
     "add_derived",
     "evaluate_targets",
     "format_summary",
+    "judge",
     "markdown",
     "plot",
     "reanalyze",
@@ -297,6 +298,11 @@ def reanalyze(result: dict[str, Any]) -> dict[str, Any]:
         add_derived(level)
     ttft_ratios(result["ttft"])
     result["ideal_method"] = IDEAL_METHOD
+    return judge(result)
+
+
+def judge(result: dict[str, Any]) -> dict[str, Any]:
+    """Set ``targets`` and ``all_targets_pass`` (unmeasurable targets left out) in place."""
     result["targets"] = evaluate_targets(result)
     flags = [t["pass"] for t in result["targets"].values() if t["pass"] is not None]
     result["all_targets_pass"] = all(flags)
@@ -448,7 +454,7 @@ def _md_upstream(up: dict[str, Any]) -> list[str]:
 
 def _md_summary(result: dict[str, Any]) -> list[str]:
     """One line per level: median decode tok/s per n_draft, and the best fixed n_draft."""
-    keys = [k for k in result["levels"][0]["rows"]] if result["levels"] else []
+    keys = list(result["levels"][0]["rows"]) if result["levels"] else []
     head = ["k=0 (plain)" if k == "0" else k if k == "auto" else f"k={k}" for k in keys]
     out = [
         "| level | " + " | ".join(head) + " | best fixed vs plain | auto vs plain |",

@@ -269,9 +269,7 @@ def run(cfg: BenchConfig, log: _Logger | None = None) -> dict[str, Any]:
         result["levels"].append(out)
         result.update(extra)
     result["upstream"] = _upstream(cfg, levels, log)
-    result["targets"] = report.evaluate_targets(result)
-    flags = [t["pass"] for t in result["targets"].values() if t["pass"] is not None]
-    result["all_targets_pass"] = all(flags)
+    report.judge(result)
     result["machine"]["load_average_end"] = env.load_average()
     result["machine"]["load_during_run"] = load = env.CpuSnapshot.take().since(cpu0)
     if load["foreign_cpu_cores"] > 0.05:
@@ -374,12 +372,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mtpstream bench``; returns the process exit code (0 on success,
     also when targets fail: they are reported, not enforced)."""
     args = _parser().parse_args(argv)
-    if args.markdown:
-        print(report.markdown(report.reanalyze(json.loads(Path(args.markdown).read_text()))))
-        return 0
-    if args.reanalyze:
-        path = Path(args.reanalyze)
-        result = report.reanalyze(json.loads(path.read_text()))
+    if args.markdown or args.reanalyze:
+        path = Path(args.markdown or args.reanalyze)
+        try:
+            result = report.reanalyze(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"mtpstream bench: error: {path} is not a readable result ({exc!r})", file=sys.stderr)
+            return 2
+        if args.markdown:
+            print(report.markdown(result))
+            return 0
         report.write_json(result, path)
         if result.get("plot"):
             report.plot(result, path.with_suffix(".png"), _Logger())
