@@ -175,6 +175,52 @@ def test_model_handle_outlives_close_for_sessions(model_paths: dict[str, Path]) 
     mtp.close()
 
 
+
+def test_auto_load_mode_reads_small_files_into_memory_and_maps_large_ones() -> None:
+    from mtpstream.model import _choose_mmap
+
+    gib = 1 << 30
+    assert _choose_mmap(1 * gib, 8 * gib) is False  # fits with room: read in
+    assert _choose_mmap(4 * gib, 8 * gib) is False  # exactly half: still read in
+    assert _choose_mmap(5 * gib, 8 * gib) is True  # more than half: map
+    assert _choose_mmap(1, None) is True  # unknown memory: llama.cpp's default
+
+
+@pytest.mark.parametrize("use_mmap", [True, False, None])
+def test_every_load_mode_decodes_the_same_tokens(
+    model_paths: dict[str, Path], use_mmap: bool | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    import anyio
+
+    from mtpstream.testing import load_spec
+
+    path = model_paths["qwen35-oracle"]
+    spec = load_spec(path)
+    with caplog.at_level(logging.INFO, logger="mtpstream.llama"):
+        m = mtpstream.load_model(path, use_mmap=use_mmap)
+    with m:
+        # the test models are tiny, so "auto" reads them into memory
+        assert m.uses_mmap is (use_mmap is True)
+        mode = "mmap" if m.uses_mmap else "none"
+        assert any(f"load_mode = {mode}" in r.getMessage() for r in caplog.records)
+
+        async def run() -> list[int]:
+            with mtpstream.init(m, n_draft=3, n_ctx=512) as mtp:
+                return [
+                    ev.token_id
+                    async for ev in mtp.stream_events([spec.chain_start], max_tokens=64)
+                    if isinstance(ev, mtpstream.TokenEvent)
+                ]
+
+        assert anyio.run(run) == spec.chain(spec.chain_start, 64)
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, 0.5])
+def test_use_mmap_must_be_bool_or_none(model_paths: dict[str, Path], bad: object) -> None:
+    with pytest.raises(TypeError, match="use_mmap"):
+        mtpstream.load_model(model_paths["qwen35-oracle"], use_mmap=bad)  # type: ignore[arg-type]
+
+
 SCRIPT = """
 import sys
 first, second = sys.argv[1], sys.argv[2]

@@ -82,6 +82,8 @@ class Settings:
     company: tuple[int, ...] = (0, 1, 3)
     stats_interval_s: float = 0.0005
     flash_attn: bool | None = None
+    upstream_load_mode: str | None = None
+    """llama-server's ``-lm`` (None: the server's default, which maps the file)."""
 
     def as_json(self) -> dict[str, Any]:
         """Every setting, JSON-able."""
@@ -97,6 +99,8 @@ class Settings:
             "company_idle_sessions": list(self.company),
             "stats_poll_interval_s": self.stats_interval_s,
             "flash_attn": self.flash_attn,
+            "model_load": "load_model() default: use_mmap=None (auto)",
+            "upstream_load_mode": self.upstream_load_mode or "server default (auto: mmap)",
             "sampling": "greedy (temp=0)",
         }
 

@@ -175,6 +175,8 @@ def _server(exe: Path, model: Path, k: int, settings: Settings) -> Iterator[int]
     ]
     if settings.flash_attn is not None:
         cmd += ["-fa", "on" if settings.flash_attn else "off"]
+    if settings.upstream_load_mode is not None:
+        cmd += ["-lm", settings.upstream_load_mode]
     if k > 0:
         cmd += ["--spec-type", "draft-mtp", "--spec-draft-n-max", str(k)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -208,6 +210,7 @@ def _complete(port: int, prompt: Sequence[int], tokens: int) -> dict[str, Any]:
 def _cell(exe: Path, level: Level, k: int, settings: Settings, log: Log) -> dict[str, Any]:
     """Upstream vs mtpstream at one (level, n_draft), alternating run by run."""
     model = load_model(level.path)
+    uses_mmap = model.uses_mmap
     try:
         prompt = generation_prompt(level, model)
         with open_session(model, k, settings) as ours, _server(exe, level.path, k, settings) as port:
@@ -243,6 +246,7 @@ def _cell(exe: Path, level: Level, k: int, settings: Settings, log: Log) -> dict
     return {
         "upstream_tokens_per_sec": summarize(up_tps, 2),
         "upstream_acceptance_rate": round(accepted / drafts, 4) if drafts else None,
+        "mtpstream_uses_mmap": uses_mmap,
         "mtpstream_tokens_per_sec": summarize(our_tps, 2),
         "mtpstream_over_upstream": paired["median"],
         "mtpstream_over_upstream_rounds": paired,

@@ -210,6 +210,7 @@ def _bench_level(
     model = load_model(level.path)
     out: dict[str, Any] = {**level.as_json(), "model_load_s": round(time.perf_counter() - t0, 2)}
     out["n_params"] = model.n_params
+    out["model_uses_mmap"] = model.uses_mmap
     extra: dict[str, Any] = {}
     cpu0 = env.CpuSnapshot.take()
     try:
@@ -321,6 +322,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also compare with upstream llama-server --spec-type draft-mtp (builds it once)",
     )
+    p.add_argument(
+        "--upstream-load-mode",
+        choices=("auto", "none", "mmap"),
+        help="llama-server's -lm (default: the server's own, which maps the file; "
+        "'none' reads the weights into memory, as mtpstream's load_model does for a model "
+        "that fits)",
+    )
     return p
 
 
@@ -342,6 +350,7 @@ def _settings(args: argparse.Namespace) -> meas.Settings:
         n_ctx=max(2048, _TTFT_PROMPT_TOKENS + 64, tokens + 64),
         ttft_prompt_tokens=_TTFT_PROMPT_TOKENS,
         ref_n_draft=3 if 3 in n_drafts else max(n_drafts),
+        upstream_load_mode=args.upstream_load_mode,
     )
 
 

@@ -19,6 +19,41 @@ __all__ = ["Model", "load_model"]
 _GGUF_MAGIC = b"GGUF"
 
 
+# "auto" reads the weights into memory when the file takes at most this share of
+# the memory available right now, and maps the file otherwise
+_IN_MEMORY_SHARE = 0.5
+
+
+def _available_memory_bytes() -> int | None:
+    """Memory the system can give without swapping (``MemAvailable``), if known."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _choose_mmap(file_bytes: int, available_bytes: int | None) -> bool:
+    """The ``use_mmap=None`` ("auto") policy: map the file unless it fits in memory with room.
+
+    Weights read into private memory decode a few percent faster on CPU than
+    weights mapped from the page cache (README, "Performance"), so a
+    file that takes at most half of the available memory is read in; a larger one,
+    or any file when the available memory is unknown, is mapped (llama.cpp's
+    default), which lets models larger than memory run and shares the pages
+    between processes.
+    """
+    if available_bytes is None:
+        return True
+    return file_bytes > _IN_MEMORY_SHARE * available_bytes
+
+
 @dataclass(frozen=True)
 class _FileInfo:
     arch: str
@@ -76,10 +111,11 @@ class Model:
     until they are closed.
     """
 
-    def __init__(self, native: Any, info: _FileInfo, path: Path) -> None:
+    def __init__(self, native: Any, info: _FileInfo, path: Path, uses_mmap: bool) -> None:
         self._native: Any = native
         self._info = info
         self._path = path
+        self._uses_mmap = uses_mmap
         self._metadata: Mapping[str, str] | None = None
         self._lock = threading.Lock()
 
@@ -117,6 +153,11 @@ class Model:
     def path(self) -> Path:
         """The GGUF file."""
         return self._path
+
+    @property
+    def uses_mmap(self) -> bool:
+        """Whether the weights are mapped from the file (else read into memory)."""
+        return self._uses_mmap
 
     @property
     def arch(self) -> str:
@@ -250,25 +291,32 @@ def load_model(
     *,
     n_gpu_layers: int | None = None,
     load_mtp: bool = True,
-    use_mmap: bool = True,
+    use_mmap: bool | None = None,
     progress: Callable[[float], object] | None = None,
 ) -> Model:
     """Load a GGUF model, with its MTP (NextN) layers unless ``load_mtp=False``.
 
     ``n_gpu_layers=None`` keeps llama.cpp's default (offload what the build
-    supports); an int overrides it. ``progress`` receives values in 0..1 while
-    loading; returning ``False`` aborts the load. Raises :class:`ModelLoadError`.
+    supports); an int overrides it. ``use_mmap=True`` maps the file (llama.cpp's
+    default), ``False`` reads the weights into memory, ``None`` ("auto") reads
+    them in when the file takes at most half of the available memory and maps it
+    otherwise (:attr:`Model.uses_mmap` tells which).
+    ``progress`` receives values in 0..1 while loading; returning ``False`` aborts
+    the load. Raises :class:`ModelLoadError`.
     """
     if n_gpu_layers is not None and (isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int)):
         raise TypeError("n_gpu_layers must be an int or None")
+    if use_mmap is not None and not isinstance(use_mmap, bool):
+        raise TypeError(f"use_mmap must be True, False or None (auto), not {use_mmap!r}")
     p = Path(os.fspath(path)).expanduser()
     info = _inspect_file(p)
+    mmap = _choose_mmap(p.stat().st_size, _available_memory_bytes()) if use_mmap is None else use_mmap
     _logging.sync_level()
     try:
-        native = _native.Model.load(str(p), n_gpu_layers, bool(load_mtp), bool(use_mmap), progress)
+        native = _native.Model.load(str(p), n_gpu_layers, bool(load_mtp), mmap, progress)
     except _native.NativeError as exc:
         err = from_native(exc)
         message = _logging.with_errors(f"{err} [architecture '{info.arch}']", _logging.flush())
         raise ModelLoadError(message) from None
     _logging.flush()
-    return Model(native, info, p)
+    return Model(native, info, p, mmap)
