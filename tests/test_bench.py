@@ -201,7 +201,7 @@ def test_upstream_rows_are_judged_and_tabulated() -> None:
             "mtpstream_tokens_per_sec": {"median": sorted(ours)[1]},
             "upstream_acceptance_rate": None,
             "mtpstream_over_upstream": s[1],
-            "mtpstream_over_upstream_rounds": {"median": s[1], "min": s[0], "max": s[2]},
+            "mtpstream_over_upstream_rounds": {"median": s[1], "min": s[0], "max": s[2], "values": ratios},
         }
 
     up = {
@@ -224,6 +224,13 @@ def test_upstream_rows_are_judged_and_tabulated() -> None:
     assert report._t_upstream({"upstream": {"enabled": False}})["pass"] is None
     table = report._md_upstream(up)
     assert any(line.startswith("| oracle-a1.00 | 3 | 50.0 | 51.0 | 1.020 (1.000-1.040) |") for line in table)
+    # every round of every row pooled: 29/30, 29.5/30, 29.9/30, 50/50, 52/50, 51/50 -> median of 6
+    pooled = report.upstream_pooled(up)
+    assert pooled["rounds"] == 6
+    assert pooled["median"] == pytest.approx((29.9 / 30 + 1.0) / 2, abs=1e-4)
+    assert pooled["by_n_draft"] == {"0": pytest.approx(29.5 / 30, abs=1e-4), "3": 1.02}
+    assert "pooled rounds (6)" in verdict["note"]
+    assert any(line.startswith("Pooled rounds (6)") for line in table)
 
 
 def test_saved_result_reanalyzes_to_the_same_targets(

@@ -288,7 +288,36 @@ def _t_upstream(result: dict[str, Any]) -> dict[str, Any]:
     ok = bool(values) and all(v is not None and v >= t for v in values)
     note = "rows below 1 whose rounds straddle 1 (within run-to-run noise): "
     note += ", ".join(within_noise) or "none"
+    pooled = upstream_pooled(up)
+    if pooled:
+        note += "; " + _pooled_text(pooled)
     return _verdict(desc, measured, ok, t, note)
+
+
+def upstream_pooled(up: dict[str, Any]) -> dict[str, Any]:
+    """Median of every per-round mtpstream/upstream ratio, over all rows and per n_draft.
+
+    One row's median of a few rounds moves by several percent with the machine; pooling
+    the rounds of every level says whether one loop is faster than the other at all.
+    """
+    by_k: dict[str, list[float]] = {}
+    for cells in (up.get("levels") or {}).values():
+        for k, cell in cells.items():
+            rounds = cell.get("mtpstream_over_upstream_rounds") or {}
+            by_k.setdefault(k, []).extend(rounds.get("values", []))
+    every = [v for vs in by_k.values() for v in vs]
+    if not every:
+        return {}
+    return {
+        "median": round(statistics.median(every), 4),
+        "rounds": len(every),
+        "by_n_draft": {k: round(statistics.median(vs), 4) for k, vs in by_k.items() if vs},
+    }
+
+
+def _pooled_text(pooled: dict[str, Any]) -> str:
+    per_k = ", ".join(f"k={k} {v:.3f}" for k, v in pooled["by_n_draft"].items())
+    return f"pooled rounds ({pooled['rounds']}): median {pooled['median']:.3f}; by n_draft: {per_k}"
 
 
 def reanalyze(result: dict[str, Any]) -> dict[str, Any]:
@@ -449,7 +478,8 @@ def _md_upstream(up: dict[str, Any]) -> list[str]:
                 f"| {_ratio_span(c.get('request_speed_over_upstream_rounds'))} "
                 f"| {_fmt(c['upstream_acceptance_rate'], '.3f')} |"
             )
-    return [*out, ""]
+    pooled = upstream_pooled(up)
+    return [*out, "", *([_pooled_text(pooled).capitalize(), ""] if pooled else [])]
 
 
 def _md_summary(result: dict[str, Any]) -> list[str]:
