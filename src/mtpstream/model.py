@@ -57,6 +57,7 @@ def _choose_mmap(file_bytes: int, available_bytes: int | None) -> bool:
 @dataclass(frozen=True)
 class _FileInfo:
     arch: str
+    file_bytes: int
     tensor_names: frozenset[str]
     block_count: int
     nextn_layers: int
@@ -97,6 +98,7 @@ def _inspect_file(path: Path) -> _FileInfo:
     nextn = field(f"{arch}.nextn_predict_layers")
     return _FileInfo(
         arch=arch,
+        file_bytes=size,
         tensor_names=names,
         block_count=int(block_count) if isinstance(block_count, int) else 0,
         nextn_layers=int(nextn) if isinstance(nextn, int) else 0,
@@ -310,7 +312,7 @@ def load_model(
         raise TypeError(f"use_mmap must be True, False or None (auto), not {use_mmap!r}")
     p = Path(os.fspath(path)).expanduser()
     info = _inspect_file(p)
-    mmap = _choose_mmap(p.stat().st_size, _available_memory_bytes()) if use_mmap is None else use_mmap
+    mmap = _choose_mmap(info.file_bytes, _available_memory_bytes()) if use_mmap is None else use_mmap
     _logging.sync_level()
     try:
         native = _native.Model.load(str(p), n_gpu_layers, bool(load_mtp), mmap, progress)
