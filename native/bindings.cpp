@@ -172,6 +172,11 @@ NB_MODULE(_native, m) {
             j.p->wait_finished();
         });
 
+    nb::enum_<Fault>(m, "Fault")
+        .value("none", Fault::none)
+        .value("masked_draft_rows", Fault::masked_draft_rows)
+        .value("skip_draft_catch_up", Fault::skip_draft_catch_up);
+
     nb::class_<EngineHandle>(m, "Engine")
         .def_static(
             "create",
@@ -207,6 +212,9 @@ NB_MODULE(_native, m) {
         .def_prop_ro("n_ctx", [](const EngineHandle & h) { return h.p->n_ctx(); })
         .def_prop_ro("n_batch", [](const EngineHandle & h) { return h.p->n_batch(); })
         .def_prop_ro("n_ubatch", [](const EngineHandle & h) { return h.p->n_ubatch(); })
+        .def_prop_rw(
+            "fault", [](const EngineHandle & h) { return h.p->fault(); },
+            [](EngineHandle & h, Fault f) { h.p->set_fault(f); })
         .def("stats", [](const EngineHandle & e) {
             const StatsSnapshot s = snapshot(e.p->stats());
             return std::make_tuple(s.iters, s.drafts_generated, s.drafts_accepted, s.tokens_emitted,

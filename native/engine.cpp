@@ -157,7 +157,7 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> target,
                                        e->draft_model_->path() + "'");
             return nullptr;
         }
-        llama_set_embeddings_nextn(e->ctx_dft_.get(), true, true);
+        e->apply_row_mode();
         e->batch_dft_ = std::make_unique<Batch>(e->n_batch_, e->n_embd_);
         e->drafts_.reserve(static_cast<size_t>(n_draft));
         e->rows_.resize(static_cast<size_t>(n_draft + 1) * static_cast<size_t>(e->n_embd_));
@@ -177,6 +177,22 @@ Engine::~Engine() {
     ctx_dft_.reset();
     ctx_plain_.reset();
     ctx_tgt_.reset();
+}
+
+void Engine::apply_row_mode() {
+    // Unmasked: the MTP context exports a hidden row for every batch entry,
+    // indexed by batch position. The masked mode of llama.cpp 0.3.36 copies the
+    // first n_outputs rows of the batch instead of the rows of the entries marked
+    // for output, so the first draft step (catch-up tokens + the last token in one
+    // batch, only the last an output) would read the row of the batch's first
+    // token. tests/test_llama_rows.py pins both behaviours.
+    const bool masked = fault_ == Fault::masked_draft_rows;
+    llama_set_embeddings_nextn(ctx_dft_.get(), true, masked);
+    applied_fault_ = fault_;
+}
+
+void Engine::set_fault(Fault f) {
+    fault_ = f;
 }
 
 bool Engine::abort_cb(void * data) {
@@ -443,6 +459,9 @@ void Engine::decode_step(Job & job) {
         return;
     }
     const bool speculative = ctx_dft_ != nullptr;
+    if (speculative && applied_fault_ != fault_.load()) {
+        apply_row_mode();
+    }
     const int32_t k_max = auto_ ? auto_->choose() : n_draft_;
     int32_t k = speculative ? std::min({k_max, remaining - 1, room - 1}) : 0;
     k = std::max(k, 0);
@@ -488,7 +507,9 @@ void Engine::decode_step(Job & job) {
         const int64_t t0 = now_us();
         llama_context * dft = ctx_dft_.get();
         batch_dft_->clear();
-        for (size_t j = 0; j < g.pending_tok.size(); ++j) {
+        // fault injection (tests only): the MTP context never sees the accepted tokens
+        const bool skip_catch_up = fault_.load() == Fault::skip_draft_catch_up;
+        for (size_t j = 0; j < g.pending_tok.size() && !skip_catch_up; ++j) {
             batch_dft_->add(g.pending_tok[j], g.pending_pos + static_cast<int32_t>(j), false,
                             &g.pending_h[j * static_cast<size_t>(n_embd_)]);
         }

@@ -23,6 +23,14 @@ namespace mtpstream {
 
 class Job;
 
+// Test-only fault injection: reintroduce a known bug so that tests can prove the
+// oracle heads detect it (mtpstream.testing.inject_fault).
+enum class Fault : int32_t {
+    none = 0,
+    masked_draft_rows = 1,    // read the MTP context's rows in llama.cpp's masked mode
+    skip_draft_catch_up = 2,  // never feed accepted tokens to the MTP context
+};
+
 struct ContextDeleter {
     void operator()(llama_context * c) const { llama_free(c); }
 };
@@ -70,6 +78,10 @@ public:
     // Finish the job because it was cancelled (worker thread).
     void finish_cancelled(Job & job);
 
+    // Takes effect at the next decode step (any thread).
+    void set_fault(Fault f);
+    Fault fault() const { return fault_.load(); }
+
     const SessionStats & stats() const { return stats_; }
     int32_t n_draft() const { return n_draft_; }
     bool auto_draft() const { return auto_ != nullptr; }
@@ -83,6 +95,7 @@ private:
     Engine() = default;
 
     void begin(Job & job);
+    void apply_row_mode();
     void prefill_step(Job & job);
     void decode_step(Job & job);
     bool flush_pending(Generation & g);
@@ -131,6 +144,8 @@ private:
     std::unique_ptr<AutoDraft> auto_;
     SessionStats stats_;
     std::atomic<bool> closed_{false};
+    std::atomic<Fault> fault_{Fault::none};
+    Fault applied_fault_ = Fault::none;
     std::atomic<const std::atomic<bool> *> abort_flag_{nullptr};
 };
 

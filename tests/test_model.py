@@ -175,7 +175,6 @@ def test_model_handle_outlives_close_for_sessions(model_paths: dict[str, Path]) 
     mtp.close()
 
 
-
 def test_auto_load_mode_reads_small_files_into_memory_and_maps_large_ones() -> None:
     from mtpstream.model import _choose_mmap
 

@@ -1,4 +1,5 @@
 # Type stubs of the nanobind extension (native/bindings.cpp). Private API.
+import enum
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -59,6 +60,11 @@ class Job:
     def cancel(self) -> None: ...
     def wait(self) -> None: ...
 
+class Fault(enum.Enum):
+    none = 0
+    masked_draft_rows = 1
+    skip_draft_catch_up = 2
+
 class Engine:
     @staticmethod
     def create(
@@ -82,6 +88,7 @@ class Engine:
     n_batch: int
     n_ubatch: int
     closed: bool
+    fault: Fault
     def stats(self) -> tuple[int, ...]: ...
     def submit(self, runtime: Runtime, *args: Any, **kwargs: Any) -> Job: ...
     def close(self, runtime: Runtime) -> None: ...

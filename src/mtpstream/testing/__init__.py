@@ -5,7 +5,10 @@ with a gpt2-style word-level tokenizer.  With ``weights="oracle"`` the target's
 greedy output follows a known successor map and the MTP head agrees with it
 except on a chosen fraction of tokens, so speculative-decoding acceptance is
 known exactly (:func:`expected_acceptance`) and analytically
-(:func:`analytic_acceptance`).
+(:func:`analytic_acceptance`).  ``head=`` chooses what the oracle head drafts
+from: the token (``"token"``), the hidden row it is fed (``"hidden"``) or its
+own KV entry at the previous position (``"kv"``); :func:`inject_fault` puts a
+known engine bug back so a test can see the acceptance drop.
 
 Example::
 
@@ -41,19 +44,24 @@ from ._config import (
     Weights,
     model_config,
 )
-from ._oracle import STOP_WORD, AcceptanceResult, OracleSpec, analytic_acceptance
+from ._faults import FAULTS, Fault, inject_fault
+from ._oracle import HEAD_MODES, STOP_WORD, AcceptanceResult, HeadMode, OracleSpec, analytic_acceptance
 from ._writer import FORMAT_VERSION
 
 __all__ = [
     "ARCHS",
     "CACHE_ENV",
+    "FAULTS",
     "FORMAT_VERSION",
+    "HEAD_MODES",
     "KINDS",
     "SIZES",
     "STOP_WORD",
     "WEIGHTS",
     "AcceptanceResult",
     "Arch",
+    "Fault",
+    "HeadMode",
     "Kind",
     "ModelConfig",
     "OracleSpec",
@@ -65,6 +73,7 @@ __all__ = [
     "default_cache_dir",
     "describe",
     "expected_acceptance",
+    "inject_fault",
     "load_model",
     "load_spec",
     "make_model",

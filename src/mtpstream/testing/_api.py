@@ -28,7 +28,9 @@ from ._config import (
 )
 from ._gguf_read import read_header
 from ._oracle import (
+    HEAD_MODES,
     AcceptanceResult,
+    HeadMode,
     OracleSpec,
     class_margins,
     oracle_layout,
@@ -51,7 +53,7 @@ def default_cache_dir() -> Path:
 
 
 def _normalize(
-    arch: str, weights: str, size: str, mtp_error_rate: float, seed: int, kind: str
+    arch: str, weights: str, size: str, mtp_error_rate: float, seed: int, kind: str, head: str = "token"
 ) -> ModelRequest:
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
@@ -61,6 +63,8 @@ def _normalize(
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if head not in HEAD_MODES:
+        raise ValueError(f"head must be one of {HEAD_MODES}, got {head!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0 or seed >= 2**63:
         raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     rate = float(mtp_error_rate)
@@ -68,8 +72,16 @@ def _normalize(
         raise ValueError(f"mtp_error_rate must be in [0, 1], got {mtp_error_rate!r}")
     if weights == "random" or kind == "plain":
         rate = 0.0  # irrelevant for these models; one file serves all values
+        head = "token"
     cfg = model_config(arch, size)
-    return ModelRequest(cfg=cfg, weights=weights, kind=kind, seed=int(seed), mtp_error_rate=rate)
+    return ModelRequest(
+        cfg=cfg,
+        weights=weights,
+        kind=kind,
+        seed=int(seed),
+        mtp_error_rate=rate,
+        head=head,  # type: ignore[arg-type]
+    )
 
 
 def _file_name(req: ModelRequest) -> str:
@@ -81,10 +93,12 @@ def _file_name(req: ModelRequest) -> str:
         "kind": req.kind,
         "seed": req.seed,
         "mtp_error_rate": repr(req.mtp_error_rate),
+        "head": req.head,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     rate = f"-e{req.mtp_error_rate:g}" if req.weights == "oracle" and req.kind != "plain" else ""
-    stem = f"{req.cfg.arch}-{req.cfg.size}-{req.weights}-{req.kind}{rate}-s{req.seed}"
+    head = "" if req.head == "token" else f"-{req.head}"
+    stem = f"{req.cfg.arch}-{req.cfg.size}-{req.weights}-{req.kind}{head}{rate}-s{req.seed}"
     return f"{stem}-v{FORMAT_VERSION}-{digest}.gguf"
 
 
@@ -112,6 +126,7 @@ def make_model(
     seed: int = 0,
     kind: Kind = "mtp",
     cache_dir: str | os.PathLike[str] | None = None,
+    head: HeadMode = "token",
 ) -> Path:
     """Return the path of a synthetic GGUF model, writing it into the cache if needed.
 
@@ -129,12 +144,20 @@ def make_model(
             block) or ``"sidecar"`` (MTP-only GGUF: embeddings, output norm,
             LM head and the NextN block of the matching ``"mtp"`` model).
         cache_dir: directory for the files; default :func:`default_cache_dir`.
+        head: what the oracle MTP head drafts from: ``"token"`` (the input token
+            alone), ``"hidden"`` (only the hidden row it is fed: the target's row
+            at the first draft step, its own output row inside the chain) or
+            ``"kv"`` (only the value its attention reads from its own KV entry at
+            the previous position). Real heads read all three; the three modes
+            have the same expected acceptance when the engine feeds the head
+            right, and a wrong row or a stale MTP KV lowers it only in the modes
+            that read it. Ignored for random weights and plain models.
 
     The same arguments always give a byte-identical file.  Files are written to
     a temporary name and atomically renamed, under a per-file lock, so
     concurrent callers are safe.
     """
-    req = _normalize(arch, weights, size, mtp_error_rate, seed, kind)
+    req = _normalize(arch, weights, size, mtp_error_rate, seed, kind, head)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     path = root / _file_name(req)
@@ -175,6 +198,8 @@ class SyntheticModel:
     n_layer: int
     """``block_count``: trunk layers plus the NextN block when present."""
     n_layer_nextn: int
+    head: str
+    """What the oracle MTP head reads: ``"token"``, ``"hidden"`` or ``"kv"``."""
     spec: OracleSpec | None
     """Oracle behaviour (``None`` for random weights)."""
 
@@ -204,7 +229,7 @@ def load_model(path: str | os.PathLike[str]) -> SyntheticModel:
 
     spec: OracleSpec | None = None
     if m + "succ" in kv:
-        head_arr = kv.get(m + "head")
+        head_arr = kv.get(m + "head_map")
         spec = OracleSpec(
             succ=tuple(int(x) for x in kv[m + "succ"]),
             head=None if head_arr is None else tuple(int(x) for x in head_arr),
@@ -213,6 +238,7 @@ def load_model(path: str | os.PathLike[str]) -> SyntheticModel:
             stop_token_id=int(kv[m + "stop_token_id"]),
             chain_start=int(kv[m + "chain_start"]),
             mtp_error_rate=float(kv[m + "mtp_error_rate"]),
+            head_mode=str(kv.get(m + "head", "token")),
         )
     return SyntheticModel(
         path=p,
@@ -227,6 +253,7 @@ def load_model(path: str | os.PathLike[str]) -> SyntheticModel:
         n_embd=int(kv[f"{arch}.embedding_length"]),
         n_layer=int(kv[f"{arch}.block_count"]),
         n_layer_nextn=int(kv.get(f"{arch}.nextn_predict_layers", 0)),
+        head=str(kv.get(m + "head", "token")),
         spec=spec,
     )
 
@@ -240,7 +267,11 @@ def load_spec(path: str | os.PathLike[str]) -> OracleSpec:
 
 
 def build_spec(
-    size: Size = "tiny", mtp_error_rate: float = 0.25, seed: int = 0, with_head: bool = True
+    size: Size = "tiny",
+    mtp_error_rate: float = 0.25,
+    seed: int = 0,
+    with_head: bool = True,
+    head: HeadMode = "token",
 ) -> OracleSpec:
     """The oracle spec a model made with these arguments has, without writing it.
 
@@ -250,7 +281,7 @@ def build_spec(
         raise ValueError("mtp_error_rate must be in [0, 1]")
     vocab = build_vocab(model_config("qwen35", size).min_vocab)
     layout = oracle_layout(vocab, seed, mtp_error_rate)
-    return layout.spec(mtp_error_rate, with_head=with_head)
+    return layout.spec(mtp_error_rate, with_head=with_head, head_mode=head)
 
 
 def oracle_margins(size: Size = "tiny", seed: int = 0, mtp_error_rate: float = 0.25) -> np.ndarray:

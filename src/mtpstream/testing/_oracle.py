@@ -15,10 +15,23 @@ Construction (see :func:`oracle_layout`):
   the space-prefixed token of the next class; the last class is the stop word
   (``"end"``), which predicts EOS.  Greedy decoding from
   ``spec.chain_start`` therefore emits every word once, then " end", then EOS.
-* The NextN block passes the token embedding through ``eh_proj`` and adds
-  nothing else; its own ``shared_head_head`` equals the LM head except that
-  for the error classes it predicts the bare (no-space) token of another
-  word, which is never a correct successor.
+* The NextN block's draft depends on the *head mode*:
+
+  - ``"token"``: ``eh_proj`` passes the token embedding through and the
+    head's ``shared_head_head`` equals the LM head except that for the error
+    classes it predicts the bare (no-space) token of another word, which is
+    never a correct successor.  The draft reads the input token alone.
+  - ``"hidden"``: the draft reads only the hidden row it is fed (the target's
+    row for the previous position at the first step, the MTP context's own
+    output row inside the draft chain).  See :func:`head_targets`.
+  - ``"kv"``: the draft reads only the value the head's attention finds in its
+    own KV cache at the previous position (written there from that entry's
+    hidden row), so a missing or stale MTP KV entry changes the draft.
+
+  In every mode, when the rows and the KV are right, the draft for the token
+  after ``t`` is the same, so the three modes have the same expected
+  acceptance; a wrong row or KV entry shows as lost acceptance only in the
+  modes that read it.
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -40,6 +54,13 @@ _STREAM_CLASSES = 4
 _STREAM_EMBED = 5
 
 
+HeadMode = Literal["token", "hidden", "kv"]
+HEAD_MODES: tuple[HeadMode, ...] = ("token", "hidden", "kv")
+HEAD_LAG: dict[str, int] = {"token": 0, "hidden": 1, "kv": 2}
+"""How many positions back the head's information comes from: the draft made at
+input position ``P`` is ``head[token at P - lag]``."""
+
+
 def rng_for(seed: int, stream: int, name: str = "") -> np.random.Generator:
     """Independent deterministic random stream for ``(seed, stream, name)``."""
     return np.random.default_rng(np.random.SeedSequence([seed, stream, zlib.crc32(name.encode("utf-8"))]))
@@ -49,9 +70,13 @@ def rng_for(seed: int, stream: int, name: str = "") -> np.random.Generator:
 class OracleSpec:
     """What an oracle-weight model does, token by token.
 
-    ``succ[t]`` is the target's greedy next token after token ``t``;
-    ``head[t]`` is the MTP head's prediction for the token after ``t``
-    (``None`` for models without an MTP head).
+    ``succ[t]`` is the target's greedy next token after token ``t``.
+    ``head`` (``None`` for models without an MTP head) is the MTP head's map:
+    a draft step whose input token sits at position ``P`` predicts
+    ``head[token at P - head_lag]`` for position ``P + 1`` (``head_lag`` is 0
+    for ``head_mode="token"``, 1 for ``"hidden"`` and 2 for ``"kv"``); -1
+    marks a prediction that is never a correct successor (past the end of the
+    chain, or no information at all).
     """
 
     succ: tuple[int, ...]
@@ -63,6 +88,12 @@ class OracleSpec:
     chain_start: int
     """Token whose greedy chain visits every word once before reaching EOS."""
     mtp_error_rate: float
+    head_mode: str = "token"
+
+    @property
+    def head_lag(self) -> int:
+        """Positions back the head reads (0 token, 1 hidden row, 2 own KV)."""
+        return HEAD_LAG[self.head_mode]
 
     @property
     def n_vocab(self) -> int:
@@ -71,10 +102,29 @@ class OracleSpec:
 
     @property
     def error_tokens(self) -> frozenset[int]:
-        """Tokens after which the MTP head predicts something other than ``succ``."""
+        """Tokens ``t`` whose successor the head gets wrong when it drafts it from
+        the right information (the token, or the token ``head_lag`` back on the chain)."""
         if self.head is None:
             return frozenset()
-        return frozenset(t for t, (s, h) in enumerate(zip(self.succ, self.head, strict=True)) if s != h)
+        lag = self.head_lag
+        out = set()
+        for t in range(len(self.succ)):
+            src = t
+            for _ in range(lag):
+                src = self.pred.get(src, -1)
+                if src < 0:
+                    break
+            if src >= 0 and self.head[src] != self.succ[t]:
+                out.add(t)
+        return frozenset(out)
+
+    @property
+    def pred(self) -> dict[int, int]:
+        """One token whose successor is ``t``, for every ``t`` that has one."""
+        out: dict[int, int] = {}
+        for t, s in enumerate(self.succ):
+            out.setdefault(s, t)
+        return out
 
     def chain(self, start: int, n: int) -> list[int]:
         """The ``n`` tokens greedy decoding emits after ``start`` (stops after EOS)."""
@@ -116,16 +166,46 @@ class OracleLayout:
         """Number of word classes."""
         return int(self.class_succ.shape[0])
 
-    def class_vectors(self, seed: int, n_embd: int) -> np.ndarray:
-        """The +-1 embedding vector of every class, float32[n_class, n_embd]."""
+    @property
+    def class_next(self) -> np.ndarray:
+        """int64[n_class]: the class of each class's successor token (the path's next class)."""
+        out: np.ndarray = self.token_class[self.class_succ]
+        return out
+
+    @property
+    def stop_class(self) -> int:
+        """The class of the stop word (its successor is EOS)."""
+        return int(self.token_class[self.stop_token_id])
+
+    def head_targets(self, lag: int) -> np.ndarray:
+        """int64[n_class]: the head's prediction when it reads class ``c`` from ``lag``
+        positions back: ``class_head`` of the class ``lag`` steps further along the
+        path, or -1 where the path reaches the stop word before that (the true
+        successor there lies past EOS, so no draft can be right)."""
+        cls = np.arange(self.n_class, dtype=np.int64)
+        valid = np.ones(self.n_class, dtype=bool)
+        nxt = self.class_next
+        for _ in range(lag):
+            valid &= cls != self.stop_class
+            cls = nxt[cls]
+        return np.where(valid, self.class_head[cls], -1).astype(np.int64)
+
+    def class_vectors(self, seed: int, n_embd: int, const_dim: bool = False) -> np.ndarray:
+        """The +-1 embedding vector of every class, float32[n_class, n_embd].
+
+        ``const_dim``: dimension 0 is +1 in every vector (a constant input the
+        ``"kv"`` head's attention uses for its positional query and key).
+        """
         rng = rng_for(seed, _STREAM_EMBED, str(n_embd))
         bits = rng.integers(0, 2, size=(self.n_class, n_embd), dtype=np.int8)
+        if const_dim:
+            bits[:, 0] = 1
         return (bits.astype(np.float32) * 2.0 - 1.0).astype(np.float32)
 
-    def spec(self, mtp_error_rate: float, with_head: bool) -> OracleSpec:
+    def spec(self, mtp_error_rate: float, with_head: bool, head_mode: HeadMode = "token") -> OracleSpec:
         """The token-level :class:`OracleSpec`."""
         succ = self.class_succ[self.token_class]
-        head = self.class_head[self.token_class] if with_head else None
+        head = self.head_targets(HEAD_LAG[head_mode])[self.token_class] if with_head else None
         return OracleSpec(
             succ=tuple(int(x) for x in succ),
             head=None if head is None else tuple(int(x) for x in head),
@@ -134,6 +214,7 @@ class OracleLayout:
             stop_token_id=self.stop_token_id,
             chain_start=self.chain_start,
             mtp_error_rate=mtp_error_rate,
+            head_mode=head_mode,
         )
 
 
@@ -229,39 +310,49 @@ def simulate_acceptance(
         raise ValueError("prompt_tokens must not be empty")
     if n_draft < 0 or n_tokens < 0:
         raise ValueError("n_draft and n_tokens must be >= 0")
-    succ, head, eos = spec.succ, spec.head, spec.eos_token_id
+    succ, head, eos, lag = spec.succ, spec.head, spec.eos_token_id, spec.head_lag
     for t in prompt_tokens:
         if not 0 <= t < len(succ):
             raise ValueError(f"token id {t} out of range")
     # The engine's rule: the first token comes from the prompt's own logits (no
-    # drafting); then each iteration drafts k tokens by chaining the head map,
-    # verifies them, accepts the prefix that matches the target (an EOS draft is
-    # never "accepted": EOS is emitted as the target's token) and emits the
-    # accepted drafts plus one token of the target.
+    # drafting); then each iteration drafts k tokens, verifies them, accepts the
+    # prefix that matches the target (an EOS draft is never "accepted": EOS is
+    # emitted as the target's token) and emits the accepted drafts plus one
+    # token of the target.  Draft step j feeds the token at position P (the last
+    # emitted token, then draft j-1) and predicts head[token at P - lag].
+    seq = [int(t) for t in prompt_tokens]  # every token at its position
     out: list[int] = []
     iters = generated = accepted = 0
     stopped = False
     if n_tokens > 0:
-        last = succ[int(prompt_tokens[-1])]
+        last = succ[seq[-1]]
         out.append(last)
+        seq.append(last)
         stopped = last == eos
     while len(out) < n_tokens and not stopped:
         k = max(0, min(n_draft, n_tokens - len(out) - 1))
         iters += 1
         generated += k
-        d = last
-        t = last
-        for _ in range(k):
-            d = head[d]
+        pos = len(seq) - 1  # position of the last token
+        chain = list(seq)
+        drafts: list[int] = []
+        for j in range(k):
+            src = pos + j - lag
+            d = head[chain[src]] if src >= 0 else -1
+            drafts.append(d)
+            chain.append(d)
+        t = seq[-1]
+        for d in drafts:
             nxt = succ[t]
             if d != nxt or nxt == eos:
                 break
             accepted += 1
             out.append(nxt)
+            seq.append(nxt)
             t = nxt
         t = succ[t]  # the target's own token after the accepted drafts
         out.append(t)
-        last = t
+        seq.append(t)
         stopped = t == eos
     return AcceptanceResult(
         iters=iters,

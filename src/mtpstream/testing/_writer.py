@@ -12,10 +12,10 @@ import gguf
 import numpy as np
 
 from ._config import Kind, ModelConfig, Weights
-from ._oracle import OracleLayout, oracle_layout, rng_for
+from ._oracle import HEAD_LAG, HeadMode, OracleLayout, oracle_layout, rng_for
 from ._tokenizer import CHAT_TEMPLATE, Vocab, build_vocab
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bumped whenever generated files change; part of the cache key."""
 
 META_PREFIX = "mtpstream.testing."
@@ -60,6 +60,17 @@ class ModelRequest:
     kind: Kind
     seed: int
     mtp_error_rate: float
+    head: HeadMode = "token"
+
+
+KV_ROPE_FREQ_BASE = 10.0
+"""RoPE base of ``head="kv"`` files: every rotary frequency is high enough that
+the head's positional attention peaks sharply at the previous position (the
+trunk's attention has zero output weights, so the value changes nothing else)."""
+
+KV_QK_NORM_WEIGHT = 8.0
+"""Scale of the ``"kv"`` head's query and key: the previous position's score
+leads every other position's by > 40 (softmax weight < 1e-17)."""
 
 
 class _Builder:
@@ -83,8 +94,17 @@ class _Builder:
     def class_vectors(self) -> np.ndarray:
         assert self.layout is not None
         if self._class_vectors is None:
-            self._class_vectors = self.layout.class_vectors(self.req.seed, self.cfg.n_embd)
+            self._class_vectors = self.layout.class_vectors(
+                self.req.seed, self.cfg.n_embd, const_dim=self.req.head == "kv"
+            )
         return self._class_vectors
+
+    @property
+    def slot(self) -> int:
+        """Width of one slot of the head's residual stream (a quarter of n_embd):
+        slot 0 the input token's class code, slot 1 the code read from the hidden
+        row, slot 2 the code the attention read from the previous KV entry."""
+        return self.cfg.n_embd // 4
 
     def normal(self, name: str, shape: tuple[int, ...], std: float) -> Callable[[], np.ndarray]:
         seed = self.req.seed
@@ -253,17 +273,26 @@ class _Builder:
         p = f"blk.{il}."
         yield self.ones(p + "attn_norm.weight", (c.n_embd,))
         yield self.ones(p + "post_attention_norm.weight", (c.n_embd,))
-        yield from self.attention(il)
+        if self.oracle and self.req.head == "kv":
+            yield from self.kv_attention(il)
+        else:
+            yield from self.attention(il)
         yield from self.ffn(il)
         eh = p + "nextn.eh_proj.weight"
         eh_shape = (c.n_embd, 2 * c.n_embd)
         if self.oracle:
             n = c.n_embd
+            q = self.slot
+            token_mode = self.req.head == "token"
 
             def eh_make() -> np.ndarray:
-                # input = concat(enorm(token embedding), hnorm(hidden)); keep the first half
+                # input = concat(enorm(token embedding), hnorm(hidden))
                 w = np.zeros(eh_shape, dtype=np.float32)
-                w[np.arange(n), np.arange(n)] = 1.0
+                if token_mode:  # keep the token embedding
+                    w[np.arange(n), np.arange(n)] = 1.0
+                else:  # slot 0 <- the token's code, slot 1 <- the code in the hidden row's slot 0
+                    w[np.arange(q), np.arange(q)] = 1.0
+                    w[q + np.arange(q), n + np.arange(q)] = 1.0
                 return w
 
             yield TensorPlan(eh, eh_shape, self.matrix_type(), eh_make)
@@ -277,7 +306,74 @@ class _Builder:
         yield self.ones(p + "nextn.enorm.weight", (c.n_embd,))
         yield self.ones(p + "nextn.hnorm.weight", (c.n_embd,))
         yield self.ones(p + "nextn.shared_head_norm.weight", (c.n_embd,))
-        yield self.lm_head(p + "nextn.shared_head_head.weight", head=True)
+        if self.oracle and self.req.head != "token":
+            yield self.slot_head(p + "nextn.shared_head_head.weight")
+        else:
+            yield self.lm_head(p + "nextn.shared_head_head.weight", head=True)
+
+    def slot_head(self, name: str) -> TensorPlan:
+        """The draft LM head of a "hidden"/"kv" head: the row of the predicted token
+        for class ``c`` holds ``c``'s code in the slot the mode reads."""
+        shape = (self.vocab.n_vocab, self.cfg.n_embd)
+        lag = HEAD_LAG[self.req.head]
+        q = self.slot
+
+        def make() -> np.ndarray:
+            assert self.layout is not None
+            targets = self.layout.head_targets(lag)
+            valid = np.flatnonzero(targets >= 0)
+            codes = self.class_vectors()[:, :q]
+            if len(np.unique(targets[valid])) != len(valid):  # pragma: no cover - construction invariant
+                raise AssertionError("head targets are not distinct")
+            if len(np.unique(codes[valid], axis=0)) != len(valid):  # pragma: no cover
+                raise AssertionError("two classes share a slot code; choose another seed")
+            w = np.zeros(shape, dtype=np.float32)
+            w[targets[valid], lag * q : (lag + 1) * q] = codes[valid]
+            return w
+
+        return TensorPlan(name, shape, self.matrix_type(), make)
+
+    def kv_attention(self, il: int) -> Iterator[TensorPlan]:
+        """The "kv" head's attention: query head 0 and key head 0 are constant
+        vectors (from the constant dimension 0) with the query pre-rotated by one
+        position, so the score peaks at the previous position whatever the content;
+        value head 0 carries slot 1 of that entry into slot 2."""
+        c = self.cfg
+        p = f"blk.{il}."
+        hd, nrot, q = c.head_dim, c.rope_dims, self.slot
+        half = nrot // 2
+        theta = KV_ROPE_FREQ_BASE ** (-2.0 * np.arange(half) / nrot)
+        if hd < q:  # pragma: no cover - config invariant
+            raise AssertionError("head_dim must hold a slot")
+        qtype = self.matrix_type()
+
+        def wq() -> np.ndarray:
+            w = np.zeros((2 * c.n_head * hd, c.n_embd), dtype=np.float32)
+            w[np.arange(half), 0] = np.cos(theta)  # head 0's query; its gate rows stay 0
+            w[half + np.arange(half), 0] = -np.sin(theta)
+            return w
+
+        def wk() -> np.ndarray:
+            w = np.zeros((c.n_head_kv * hd, c.n_embd), dtype=np.float32)
+            w[np.arange(half), 0] = 1.0
+            return w
+
+        def wv() -> np.ndarray:
+            w = np.zeros((c.n_head_kv * hd, c.n_embd), dtype=np.float32)
+            w[np.arange(q), q + np.arange(q)] = 1.0
+            return w
+
+        def wo() -> np.ndarray:
+            w = np.zeros((c.n_embd, c.n_head * hd), dtype=np.float32)
+            w[2 * q + np.arange(q), np.arange(q)] = 2.0  # undo the sigmoid(0) = 0.5 gate
+            return w
+
+        yield TensorPlan(p + "attn_q.weight", (2 * c.n_head * hd, c.n_embd), qtype, wq)
+        yield TensorPlan(p + "attn_k.weight", (c.n_head_kv * hd, c.n_embd), qtype, wk)
+        yield TensorPlan(p + "attn_v.weight", (c.n_head_kv * hd, c.n_embd), qtype, wv)
+        yield TensorPlan(p + "attn_output.weight", (c.n_embd, c.n_head * hd), qtype, wo)
+        yield TensorPlan(p + "attn_q_norm.weight", (hd,), "f32", self.const((hd,), KV_QK_NORM_WEIGHT))
+        yield TensorPlan(p + "attn_k_norm.weight", (hd,), "f32", self.const((hd,), KV_QK_NORM_WEIGHT))
 
     def plans(self) -> list[TensorPlan]:
         c = self.cfg
@@ -315,7 +411,7 @@ def _add_metadata(w: gguf.GGUFWriter, req: ModelRequest, vocab: Vocab, layout: O
     w.add_uint32(f"{a}.attention.key_length", c.head_dim)
     w.add_uint32(f"{a}.attention.value_length", c.head_dim)
     w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", c.rms_eps)
-    w.add_float32(f"{a}.rope.freq_base", c.rope_freq_base)
+    w.add_float32(f"{a}.rope.freq_base", KV_ROPE_FREQ_BASE if req.head == "kv" else c.rope_freq_base)
     w.add_uint32(f"{a}.rope.dimension_count", c.rope_dims)
     w.add_array(f"{a}.rope.dimension_sections", list(c.rope_sections))
     w.add_uint32(f"{a}.ssm.conv_kernel", c.ssm_d_conv)
@@ -349,11 +445,12 @@ def _add_metadata(w: gguf.GGUFWriter, req: ModelRequest, vocab: Vocab, layout: O
     w.add_string(m + "kind", req.kind)
     w.add_uint64(m + "seed", req.seed)
     w.add_float64(m + "mtp_error_rate", req.mtp_error_rate)
+    w.add_string(m + "head", req.head)
     if layout is not None:
-        spec = layout.spec(req.mtp_error_rate, with_head=req.kind != "plain")
+        spec = layout.spec(req.mtp_error_rate, with_head=req.kind != "plain", head_mode=req.head)
         w.add_array(m + "succ", list(spec.succ))
         if spec.head is not None:
-            w.add_array(m + "head", list(spec.head))
+            w.add_array(m + "head_map", list(spec.head))
         w.add_uint32(m + "eos_token_id", spec.eos_token_id)
         w.add_string(m + "stop_word", spec.stop_word)
         w.add_uint32(m + "stop_token_id", spec.stop_token_id)
