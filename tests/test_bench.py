@@ -190,16 +190,20 @@ def test_bad_arguments_exit_2(tmp_path: Path) -> None:
 
 def test_upstream_rows_are_judged_and_tabulated() -> None:
     """The llama-server comparison (only run with --with-upstream: it builds the server)
-    is judged row by row on the median paired ratio and rendered as a Markdown table."""
+    is judged per n_draft on the pooled rounds: a K falls short only when the 95%
+    bootstrap interval of its median ratio lies wholly below 1. Acceptance must match
+    the server's within 0.02, and "auto" must beat the server's defaults by 5%."""
     from mtpstream import _bench_report as report
 
-    def cell(ours: list[float], up: list[float]) -> dict[str, Any]:
+    def cell(ours: list[float], up: list[float], acc: tuple[float, float] | None = None) -> dict[str, Any]:
         ratios = [o / u for o, u in zip(ours, up, strict=True)]
         s = sorted(ratios)
         return {
             "upstream_tokens_per_sec": {"median": sorted(up)[1]},
             "mtpstream_tokens_per_sec": {"median": sorted(ours)[1]},
-            "upstream_acceptance_rate": None,
+            "upstream_acceptance_rate": acc[1] if acc else None,
+            "mtpstream_acceptance_rate": acc[0] if acc else None,
+            "expected_acceptance_rate": acc[0] if acc else None,
             "mtpstream_over_upstream": s[1],
             "mtpstream_over_upstream_rounds": {"median": s[1], "min": s[0], "max": s[2], "values": ratios},
         }
@@ -207,29 +211,45 @@ def test_upstream_rows_are_judged_and_tabulated() -> None:
     up = {
         "available": True,
         "levels": {
-            "oracle-a1.00": {"0": cell([30, 31, 29], [30, 30, 30]), "3": cell([50, 52, 51], [50, 50, 50])}
+            "hidden-a1.00": {
+                "0": cell([30, 31, 29], [30, 30, 30]),
+                "3": cell([50, 52, 51], [50, 50, 50], (0.9, 0.9)),
+                "auto": cell([60, 61, 62], [50, 50, 50]),
+            }
         },
     }
-    verdict = report._t_upstream({"upstream": up})
-    assert verdict["pass"] is True  # k=0 median ratio exactly 1.0, k=3 above
-    assert verdict["measured"]["oracle-a1.00"]["3"] > 1.0
-    up["levels"]["oracle-a1.00"]["0"] = cell([29.5, 30.5, 29.7], [30, 30, 30])
-    verdict = report._t_upstream({"upstream": up})
+    result = {"upstream": up}
+    verdict = report._t_upstream(result)
+    assert verdict["pass"] is True  # k=0 straddles 1, k=3 above
+    assert verdict["measured"]["3"] == pytest.approx(1.02)
+    assert "auto" not in verdict["measured"]
+    # one round above 1: the interval reaches 1, within noise
+    up["levels"]["hidden-a1.00"]["0"] = cell([29.5, 30.5, 29.7], [30, 30, 30])
+    assert report._t_upstream(result)["pass"] is True
+    # every round below 1: the interval lies below 1
+    up["levels"]["hidden-a1.00"]["0"] = cell([29, 29.5, 29.9], [30, 30, 30])
+    verdict = report._t_upstream(result)
     assert verdict["pass"] is False
-    assert "oracle-a1.00 k=0" in verdict["note"]  # one round above 1: within noise
-    up["levels"]["oracle-a1.00"]["0"] = cell([29, 29.5, 29.9], [30, 30, 30])
-    verdict = report._t_upstream({"upstream": up})
-    assert verdict["pass"] is False
-    assert "oracle-a1.00 k=0" not in verdict["note"]  # every round below 1: not noise
+    assert "K wholly below 1: 0" in verdict["note"]
     assert report._t_upstream({"upstream": {"enabled": False}})["pass"] is None
+
+    assert report._t_upstream_acceptance(result)["pass"] is True
+    up["levels"]["hidden-a1.00"]["3"] = cell([50, 52, 51], [50, 50, 50], (0.87, 0.9))
+    assert report._t_upstream_acceptance(result)["pass"] is False
+    assert report._t_auto_upstream(result)["measured"] == {"hidden-a1.00": 1.22}
+    assert report._t_auto_upstream(result)["pass"] is True
+    up["levels"]["hidden-a1.00"]["auto"] = cell([51, 52, 53], [50, 50, 50])
+    assert report._t_auto_upstream(result)["pass"] is False
+
     table = report._md_upstream(up)
-    assert any(line.startswith("| oracle-a1.00 | 3 | 50.0 | 51.0 | 1.020 (1.000-1.040) |") for line in table)
-    # every round of every row pooled: 29/30, 29.5/30, 29.9/30, 50/50, 52/50, 51/50 -> median of 6
+    assert any(line.startswith("| hidden-a1.00 | 3 | 50.0 | 51.0 | 1.020 (1.000-1.040) |") for line in table)
+    # every round of the fixed-K rows pooled: 29/30, 29.5/30, 29.9/30, 50/50, 52/50, 51/50
     pooled = report.upstream_pooled(up)
     assert pooled["rounds"] == 6
     assert pooled["median"] == pytest.approx((29.9 / 30 + 1.0) / 2, abs=1e-4)
-    assert pooled["by_n_draft"] == {"0": pytest.approx(29.5 / 30, abs=1e-4), "3": 1.02}
-    assert "pooled rounds (6)" in verdict["note"]
+    assert pooled["by_n_draft"]["0"] == pytest.approx(29.5 / 30, abs=1e-4)
+    lo, hi = pooled["ci95_by_n_draft"]["0"]
+    assert lo <= 29.5 / 30 <= hi < 1
     assert any(line.startswith("Pooled rounds (6)") for line in table)
 
 

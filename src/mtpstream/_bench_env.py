@@ -197,6 +197,22 @@ def paired_ratios(num: Sequence[float], den: Sequence[float], digits: int = 4) -
     return summarize([n / d for n, d in zip(num, den, strict=True) if d], digits)
 
 
+def bootstrap_median_ci(
+    values: Sequence[float], level: float = 0.95, n_boot: int = 4000, seed: int = 20261201
+) -> tuple[float, float] | None:
+    """Percentile-bootstrap interval of the median of ``values`` (None when empty)."""
+    if not values:
+        return None
+    import random
+
+    rng = random.Random(seed)
+    n = len(values)
+    meds = sorted(statistics.median(rng.choices(values, k=n)) for _ in range(n_boot))
+    lo = meds[int((1.0 - level) / 2 * n_boot)]
+    hi = meds[min(n_boot - 1, int((1.0 + level) / 2 * n_boot))]
+    return (round(lo, 4), round(hi, 4))
+
+
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of already sorted values (``q`` in [0, 100])."""
     rank = max(1, min(len(sorted_values), int(-(-q * len(sorted_values) // 100))))

@@ -362,6 +362,26 @@ async def _consume(mtp: MTP, prompt: Sequence[int], tokens: int) -> tuple[float,
     return time.perf_counter() - t0, n
 
 
+async def _delivered(mtp: MTP, prompt: Sequence[int], tokens: int) -> tuple[float, int]:
+    t_first: float | None = None
+    n = 0
+    async for ev in mtp.stream_events(list(prompt), max_tokens=tokens):
+        if isinstance(ev, TokenEvent):
+            n += 1
+            if t_first is None:
+                t_first = time.perf_counter()
+    if t_first is None or n < 2:
+        raise MTPError("the generation produced fewer than two tokens")
+    return time.perf_counter() - t_first, n
+
+
+def delivered_decode_tps(mtp: MTP, prompt: Sequence[int], tokens: int) -> float:
+    """Decode tokens/s as a Python consumer sees them: ``async for`` under asyncio, from
+    the first token to the end of the stream (the first token's prefill excluded)."""
+    wall, n = anyio.run(_delivered, mtp, prompt, tokens, backend="asyncio")
+    return (n - 1) / wall
+
+
 def _consume_once(mtp: MTP, prompt: Sequence[int], tokens: int, mode: str) -> tuple[float, int]:
     """Wall seconds and completion tokens of one generation consumed in ``mode``."""
     if mode == "native":

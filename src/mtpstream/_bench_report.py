@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ._bench_env import paired_ratios
+from ._bench_env import bootstrap_median_ci, paired_ratios
 
 __all__ = [
     "IDEAL_METHOD",
@@ -52,6 +52,8 @@ TARGET_THRESHOLDS: dict[str, float] = {
     "ttft_mtp_over_plain": 1.10,
     "idle_company_over_alone": 0.97,
     "mtpstream_over_upstream": 1.0,
+    "acceptance_vs_upstream_abs_diff": 0.02,
+    "auto_over_upstream_default": 1.05,
     "auto_over_best_fixed": 0.95,
 }
 
@@ -269,33 +271,74 @@ def _t_company(result: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def _upstream_cells(result: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    up = result.get("upstream") or {}
+    return up.get("levels") if up.get("available") else None
+
+
 def _t_upstream(result: dict[str, Any]) -> dict[str, Any]:
     t = TARGET_THRESHOLDS["mtpstream_over_upstream"]
-    desc = "at least as fast as llama-server --spec-type draft-mtp on every row (median paired ratio >= 1)"
+    desc = (
+        "decode at least as fast as llama-server --spec-type draft-mtp --spec-draft-n-max K: "
+        "per K and overall, the pooled median of per-round ratios; K falls short only when its "
+        "95% bootstrap interval lies wholly below 1"
+    )
     up = result.get("upstream") or {}
     if not up.get("available"):
         return _verdict(desc, None, None, t, up.get("reason", "not run (--with-upstream)"))
-    measured: dict[str, dict[str, float | None]] = {}
-    within_noise: list[str] = []
-    for name, cells in up["levels"].items():
-        measured[name] = {}
-        for k, cell in cells.items():
-            measured[name][k] = cell.get("mtpstream_over_upstream")
-            rounds = cell.get("mtpstream_over_upstream_rounds") or {}
-            if rounds and rounds["min"] < 1.0 <= rounds["max"] and rounds["median"] < t:
-                within_noise.append(f"{name} k={k}")
-    values = [v for cells in measured.values() for v in cells.values()]
-    ok = bool(values) and all(v is not None and v >= t for v in values)
-    note = "rows below 1 whose rounds straddle 1 (within run-to-run noise): "
-    note += ", ".join(within_noise) or "none"
     pooled = upstream_pooled(up)
-    if pooled:
-        note += "; " + _pooled_text(pooled)
+    measured = {k: v for k, v in pooled.get("by_n_draft", {}).items() if k != "auto"}
+    cis = {k: v for k, v in pooled.get("ci95_by_n_draft", {}).items() if k != "auto"}
+    short = [k for k, ci in cis.items() if ci is not None and ci[1] < t]
+    ok = bool(measured) and not short
+    note = _pooled_text(pooled) if pooled else ""
+    note += "; K wholly below 1: " + (", ".join(short) or "none")
     return _verdict(desc, measured, ok, t, note)
 
 
+def _t_upstream_acceptance(result: dict[str, Any]) -> dict[str, Any]:
+    t = TARGET_THRESHOLDS["acceptance_vs_upstream_abs_diff"]
+    desc = "acceptance equals llama-server's own draft_n_accepted / draft_n within 0.02 at every level and K"
+    levels = _upstream_cells(result)
+    if levels is None:
+        return _verdict(desc, None, None, t, "not run (--with-upstream)")
+    measured: dict[str, dict[str, Any]] = {}
+    diffs: list[float] = []
+    for name, cells in levels.items():
+        for k, c in cells.items():
+            ours, theirs = c.get("mtpstream_acceptance_rate"), c.get("upstream_acceptance_rate")
+            if k in ("0", "auto") or ours is None or theirs is None:
+                continue
+            d = round(abs(ours - theirs), 4)
+            measured.setdefault(name, {})[k] = {
+                "mtpstream": ours,
+                "upstream": theirs,
+                "expected": c.get("expected_acceptance_rate"),
+                "abs_diff": d,
+            }
+            diffs.append(d)
+    ok = bool(diffs) and max(diffs) <= t
+    return _verdict(desc, measured, ok, t, f"largest difference {max(diffs):.4f}" if diffs else "no cells")
+
+
+def _t_auto_upstream(result: dict[str, Any]) -> dict[str, Any]:
+    t = TARGET_THRESHOLDS["auto_over_upstream_default"]
+    desc = "n_draft='auto' vs llama-server --spec-type draft-mtp with its defaults: >= 1.05x at every level"
+    levels = _upstream_cells(result)
+    if levels is None:
+        return _verdict(desc, None, None, t, "not run (--with-upstream)")
+    measured = {
+        name: cells["auto"].get("mtpstream_over_upstream")
+        for name, cells in levels.items()
+        if "auto" in cells and "error" not in cells["auto"]
+    }
+    ok = bool(measured) and all(v is not None and v >= t for v in measured.values())
+    return _verdict(desc, measured, ok, t, "median of per-round ratios per level")
+
+
 def upstream_pooled(up: dict[str, Any]) -> dict[str, Any]:
-    """Median of every per-round mtpstream/upstream ratio, over all rows and per n_draft.
+    """Median of every per-round mtpstream/upstream ratio, over all rows and per n_draft,
+    each with a 95% bootstrap interval of that median.
 
     One row's median of a few rounds moves by several percent with the machine; pooling
     the rounds of every level says whether one loop is faster than the other at all.
@@ -305,19 +348,29 @@ def upstream_pooled(up: dict[str, Any]) -> dict[str, Any]:
         for k, cell in cells.items():
             rounds = cell.get("mtpstream_over_upstream_rounds") or {}
             by_k.setdefault(k, []).extend(rounds.get("values", []))
-    every = [v for vs in by_k.values() for v in vs]
+    every = [v for k, vs in by_k.items() if k != "auto" for v in vs]
     if not every:
         return {}
     return {
         "median": round(statistics.median(every), 4),
+        "ci95": bootstrap_median_ci(every),
         "rounds": len(every),
         "by_n_draft": {k: round(statistics.median(vs), 4) for k, vs in by_k.items() if vs},
+        "ci95_by_n_draft": {k: bootstrap_median_ci(vs) for k, vs in by_k.items() if vs},
     }
 
 
+def _ci_text(ci: Any) -> str:
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
+
 def _pooled_text(pooled: dict[str, Any]) -> str:
-    per_k = ", ".join(f"k={k} {v:.3f}" for k, v in pooled["by_n_draft"].items())
-    return f"pooled rounds ({pooled['rounds']}): median {pooled['median']:.3f}; by n_draft: {per_k}"
+    cis = pooled.get("ci95_by_n_draft", {})
+    per_k = ", ".join(f"k={k} {v:.3f}{_ci_text(cis.get(k))}" for k, v in pooled["by_n_draft"].items())
+    return (
+        f"pooled rounds ({pooled['rounds']}): median {pooled['median']:.3f}"
+        f"{_ci_text(pooled.get('ci95'))}; by n_draft (95% bootstrap interval): {per_k}"
+    )
 
 
 def reanalyze(result: dict[str, Any]) -> dict[str, Any]:
@@ -341,6 +394,11 @@ def judge(result: dict[str, Any]) -> dict[str, Any]:
 def evaluate_targets(result: dict[str, Any]) -> dict[str, Any]:
     """Every target of the issue, with measured figures and a pass flag (None: not measurable)."""
     targets: dict[str, Any] = {}
+    if result.get("upstream_only"):
+        targets["mtpstream_over_upstream"] = _t_upstream(result)
+        targets["acceptance_vs_upstream"] = _t_upstream_acceptance(result)
+        targets["auto_over_upstream_default"] = _t_auto_upstream(result)
+        return targets
     targets.update(_t_async(result))
     targets["efficiency_at_best_n_draft"] = _t_efficiency(result)
     targets["full_acceptance_best_over_plain"] = _t_full(result)
@@ -350,6 +408,8 @@ def evaluate_targets(result: dict[str, Any]) -> dict[str, Any]:
     targets["ttft_mtp_over_plain"] = _t_ttft(result)
     targets["idle_company_over_alone"] = _t_company(result)
     targets["mtpstream_over_upstream"] = _t_upstream(result)
+    targets["acceptance_vs_upstream"] = _t_upstream_acceptance(result)
+    targets["auto_over_upstream_default"] = _t_auto_upstream(result)
     return targets
 
 
@@ -401,6 +461,13 @@ def _level_table(lv: dict[str, Any]) -> list[str]:
 def format_summary(result: dict[str, Any]) -> str:
     """The human-readable report printed at the end of a run."""
     lines: list[str] = []
+    if result.get("upstream_only"):
+        lines += _md_upstream(result.get("upstream") or {})
+        lines.append("targets:")
+        for name, v in result["targets"].items():
+            flag = {True: "PASS", False: "FAIL", None: "n/a "}[v["pass"]]
+            lines.append(f"  [{flag}] {name}: {v['measured']} ({v.get('note', '')})")
+        return "\n".join(lines)
     for lv in result["levels"]:
         lines += _level_table(lv)
         lines.append("")
@@ -463,20 +530,22 @@ def _md_upstream(up: dict[str, Any]) -> list[str]:
         "mtpstream/upstream, min-max)",
         "",
         "| level | n_draft | llama-server | mtpstream | ratio (min-max) | whole request, speed ratio "
-        "| server acceptance |",
-        "|---|---|---|---|---|---|---|",
+        "| server acceptance | mtpstream acceptance | expected |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, cells in up["levels"].items():
         for k, c in cells.items():
             if "error" in c:
-                out.append(f"| {name} | {k} | error: {c['error']} | | | | |")
+                out.append(f"| {name} | {k} | error: {c['error']} | | | | | | |")
                 continue
             out.append(
                 f"| {name} | {k} | {c['upstream_tokens_per_sec']['median']:.1f} "
                 f"| {c['mtpstream_tokens_per_sec']['median']:.1f} "
                 f"| {_ratio_span(c.get('mtpstream_over_upstream_rounds'))} "
                 f"| {_ratio_span(c.get('request_speed_over_upstream_rounds'))} "
-                f"| {_fmt(c['upstream_acceptance_rate'], '.3f')} |"
+                f"| {_fmt(c['upstream_acceptance_rate'], '.3f')} "
+                f"| {_fmt(c.get('mtpstream_acceptance_rate'), '.3f')} "
+                f"| {_fmt(c.get('expected_acceptance_rate'), '.3f')} |"
             )
     pooled = upstream_pooled(up)
     return [*out, "", *([_pooled_text(pooled).capitalize(), ""] if pooled else [])]

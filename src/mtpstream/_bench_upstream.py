@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from ._bench_env import paired_ratios, summarize
-from ._bench_measure import Level, Settings, generation_prompt, open_session, run_native
+from ._bench_measure import (
+    DraftKey,
+    Level,
+    Settings,
+    delivered_decode_tps,
+    generation_prompt,
+    open_session,
+    run_native,
+)
 from .model import load_model
 
 __all__ = ["compare"]
@@ -151,8 +159,9 @@ def _wait_healthy(proc: subprocess.Popen[bytes], port: int) -> None:
 
 
 @contextlib.contextmanager
-def _server(exe: Path, model: Path, k: int, settings: Settings) -> Iterator[int]:
-    """A running llama-server for ``model`` with ``k`` MTP drafts (0: no speculation)."""
+def _server(exe: Path, model: Path, k: DraftKey, settings: Settings) -> Iterator[int]:
+    """A running llama-server for ``model`` with ``k`` MTP drafts (0: no speculation;
+    ``"auto"``: ``--spec-type draft-mtp`` alone, what a user gets by default)."""
     port = _free_port()
     t = str(settings.threads)
     cmd = [
@@ -177,7 +186,9 @@ def _server(exe: Path, model: Path, k: int, settings: Settings) -> Iterator[int]
         cmd += ["-fa", "on" if settings.flash_attn else "off"]
     if settings.upstream_load_mode is not None:
         cmd += ["-lm", settings.upstream_load_mode]
-    if k > 0:
+    if k == "auto":
+        cmd += ["--spec-type", "draft-mtp"]
+    elif k > 0:
         cmd += ["--spec-type", "draft-mtp", "--spec-draft-n-max", str(k)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -207,7 +218,20 @@ def _complete(port: int, prompt: Sequence[int], tokens: int) -> dict[str, Any]:
     return timings
 
 
-def _cell(exe: Path, level: Level, k: int, settings: Settings, log: Log) -> dict[str, Any]:
+def _expected_acceptance(level: Level, prompt: Sequence[int], k: DraftKey, tokens: int) -> float | None:
+    """The oracle's exact acceptance for this request (None: not an oracle level, or "auto")."""
+    if level.weights != "oracle" or k == "auto" or k == 0:
+        return None
+    from .testing import expected_acceptance
+
+    try:
+        res = expected_acceptance(level.path, prompt, n_draft=int(k), n_tokens=tokens)
+    except (ValueError, KeyError, OSError):
+        return None
+    return round(res.acceptance_rate, 4)
+
+
+def _cell(exe: Path, level: Level, k: DraftKey, settings: Settings, log: Log) -> dict[str, Any]:
     """Upstream vs mtpstream at one (level, n_draft), alternating run by run."""
     model = load_model(level.path)
     uses_mmap = model.uses_mmap
@@ -219,11 +243,14 @@ def _cell(exe: Path, level: Level, k: int, settings: Settings, log: Log) -> dict
                 run_native(ours, prompt, settings.tokens)
             up_tps: list[float] = []
             our_tps: list[float] = []
+            delivered_tps: list[float] = []  # ours as an ``async for`` consumer sees it
             up_ms: list[float] = []  # whole request: prompt + generation
             our_ms: list[float] = []
-            drafts = accepted = 0
+            drafts = accepted = our_drafts = our_accepted = 0
+            for _ in range(settings.warmup):
+                delivered_decode_tps(ours, prompt, settings.tokens)
             for r in range(settings.runs):
-                order = (0, 1) if r % 2 == 0 else (1, 0)
+                order = (0, 1, 2) if r % 2 == 0 else (2, 1, 0)
                 for side in order:
                     if side == 0:
                         t = _complete(port, prompt, settings.tokens)
@@ -231,25 +258,35 @@ def _cell(exe: Path, level: Level, k: int, settings: Settings, log: Log) -> dict
                         up_ms.append(float(t["prompt_ms"]) + float(t["predicted_ms"]))
                         drafts += int(t.get("draft_n", 0))
                         accepted += int(t.get("draft_n_accepted", 0))
+                    elif side == 2:
+                        delivered_tps.append(delivered_decode_tps(ours, prompt, settings.tokens))
                     else:
                         sample = run_native(ours, prompt, settings.tokens)
                         our_tps.append(sample.decode_tokens_per_sec)
+                        our_drafts += sample.drafts_generated
+                        our_accepted += sample.drafts_accepted
                         our_ms.append((sample.timing_us["prefill"] + sample.timing_us["total"]) / 1000)
     finally:
         model.close()
     paired = paired_ratios(our_tps, up_tps)
+    delivered = paired_ratios(delivered_tps, up_tps)
     log(
         f"    {level.name} k={k}: upstream {statistics.median(up_tps):.1f} tok/s, "
         f"mtpstream {statistics.median(our_tps):.1f} tok/s (paired {paired['median']:.3f}x, "
-        f"{paired['min']:.3f}-{paired['max']:.3f})"
+        f"{paired['min']:.3f}-{paired['max']:.3f}), delivered to asyncio "
+        f"{statistics.median(delivered_tps):.1f} tok/s ({delivered['median']:.3f}x)"
     )
     return {
         "upstream_tokens_per_sec": summarize(up_tps, 2),
         "upstream_acceptance_rate": round(accepted / drafts, 4) if drafts else None,
+        "mtpstream_acceptance_rate": round(our_accepted / our_drafts, 4) if our_drafts else None,
+        "expected_acceptance_rate": _expected_acceptance(level, prompt, k, settings.tokens),
         "mtpstream_uses_mmap": uses_mmap,
         "mtpstream_tokens_per_sec": summarize(our_tps, 2),
         "mtpstream_over_upstream": paired["median"],
         "mtpstream_over_upstream_rounds": paired,
+        "mtpstream_delivered_tokens_per_sec": summarize(delivered_tps, 2),
+        "delivered_over_upstream_rounds": delivered,
         "upstream_request_ms": summarize(up_ms, 1),
         "mtpstream_request_ms": summarize(our_ms, 1),
         # speed ratio of the whole request (prompt included): upstream time / ours
@@ -264,7 +301,9 @@ def compare(levels: Sequence[Level], settings: Settings, log: Log) -> dict[str, 
         "enabled": True,
         "llama_cpp_python_sdist": f"{_PACKAGE}=={_VERSION}",
         "metric": "decode tokens/s: server timings.predicted_per_second vs "
-        "mtpstream stats (both exclude prompt processing); mtpstream_over_upstream is the "
+        "mtpstream stats (both exclude prompt processing); delivered: the same generation "
+        "consumed with async for under asyncio, first token to end of stream; "
+        "mtpstream_over_upstream is the "
         "median of per-round ratios (runs alternate, order flipped every round). "
         "request_speed_over_upstream: the whole request (prompt + generation: server "
         "prompt_ms + predicted_ms vs engine prefill + decode time), upstream time / ours",
@@ -279,7 +318,8 @@ def compare(levels: Sequence[Level], settings: Settings, log: Log) -> dict[str, 
     log("upstream llama-server comparison")
     for level in levels:
         cells: dict[str, Any] = {}
-        for k in settings.n_drafts:
+        keys: list[DraftKey] = [*settings.n_drafts, "auto"]
+        for k in keys:
             try:
                 cells[str(k)] = _cell(exe, level, k, settings, log)
             except (OSError, RuntimeError, KeyError, ValueError, urllib.error.URLError) as exc:

@@ -41,11 +41,13 @@ from .session import MTP
 
 __all__ = ["BenchConfig", "main", "run"]
 
-# (level name, weights, mtp_error_rate): per-token draft agreement 1.0, 0.75, 0.5, random
+# (level name, weights, mtp_error_rate): per-token draft agreement 1.0, 0.75, 0.5, random.
+# Oracle levels use heads that read what real heads read (--head, default "hidden");
+# the names carry the head: "hidden-a0.75".
 _DEFAULT_LEVELS: tuple[tuple[str, str, float], ...] = (
-    ("oracle-a1.00", "oracle", 0.0),
-    ("oracle-a0.75", "oracle", 0.25),
-    ("oracle-a0.50", "oracle", 0.5),
+    ("a1.00", "oracle", 0.0),
+    ("a0.75", "oracle", 0.25),
+    ("a0.50", "oracle", 0.5),
     ("random", "random", 0.0),
 )
 
@@ -75,6 +77,8 @@ class BenchConfig:
     quick: bool
     plot: bool
     with_upstream: bool
+    head: str = "hidden"
+    upstream_only: bool = False
 
 
 class _Logger:
@@ -111,13 +115,15 @@ def _default_levels(cfg: BenchConfig, log: _Logger) -> list[meas.Level]:
     from .testing import make_model
 
     levels = []
-    for name, weights, rate in _DEFAULT_LEVELS:
+    for base, weights, rate in _DEFAULT_LEVELS:
         t0 = time.perf_counter()
+        name = base if weights == "random" else f"{cfg.head}-{base}"
         path = make_model(
             arch=cfg.arch,  # type: ignore[arg-type]
             weights=weights,  # type: ignore[arg-type]
             size=cfg.size,  # type: ignore[arg-type]
             mtp_error_rate=rate,
+            head=cfg.head,  # type: ignore[arg-type]
         )
         log(f"model {name}: {path.name} ({time.perf_counter() - t0:.1f} s)")
         levels.append(_synthetic_level(name, path))
@@ -258,14 +264,15 @@ def run(cfg: BenchConfig, log: _Logger | None = None) -> dict[str, Any]:
         "quick": cfg.quick,
         "machine": env.machine_info(),
         "versions": env.versions(),
-        "settings": {**cfg.settings.as_json(), "model_size": cfg.size, "arch": cfg.arch},
+        "settings": {**cfg.settings.as_json(), "model_size": cfg.size, "arch": cfg.arch, "head": cfg.head},
+        "upstream_only": cfg.upstream_only,
         "ideal_method": report.IDEAL_METHOD,
     }
     levels = [_user_level(cfg.model)] if cfg.model else _default_levels(cfg, log)
     ref = _ref_level(levels)
     result["reference_level"] = ref.name
     result["levels"] = []
-    for level in levels:
+    for level in levels if not cfg.upstream_only else ():
         out, extra = _bench_level(level, cfg, level is ref, log)
         result["levels"].append(out)
         result.update(extra)
@@ -306,7 +313,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, help="tokens per generation (default 128; --quick 48)")
     p.add_argument("--threads", type=int, help="n_threads (default: the CPUs available to this process)")
     p.add_argument(
-        "--size", choices=("tiny", "bench"), help="synthetic model size (default bench; --quick: tiny)"
+        "--size",
+        choices=("tiny", "small", "bench"),
+        help="synthetic model size (default bench; --quick: tiny; small: 32 layers of width 128, "
+        "about 1 ms per decode, where per-iteration overhead shows)",
+    )
+    p.add_argument(
+        "--head",
+        choices=("hidden", "kv", "token"),
+        default="hidden",
+        help="what the oracle MTP head drafts from (default: %(default)s, the hidden row it is fed)",
+    )
+    p.add_argument(
+        "--upstream-only",
+        action="store_true",
+        help="with --with-upstream: only the llama-server comparison (no grid, TTFT, async layer)",
     )
     p.add_argument("--arch", choices=("qwen35", "qwen35moe"), default="qwen35", help="synthetic model arch")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
@@ -363,14 +384,16 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         out=Path(args.out),
         quick=args.quick,
         plot=not args.no_plot,
-        with_upstream=args.with_upstream,
+        with_upstream=args.with_upstream or args.upstream_only,
+        head=args.head,
+        upstream_only=args.upstream_only,
     )
 
 
 def _write_outputs(result: dict[str, Any], cfg: BenchConfig, log: _Logger) -> Path:
     stem = "bench-" + time.strftime("%Y%m%d-%H%M%S") + ("-quick" if cfg.quick else "")
     cfg.out.mkdir(parents=True, exist_ok=True)
-    png = report.plot(result, cfg.out / f"{stem}.png", log) if cfg.plot else None
+    png = report.plot(result, cfg.out / f"{stem}.png", log) if cfg.plot and result["levels"] else None
     result["plot"] = str(png) if png else None
     path = report.write_json(result, cfg.out / f"{stem}.json")
     log(f"wrote {path}" + (f" and {png}" if png else ""))

@@ -117,7 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--model", help="a GGUF with an MTP head (default: a synthetic qwen35 model)")
     demo.add_argument("--arch", default="qwen35", choices=["qwen35", "qwen35moe"])
     demo.add_argument(
-        "--size", default="tiny", choices=["tiny", "bench"], help="synthetic model size (bench: 0.6B, 660 MB)"
+        "--size",
+        default="tiny",
+        choices=["tiny", "small", "bench"],
+        help="synthetic model size (bench: 0.6B, 660 MB)",
     )
     demo.add_argument("--mtp-error-rate", type=float, default=0.25)
     demo.add_argument("--n-draft", type=int, default=3)
