@@ -11,7 +11,10 @@
 
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <memory>
+#include <thread>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -31,6 +34,65 @@ namespace {
 
 PyObject * native_error_type = nullptr;
 
+// Interpreter exit. A thread that takes the GIL back once the interpreter is
+// finalizing (a daemon thread still inside a native call at exit) is
+// pthread_exit()ed by Python; that unwind through C++ frames ends in std::terminate
+// (SIGABRT). So once exit has begun (begin_exit(), from an atexit handler, before
+// finalization), a thread leaving a native call parks instead of taking the GIL
+// back, and begin_exit() waits until no thread is inside llama.cpp any more.
+std::atomic<bool> g_exiting{false};
+std::atomic<int> g_in_native{0};
+
+bool interpreter_finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+    return Py_IsFinalizing() != 0;
+#else
+    return _Py_IsFinalizing() != 0;
+#endif
+}
+
+bool exiting() { return g_exiting.load() || interpreter_finalizing(); }
+
+[[noreturn]] void park_forever() {
+    for (;;) {
+        std::this_thread::sleep_for(std::chrono::hours(24));
+    }
+}
+
+// nb::gil_scoped_release that never takes the GIL back once exit has begun.
+class ReleaseGil {
+public:
+    ReleaseGil() {
+        g_in_native.fetch_add(1);
+        state_ = PyEval_SaveThread();
+    }
+    ~ReleaseGil() {
+        g_in_native.fetch_sub(1);
+        if (exiting()) {
+            park_forever();
+        }
+        PyEval_RestoreThread(state_);
+    }
+    ReleaseGil(const ReleaseGil &) = delete;
+    ReleaseGil & operator=(const ReleaseGil &) = delete;
+
+private:
+    PyThreadState * state_ = nullptr;
+};
+
+// Start exiting and wait (GIL released, at most timeout_s) until no other thread is
+// inside a native call; true if none is.
+bool begin_exit(double timeout_s) {
+    g_exiting.store(true);
+    PyThreadState * st = PyEval_SaveThread();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+    while (g_in_native.load() > 0 && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    PyEval_RestoreThread(st);
+    return g_in_native.load() == 0;
+}
+
 // Python holds native objects only through these handles. The worker thread
 // shares ownership of engines/models/jobs through plain std::shared_ptr; it must
 // never hold a shared_ptr made from a Python object, whose deleter would take
@@ -46,7 +108,7 @@ struct JobHandle {
 };
 
 [[noreturn]] void raise_status(const Status & st) {
-    nb::object args = nb::make_tuple(static_cast<int>(st.code), st.message);
+    nb::object args = nb::make_tuple(static_cast<int>(st.code), st.message, st.field);
     PyErr_SetObject(native_error_type, args.ptr());
     throw nb::python_error();
 }
@@ -61,6 +123,9 @@ ModelHandle load_model(const std::string & path, std::optional<int> n_gpu_layers
     if (progress.has_value()) {
         nb::callable cb = *progress;
         opts.progress = [cb, &callback_error](float p) -> bool {
+            if (exiting()) {
+                return false;  // stop loading: the process is exiting
+            }
             nb::gil_scoped_acquire gil;
             if (callback_error.has_value()) {
                 return false;
@@ -79,7 +144,7 @@ ModelHandle load_model(const std::string & path, std::optional<int> n_gpu_layers
     Status st;
     std::shared_ptr<Model> model;
     {
-        nb::gil_scoped_release release;
+        ReleaseGil release;
         model = Model::load(path, opts, st);
     }
     if (callback_error.has_value()) {
@@ -110,6 +175,9 @@ std::vector<EventTuple> drain_job(JobHandle & job) {
 
 NB_MODULE(_native, m) {
     m.doc() = "mtpstream native engine (llama.cpp MTP speculative decoding)";
+    // objects still referenced by daemon threads at exit are reclaimed by the OS;
+    // nanobind's leak report would only alarm users
+    nb::set_leak_warnings(false);
     native_error_type = PyErr_NewException("mtpstream._native.NativeError", PyExc_RuntimeError, nullptr);
     m.attr("NativeError") = nb::handle(native_error_type);
     m.attr("LLAMA_DEFAULT_SEED") = static_cast<uint32_t>(LLAMA_DEFAULT_SEED);
@@ -161,14 +229,19 @@ NB_MODULE(_native, m) {
 
     nb::class_<Runtime>(m, "Runtime")
         .def(nb::init<>())
-        .def("pending", [](const Runtime & rt, const EngineHandle & e) { return rt.pending(e.p.get()); });
+        .def("pending", [](const Runtime & rt, const EngineHandle & e) { return rt.pending(e.p.get()); })
+        .def("shutdown", [](Runtime & rt) {
+            nb::gil_scoped_release release;  // from the atexit handler, before begin_exit()
+            rt.shutdown();
+        });
+    m.def("begin_exit", &begin_exit, "timeout_s"_a);
 
     nb::class_<JobHandle>(m, "Job")
         .def("drain", &drain_job)
         .def("cancel", [](JobHandle & j) { j.p->request_cancel(); })
         .def_prop_ro("finished", [](const JobHandle & j) { return j.p->finished(); })
         .def("wait", [](JobHandle & j) {
-            nb::gil_scoped_release release;
+            ReleaseGil release;
             j.p->wait_finished();
         });
 
@@ -197,7 +270,7 @@ NB_MODULE(_native, m) {
                 Status st;
                 std::shared_ptr<Engine> e;
                 {
-                    nb::gil_scoped_release release;
+                    ReleaseGil release;
                     e = Engine::create(target.p, draft != nullptr ? draft->p : nullptr, n_draft, auto_draft, c, st);
                 }
                 if (!e) {
@@ -269,7 +342,7 @@ NB_MODULE(_native, m) {
             "emit_stats_every"_a, "wake_fd"_a, "wait"_a, "capacity"_a, "discard"_a = false)
         .def("close", [](EngineHandle & self, Runtime & rt) {
             self.p->mark_closed();
-            nb::gil_scoped_release release;
+            ReleaseGil release;
             rt.cancel_and_wait(self.p.get());
         }, "runtime"_a)
         .def_prop_ro("closed", [](const EngineHandle & h) { return h.p->closed(); });

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <exception>
 
@@ -195,6 +196,42 @@ void Engine::set_fault(Fault f) {
     fault_ = f;
 }
 
+bool Engine::sample(Generation & g, llama_context * ctx, int32_t idx, llama_token & out, std::string & error) {
+    // llama_sampler_sample, with the grammar applied on its own first: when it leaves
+    // no token alive, the dist sampler would abort inside llama.cpp
+    const float * logits = llama_get_logits_ith(ctx, idx);
+    if (logits == nullptr) {
+        error = "the target produced no logits";
+        return false;
+    }
+    cand_.resize(static_cast<size_t>(n_vocab_));
+    for (llama_token t = 0; t < n_vocab_; ++t) {
+        cand_[static_cast<size_t>(t)] = llama_token_data{t, logits[t], 0.0f};
+    }
+    llama_token_data_array arr{cand_.data(), cand_.size(), -1, false};
+    if (g.grammar) {
+        llama_sampler_apply(g.grammar.get(), &arr);
+        const bool alive = std::any_of(arr.data, arr.data + arr.size,
+                                       [](const llama_token_data & d) { return d.logit > -INFINITY; });
+        if (!alive) {
+            error = "the grammar admits no token after " + std::to_string(g.emitted) +
+                    " generated tokens (no token of the vocabulary can continue it)";
+            return false;
+        }
+    }
+    llama_sampler_apply(g.sampler.get(), &arr);
+    if (arr.selected < 0 || arr.selected >= static_cast<int64_t>(arr.size)) {
+        error = "sampling selected no token (the logits are not finite)";
+        return false;
+    }
+    out = arr.data[arr.selected].id;
+    if (g.grammar) {
+        llama_sampler_accept(g.grammar.get(), out);
+    }
+    llama_sampler_accept(g.sampler.get(), out);
+    return true;
+}
+
 bool Engine::abort_cb(void * data) {
     const auto * e = static_cast<const Engine *>(data);
     const std::atomic<bool> * flag = e->abort_flag_.load();
@@ -227,16 +264,16 @@ std::unique_ptr<Generation> Engine::prepare(GenerationOptions opts, Status & sta
         return nullptr;
     }
     const auto & s = opts.sampling;
-    SamplerPtr chain(llama_sampler_chain_init(llama_sampler_chain_default_params()));
+    SamplerPtr grammar;
     if (!s.grammar.empty()) {
-        llama_sampler * g = llama_sampler_init_grammar(target_->vocab(), s.grammar.c_str(), "root");
-        if (g == nullptr) {
+        grammar.reset(llama_sampler_init_grammar(target_->vocab(), s.grammar.c_str(), "root"));
+        if (!grammar) {
             status = Status::error(ErrorCode::invalid_argument,
-                                   "grammar could not be parsed (GBNF with a 'root' rule expected)");
+                                   "grammar could not be parsed (GBNF with a 'root' rule expected)", "grammar");
             return nullptr;
         }
-        llama_sampler_chain_add(chain.get(), g);
     }
+    SamplerPtr chain(llama_sampler_chain_init(llama_sampler_chain_default_params()));
     if (s.penalty_repeat != 1.0f || s.penalty_freq != 0.0f || s.penalty_present != 0.0f) {
         llama_sampler_chain_add(chain.get(), llama_sampler_init_penalties(n_vocab_, s.penalty_last_n, s.penalty_repeat,
                                                                           s.penalty_freq, s.penalty_present));
@@ -260,6 +297,7 @@ std::unique_ptr<Generation> Engine::prepare(GenerationOptions opts, Status & sta
     g->text = TextStream(opts.stop);
     g->opts = std::move(opts);
     g->sampler = std::move(chain);
+    g->grammar = std::move(grammar);
     g->carry.assign(static_cast<size_t>(n_embd_), 0.0f);
     return g;
 }
@@ -297,6 +335,9 @@ void Engine::begin(Job & job) {
     // (prompt included) on the snapshot-free context
     on_plain_ = ctx_plain_ != nullptr && plain_streak_ >= 2;
     llama_sampler_reset(g.sampler.get());
+    if (g.grammar) {
+        llama_sampler_reset(g.grammar.get());
+    }
     std::fill(g.carry.begin(), g.carry.end(), 0.0f);
     g.t_start_us = now_us();
     SessionStats::add(stats_.prompt_tokens, g.opts.prompt.size());
@@ -373,7 +414,13 @@ void Engine::prefill_step(Job & job) {
         return;
     }
     const int64_t ts = now_us();
-    const llama_token first = llama_sampler_sample(g.sampler.get(), live(), m - 1);
+    llama_token first = -1;
+    std::string error;
+    if (!sample(g, live(), m - 1, first, error)) {
+        SessionStats::add(stats_.t_sample_us, elapsed(ts));
+        finish(job, EventKind::error, "", -1, error);
+        return;
+    }
     SessionStats::add(stats_.t_sample_us, elapsed(ts));
     g.history = g.opts.prompt;
     g.n_past = n_prompt;
@@ -568,8 +615,19 @@ void Engine::decode_step(Job & job) {
     std::vector<llama_token> out;
     out.reserve(static_cast<size_t>(k) + 1);
     int32_t n_acc = 0;
+    std::string error;
     for (int32_t i = 0; i <= k; ++i) {
-        const llama_token tok = llama_sampler_sample(g.sampler.get(), tgt, i);
+        llama_token tok = -1;
+        if (!sample(g, tgt, i, tok, error)) {
+            if (i == 0) {
+                finish(job, EventKind::error, "", -1, error);
+                return;
+            }
+            // the drafts before i were accepted: the last of them becomes the target's
+            // token of this iteration, and the next iteration meets the dead end at i == 0
+            --n_acc;
+            break;
+        }
         out.push_back(tok);
         if (i < k && tok == drafts_[static_cast<size_t>(i)] && !target_->is_eog(tok)) {
             ++n_acc;

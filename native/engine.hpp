@@ -112,6 +112,9 @@ private:
     bool prefill_tokens(Generation & g, const llama_token * tokens, int32_t n, int32_t pos0,
                         bool want_logits, bool defer_draft);
     void emit_token(Job & job, llama_token tok, bool & ended);
+    // Sample the target at batch index idx with g's grammar and chain (and accept the
+    // token). False, with `error` set, when the grammar admits no token.
+    bool sample(Generation & g, llama_context * ctx, int32_t idx, llama_token & out, std::string & error);
     void finish(Job & job, EventKind kind, const std::string & reason, llama_token tok,
                 const std::string & error = "");
     void fail_decode(Job & job, int32_t rc, const char * which);
@@ -141,6 +144,7 @@ private:
     std::unique_ptr<Batch> batch_dft_;
     std::vector<llama_token> drafts_;
     std::vector<float> rows_;  // target hidden rows of the last verify
+    std::vector<llama_token_data> cand_;  // sampling candidates (worker thread only)
     std::unique_ptr<AutoDraft> auto_;
     SessionStats stats_;
     std::atomic<bool> closed_{false};

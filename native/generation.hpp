@@ -20,7 +20,8 @@ struct Generation {
     enum class Phase { prefill, decode, finished };
 
     GenerationOptions opts;
-    SamplerPtr sampler;
+    SamplerPtr sampler;  // the chain after the grammar (penalties, truncation, greedy or dist)
+    SamplerPtr grammar;  // null without a grammar; applied first, checked for a live token
     TextStream text;
     Phase phase = Phase::prefill;
     std::size_t prefill_pos = 0;

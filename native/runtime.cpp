@@ -1,5 +1,7 @@
 #include "runtime.hpp"
 
+#include <unistd.h>
+
 #include <set>
 
 #include "engine.hpp"
@@ -7,11 +9,22 @@
 
 namespace mtpstream {
 
-Runtime::Runtime() : sched_(std::make_shared<Scheduler>()) {
-    thread_ = std::thread([this] { loop(); });
+Runtime::Runtime() : sched_(std::make_shared<Scheduler>()), pid_(::getpid()) {
+    thread_ = std::make_unique<std::thread>([this] { loop(); });
 }
 
 Runtime::~Runtime() {
+    if (::getpid() != pid_) {
+        // a forked child's copy: the worker thread was not forked and the scheduler's
+        // mutex may be held by it forever; leave both alone
+        (void) thread_.release();
+        (void) new std::shared_ptr<Scheduler>(std::move(sched_));
+        return;
+    }
+    shutdown();
+}
+
+void Runtime::shutdown() {
     {
         std::lock_guard<std::mutex> lock(sched_->mutex);
         sched_->stop = true;
@@ -20,8 +33,8 @@ Runtime::~Runtime() {
         }
     }
     sched_->work.notify_all();
-    if (thread_.joinable()) {
-        thread_.join();
+    if (thread_->joinable() && thread_->get_id() != std::this_thread::get_id()) {
+        thread_->join();
     }
 }
 

@@ -13,6 +13,8 @@
 #include <mutex>
 #include <thread>
 
+#include <sys/types.h>
+
 #include "status.hpp"
 
 namespace mtpstream {
@@ -44,13 +46,18 @@ public:
     void cancel_and_wait(const Engine * engine);
     // Jobs (running or queued) of `engine`.
     int pending(const Engine * engine) const;
+    // Cancel every job and stop the worker (idempotent); later submits fail.
+    void shutdown();
 
 private:
     void loop();
     std::shared_ptr<Job> pick_locked();
 
     std::shared_ptr<Scheduler> sched_;
-    std::thread thread_;
+    // a pointer so that a copy of the runtime in a forked child (where the worker
+    // thread does not exist) can be leaked instead of joined
+    std::unique_ptr<std::thread> thread_;
+    pid_t pid_;
 };
 
 }  // namespace mtpstream

@@ -21,9 +21,12 @@ enum class ErrorCode : int {
 struct Status {
     ErrorCode code = ErrorCode::ok;
     std::string message;
+    std::string field;  // the option at fault (invalid_argument), empty if none
 
     static Status ok_status() { return {}; }
-    static Status error(ErrorCode c, std::string msg) { return {c, std::move(msg)}; }
+    static Status error(ErrorCode c, std::string msg, std::string field = "") {
+        return {c, std::move(msg), std::move(field)};
+    }
     bool ok() const { return code == ErrorCode::ok; }
 };
 

@@ -95,6 +95,8 @@ TARGET_KEYS = {
     "idle_company_over_alone",
     "mtpstream_over_upstream",
     "auto_over_best_fixed",
+    "acceptance_vs_upstream",
+    "auto_over_upstream_default",
 }
 LATENCY_KEYS = {"n", "p50_us", "p99_us", "max_us"}
 

@@ -1,7 +1,10 @@
-"""The process's single native worker (see native/runtime.hpp for why one)."""
+"""The process's single native worker (see native/runtime.hpp for why one), and the
+bookkeeping that keeps native work from racing interpreter exit and fork."""
 
 from __future__ import annotations
 
+import atexit
+import os
 import threading
 from typing import Any
 
@@ -9,6 +12,11 @@ from ._loader import _native
 
 _lock = threading.Lock()
 _runtime: Any = None
+# runtimes inherited through fork(): their worker thread did not survive the fork, so
+# they are never used again (and never destroyed before exit, which then leaks them)
+_inherited: list[Any] = []
+
+_EXIT_WAIT_S = 60.0
 
 
 def get() -> Any:
@@ -18,3 +26,26 @@ def get() -> Any:
         if _runtime is None:
             _runtime = _native.Runtime()
         return _runtime
+
+
+def _at_exit() -> None:
+    """Before finalization, while daemon threads still run: cancel every generation and
+    join the worker, then let no thread take the GIL back from llama.cpp (it would be
+    killed in C++ code, which aborts the process) and wait for llama.cpp to be idle."""
+    with _lock:
+        runtime = _runtime
+    if runtime is not None:
+        runtime.shutdown()
+    _native.begin_exit(_EXIT_WAIT_S)
+
+
+def _after_fork_in_child() -> None:
+    global _runtime, _lock
+    _lock = threading.Lock()  # the parent's may have been held by another thread
+    if _runtime is not None:
+        _inherited.append(_runtime)
+        _runtime = None
+
+
+atexit.register(_at_exit)
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -66,7 +66,11 @@ _BY_CODE: dict[int, type[MTPError]] = {
 def from_native(exc: BaseException) -> MTPError:
     """Translate a ``NativeError(code, message)`` into the matching typed error."""
     args: tuple[object, ...] = tuple(getattr(exc, "args", ()))
-    if len(args) == 2 and isinstance(args[0], int):
-        code, message = args[0], args[1]
-        return _BY_CODE.get(code, MTPError)(str(message))
+    if len(args) in (2, 3) and isinstance(args[0], int):
+        code, message = args[0], str(args[1])
+        field = str(args[2]) if len(args) == 3 and args[2] else None
+        cls = _BY_CODE.get(code, MTPError)
+        if cls is InvalidOptionError:
+            return InvalidOptionError(message, field=field)
+        return cls(message)
     return MTPError(str(exc))

@@ -11,8 +11,9 @@ from types import MappingProxyType, TracebackType
 from typing import Any
 
 from . import _logging
+from ._gguf_checks import check_hyperparameters
 from ._loader import _native
-from .errors import ModelLoadError, MTPError, from_native
+from .errors import ModelLoadError, SessionClosedError, from_native
 
 __all__ = ["Model", "load_model"]
 
@@ -94,6 +95,12 @@ def _inspect_file(path: Path) -> _FileInfo:
     arch = field("general.architecture")
     if not isinstance(arch, str):
         raise ModelLoadError(f"'{path}' has no general.architecture key")
+    try:
+        check_hyperparameters(path.name, field, arch)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # a value the gguf package cannot even decode
+        raise ModelLoadError(f"'{path}' has corrupt metadata: {exc!r}") from exc
     block_count = field(f"{arch}.block_count")
     nextn = field(f"{arch}.nextn_predict_layers")
     return _FileInfo(
@@ -147,7 +154,7 @@ class Model:
     def _handle(self) -> Any:
         native = self._native
         if native is None:
-            raise MTPError("the model is closed")
+            raise SessionClosedError("the model is closed")
         return native
 
     # ------------------------------------------------------------------ facts
@@ -262,8 +269,13 @@ class Model:
         return bool(self._handle.is_eog(token_id))
 
     # ------------------------------------------------------------------ vocabulary
-    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
-        """Token ids of ``text`` (``add_special`` adds BOS where the model wants one)."""
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """Token ids of ``text`` (``add_special`` adds BOS where the model wants one).
+
+        With the defaults this is exactly how a text prompt is tokenized:
+        special-token text such as ``<|im_start|>`` becomes that special token;
+        ``parse_special=False`` tokenizes it as plain text.
+        """
         if not isinstance(text, str):
             raise TypeError(f"text must be str, not {type(text).__name__}")
         return list(self._handle.tokenize(text, add_special, parse_special))

@@ -9,7 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import InvalidOptionError
 
-__all__ = ["GGML_TYPES", "GenerationOptions", "SessionOptions"]
+__all__ = ["GGML_TYPES", "INT32_MAX", "MAX_THREADS", "GenerationOptions", "SessionOptions", "check_text"]
+
+INT32_MAX = 2**31 - 1
+"""Every integer that reaches llama.cpp is an int32."""
+MAX_THREADS = 512
+"""ggml's own limit on the threads of one computation (GGML_MAX_N_THREADS)."""
 
 # ggml_type ids of the KV-cache types llama.cpp accepts
 GGML_TYPES: dict[str, int] = {
@@ -34,11 +39,11 @@ class SessionOptions(_Strict):
     """Options of :func:`mtpstream.init` (apply to the target and the draft context)."""
 
     n_draft: int | Literal["auto"] = Field(default=3)
-    n_ctx: int = Field(default=2048, ge=1)
-    n_threads: int | None = Field(default=None, ge=1)
-    n_threads_batch: int | None = Field(default=None, ge=1)
-    n_batch: int | None = Field(default=None, ge=1)
-    n_ubatch: int | None = Field(default=None, ge=1)
+    n_ctx: int = Field(default=2048, ge=1, le=INT32_MAX)
+    n_threads: int | None = Field(default=None, ge=1, le=MAX_THREADS)
+    n_threads_batch: int | None = Field(default=None, ge=1, le=MAX_THREADS)
+    n_batch: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    n_ubatch: int | None = Field(default=None, ge=1, le=INT32_MAX)
     flash_attn: bool | None = None
     type_k: KVType | None = None
     type_v: KVType | None = None
@@ -50,30 +55,32 @@ class SessionOptions(_Strict):
             raise ValueError("a quantized V cache (type_v) requires flash attention; drop flash_attn=False")
         return self
 
-    @field_validator("n_draft")
+    @field_validator("n_draft", mode="before")
     @classmethod
-    def _n_draft(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and not 0 <= v <= 32:
-            raise ValueError("n_draft must be between 0 and 32, or 'auto'")
+    def _n_draft(cls, v: Any) -> Any:
+        if v == "auto" and isinstance(v, str):
+            return v
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 32:
+            raise ValueError("n_draft must be an int from 0 to 32, or 'auto'")
         return v
 
 
 class GenerationOptions(_Strict):
     """Options of ``stream``/``stream_events``/``generate``."""
 
-    max_tokens: int = Field(default=256, ge=1)
+    max_tokens: int = Field(default=256, ge=1, le=INT32_MAX)
     temp: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
-    top_k: int = Field(default=0, ge=0)
+    top_k: int = Field(default=0, ge=0, le=INT32_MAX)
     top_p: float = Field(default=1.0, ge=0.0, le=1.0)
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     seed: int | None = Field(default=None, ge=0, le=0xFFFFFFFE)
-    penalty_last_n: int = Field(default=64, ge=-1)
+    penalty_last_n: int = Field(default=64, ge=-1, le=INT32_MAX)
     penalty_repeat: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
     penalty_freq: float = Field(default=0.0, allow_inf_nan=False)
     penalty_present: float = Field(default=0.0, allow_inf_nan=False)
     grammar: str | None = None
     stop: tuple[str, ...] = ()
-    emit_stats_every: int = Field(default=0, ge=0)
+    emit_stats_every: int = Field(default=0, ge=0, le=INT32_MAX)
     timeout: float | None = Field(default=None, gt=0.0)
 
     @field_validator("stop", mode="before")
@@ -85,10 +92,12 @@ class GenerationOptions(_Strict):
             v = (v,)
         if isinstance(v, list):
             v = tuple(v)
-        if isinstance(v, tuple):
-            for s in v:
-                if not isinstance(s, str) or s == "":
-                    raise ValueError("stop strings must be non-empty str")
+        if not isinstance(v, tuple):
+            raise ValueError(f"stop must be a str or a list of str, not {type(v).__name__}")
+        for s in v:
+            if not isinstance(s, str) or s == "":
+                raise ValueError("stop strings must be non-empty str")
+            check_text(s, "stop")
         return v
 
     @field_validator("grammar")
@@ -96,6 +105,9 @@ class GenerationOptions(_Strict):
     def _grammar(cls, v: str | None) -> str | None:
         if v is not None and not v.strip():
             raise ValueError("grammar is empty")
+        if v is not None:
+            check_text(v, "grammar")
+            check_grammar_repetitions(v)
         return v
 
     @field_validator("timeout")
@@ -106,20 +118,78 @@ class GenerationOptions(_Strict):
         return v
 
 
+MAX_GRAMMAR_REPETITION = 10_000
+"""The largest count a GBNF ``{m,n}`` repetition may use (llama.cpp expands it into rules)."""
+
+
+def check_grammar_repetitions(grammar: str) -> None:
+    """Raise ``ValueError`` for a ``{m,n}`` repetition llama.cpp's parser cannot survive:
+    ``m > n`` (it allocates without bound) or counts above :data:`MAX_GRAMMAR_REPETITION`.
+
+    Literals (``"..."``, ``[...]``) and ``#`` comments are skipped; everything else
+    is left to llama.cpp's parser.
+    """
+    i, n = 0, len(grammar)
+    while i < n:
+        c = grammar[i]
+        if c in '"[':
+            close = '"' if c == '"' else "]"
+            i += 1
+            while i < n and grammar[i] != close:
+                i += 2 if grammar[i] == "\\" else 1
+            i += 1
+        elif c == "#":
+            while i < n and grammar[i] not in "\r\n":
+                i += 1
+        elif c == "{":
+            j = grammar.find("}", i)
+            body = grammar[i + 1 : j] if j > 0 else ""
+            parts = [p.strip() for p in body.split(",")]
+            if 1 <= len(parts) <= 2 and all(p.isdigit() or (k == 1 and p == "") for k, p in enumerate(parts)):
+                lo = int(parts[0])
+                hi = int(parts[1]) if len(parts) == 2 and parts[1] else None
+                if len(parts) == 1:
+                    hi = lo
+                if hi is not None and lo > hi:
+                    raise ValueError(f"repetition {{{body}}} has its minimum above its maximum")
+                if max(lo, hi or 0) > MAX_GRAMMAR_REPETITION:
+                    raise ValueError(
+                        f"repetition {{{body}}} exceeds {MAX_GRAMMAR_REPETITION}; use * or + for long runs"
+                    )
+            i = j + 1 if j > 0 else n
+        else:
+            i += 1
+
+
+def check_text(text: str, field: str) -> None:
+    """Raise ``ValueError`` unless ``text`` encodes as UTF-8 (a lone surrogate does not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{field} is not valid text: {exc.reason} at index {exc.start} ({text[exc.start : exc.end]!r})"
+        ) from None
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
 def validate(model: type[M], values: dict[str, Any]) -> M:
-    """Build ``model`` from keyword arguments, raising :class:`InvalidOptionError`."""
+    """Build ``model`` from keyword arguments, raising :class:`InvalidOptionError`
+    whose ``field`` is the option the user passed (never pydantic's internal path)."""
     try:
         return model.model_validate(values)
     except ValidationError as exc:
         err = exc.errors()[0]
-        if not err["loc"] and "type_v" in err["msg"]:
-            err["loc"] = ("type_v",)
-        field = ".".join(str(p) for p in err["loc"]) or None
+        loc = err["loc"]
+        if not loc and "type_v" in err["msg"]:
+            loc = ("type_v",)
+        field = str(loc[0]) if loc else None
+        reason = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown option '{field}'"
+        elif field is not None and field in values:
+            msg = f"invalid option '{field}': {reason} (got {values[field]!r})"
         else:
-            msg = f"invalid option '{field}': {err['msg']} (got {err.get('input')!r})"
-        raise InvalidOptionError(msg, field=str(err["loc"][0]) if err["loc"] else None) from None
+            msg = f"invalid options: {reason}"
+        raise InvalidOptionError(msg, field=field) from None

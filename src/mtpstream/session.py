@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
+import warnings
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
@@ -18,12 +21,13 @@ from .errors import (
     GenerationError,
     InvalidOptionError,
     NoMTPHeadError,
+    SessionBusyError,
     SessionClosedError,
     from_native,
 )
 from .events import DoneEvent, EogEvent, Event, StatsEvent, TokenEvent
 from .model import Model
-from .options import GGML_TYPES, GenerationOptions, SessionOptions, validate
+from .options import GGML_TYPES, GenerationOptions, SessionOptions, check_text, validate
 from .stats import MTPStats, Usage
 
 __all__ = ["MTP", "init"]
@@ -33,6 +37,10 @@ _QUEUE_CAPACITY = 512
 AUTO_MAX_DRAFT = 6
 # event kinds (native/events.hpp)
 _TOKEN, _STATS, _DONE, _EOG, _ERROR, _CANCELLED = range(6)
+# a call queued behind a stream that is still open checks on it this often, and warns
+# after this long without a timeout (it never waits silently)
+_QUEUED_CHECK_S = 0.5
+_QUEUED_WARN_S = 10.0
 
 
 class MTP:
@@ -51,6 +59,8 @@ class MTP:
         self._options = options
         self._engine: Any = engine
         self._calls = 0
+        # streams of this session that started and have not finished, oldest first
+        self._open: list[weakref.ref[_EventStream]] = []
 
     # ------------------------------------------------------------------ facts
     @property
@@ -96,8 +106,29 @@ class MTP:
         ``max_tokens, temp, top_k, top_p, min_p, seed, penalty_last_n, penalty_repeat,
         penalty_freq, penalty_present, grammar, stop, emit_stats_every, timeout``.
         ``wait=False`` raises :class:`SessionBusyError` instead of queueing behind
-        another call. Leaving the loop early cancels the generation.
+        another call.
+
+        The stream is also an async context manager (``async with
+        mtp.stream_events(p) as s:``), which closes it for sure on exit. Leaving an
+        ``async for`` early (break, exception, cancellation) cancels the generation at
+        once; a stream that is kept but no longer read holds the session until it is
+        closed (``await s.aclose()``, idempotent, from any task) or garbage collected.
+        A call queued behind such a stream warns after 10 s and, with ``timeout``,
+        raises :class:`SessionBusyError` naming it.
+
+        Raises:
+            InvalidOptionError: a bad prompt or option (``.field`` names it).
+            ContextOverflowError: the prompt does not fit into ``n_ctx``.
+            SessionBusyError: ``wait=False`` and the session is busy; a second task
+                reads this stream; or ``timeout`` passed while queued behind an open stream.
+            GenerationError: llama.cpp failed; the session stays usable.
+            SessionClosedError: the session was closed.
+            TimeoutError: no event within ``timeout`` seconds.
         """
+        if not isinstance(wait, bool):
+            raise InvalidOptionError(
+                f"invalid option 'wait': must be True or False (got {wait!r})", field="wait"
+            )
         opts = validate(GenerationOptions, options)
         tokens = self._prompt_tokens(prompt)
         return _EventStream(self, tokens, opts, wait)
@@ -176,6 +207,10 @@ class MTP:
         if isinstance(prompt, str):
             if not prompt:
                 raise InvalidOptionError("prompt is empty", field="prompt")
+            try:
+                check_text(prompt, "prompt")
+            except ValueError as exc:
+                raise InvalidOptionError(str(exc), field="prompt") from None
             tokens = list(self._model_native.tokenize(prompt, True, True))
         elif isinstance(prompt, (list, tuple)):
             tokens = list(prompt)
@@ -259,9 +294,23 @@ class _EventStream:
         self._sock: socket.socket | None = None
         self._buffer: deque[tuple[Any, ...]] = deque()
         self._finished = False
+        self._got_event = False
+        self._reader: object | None = None  # the task reading right now
+        self._closing = False  # aclose() was called (from any task)
+        self._started_at = 0.0
 
     def __aiter__(self) -> _EventStream:
         return self
+
+    async def __aenter__(self) -> _EventStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        state = "finished" if self._finished else "open" if self._job is not None else "not started"
+        return f"<mtpstream stream of {len(self._prompt)} prompt tokens, {state}>"
 
     def _start(self) -> None:
         session = self._session
@@ -293,43 +342,108 @@ class _EventStream:
                 _QUEUE_CAPACITY,
             )
         except _native.NativeError as exc:
-            rsock.close()
+            rsock.close()  # the native side closed the write end
             self._finished = True
             raise from_native(exc) from None
+        except BaseException:
+            rsock.close()  # e.g. a conversion error before native code took the write end
+            os.close(wfd)
+            self._finished = True
+            raise
         self._sock = rsock
+        self._started_at = time.monotonic()
         session._calls += 1
+        session._open = [r for r in session._open if (st := r()) is not None and not st._finished]
+        session._open.append(weakref.ref(self))
 
     async def __anext__(self) -> Event:
+        if self._reader is not None:
+            # never touch the socket the other task waits on
+            raise SessionBusyError(
+                "this stream is already being read by another task; read a stream from one task only"
+            )
         if self._finished and not self._buffer:
             raise StopAsyncIteration
-        if self._job is None:
-            self._start()
+        self._reader = reader = object()
         try:
-            while not self._buffer:
-                self._buffer.extend(self._job.drain())
-                if self._buffer:
-                    break
-                await self._wait_wakeup()
-        except BaseException:
-            self._abandon()
-            raise
-        return self._convert(self._buffer.popleft())
+            if self._job is None:
+                self._start()
+            try:
+                while not self._buffer:
+                    self._buffer.extend(self._job.drain())
+                    if self._buffer:
+                        break
+                    if self._sock is None:  # closed by aclose() from another task
+                        raise StopAsyncIteration
+                    await self._wait_wakeup()
+            except StopAsyncIteration:
+                self._abandon()
+                raise
+            except BaseException:
+                self._abandon()
+                raise
+            self._got_event = True
+            return self._convert(self._buffer.popleft())
+        finally:
+            if self._reader is reader:
+                self._reader = None
+
+    def _blocking_stream(self) -> _EventStream | None:
+        """An earlier stream of this session that is still open (this call waits for it)."""
+        for ref in self._session._open:
+            other = ref()
+            if other is self:
+                return None
+            if other is not None and not other._finished:
+                return other
+        return None
 
     async def _wait_wakeup(self) -> None:
         sock = self._sock
         assert sock is not None
         timeout = self._opts.timeout
-        if timeout is None:
-            await anyio.wait_readable(sock)
-        else:
-            try:
-                with anyio.fail_after(timeout):
+        if self._got_event:
+            if timeout is None:
+                await anyio.wait_readable(sock)
+            else:
+                with anyio.move_on_after(timeout) as scope:
                     await anyio.wait_readable(sock)
-            except TimeoutError:
-                raise TimeoutError(f"no event from the generation within {timeout} s") from None
+                if scope.cancelled_caught:
+                    raise TimeoutError(f"no event from the generation within {timeout} s")
+        else:
+            await self._wait_first(sock, timeout)
         with contextlib.suppress(BlockingIOError, InterruptedError):
             while sock.recv(4096):
                 pass
+
+    async def _wait_first(self, sock: socket.socket, timeout: float | None) -> None:
+        """Wait for the first event, checking on a stream this call may be queued behind."""
+        warned = False
+        while True:
+            waited = time.monotonic() - self._started_at
+            step = _QUEUED_CHECK_S if timeout is None else max(0.0, min(_QUEUED_CHECK_S, timeout - waited))
+            with anyio.move_on_after(step):
+                await anyio.wait_readable(sock)
+                return
+            waited = time.monotonic() - self._started_at
+            blocker = self._blocking_stream()
+            if timeout is not None and waited >= timeout:
+                if blocker is not None:
+                    raise SessionBusyError(
+                        f"no event within {timeout} s: this call is queued behind {blocker!r} on the "
+                        "same session, which is still open but not being read. Read it to the end or "
+                        "close it (await stream.aclose(), or open it with 'async with')"
+                    )
+                raise TimeoutError(f"no event from the generation within {timeout} s")
+            if blocker is not None and not warned and waited >= _QUEUED_WARN_S:
+                warned = True
+                warnings.warn(
+                    f"a call on {self._session!r} has waited {waited:.0f} s behind {blocker!r}, "
+                    "which is still open but not being read; close it (await stream.aclose(), or "
+                    "'async with') or read it to the end",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
 
     def _convert(self, raw: tuple[Any, ...]) -> Event:
         kind, token, text, reason, n_prompt, n_completion, drafts, accepted, error = raw
@@ -341,6 +455,8 @@ class _EventStream:
         self._finished = True
         _logging.flush()
         if kind == _CANCELLED:
+            if self._closing:  # aclose() from another task
+                raise StopAsyncIteration
             # only reachable if someone else cancelled this job (e.g. session.close())
             raise SessionClosedError("the generation was cancelled because the session was closed")
         if kind == _ERROR:
@@ -369,12 +485,24 @@ class _EventStream:
             self._sock = None
 
     async def aclose(self) -> None:
-        """Stop the generation and wait until the worker has acknowledged it."""
+        """Stop the generation and wait until the worker has acknowledged it.
+
+        Idempotent, and safe from any task: a task reading the stream meanwhile ends
+        its iteration normally (``StopAsyncIteration``).
+        """
+        self._closing = True
         job = self._job
         if job is None or self._finished:
-            self._abandon()
+            if self._reader is None:
+                self._abandon()
             return
         job.cancel()
+        if self._reader is not None:
+            # another task waits on the socket: let it see the cancellation itself
+            with anyio.CancelScope(shield=True):
+                while not job.finished:
+                    await anyio.sleep(0.005)
+            return
         with anyio.CancelScope(shield=True):
             while not job.finished:
                 job.drain()
@@ -412,8 +540,14 @@ class _TextStream:
                 return ev.text
 
     async def aclose(self) -> None:
-        """Stop the generation and wait until the worker has acknowledged it."""
+        """Stop the generation and wait until the worker has acknowledged it (idempotent)."""
         await self._events.aclose()  # type: ignore[attr-defined]
+
+    async def __aenter__(self) -> _TextStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 def _engine_args(opts: SessionOptions) -> dict[str, int]:
@@ -428,6 +562,30 @@ def _engine_args(opts: SessionOptions) -> dict[str, int]:
         "type_v": -1 if opts.type_v is None else GGML_TYPES[opts.type_v],
         "offload_kqv": -1 if opts.offload_kqv is None else int(opts.offload_kqv),
     }
+
+
+def _check_batch(opts: SessionOptions, n_draft: int) -> None:
+    """The batch limits llama.cpp would abort on, named after the option to change."""
+    n_batch = opts.n_batch or min(opts.n_ctx, 512)
+    n_ubatch = opts.n_ubatch or n_batch
+    batch_field = "n_batch" if opts.n_batch else "n_ctx"
+    if n_ubatch > n_batch:
+        raise InvalidOptionError(
+            f"n_ubatch ({n_ubatch}) must not exceed n_batch ({n_batch})",
+            field="n_ubatch" if opts.n_ubatch else batch_field,
+        )
+    if n_batch < n_draft + 1:
+        raise InvalidOptionError(
+            f"n_batch ({n_batch}) must be at least n_draft + 1 ({n_draft + 1})"
+            + ("" if opts.n_batch else f" (n_batch defaults to min(n_ctx, 512) with n_ctx={opts.n_ctx})"),
+            field=batch_field,
+        )
+    if n_draft > 0 and n_ubatch < n_draft + 2:
+        raise InvalidOptionError(
+            f"n_ubatch ({n_ubatch}) must be at least n_draft + 2 ({n_draft + 2}) for recurrent-state "
+            "rollback; raise n_ubatch/n_ctx or lower n_draft",
+            field="n_ubatch" if opts.n_ubatch else batch_field,
+        )
 
 
 def _check_models(model: Model, draft_model: Model | None, n_draft: int) -> None:
@@ -499,6 +657,7 @@ def init(
     n_max = AUTO_MAX_DRAFT if auto else opts.n_draft
     assert isinstance(n_max, int)
     _check_models(model, draft_model, n_max)
+    _check_batch(opts, n_max)
     draft_native = draft_model._handle if (draft_model is not None and n_max > 0) else None
     _logging.sync_level()
     try:

@@ -1,0 +1,126 @@
+"""Hyperparameter checks on a GGUF's metadata, run before llama.cpp sees the file.
+
+llama.cpp asserts (aborts the process) on some inconsistent values instead of
+failing the load; each check here turns one of those into a
+:class:`~mtpstream.ModelLoadError` naming the key.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from .errors import ModelLoadError
+
+__all__ = ["check_hyperparameters"]
+
+MAX_LAYERS = 512  # LLAMA_MAX_LAYERS
+MAX_EXPERTS = 1024  # LLAMA_MAX_EXPERTS
+MAX_WIDTH = 1 << 20
+# architectures whose Gated-DeltaNet layers need ssm.inner_size == state_size * time_step_rank
+_GATED_DELTA_NET = ("qwen35", "qwen35moe", "qwen3next")
+
+
+def _scalar_int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def check_hyperparameters(name: str, field: Callable[[str], Any], arch: str) -> None:
+    """Raise :class:`ModelLoadError` for metadata llama.cpp would abort on.
+
+    ``field(key)`` returns a key's value (None when absent); ``name`` is the file's
+    name for the messages.
+    """
+
+    def bad(key: str, why: str) -> ModelLoadError:
+        return ModelLoadError(f"'{name}' has an invalid '{key}': {why}")
+
+    def int_in(key: str, lo: int, hi: int) -> int | None:
+        v = field(key)
+        if v is None:
+            return None
+        iv = _scalar_int(v)
+        if iv is None:
+            if isinstance(v, list):
+                for x in v:
+                    xi = _scalar_int(x)
+                    if xi is None or not lo <= xi <= hi:
+                        raise bad(key, f"every value must be an integer in [{lo}, {hi}], got {x!r}")
+                return None
+            raise bad(key, f"expected an integer, got {v!r}")
+        if not lo <= iv <= hi:
+            raise bad(key, f"must be in [{lo}, {hi}], got {iv}")
+        return iv
+
+    a = arch
+    n_layer = int_in(f"{a}.block_count", 1, MAX_LAYERS)
+    int_in(f"{a}.nextn_predict_layers", 0, n_layer if n_layer is not None else MAX_LAYERS)
+    int_in(f"{a}.embedding_length", 1, MAX_WIDTH)
+    int_in(f"{a}.feed_forward_length", 0, 1 << 24)
+    n_head = int_in(f"{a}.attention.head_count", 0, 1 << 14)
+    n_head_kv = int_in(f"{a}.attention.head_count_kv", 0, 1 << 14)
+    if n_head and n_head_kv and n_head % n_head_kv != 0:
+        raise bad(f"{a}.attention.head_count_kv", f"{n_head_kv} does not divide head_count {n_head}")
+    head_k = int_in(f"{a}.attention.key_length", 0, 1 << 16)
+    int_in(f"{a}.attention.value_length", 0, 1 << 16)
+    n_rot = int_in(f"{a}.rope.dimension_count", 0, head_k if head_k else 1 << 16)
+    if n_rot is not None and n_rot % 2:
+        raise bad(f"{a}.rope.dimension_count", f"must be even (rotary dimensions come in pairs), got {n_rot}")
+    sections = field(f"{a}.rope.dimension_sections")
+    if (
+        isinstance(sections, list)
+        and n_rot is not None
+        and (any(_scalar_int(x) is None or x < 0 for x in sections) or sum(sections) > n_rot // 2)
+    ):
+        raise bad(
+            f"{a}.rope.dimension_sections",
+            f"{sections} must be counts >= 0 summing to at most rope.dimension_count / 2 ({n_rot // 2})",
+        )
+    n_expert = int_in(f"{a}.expert_count", 0, MAX_EXPERTS)
+    used = int_in(f"{a}.expert_used_count", 0, MAX_EXPERTS)
+    if n_expert is not None and used is not None and used > n_expert:
+        raise bad(f"{a}.expert_used_count", f"{used} exceeds expert_count {n_expert}")
+    for key in (f"{a}.attention.layer_norm_rms_epsilon", f"{a}.attention.layer_norm_epsilon"):
+        eps = field(key)
+        if eps is not None and (not isinstance(eps, float) or not math.isfinite(eps) or eps <= 0.0):
+            raise bad(key, f"must be a finite number > 0, got {eps!r}")
+    base = field(f"{a}.rope.freq_base")
+    if base is not None and (not isinstance(base, float) or not math.isfinite(base) or base <= 0.0):
+        raise bad(f"{a}.rope.freq_base", f"must be a finite number > 0, got {base!r}")
+    if arch in _GATED_DELTA_NET:
+        inner = int_in(f"{a}.ssm.inner_size", 0, MAX_WIDTH)
+        state = int_in(f"{a}.ssm.state_size", 0, MAX_WIDTH)
+        rank = int_in(f"{a}.ssm.time_step_rank", 0, MAX_WIDTH)
+        int_in(f"{a}.ssm.group_count", 0, MAX_WIDTH)
+        int_in(f"{a}.ssm.conv_kernel", 0, 1 << 10)
+        if inner is not None and state is not None and rank is not None and inner != state * rank:
+            expected = state * rank
+            raise bad(f"{a}.ssm.inner_size", f"{inner} != ssm.state_size * ssm.time_step_rank ({expected})")
+    _check_vocab(field, bad)
+
+
+def _check_vocab(field: Callable[[str], Any], bad: Callable[[str, str], ModelLoadError]) -> None:
+    tokens = field("tokenizer.ggml.tokens")
+    if tokens is None:
+        return
+    n = len(tokens) if isinstance(tokens, list) else -1
+    if n <= 0:
+        raise bad("tokenizer.ggml.tokens", "expected a non-empty list of tokens")
+    for key in ("tokenizer.ggml.token_type", "tokenizer.ggml.scores"):
+        v = field(key)
+        if v is not None and (not isinstance(v, list) or len(v) != n):
+            size = len(v) if isinstance(v, list) else type(v).__name__
+            raise bad(key, f"has {size} entries for {n} tokens")
+    for key in (
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.eot_token_id",
+        "tokenizer.ggml.padding_token_id",
+        "tokenizer.ggml.unknown_token_id",
+        "tokenizer.ggml.seperator_token_id",
+    ):
+        v = field(key)
+        iv = _scalar_int(v)
+        if v is not None and (iv is None or not -1 <= iv < n) and not (iv is not None and iv >= 2**31):
+            raise bad(key, f"token id {v!r} is outside the vocabulary of {n} tokens")
