@@ -3,8 +3,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <exception>
+#include <mutex>
+
+#include <unistd.h>
 
 #include "job.hpp"
 #include "llama_staging.h"
@@ -32,6 +36,49 @@ llama_token argmax(const float * logits, int32_t n) {
 }
 
 uint64_t elapsed(int64_t since) { return static_cast<uint64_t>(std::max<int64_t>(0, now_us() - since)); }
+
+// llama.cpp prints a grammar's parse error with fprintf(stderr) instead of its log
+// callback. This runs `fn` with file descriptor 2 pointed at a temporary file and
+// returns what was written there (the user gets it in the exception instead).
+template <typename Fn>
+std::string capture_stderr(Fn && fn) {
+    static std::mutex mutex;
+    std::lock_guard<std::mutex> lock(mutex);
+    std::FILE * tmp = std::tmpfile();
+    const int saved = tmp != nullptr ? ::dup(2) : -1;
+    if (saved < 0) {
+        if (tmp != nullptr) {
+            std::fclose(tmp);
+        }
+        fn();
+        return "";
+    }
+    std::fflush(stderr);
+    ::dup2(::fileno(tmp), 2);
+    fn();
+    std::fflush(stderr);
+    ::dup2(saved, 2);
+    ::close(saved);
+    std::string out;
+    std::rewind(tmp);
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, tmp)) > 0 && out.size() < 16384) {
+        out.append(buf, n);
+    }
+    std::fclose(tmp);
+    return out;
+}
+
+// The first line of llama.cpp's grammar parse error ("parse: error parsing grammar: ...").
+std::string parse_error_line(const std::string & text) {
+    const size_t at = text.find("error parsing grammar");
+    if (at == std::string::npos) {
+        return "";
+    }
+    const size_t end = text.find('\n', at);
+    return text.substr(at, end == std::string::npos ? std::string::npos : end - at);
+}
 
 }  // namespace
 
@@ -266,10 +313,14 @@ std::unique_ptr<Generation> Engine::prepare(GenerationOptions opts, Status & sta
     const auto & s = opts.sampling;
     SamplerPtr grammar;
     if (!s.grammar.empty()) {
-        grammar.reset(llama_sampler_init_grammar(target_->vocab(), s.grammar.c_str(), "root"));
+        const std::string printed = capture_stderr(
+            [&] { grammar.reset(llama_sampler_init_grammar(target_->vocab(), s.grammar.c_str(), "root")); });
         if (!grammar) {
+            const std::string detail = parse_error_line(printed);
             status = Status::error(ErrorCode::invalid_argument,
-                                   "grammar could not be parsed (GBNF with a 'root' rule expected)", "grammar");
+                                   "grammar could not be parsed (GBNF with a 'root' rule expected)" +
+                                       (detail.empty() ? std::string() : ": " + detail),
+                                   "grammar");
             return nullptr;
         }
     }

@@ -20,6 +20,7 @@ from ._loader import _native
 from .errors import (
     GenerationError,
     InvalidOptionError,
+    MTPError,
     NoMTPHeadError,
     SessionBusyError,
     SessionClosedError,
@@ -344,7 +345,7 @@ class _EventStream:
         except _native.NativeError as exc:
             rsock.close()  # the native side closed the write end
             self._finished = True
-            raise from_native(exc) from None
+            raise _with_llama_errors(from_native(exc)) from None
         except BaseException:
             rsock.close()  # e.g. a conversion error before native code took the write end
             os.close(wfd)
@@ -548,6 +549,17 @@ class _TextStream:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _with_llama_errors(err: MTPError) -> MTPError:
+    """``err`` with llama.cpp's own error lines (e.g. a grammar parse error) appended."""
+    lines = _logging.flush()
+    if not lines:
+        return err
+    message = _logging.with_errors(str(err), lines)
+    if isinstance(err, InvalidOptionError):
+        return InvalidOptionError(message, field=err.field)
+    return type(err)(message)
 
 
 def _engine_args(opts: SessionOptions) -> dict[str, int]:
