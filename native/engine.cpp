@@ -244,6 +244,10 @@ void Engine::set_fault(Fault f) {
 }
 
 bool Engine::sample(Generation & g, llama_context * ctx, int32_t idx, llama_token & out, std::string & error) {
+    if (!g.grammar) {
+        out = llama_sampler_sample(g.sampler.get(), ctx, idx);
+        return true;
+    }
     // llama_sampler_sample, with the grammar applied on its own first: when it leaves
     // no token alive, the dist sampler would abort inside llama.cpp
     const float * logits = llama_get_logits_ith(ctx, idx);
@@ -256,7 +260,7 @@ bool Engine::sample(Generation & g, llama_context * ctx, int32_t idx, llama_toke
         cand_[static_cast<size_t>(t)] = llama_token_data{t, logits[t], 0.0f};
     }
     llama_token_data_array arr{cand_.data(), cand_.size(), -1, false};
-    if (g.grammar) {
+    {
         llama_sampler_apply(g.grammar.get(), &arr);
         const bool alive = std::any_of(arr.data, arr.data + arr.size,
                                        [](const llama_token_data & d) { return d.logit > -INFINITY; });
@@ -272,9 +276,7 @@ bool Engine::sample(Generation & g, llama_context * ctx, int32_t idx, llama_toke
         return false;
     }
     out = arr.data[arr.selected].id;
-    if (g.grammar) {
-        llama_sampler_accept(g.grammar.get(), out);
-    }
+    llama_sampler_accept(g.grammar.get(), out);
     llama_sampler_accept(g.sampler.get(), out);
     return true;
 }

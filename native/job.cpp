@@ -3,10 +3,26 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <chrono>
+
 #include "engine.hpp"
 #include "runtime.hpp"
 
 namespace mtpstream {
+
+namespace {
+
+// At most one coalesced wake-up per this many microseconds: a few tokens of a ~1 ms
+// model, never noticeable in a stream; slower models wake on every token anyway.
+constexpr int64_t kWakeCoalesceUs = 2500;
+
+int64_t steady_us() {
+    return std::chrono::duration_cast<std::chrono::microseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+}  // namespace
 
 Job::Job(std::shared_ptr<Engine> engine, std::shared_ptr<Scheduler> scheduler,
          std::unique_ptr<Generation> generation, int wake_fd, std::size_t capacity)
@@ -36,13 +52,40 @@ void Job::push(Event ev) {
     if (discard_ && !is_terminal(ev.kind)) {
         return;
     }
-    bool need_wake;
+    const bool urgent = is_terminal(ev.kind);
+    bool need_wake = false;
     {
         std::lock_guard<std::mutex> lock(mutex_);
         queue_.push_back(std::move(ev));
         size_.store(queue_.size());
-        need_wake = !woken_;
-        woken_ = true;
+        if (!woken_) {
+            const int64_t now = steady_us();
+            if (urgent || size_.load() + reserve_ > capacity_ || now - last_wake_us_ >= kWakeCoalesceUs) {
+                need_wake = true;
+                woken_ = true;
+                wake_pending_ = false;
+                last_wake_us_ = now;
+            } else {
+                wake_pending_ = true;
+            }
+        }
+    }
+    if (need_wake) {
+        wake();
+    }
+}
+
+void Job::flush_wake(bool force) {
+    bool need_wake = false;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        const int64_t now = steady_us();
+        if (wake_pending_ && !woken_ && (force || now - last_wake_us_ >= kWakeCoalesceUs)) {
+            need_wake = true;
+            woken_ = true;
+            wake_pending_ = false;
+            last_wake_us_ = now;
+        }
     }
     if (need_wake) {
         wake();
@@ -59,6 +102,7 @@ std::vector<Event> Job::drain() {
         queue_.clear();
         size_.store(0);
         woken_ = false;
+        wake_pending_ = false;  // everything queued is being delivered now
     }
     if (was_full) {
         { std::lock_guard<std::mutex> lock(scheduler_->mutex); }

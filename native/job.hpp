@@ -40,7 +40,14 @@ public:
     void set_discard(bool v) { discard_ = v; }
 
     // --- producer side (worker thread) ---
+    // Queue an event. The reader is woken at once for the first event after a quiet
+    // spell, a terminal event or a filling queue; otherwise the wake-up is deferred
+    // (coalesced) until flush_wake(): a fast model then wakes Python once per few
+    // tokens instead of once per token.
     void push(Event ev);
+    // Send a deferred wake-up: when `force`, or once kWakeCoalesceUs have passed
+    // since the last one (worker thread, between steps).
+    void flush_wake(bool force);
     bool has_room() const { return size_.load() + reserve_ <= capacity_; }
     bool cancel_requested() const { return cancel_.load(); }
     const std::atomic<bool> & cancel_flag() const { return cancel_; }
@@ -66,7 +73,9 @@ private:
     std::atomic<std::size_t> size_{0};
     std::atomic<bool> cancel_{false};
     std::atomic<bool> finished_{false};
-    bool woken_ = false;  // a wake byte is outstanding (guarded by mutex_)
+    bool woken_ = false;        // a wake byte is outstanding (guarded by mutex_)
+    bool wake_pending_ = false;  // events are queued, their wake-up deferred (mutex_)
+    int64_t last_wake_us_ = 0;   // steady clock (mutex_)
     bool discard_ = false;
     std::condition_variable finished_cv_;
 };

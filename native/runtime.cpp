@@ -120,12 +120,20 @@ void Runtime::loop() {
                 return;
             }
             job->last_step = ++sched_->tick;
+            // deferred wake-ups of the other jobs go out before this step, so no
+            // reader waits behind another session's step
+            for (const auto & other : sched_->jobs) {
+                if (other != job) {
+                    other->flush_wake(true);
+                }
+            }
         }
         if (job->cancel_requested()) {
             job->engine().finish_cancelled(*job);
         } else {
             job->engine().step(*job);
         }
+        job->flush_wake(false);
         if (job->finished()) {
             std::lock_guard<std::mutex> lock(sched_->mutex);
             sched_->jobs.remove(job);

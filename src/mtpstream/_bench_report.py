@@ -344,14 +344,23 @@ def upstream_pooled(up: dict[str, Any]) -> dict[str, Any]:
     the rounds of every level says whether one loop is faster than the other at all.
     """
     by_k: dict[str, list[float]] = {}
+    delivered: dict[str, list[float]] = {}
     for cells in (up.get("levels") or {}).values():
         for k, cell in cells.items():
             rounds = cell.get("mtpstream_over_upstream_rounds") or {}
             by_k.setdefault(k, []).extend(rounds.get("values", []))
+            d = cell.get("delivered_over_upstream_rounds") or {}
+            if d.get("values"):
+                delivered.setdefault(k, []).extend(d["values"])
     every = [v for k, vs in by_k.items() if k != "auto" for v in vs]
     if not every:
         return {}
+    out_delivered = {
+        "delivered_by_n_draft": {k: round(statistics.median(vs), 4) for k, vs in delivered.items()},
+        "delivered_ci95_by_n_draft": {k: bootstrap_median_ci(vs) for k, vs in delivered.items()},
+    }
     return {
+        **(out_delivered if delivered else {}),
         "median": round(statistics.median(every), 4),
         "ci95": bootstrap_median_ci(every),
         "rounds": len(every),
@@ -367,15 +376,23 @@ def _ci_text(ci: Any) -> str:
 def _pooled_text(pooled: dict[str, Any]) -> str:
     cis = pooled.get("ci95_by_n_draft", {})
     per_k = ", ".join(f"k={k} {v:.3f}{_ci_text(cis.get(k))}" for k, v in pooled["by_n_draft"].items())
-    return (
+    text = (
         f"pooled rounds ({pooled['rounds']}): median {pooled['median']:.3f}"
         f"{_ci_text(pooled.get('ci95'))}; by n_draft (95% bootstrap interval): {per_k}"
     )
+    if pooled.get("delivered_by_n_draft"):
+        dcis = pooled["delivered_ci95_by_n_draft"]
+        text += "; delivered to an asyncio consumer: " + ", ".join(
+            f"k={k} {v:.3f}{_ci_text(dcis.get(k))}" for k, v in pooled["delivered_by_n_draft"].items()
+        )
+    return text
 
 
 def reanalyze(result: dict[str, Any]) -> dict[str, Any]:
     """Recompute every derived figure of a saved result from its raw measurements (in
     place): per-level speedups, ideal bound and efficiency, TTFT ratios, targets."""
+    if result.get("upstream_only"):
+        return judge(result)
     for level in result["levels"]:
         add_derived(level)
     ttft_ratios(result["ttft"])
@@ -575,7 +592,7 @@ def _md_summary(result: dict[str, Any]) -> list[str]:
 
 def markdown(result: dict[str, Any]) -> str:
     """The grid and the targets as Markdown tables (for benchmarks/README.md)."""
-    lines: list[str] = _md_summary(result)
+    lines: list[str] = [] if result.get("upstream_only") else _md_summary(result)
     for lv in result["levels"]:
         lines += _md_level(lv)
     lines += _md_upstream(result.get("upstream") or {})

@@ -46,6 +46,9 @@ _VERSION = "0.3.36"
 _SRC_ENV = "MTPSTREAM_LLAMA_CPP_SRC"
 """Optional: an already unpacked llama.cpp source tree to build from."""
 _HEALTH_TIMEOUT_S = 180.0
+# side order of each round: 0 llama-server, 1 mtpstream native, 2 mtpstream delivered
+_ORDERS = ((0, 1, 2), (1, 2, 0), (2, 0, 1))
+_PAUSE_S = 0.2
 
 
 def _cache_root() -> Path:
@@ -250,8 +253,13 @@ def _cell(exe: Path, level: Level, k: DraftKey, settings: Settings, log: Log) ->
             for _ in range(settings.warmup):
                 delivered_decode_tps(ours, prompt, settings.tokens)
             for r in range(settings.runs):
-                order = (0, 1, 2) if r % 2 == 0 else (2, 1, 0)
+                # rotate the three sides so each is first, middle and last equally often
+                # and none follows itself (a run right after its own kind finds its
+                # threads warm and the other process's still spinning down); pause
+                # between requests so the previous one's threads are idle
+                order = _ORDERS[r % len(_ORDERS)]
                 for side in order:
+                    time.sleep(_PAUSE_S)
                     if side == 0:
                         t = _complete(port, prompt, settings.tokens)
                         up_tps.append(float(t["predicted_per_second"]))
@@ -304,7 +312,7 @@ def compare(levels: Sequence[Level], settings: Settings, log: Log) -> dict[str, 
         "mtpstream stats (both exclude prompt processing); delivered: the same generation "
         "consumed with async for under asyncio, first token to end of stream; "
         "mtpstream_over_upstream is the "
-        "median of per-round ratios (runs alternate, order flipped every round). "
+        "median of per-round ratios (runs rotate through the three sides every round, 0.2 s apart). "
         "request_speed_over_upstream: the whole request (prompt + generation: server "
         "prompt_ms + predicted_ms vs engine prefill + decode time), upstream time / ours",
     }

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The extension built with AddressSanitizer + UndefinedBehaviorSanitizer, and the fast
+# tests run under it:
+#   bash scripts/sanitize.sh            # all tests not marked slow
+#   bash scripts/sanitize.sh -k hostile # pytest arguments pass through
+#
+# It uses its own virtualenv (.venv-asan) and build directory (build/asan), so the
+# normal build stays as it is; llama-cpp-python comes from pip's wheel cache when
+# scripts/dev.sh setup ran before (llama.cpp itself is not sanitized). Python leaks by
+# design at exit, so leak detection is off; any ASan or UBSan report fails the run.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${MTPSTREAM_ASAN_VENV:-$ROOT/.venv-asan}"
+PY="$VENV/bin/python"
+
+if [ ! -x "$PY" ]; then
+    python3 -m venv "$VENV"
+fi
+"$PY" -m pip install --quiet --upgrade pip
+if ! "$PY" -c "import importlib.metadata as m, sys; sys.exit(m.version('llama-cpp-python') != '0.3.36')" 2>/dev/null; then
+    "$PY" -m pip install --quiet "llama-cpp-python==0.3.36"
+fi
+"$PY" -m pip install --quiet "scikit-build-core>=0.10" "nanobind>=2.4"
+echo "==> building mtpstream with -fsanitize=address,undefined (build/asan)"
+"$PY" -m pip install --quiet --no-build-isolation -e "$ROOT[test]" \
+    --config-settings=build-dir=build/asan \
+    --config-settings=cmake.define.MTPSTREAM_SANITIZE=ON
+
+ASAN_RT="$(gcc -print-file-name=libasan.so)"
+UBSAN_RT="$(gcc -print-file-name=libubsan.so)"
+cd "$ROOT"
+echo "==> pytest under ASan + UBSan"
+LD_PRELOAD="$ASAN_RT:$UBSAN_RT" \
+ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:verify_asan_link_order=0:handle_segv=1" \
+UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+    "$PY" -m pytest -q -m "not slow" -p no:cacheprovider "$@"
