@@ -17,6 +17,7 @@ import ctypes
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,6 +38,15 @@ class Contexts:
     n_embd: int
 
 
+def _context_params() -> Any:
+    cp = llama_cpp.llama_context_default_params()
+    cp.n_ctx = 256
+    cp.n_batch = 64
+    cp.n_ubatch = 64
+    cp.n_seq_max = 1
+    return cp
+
+
 @pytest.fixture(scope="module")
 def contexts() -> Iterator[Contexts]:
     path: Path = make_model(arch="qwen35", weights="oracle", size="tiny", head="hidden")
@@ -45,18 +55,9 @@ def contexts() -> Iterator[Contexts]:
     mp.load_mtp = True
     model = llama_cpp.llama_model_load_from_file(str(path).encode(), mp)
     assert model
-    cp = llama_cpp.llama_context_default_params()
-    cp.n_ctx = 256
-    cp.n_batch = 64
-    cp.n_ubatch = 64
-    cp.n_seq_max = 1
-    tgt = llama_cpp.llama_init_from_model(model, cp)
+    tgt = llama_cpp.llama_init_from_model(model, _context_params())
     assert tgt
-    dp = llama_cpp.llama_context_default_params()
-    dp.n_ctx = 256
-    dp.n_batch = 64
-    dp.n_ubatch = 64
-    dp.n_seq_max = 1
+    dp = _context_params()
     dp.ctx_type = llama_cpp.LLAMA_CONTEXT_TYPE_MTP
     dp.ctx_other = tgt
     dft = llama_cpp.llama_init_from_model(model, dp)

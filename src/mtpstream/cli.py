@@ -99,7 +99,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
         t0 = time.perf_counter()
         path = str(
-            make_model(arch=args.arch, weights="oracle", size=args.size, mtp_error_rate=args.mtp_error_rate)
+            make_model(
+                arch=args.arch,
+                weights="oracle",
+                size=args.size,
+                mtp_error_rate=args.mtp_error_rate,
+                head="hidden",  # drafts from the hidden row, as real heads do
+            )
         )
         print(f"synthetic model written/cached in {time.perf_counter() - t0:.2f} s")
     model = _load(path)
