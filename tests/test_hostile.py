@@ -165,6 +165,23 @@ async def test_rejected_options_leak_no_descriptor(oracle: mtpstream.Model) -> N
     assert info.value.field == "n_ctx"
 
 
+@pytest.mark.asyncio
+async def test_a_failed_submit_leaks_no_descriptor(
+    oracle: mtpstream.Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error after the wake-up socket exists but before native code owns it (here a
+    conversion error at submit) closes both ends."""
+    with mtpstream.init(oracle, n_draft=3, n_ctx=256) as mtp:
+        monkeypatch.setattr(session_module._runtime, "get", lambda: object())
+        before = open_fds()
+        for _ in range(50):
+            with pytest.raises(TypeError):
+                await mtp.generate(PROMPT, max_tokens=2)
+        assert open_fds() <= before + 2
+        monkeypatch.undo()
+        assert await mtp.generate(PROMPT, max_tokens=2)
+
+
 # ------------------------------------------------------------------ 4. fork
 
 
