@@ -248,3 +248,8 @@ def test_one_libllama_per_process_in_both_import_orders(
     ).stdout.split("\n")
     assert out[0].startswith("1 "), out[0]
     assert "llama_cpp/lib" in out[0]
+
+
+def test_default_load_maps_the_file_as_llama_server_does(model_paths: dict[str, Path]) -> None:
+    with mtpstream.load_model(model_paths["qwen35-oracle"]) as m:
+        assert m.uses_mmap is True

@@ -99,7 +99,7 @@ class Settings:
             "company_idle_sessions": list(self.company),
             "stats_poll_interval_s": self.stats_interval_s,
             "flash_attn": self.flash_attn,
-            "model_load": "load_model() default: use_mmap=None (auto)",
+            "model_load": "load_model() default: use_mmap=True (mapped, as llama-server)",
             "upstream_load_mode": self.upstream_load_mode or "server default (auto: mmap)",
             "sampling": "greedy (temp=0)",
         }
