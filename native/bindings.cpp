@@ -6,7 +6,6 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
-#include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
 #include <unistd.h>
@@ -17,7 +16,6 @@
 #include <thread>
 #include <optional>
 #include <string>
-#include <tuple>
 #include <vector>
 
 #include "engine.hpp"
@@ -157,19 +155,7 @@ ModelHandle load_model(const std::string & path, std::optional<int> n_gpu_layers
     return ModelHandle{std::move(model)};
 }
 
-using EventTuple = std::tuple<int, int, nb::bytes, std::string, int, int, int, int, std::string>;
-
-std::vector<EventTuple> drain_job(JobHandle & job) {
-    std::vector<Event> events = job.p->drain();
-    std::vector<EventTuple> out;
-    out.reserve(events.size());
-    for (auto & ev : events) {
-        out.emplace_back(static_cast<int>(ev.kind), ev.token, nb::bytes(ev.text.data(), ev.text.size()),
-                         ev.finish_reason, ev.usage.prompt_tokens, ev.usage.completion_tokens,
-                         ev.usage.drafts_generated, ev.usage.drafts_accepted, ev.error);
-    }
-    return out;
-}
+std::vector<Event> drain_job(JobHandle & job) { return job.p->drain(); }
 
 }  // namespace
 
@@ -250,78 +236,127 @@ NB_MODULE(_native, m) {
         .value("masked_draft_rows", Fault::masked_draft_rows)
         .value("skip_draft_catch_up", Fault::skip_draft_catch_up);
 
+    nb::enum_<EventKind>(m, "EventKind")
+        .value("token", EventKind::token)
+        .value("stats", EventKind::stats)
+        .value("done", EventKind::done)
+        .value("eog", EventKind::eog)
+        .value("error", EventKind::error)
+        .value("cancelled", EventKind::cancelled);
+
+    nb::class_<Usage>(m, "Usage")
+        .def_ro("prompt_tokens", &Usage::prompt_tokens)
+        .def_ro("completion_tokens", &Usage::completion_tokens)
+        .def_ro("drafts_generated", &Usage::drafts_generated)
+        .def_ro("drafts_accepted", &Usage::drafts_accepted);
+
+    nb::class_<Event>(m, "Event")
+        .def_ro("kind", &Event::kind)
+        .def_ro("token", &Event::token)
+        .def_prop_ro("text", [](const Event & e) { return nb::bytes(e.text.data(), e.text.size()); })
+        .def_ro("finish_reason", &Event::finish_reason)
+        .def_ro("usage", &Event::usage)
+        .def_ro("error", &Event::error);
+
+    nb::class_<StatsSnapshot>(m, "StatsSnapshot")
+        .def_ro("iters", &StatsSnapshot::iters)
+        .def_ro("drafts_generated", &StatsSnapshot::drafts_generated)
+        .def_ro("drafts_accepted", &StatsSnapshot::drafts_accepted)
+        .def_ro("tokens_emitted", &StatsSnapshot::tokens_emitted)
+        .def_ro("prompt_tokens", &StatsSnapshot::prompt_tokens)
+        .def_ro("rollback_fallbacks", &StatsSnapshot::rollback_fallbacks)
+        .def_ro("context_switches", &StatsSnapshot::context_switches)
+        .def_ro("t_draft_us", &StatsSnapshot::t_draft_us)
+        .def_ro("t_verify_us", &StatsSnapshot::t_verify_us)
+        .def_ro("t_sample_us", &StatsSnapshot::t_sample_us)
+        .def_ro("t_ckpt_us", &StatsSnapshot::t_ckpt_us)
+        .def_ro("t_prefill_us", &StatsSnapshot::t_prefill_us)
+        .def_ro("t_total_us", &StatsSnapshot::t_total_us)
+        .def_ro("n_draft", &StatsSnapshot::n_draft);
+
+    nb::class_<Runtime::Counts>(m, "SequenceCounts")
+        .def_ro("active", &Runtime::Counts::active)
+        .def_ro("queued", &Runtime::Counts::queued);
+
+    nb::class_<ContextOptions>(m, "ContextOptions")
+        .def(nb::init<>())
+        .def_rw("n_ctx", &ContextOptions::n_ctx)
+        .def_rw("n_seq", &ContextOptions::n_seq)
+        .def_rw("n_batch", &ContextOptions::n_batch)
+        .def_rw("n_ubatch", &ContextOptions::n_ubatch)
+        .def_rw("n_threads", &ContextOptions::n_threads)
+        .def_rw("n_threads_batch", &ContextOptions::n_threads_batch)
+        .def_rw("flash_attn", &ContextOptions::flash_attn)
+        .def_rw("type_k", &ContextOptions::type_k)
+        .def_rw("type_v", &ContextOptions::type_v)
+        .def_rw("offload_kqv", &ContextOptions::offload_kqv);
+
+    nb::class_<SamplingOptions>(m, "SamplingOptions")
+        .def(nb::init<>())
+        .def_rw("temp", &SamplingOptions::temp)
+        .def_rw("top_k", &SamplingOptions::top_k)
+        .def_rw("top_p", &SamplingOptions::top_p)
+        .def_rw("min_p", &SamplingOptions::min_p)
+        .def_rw("seed", &SamplingOptions::seed)
+        .def_rw("penalty_last_n", &SamplingOptions::penalty_last_n)
+        .def_rw("penalty_repeat", &SamplingOptions::penalty_repeat)
+        .def_rw("penalty_freq", &SamplingOptions::penalty_freq)
+        .def_rw("penalty_present", &SamplingOptions::penalty_present)
+        .def_rw("grammar", &SamplingOptions::grammar);
+
+    nb::class_<GenerationOptions>(m, "GenerationOptions")
+        .def(nb::init<>())
+        .def_rw("prompt", &GenerationOptions::prompt)
+        .def_rw("max_tokens", &GenerationOptions::max_tokens)
+        .def_rw("sampling", &GenerationOptions::sampling)
+        .def_rw("stop", &GenerationOptions::stop)
+        .def_rw("emit_stats_every", &GenerationOptions::emit_stats_every);
+
     nb::class_<EngineHandle>(m, "Engine")
         .def_static(
             "create",
-            [](const ModelHandle & target, const ModelHandle * draft, int n_draft, bool auto_draft, int n_ctx,
-               int n_batch,
-               int n_ubatch, int n_threads, int n_threads_batch, int flash_attn, int type_k, int type_v,
-               int offload_kqv) {
-                ContextOptions c;
-                c.n_ctx = n_ctx;
-                c.n_batch = n_batch;
-                c.n_ubatch = n_ubatch;
-                c.n_threads = n_threads;
-                c.n_threads_batch = n_threads_batch;
-                c.flash_attn = flash_attn;
-                c.type_k = type_k;
-                c.type_v = type_v;
-                c.offload_kqv = offload_kqv;
+            [](const ModelHandle & target, const ModelHandle * draft, int n_draft, bool auto_draft,
+               const ContextOptions & options) {
                 Status st;
                 std::shared_ptr<Engine> e;
                 {
                     ReleaseGil release;
-                    e = Engine::create(target.p, draft != nullptr ? draft->p : nullptr, n_draft, auto_draft, c, st);
+                    e = Engine::create(target.p, draft != nullptr ? draft->p : nullptr, n_draft, auto_draft, options,
+                                       st);
                 }
                 if (!e) {
                     raise_status(st);
                 }
                 return EngineHandle{std::move(e)};
             },
-            "target"_a, "draft"_a.none(), "n_draft"_a, "auto_draft"_a, "n_ctx"_a, "n_batch"_a, "n_ubatch"_a, "n_threads"_a,
-            "n_threads_batch"_a, "flash_attn"_a, "type_k"_a, "type_v"_a, "offload_kqv"_a)
+            "target"_a, "draft"_a.none(), "n_draft"_a, "auto_draft"_a, "options"_a)
         .def_prop_ro("n_draft", [](const EngineHandle & h) { return h.p->n_draft(); })
         .def_prop_ro("auto_draft", [](const EngineHandle & h) { return h.p->auto_draft(); })
         .def_prop_ro("n_ctx", [](const EngineHandle & h) { return h.p->n_ctx(); })
+        .def_prop_ro("n_seq", [](const EngineHandle & h) { return h.p->n_seq(); })
         .def_prop_ro("n_batch", [](const EngineHandle & h) { return h.p->n_batch(); })
         .def_prop_ro("n_ubatch", [](const EngineHandle & h) { return h.p->n_ubatch(); })
+        .def_prop_ro("state_bytes", [](const EngineHandle & h) { return h.p->state_bytes(); })
+        .def_prop_ro("compute_bytes", [](const EngineHandle & h) { return h.p->compute_bytes(); })
         .def_prop_rw(
             "fault", [](const EngineHandle & h) { return h.p->fault(); },
             [](EngineHandle & h, Fault f) { h.p->set_fault(f); })
-        .def("stats", [](const EngineHandle & e) {
-            const StatsSnapshot s = snapshot(e.p->stats());
-            return std::make_tuple(s.iters, s.drafts_generated, s.drafts_accepted, s.tokens_emitted,
-                                   s.prompt_tokens, s.rollback_fallbacks, s.t_draft_us, s.t_verify_us,
-                                   s.t_sample_us, s.t_ckpt_us, s.t_prefill_us, s.t_total_us, s.n_draft,
-                                   s.context_switches);
-        })
+        .def("stats", [](const EngineHandle & e) { return snapshot(e.p->stats()); })
+        .def("sequences", [](const EngineHandle & e, const Runtime & rt) { return rt.counts(e.p.get()); },
+             "runtime"_a)
         .def(
             "submit",
-            [](const EngineHandle & handle, Runtime & rt, std::vector<int> prompt, int max_tokens, float temp,
-               int top_k, float top_p, float min_p, uint32_t seed, int penalty_last_n, float penalty_repeat,
-               float penalty_freq, float penalty_present, std::string grammar, std::vector<std::string> stop,
-               int emit_stats_every, int wake_fd, bool wait, int capacity, bool discard) {
+            [](const EngineHandle & handle, Runtime & rt, GenerationOptions options, int wake_fd, bool wait,
+               int capacity, bool discard) {
                 const std::shared_ptr<Engine> & self = handle.p;
                 if (self->closed()) {
+                    if (wake_fd >= 0) {
+                        ::close(wake_fd);
+                    }
                     raise_status(Status::error(ErrorCode::closed, "the session is closed"));
                 }
-                GenerationOptions o;
-                o.prompt.assign(prompt.begin(), prompt.end());
-                o.max_tokens = max_tokens;
-                o.sampling.temp = temp;
-                o.sampling.top_k = top_k;
-                o.sampling.top_p = top_p;
-                o.sampling.min_p = min_p;
-                o.sampling.seed = seed;
-                o.sampling.penalty_last_n = penalty_last_n;
-                o.sampling.penalty_repeat = penalty_repeat;
-                o.sampling.penalty_freq = penalty_freq;
-                o.sampling.penalty_present = penalty_present;
-                o.sampling.grammar = std::move(grammar);
-                o.stop = std::move(stop);
-                o.emit_stats_every = emit_stats_every;
                 Status st;
-                auto gen = self->prepare(std::move(o), st);
+                auto gen = self->prepare(std::move(options), st);
                 if (!gen) {
                     if (wake_fd >= 0) {
                         ::close(wake_fd);  // the job would have owned it
@@ -337,9 +372,7 @@ NB_MODULE(_native, m) {
                 }
                 return JobHandle{std::move(job)};
             },
-            "runtime"_a, "prompt"_a, "max_tokens"_a, "temp"_a, "top_k"_a, "top_p"_a, "min_p"_a, "seed"_a,
-            "penalty_last_n"_a, "penalty_repeat"_a, "penalty_freq"_a, "penalty_present"_a, "grammar"_a, "stop"_a,
-            "emit_stats_every"_a, "wake_fd"_a, "wait"_a, "capacity"_a, "discard"_a = false)
+            "runtime"_a, "options"_a, "wake_fd"_a, "wait"_a, "capacity"_a, "discard"_a = false)
         .def("close", [](EngineHandle & self, Runtime & rt) {
             self.p->mark_closed();
             ReleaseGil release;

@@ -1,7 +1,10 @@
 // The MTP speculative engine of one session: a target context and (when
-// speculating) a draft context running the model's MTP head, both owned here.
-// step() advances a generation by one prefill chunk or one draft/verify/accept/
-// rollback iteration; it runs only on the runtime's worker thread.
+// speculating) a draft context running the model's MTP head, both owned here and
+// both holding up to n_seq sequences. step() advances every runnable generation of
+// the session by one unit of work: a prefill chunk for sequences still reading
+// their prompt, and one draft/verify/accept/rollback/emit round shared by all the
+// decoding sequences (each draft step of every sequence in one MTP decode, every
+// verify batch in one target decode). It runs only on the runtime's worker thread.
 #pragma once
 
 #include <atomic>
@@ -10,12 +13,12 @@
 #include <string>
 #include <vector>
 
-#include "auto_draft.hpp"
 #include "events.hpp"
 #include "generation.hpp"
 #include "llama.h"
 #include "model.hpp"
 #include "options.hpp"
+#include "plain_context.hpp"
 #include "stats.hpp"
 #include "status.hpp"
 
@@ -31,20 +34,16 @@ enum class Fault : int32_t {
     skip_draft_catch_up = 2,  // never feed accepted tokens to the MTP context
 };
 
-struct ContextDeleter {
-    void operator()(llama_context * c) const { llama_free(c); }
-};
-using ContextPtr = std::unique_ptr<llama_context, ContextDeleter>;
-
-// A llama_batch whose arrays live in vectors (token ids and, for the draft
-// context, hidden rows side by side).
+// A llama_batch whose arrays live in vectors (token ids, sequence ids and, for the
+// draft context, hidden rows side by side).
 class Batch {
 public:
     Batch(int32_t capacity, int32_t n_embd);
     void clear() { n_ = 0; }
     int32_t size() const { return n_; }
     int32_t capacity() const { return capacity_; }
-    void add(llama_token token, llama_pos pos, bool output, const float * hidden = nullptr);
+    // Returns the entry's batch index.
+    int32_t add(llama_token token, llama_pos pos, llama_seq_id seq, bool output, const float * hidden = nullptr);
     llama_batch view(bool with_hidden);
 
 private:
@@ -60,6 +59,22 @@ private:
     std::vector<int8_t> logits_;
 };
 
+// One decoding sequence's part in a round.
+struct Lane {
+    Job * job = nullptr;
+    Generation * g = nullptr;
+    int32_t k = 0;           // drafts this round
+    int32_t k_max = 0;       // what "auto" chose (the fixed n_draft otherwise)
+    int32_t draft_idx = -1;  // batch index of this lane's output in the current MTP decode
+    int32_t verify_idx = 0;  // batch index of `last` in its verify decode
+    std::vector<llama_token> drafts;
+    std::vector<llama_token> out;  // tokens the target produced, in order
+    int32_t n_acc = 0;
+    double t_draft_us = 0.0;  // the draft phase this lane drafted in
+    bool switched = false;  // "auto" moved the sequence between target contexts
+    bool ended = false;     // finished (or failed) during this round
+};
+
 class Engine {
 public:
     // n_draft = 0: plain decoding (no draft context). draft_model null: the target's own head.
@@ -73,8 +88,9 @@ public:
 
     // Validate a request and build its sampler (Python thread).
     std::unique_ptr<Generation> prepare(GenerationOptions opts, Status & status) const;
-    // Advance the job's generation by one unit of work (worker thread).
-    void step(Job & job);
+    // Advance the given jobs (all of this engine, at most n_seq, none finished) by one
+    // unit of work each (worker thread).
+    void step(const std::vector<Job *> & jobs);
     // Finish the job because it was cancelled (worker thread).
     void finish_cancelled(Job & job);
 
@@ -84,33 +100,52 @@ public:
 
     const SessionStats & stats() const { return stats_; }
     int32_t n_draft() const { return n_draft_; }
-    bool auto_draft() const { return auto_ != nullptr; }
+    bool auto_draft() const { return auto_draft_; }
     int32_t n_ctx() const { return n_ctx_; }
+    int32_t n_seq() const { return n_seq_; }
     int32_t n_batch() const { return n_batch_; }
     int32_t n_ubatch() const { return n_ubatch_; }
+    // Bytes of KV cache and recurrent state of both contexts (fixed at creation).
+    uint64_t state_bytes() const { return state_bytes_; }
+    uint64_t compute_bytes() const { return compute_bytes_; }
     bool closed() const { return closed_.load(); }
     void mark_closed() { closed_.store(true); }
 
 private:
     Engine() = default;
+    bool create_contexts(const ContextOptions & copts, Status & status);
 
+    // --- sequences (engine.cpp)
+    bool claim_seq(Generation & g);
+    void release_seq(Generation & g);
+    void clear_seq(llama_seq_id seq);
+
+    // --- prefill (engine_prefill.cpp)
     void begin(Job & job);
-    void apply_row_mode();
     void prefill_step(Job & job);
-    void decode_step(Job & job);
-    bool flush_pending(Generation & g);
-    bool rebuild_memory(Generation & g);
-    // The target context decoding happens on: ctx_tgt_, or ctx_plain_ while "auto"
-    // runs without drafts.
-    llama_context * live() const { return on_plain_ ? ctx_plain_.get() : ctx_tgt_.get(); }
-    // "auto" only: move the sequence between the snapshot-keeping target context and
-    // the snapshot-free plain one (created on first use). False: stay where it is.
-    bool use_plain_context(bool plain);
-    // Decode `tokens` (at positions from `pos0`) on the target and feed the draft
-    // context (or, with defer_draft, queue the pairs in g.pending); leaves logits
-    // for the last token and sets g.carry.
     bool prefill_tokens(Generation & g, const llama_token * tokens, int32_t n, int32_t pos0,
                         bool want_logits, bool defer_draft);
+    bool flush_pending(Generation & g);
+    bool rebuild_memory(Generation & g);
+
+    // --- one decode round over the decoding sequences (engine_decode.cpp)
+    void decode_round(std::vector<Lane> & lanes);
+    bool plan_lane(Lane & lane);
+    bool move_for_auto(Lane & lane);
+    void draft_phase(std::vector<Lane> & lanes);
+    bool draft_catch_up(std::vector<Lane> & lanes);
+    void verify_phase(std::vector<Lane> & lanes);
+    void verify_group(std::vector<Lane *> & group);
+    bool accept_lane(Lane & lane);
+    bool rollback_lane(Lane & lane);
+    void emit_lane(Lane & lane);
+    void fail_lanes(const std::vector<Lane *> & lanes, int32_t rc, const char * which);
+
+    // --- shared helpers (engine.cpp)
+    // The target context the sequence decodes on: ctx_tgt_, or the plain context
+    // while "auto" runs a single sequence without drafts.
+    llama_context * live() const { return plain_ && plain_->active() ? plain_->get() : ctx_tgt_.get(); }
+    void apply_row_mode();
     void emit_token(Job & job, llama_token tok, bool & ended);
     // Sample the target at batch index idx with g's grammar and chain (and accept the
     // token). False, with `error` set, when the grammar admits no token.
@@ -119,38 +154,36 @@ private:
                 const std::string & error = "");
     void fail_decode(Job & job, int32_t rc, const char * which);
     Usage usage(const Generation & g) const;
+    // A decode that llama.cpp may abort: only when every job sharing it was cancelled.
+    int32_t decode(llama_context * ctx, Batch & batch, bool with_hidden, const std::vector<Job *> & jobs);
     static bool abort_cb(void * data);
 
     std::shared_ptr<Model> target_;
     std::shared_ptr<Model> draft_model_;
     ContextPtr ctx_tgt_;
     ContextPtr ctx_dft_;
-    // "auto" only: a target context without recurrent-state snapshots. Keeping
-    // snapshots makes every target decode slower, so while drafting does not pay
-    // the sequence lives here; it moves back (state copy) for draft probes.
-    ContextPtr ctx_plain_;
-    bool on_plain_ = false;
-    bool plain_failed_ = false;
-    int32_t plain_streak_ = 0;  // consecutive iterations "auto" chose no drafts
-    std::vector<uint8_t> state_buf_;
-    llama_context_params plain_params_{};
+    // "auto" with n_seq == 1: the snapshot-free target context (see plain_context.hpp)
+    std::unique_ptr<PlainContext> plain_;
+    bool auto_draft_ = false;
     int32_t n_draft_ = 0;
-    int32_t n_ctx_ = 0;
+    int32_t n_ctx_ = 0;  // per sequence
+    int32_t n_seq_ = 1;
     int32_t n_batch_ = 0;
     int32_t n_ubatch_ = 0;
     int32_t n_embd_ = 0;
     int32_t n_vocab_ = 0;
+    uint64_t state_bytes_ = 0;
+    uint64_t compute_bytes_ = 0;
+    std::vector<llama_seq_id> free_seqs_;
     std::unique_ptr<Batch> batch_tgt_;
     std::unique_ptr<Batch> batch_dft_;
-    std::vector<llama_token> drafts_;
-    std::vector<float> rows_;  // target hidden rows of the last verify
+    std::vector<float> rows_;  // scratch: target hidden rows of one lane's verify
     std::vector<llama_token_data> cand_;  // sampling candidates (worker thread only)
-    std::unique_ptr<AutoDraft> auto_;
     SessionStats stats_;
     std::atomic<bool> closed_{false};
     std::atomic<Fault> fault_{Fault::none};
     Fault applied_fault_ = Fault::none;
-    std::atomic<const std::atomic<bool> *> abort_flag_{nullptr};
+    std::vector<const std::atomic<bool> *> abort_flags_;  // the jobs of the running decode
 };
 
 }  // namespace mtpstream

@@ -1,10 +1,13 @@
-// The per-request state the engine advances one step at a time on the worker.
+// The per-request state the engine advances one step at a time on the worker:
+// one sequence of the session's batch (its own seq id, sampler chain, grammar,
+// stop strings, "auto" draft state and hidden-row carry).
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <vector>
 
+#include "auto_draft.hpp"
 #include "llama.h"
 #include "options.hpp"
 #include "text_stream.hpp"
@@ -25,6 +28,10 @@ struct Generation {
     TextStream text;
     Phase phase = Phase::prefill;
     std::size_t prefill_pos = 0;
+    // the sequence id this generation holds in the session's contexts (-1: none yet)
+    llama_seq_id seq = -1;
+    // n_draft="auto": this sequence's own draft-length controller
+    std::unique_ptr<AutoDraft> auto_draft;
 
     // decode state: `last` is the newest token, not yet in the target's memory,
     // at position n_past; `carry` is the target's hidden row at n_past - 1.

@@ -58,6 +58,11 @@ void Job::push(Event ev) {
         std::lock_guard<std::mutex> lock(mutex_);
         queue_.push_back(std::move(ev));
         size_.store(queue_.size());
+        if (urgent) {
+            // finished before the reader can see the terminal event, so that a reader
+            // that got it never finds the job still running (stats, busy checks)
+            finished_.store(true);
+        }
         if (!woken_) {
             const int64_t now = steady_us();
             if (urgent || size_.load() + reserve_ > capacity_ || now - last_wake_us_ >= kWakeCoalesceUs) {
@@ -69,6 +74,9 @@ void Job::push(Event ev) {
                 wake_pending_ = true;
             }
         }
+    }
+    if (urgent) {
+        finished_cv_.notify_all();
     }
     if (need_wake) {
         wake();
@@ -120,14 +128,6 @@ void Job::request_cancel() {
 }  // namespace mtpstream
 
 namespace mtpstream {
-
-void Job::mark_finished() {
-    {
-        std::lock_guard<std::mutex> lock(mutex_);
-        finished_.store(true);
-    }
-    finished_cv_.notify_all();
-}
 
 void Job::wait_finished() {
     std::unique_lock<std::mutex> lock(mutex_);

@@ -40,7 +40,8 @@ public:
     void set_discard(bool v) { discard_ = v; }
 
     // --- producer side (worker thread) ---
-    // Queue an event. The reader is woken at once for the first event after a quiet
+    // Queue an event; a terminal one also marks the job finished. The reader is
+    // woken at once for the first event after a quiet
     // spell, a terminal event or a filling queue; otherwise the wake-up is deferred
     // (coalesced) until flush_wake(): a fast model then wakes Python once per few
     // tokens instead of once per token.
@@ -51,7 +52,6 @@ public:
     bool has_room() const { return size_.load() + reserve_ <= capacity_; }
     bool cancel_requested() const { return cancel_.load(); }
     const std::atomic<bool> & cancel_flag() const { return cancel_; }
-    void mark_finished();
 
     Engine & engine() { return *engine_; }
     const Engine * engine_id() const { return engine_.get(); }

@@ -12,7 +12,8 @@
 namespace mtpstream {
 
 struct ContextOptions {
-    int32_t n_ctx = 2048;
+    int32_t n_ctx = 2048;         // per sequence
+    int32_t n_seq = 1;            // sequences decoded together (1..64)
     int32_t n_batch = 0;          // 0: min(n_ctx, 512)
     int32_t n_ubatch = 0;         // 0: n_batch
     int32_t n_threads = 0;        // 0: llama.cpp default

@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
-#include <set>
+#include <algorithm>
+#include <map>
+#include <string>
 
 #include "engine.hpp"
 #include "job.hpp"
@@ -45,11 +47,16 @@ Status Runtime::submit(const std::shared_ptr<Job> & job, bool wait) {
             return Status::error(ErrorCode::closed, "the runtime has shut down");
         }
         if (!wait) {
+            int busy = 0;
             for (const auto & other : sched_->jobs) {
-                if (other->engine_id() == job->engine_id()) {
-                    return Status::error(ErrorCode::busy,
-                                         "the session is busy with another generation (wait=False)");
-                }
+                busy += other->engine_id() == job->engine_id() && !other->finished() ? 1 : 0;
+            }
+            const int n_seq = job->engine().n_seq();
+            if (busy >= n_seq) {
+                return Status::error(ErrorCode::busy,
+                                     n_seq == 1 ? std::string("the session is busy with another generation (wait=False)")
+                                                : "all " + std::to_string(n_seq) +
+                                                      " sequences of the session are busy (wait=False)");
             }
         }
         sched_->jobs.push_back(job);
@@ -85,60 +92,102 @@ void Runtime::cancel_and_wait(const Engine * engine) {
     });
 }
 
-// The runnable job that waited longest; only the oldest job of each session is
-// eligible (FIFO per session), and a job whose queue is full waits for its reader.
-std::shared_ptr<Job> Runtime::pick_locked() {
-    std::set<const Engine *> seen;
-    std::shared_ptr<Job> best;
+Runtime::Counts Runtime::counts(const Engine * engine) const {
+    std::lock_guard<std::mutex> lock(sched_->mutex);
+    Counts c;
     for (const auto & job : sched_->jobs) {
-        if (!seen.insert(job->engine_id()).second) {
+        // a finished job leaves the list after the step that ended it
+        if (job->engine_id() != engine || job->finished()) {
             continue;
         }
-        if (!job->cancel_requested() && !job->has_room()) {
-            continue;
-        }
-        if (!best || job->last_step < best->last_step) {
-            best = job;
+        if (c.active < job->engine().n_seq()) {
+            ++c.active;
+        } else {
+            ++c.queued;
         }
     }
-    return best;
+    return c;
+}
+
+// The jobs to advance next: of the session whose runnable job waited longest, every
+// runnable job among its first n_seq (FIFO; later ones queue). A job whose event
+// queue is full waits for its reader (it keeps its sequence meanwhile).
+std::vector<std::shared_ptr<Job>> Runtime::pick_locked() {
+    std::map<const Engine *, int> seen;
+    const Engine * best = nullptr;
+    uint64_t best_step = 0;
+    // a queued job that was cancelled is ended at once (it holds no sequence)
+    auto runnable = [](const Job & job, bool active) {
+        return job.cancel_requested() || (active && job.has_room());
+    };
+    for (const auto & job : sched_->jobs) {
+        const Engine * e = job->engine_id();
+        const bool active = seen[e]++ < job->engine().n_seq();
+        if (!runnable(*job, active)) {
+            continue;
+        }
+        if (best == nullptr || job->last_step < best_step) {
+            best = e;
+            best_step = job->last_step;
+        }
+    }
+    std::vector<std::shared_ptr<Job>> picked;
+    if (best == nullptr) {
+        return picked;
+    }
+    int n = 0;
+    for (const auto & job : sched_->jobs) {
+        if (job->engine_id() == best && runnable(*job, n++ < job->engine().n_seq())) {
+            picked.push_back(job);
+        }
+    }
+    return picked;
 }
 
 void Runtime::loop() {
+    std::vector<std::shared_ptr<Job>> picked;
+    std::vector<Job *> batch;
     for (;;) {
-        std::shared_ptr<Job> job;
         {
             std::unique_lock<std::mutex> lock(sched_->mutex);
             sched_->work.wait(lock, [&] {
                 if (sched_->stop) {
                     return true;
                 }
-                job = pick_locked();
-                return job != nullptr;
+                picked = pick_locked();
+                return !picked.empty();
             });
             if (sched_->stop) {
                 return;
             }
-            job->last_step = ++sched_->tick;
+            const uint64_t tick = ++sched_->tick;
+            for (const auto & job : picked) {
+                job->last_step = tick;
+            }
             // deferred wake-ups of the other jobs go out before this step, so no
             // reader waits behind another session's step
             for (const auto & other : sched_->jobs) {
-                if (other != job) {
+                if (std::find(picked.begin(), picked.end(), other) == picked.end()) {
                     other->flush_wake(true);
                 }
             }
         }
-        if (job->cancel_requested()) {
-            job->engine().finish_cancelled(*job);
-        } else {
-            job->engine().step(*job);
+        batch.clear();
+        for (const auto & job : picked) {
+            batch.push_back(job.get());
         }
-        job->flush_wake(false);
-        if (job->finished()) {
+        picked.front()->engine().step(batch);
+        bool any_finished = false;
+        for (const auto & job : picked) {
+            job->flush_wake(false);
+            any_finished = any_finished || job->finished();
+        }
+        if (any_finished) {
             std::lock_guard<std::mutex> lock(sched_->mutex);
-            sched_->jobs.remove(job);
+            sched_->jobs.remove_if([](const std::shared_ptr<Job> & j) { return j->finished(); });
             sched_->idle.notify_all();
         }
+        picked.clear();
     }
 }
 

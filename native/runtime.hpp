@@ -1,5 +1,6 @@
 // The runtime: ONE worker thread that runs every session's generations, one step
-// at a time, round-robin across sessions and FIFO within a session.
+// at a time, round-robin across sessions. Within a session the first n_seq calls
+// (FIFO) are active and advance together, batched by the engine; later ones queue.
 //
 // Why one thread: llama-cpp-python's ggml uses OpenMP, and every OS thread that
 // calls llama_decode gets its own OpenMP pool. A thread per session would
@@ -12,6 +13,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include <sys/types.h>
 
@@ -40,18 +42,24 @@ public:
 
     std::shared_ptr<Scheduler> scheduler() const { return sched_; }
     // Queue a job behind the session's earlier ones; with wait=false, refuse if
-    // the session already has work.
+    // all of the session's n_seq sequences are busy.
     Status submit(const std::shared_ptr<Job> & job, bool wait);
     // Cancel every job of `engine` and block until none is left.
     void cancel_and_wait(const Engine * engine);
     // Jobs (running or queued) of `engine`.
     int pending(const Engine * engine) const;
+    // Of those, how many hold a sequence (active) and how many wait for one (queued).
+    struct Counts {
+        int active = 0;
+        int queued = 0;
+    };
+    Counts counts(const Engine * engine) const;
     // Cancel every job and stop the worker (idempotent); later submits fail.
     void shutdown();
 
 private:
     void loop();
-    std::shared_ptr<Job> pick_locked();
+    std::vector<std::shared_ptr<Job>> pick_locked();
 
     std::shared_ptr<Scheduler> sched_;
     // a pointer so that a copy of the runtime in a forked child (where the worker

@@ -4,10 +4,14 @@
 
 #include <atomic>
 #include <cstdint>
+#include <mutex>
 
 namespace mtpstream {
 
 struct SessionStats {
+    // iters, drafts_generated and drafts_accepted change together (add_round) and are
+    // read together (snapshot), so a snapshot never shows more accepted than generated
+    mutable std::mutex round_mutex;
     std::atomic<uint64_t> iters{0};
     std::atomic<uint64_t> drafts_generated{0};
     std::atomic<uint64_t> drafts_accepted{0};
@@ -26,6 +30,12 @@ struct SessionStats {
     static void add(std::atomic<uint64_t> & counter, uint64_t v) {
         counter.fetch_add(v, std::memory_order_relaxed);
     }
+    void add_round(uint64_t generated, uint64_t accepted) {
+        std::lock_guard<std::mutex> lock(round_mutex);
+        add(iters, 1);
+        add(drafts_generated, generated);
+        add(drafts_accepted, accepted);
+    }
 };
 
 struct StatsSnapshot {
@@ -37,6 +47,7 @@ struct StatsSnapshot {
 
 inline StatsSnapshot snapshot(const SessionStats & s) {
     auto ld = [](const std::atomic<uint64_t> & a) { return a.load(std::memory_order_relaxed); };
+    std::lock_guard<std::mutex> lock(s.round_mutex);
     return {ld(s.iters),       ld(s.drafts_generated), ld(s.drafts_accepted), ld(s.tokens_emitted),
             ld(s.prompt_tokens), ld(s.rollback_fallbacks), ld(s.context_switches), ld(s.t_draft_us),   ld(s.t_verify_us),
             ld(s.t_sample_us), ld(s.t_ckpt_us),        ld(s.t_prefill_us),    ld(s.t_total_us),

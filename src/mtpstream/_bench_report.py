@@ -391,7 +391,7 @@ def _pooled_text(pooled: dict[str, Any]) -> str:
 def reanalyze(result: dict[str, Any]) -> dict[str, Any]:
     """Recompute every derived figure of a saved result from its raw measurements (in
     place): per-level speedups, ideal bound and efficiency, TTFT ratios, targets."""
-    if result.get("upstream_only"):
+    if result.get("upstream_only") or result.get("streams"):
         return judge(result)
     for level in result["levels"]:
         add_derived(level)
@@ -408,9 +408,68 @@ def judge(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _streams_cell(result: dict[str, Any], n: int = 4) -> dict[str, Any] | None:
+    st = result.get("streams") or {}
+    levels = st.get("levels") or {}
+    level = next((v for k, v in levels.items() if k.endswith("a1.00")), next(iter(levels.values()), None))
+    return None if level is None else level.get(str(n))
+
+
+def _t_streams(result: dict[str, Any]) -> dict[str, Any]:
+    """Many streams, at n_seq=4 on the high-acceptance level."""
+    cell = _streams_cell(result)
+    targets: dict[str, Any] = {}
+    if cell is None:
+        na = {"measured": None, "pass": None, "threshold": "n/a", "note": "no n=4 cell"}
+        return {
+            name: dict(na)
+            for name in (
+                "streams_batched_over_single",
+                "streams_batched_over_upstream",
+                "streams_efficiency",
+                "streams_acceptance_vs_single",
+            )
+        }
+    r = cell["batched_over_single_rounds"]["median"]
+    targets["streams_batched_over_single"] = {"measured": r, "pass": r >= 1.5, "threshold": ">= 1.5"}
+    up = cell.get("batched_over_upstream_rounds")
+    targets["streams_batched_over_upstream"] = (
+        {"measured": up["median"], "pass": up["median"] >= 1.1, "threshold": ">= 1.1 (llama-server -np 4)"}
+        if up
+        else {"measured": None, "pass": None, "threshold": ">= 1.1", "note": "no llama-server run"}
+    )
+    eff = cell["batched"].get("efficiency")
+    targets["streams_efficiency"] = {
+        "measured": eff,
+        "pass": eff is not None and eff >= 0.9,
+        "threshold": ">= 0.9",
+    }
+    b = cell["batched"]["per_stream_acceptance"]["by_stream"]
+    single = cell["single"]["per_stream_acceptance"]["by_stream"]
+    common = sorted(set(b) & set(single))
+    if not common:
+        targets["streams_acceptance_vs_single"] = {
+            "measured": None,
+            "pass": None,
+            "threshold": "<= 0.02",
+            "note": "no drafts",
+        }
+    else:
+        # each stream against the same prompt on the n_seq=1 session
+        diff = round(max(abs(b[i] - single[i]) for i in common), 4)
+        targets["streams_acceptance_vs_single"] = {
+            "measured": diff,
+            "pass": diff <= 0.02,
+            "threshold": "<= 0.02",
+        }
+    return targets
+
+
 def evaluate_targets(result: dict[str, Any]) -> dict[str, Any]:
     """Every target of the issue, with measured figures and a pass flag (None: not measurable)."""
     targets: dict[str, Any] = {}
+    if result.get("streams"):
+        return _t_streams(result)
     if result.get("upstream_only"):
         targets["mtpstream_over_upstream"] = _t_upstream(result)
         targets["acceptance_vs_upstream"] = _t_upstream_acceptance(result)
@@ -478,6 +537,13 @@ def _level_table(lv: dict[str, Any]) -> list[str]:
 def format_summary(result: dict[str, Any]) -> str:
     """The human-readable report printed at the end of a run."""
     lines: list[str] = []
+    if result.get("streams"):
+        lines += _md_streams(result["streams"])
+        lines.append("targets:")
+        for name, v in result["targets"].items():
+            flag = {True: "PASS", False: "FAIL", None: "n/a "}[v["pass"]]
+            lines.append(f"  [{flag}] {name}: {v['measured']} ({v.get('threshold', '')})")
+        return "\n".join(lines)
     if result.get("upstream_only"):
         lines += _md_upstream(result.get("upstream") or {})
         lines.append("targets:")
@@ -590,9 +656,47 @@ def _md_summary(result: dict[str, Any]) -> list[str]:
     return [*out, ""]
 
 
+def _md_streams(st: dict[str, Any]) -> list[str]:
+    """Aggregate tok/s (median of rounds) and per-stream latency per level and stream count."""
+    lines = [
+        f"streams: n_draft={st['n_draft']}, {st['tokens_per_stream']} tokens per stream; aggregate tok/s "
+        "(median of rounds), batched = n_seq=N, single = n_seq=1 (calls queue), "
+        "upstream = llama-server -np N",
+        "",
+        "| level | N | batched | single | upstream | batched/single | batched/upstream | ideal | efficiency "
+        "| TTFT p50 ms | inter-token p50/p99 ms | acceptance per stream (batched; single; upstream) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, cells in st["levels"].items():
+        for n, c in cells.items():
+            b, s_ = c["batched"], c["single"]
+            u = c.get("upstream")
+            bu = c.get("batched_over_upstream_rounds")
+
+            def acc(side: dict[str, Any] | None) -> str:
+                if not side or side["per_stream_acceptance"]["min"] is None:
+                    return "-"
+                a = side["per_stream_acceptance"]
+                return f"{a['min']:.3f}-{a['max']:.3f}"
+
+            lines.append(
+                f"| {name} | {n} | {b['aggregate_tokens_per_sec']['median']} | "
+                f"{s_['aggregate_tokens_per_sec']['median']} | "
+                f"{u['aggregate_tokens_per_sec']['median'] if u else '-'} | "
+                f"{c['batched_over_single_rounds']['median']:.3f} | {bu['median'] if bu else '-'} | "
+                f"{b.get('ideal_tokens_per_sec', {}).get('median', '-')} | {b.get('efficiency', '-')} | "
+                f"{b['ttft_ms_p50']} | {b['inter_token_ms_p50']}/{b['inter_token_ms_p99']} | "
+                f"{acc(b)}; {acc(s_)}; {acc(u)} |"
+            )
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The grid and the targets as Markdown tables (for benchmarks/README.md)."""
-    lines: list[str] = [] if result.get("upstream_only") else _md_summary(result)
+    if result.get("streams"):
+        lines = _md_streams(result["streams"])
+    else:
+        lines = [] if result.get("upstream_only") else _md_summary(result)
     for lv in result["levels"]:
         lines += _md_level(lv)
     lines += _md_upstream(result.get("upstream") or {})

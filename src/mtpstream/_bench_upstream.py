@@ -161,10 +161,18 @@ def _wait_healthy(proc: subprocess.Popen[bytes], port: int) -> None:
     raise RuntimeError("llama-server did not become healthy in time")
 
 
+def server_binary(settings: Settings, log: Log) -> Path:
+    """llama-server built from the pinned llama-cpp-python's llama.cpp (built once, cached)."""
+    root = _cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    return _server_binary(root, settings.threads, log)
+
+
 @contextlib.contextmanager
-def _server(exe: Path, model: Path, k: DraftKey, settings: Settings) -> Iterator[int]:
+def server(exe: Path, model: Path, k: DraftKey, settings: Settings, n_parallel: int = 1) -> Iterator[int]:
     """A running llama-server for ``model`` with ``k`` MTP drafts (0: no speculation;
-    ``"auto"``: ``--spec-type draft-mtp`` alone, what a user gets by default)."""
+    ``"auto"``: ``--spec-type draft-mtp`` alone, what a user gets by default) and
+    ``n_parallel`` slots of ``settings.n_ctx`` tokens each."""
     port = _free_port()
     t = str(settings.threads)
     cmd = [
@@ -180,9 +188,9 @@ def _server(exe: Path, model: Path, k: DraftKey, settings: Settings) -> Iterator
         "-tb",
         t,
         "-c",
-        str(settings.n_ctx),
+        str(settings.n_ctx * n_parallel),
         "-np",
-        "1",
+        str(n_parallel),
         "--no-webui",
     ]
     if settings.flash_attn is not None:
@@ -240,7 +248,7 @@ def _cell(exe: Path, level: Level, k: DraftKey, settings: Settings, log: Log) ->
     uses_mmap = model.uses_mmap
     try:
         prompt = generation_prompt(level, model)
-        with open_session(model, k, settings) as ours, _server(exe, level.path, k, settings) as port:
+        with open_session(model, k, settings) as ours, server(exe, level.path, k, settings) as port:
             for _ in range(settings.warmup):
                 _complete(port, prompt, settings.tokens)
                 run_native(ours, prompt, settings.tokens)

@@ -1,7 +1,6 @@
 # Type stubs of the nanobind extension (native/bindings.cpp). Private API.
 import enum
 from collections.abc import Callable, Sequence
-from typing import Any
 
 LLAMA_DEFAULT_SEED: int
 
@@ -54,11 +53,85 @@ class Runtime:
     def pending(self, engine: Engine) -> int: ...
     def shutdown(self) -> None: ...
 
-EventTuple = tuple[int, int, bytes, str, int, int, int, int, str]
+class EventKind(enum.Enum):
+    token = 0
+    stats = 1
+    done = 2
+    eog = 3
+    error = 4
+    cancelled = 5
+
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    drafts_generated: int
+    drafts_accepted: int
+
+class Event:
+    kind: EventKind
+    token: int
+    text: bytes
+    finish_reason: str
+    usage: Usage
+    error: str
+
+class StatsSnapshot:
+    iters: int
+    drafts_generated: int
+    drafts_accepted: int
+    tokens_emitted: int
+    prompt_tokens: int
+    rollback_fallbacks: int
+    context_switches: int
+    t_draft_us: int
+    t_verify_us: int
+    t_sample_us: int
+    t_ckpt_us: int
+    t_prefill_us: int
+    t_total_us: int
+    n_draft: int
+
+class SequenceCounts:
+    active: int
+    queued: int
+
+class ContextOptions:
+    n_ctx: int
+    n_seq: int
+    n_batch: int
+    n_ubatch: int
+    n_threads: int
+    n_threads_batch: int
+    flash_attn: int
+    type_k: int
+    type_v: int
+    offload_kqv: int
+    def __init__(self) -> None: ...
+
+class SamplingOptions:
+    temp: float
+    top_k: int
+    top_p: float
+    min_p: float
+    seed: int
+    penalty_last_n: int
+    penalty_repeat: float
+    penalty_freq: float
+    penalty_present: float
+    grammar: str
+    def __init__(self) -> None: ...
+
+class GenerationOptions:
+    prompt: list[int]
+    max_tokens: int
+    sampling: SamplingOptions
+    stop: list[str]
+    emit_stats_every: int
+    def __init__(self) -> None: ...
 
 class Job:
     finished: bool
-    def drain(self) -> list[EventTuple]: ...
+    def drain(self) -> list[Event]: ...
     def cancel(self) -> None: ...
     def wait(self) -> None: ...
 
@@ -70,27 +143,27 @@ class Fault(enum.Enum):
 class Engine:
     @staticmethod
     def create(
-        target: Model,
-        draft: Model | None,
-        n_draft: int,
-        auto_draft: bool,
-        n_ctx: int,
-        n_batch: int,
-        n_ubatch: int,
-        n_threads: int,
-        n_threads_batch: int,
-        flash_attn: int,
-        type_k: int,
-        type_v: int,
-        offload_kqv: int,
+        target: Model, draft: Model | None, n_draft: int, auto_draft: bool, options: ContextOptions
     ) -> Engine: ...
     n_draft: int
     auto_draft: bool
     n_ctx: int
+    n_seq: int
     n_batch: int
     n_ubatch: int
+    state_bytes: int
+    compute_bytes: int
     closed: bool
     fault: Fault
-    def stats(self) -> tuple[int, ...]: ...
-    def submit(self, runtime: Runtime, *args: Any, **kwargs: Any) -> Job: ...
+    def stats(self) -> StatsSnapshot: ...
+    def sequences(self, runtime: Runtime) -> SequenceCounts: ...
+    def submit(
+        self,
+        runtime: Runtime,
+        options: GenerationOptions,
+        wake_fd: int,
+        wait: bool,
+        capacity: int,
+        discard: bool = False,
+    ) -> Job: ...
     def close(self, runtime: Runtime) -> None: ...

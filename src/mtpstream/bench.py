@@ -79,6 +79,7 @@ class BenchConfig:
     with_upstream: bool
     head: str = "hidden"
     upstream_only: bool = False
+    streams: tuple[int, ...] = ()
 
 
 class _Logger:
@@ -272,6 +273,18 @@ def run(cfg: BenchConfig, log: _Logger | None = None) -> dict[str, Any]:
     ref = _ref_level(levels)
     result["reference_level"] = ref.name
     result["levels"] = []
+    if cfg.streams:
+        from . import _bench_streams
+
+        # the two highest oracle levels (or the user's model): where batching is judged
+        chosen = [lv for lv in levels if lv.nominal_acceptance in (1.0, 0.75)] or levels[:1]
+        result["streams"] = _bench_streams.run(
+            chosen, cfg.settings, cfg.streams, cfg.settings.ref_n_draft, cfg.with_upstream, log
+        )
+        result["upstream"] = {"enabled": False}
+        report.judge(result)
+        result["wall_s"] = round(time.perf_counter() - started, 1)
+        return result
     for level in levels if not cfg.upstream_only else ():
         out, extra = _bench_level(level, cfg, level is ref, log)
         result["levels"].append(out)
@@ -329,6 +342,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --with-upstream: only the llama-server comparison (no grid, TTFT, async layer)",
     )
+    p.add_argument(
+        "--streams",
+        metavar="N,N,...",
+        help="only the many-streams scenario: N concurrent calls on n_seq=N vs n_seq=1 "
+        "(and, with --with-upstream, llama-server -np N), e.g. 1,2,4,8",
+    )
     p.add_argument("--arch", choices=("qwen35", "qwen35moe"), default="qwen35", help="synthetic model arch")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
     p.add_argument("--markdown", metavar="JSON", help="print a saved result as Markdown tables and exit")
@@ -375,8 +394,23 @@ def _settings(args: argparse.Namespace) -> meas.Settings:
     )
 
 
+def _streams(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise InvalidOptionError(
+            f"--streams must be comma-separated ints, not {text!r}", field="streams"
+        ) from None
+    if not values or any(not 1 <= v <= 64 for v in values):
+        raise InvalidOptionError("--streams values must be from 1 to 64", field="streams")
+    return values
+
+
 def _config(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(
+        streams=_streams(args.streams),
         settings=_settings(args),
         model=Path(args.model) if args.model else None,
         size=args.size or ("tiny" if args.quick else "bench"),
@@ -393,6 +427,7 @@ def _config(args: argparse.Namespace) -> BenchConfig:
 def _write_outputs(result: dict[str, Any], cfg: BenchConfig, log: _Logger) -> Path:
     stem = "bench-" + time.strftime("%Y%m%d-%H%M%S") + ("-quick" if cfg.quick else "")
     cfg.out.mkdir(parents=True, exist_ok=True)
+    stem += "-streams" if cfg.streams else ""
     png = report.plot(result, cfg.out / f"{stem}.png", log) if cfg.plot and result["levels"] else None
     result["plot"] = str(png) if png else None
     path = report.write_json(result, cfg.out / f"{stem}.json")

@@ -9,11 +9,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import InvalidOptionError
 
-__all__ = ["GGML_TYPES", "INT32_MAX", "MAX_THREADS", "GenerationOptions", "SessionOptions", "check_text"]
+__all__ = [
+    "GGML_TYPES",
+    "INT32_MAX",
+    "MAX_SEQUENCES",
+    "MAX_THREADS",
+    "GenerationOptions",
+    "SessionOptions",
+    "check_text",
+]
 
 INT32_MAX = 2**31 - 1
 """Every integer that reaches llama.cpp is an int32."""
 MAX_THREADS = 512
+MAX_SEQUENCES = 64
+"""The most sequences one session decodes together (``n_seq``)."""
 """ggml's own limit on the threads of one computation (GGML_MAX_N_THREADS)."""
 
 # ggml_type ids of the KV-cache types llama.cpp accepts
@@ -40,6 +50,7 @@ class SessionOptions(_Strict):
 
     n_draft: int | Literal["auto"] = Field(default=3)
     n_ctx: int = Field(default=2048, ge=1, le=INT32_MAX)
+    n_seq: int = Field(default=1, ge=1, le=MAX_SEQUENCES)
     n_threads: int | None = Field(default=None, ge=1, le=MAX_THREADS)
     n_threads_batch: int | None = Field(default=None, ge=1, le=MAX_THREADS)
     n_batch: int | None = Field(default=None, ge=1, le=INT32_MAX)
@@ -48,6 +59,12 @@ class SessionOptions(_Strict):
     type_k: KVType | None = None
     type_v: KVType | None = None
     offload_kqv: bool | None = None
+
+    @model_validator(mode="after")
+    def _context_fits_int32(self) -> SessionOptions:
+        if self.n_ctx * self.n_seq > INT32_MAX:
+            raise ValueError(f"n_ctx * n_seq ({self.n_ctx * self.n_seq}) exceeds the int32 range")
+        return self
 
     @model_validator(mode="after")
     def _quantized_v_needs_flash_attn(self) -> SessionOptions:

@@ -36,8 +36,7 @@ __all__ = ["MTP", "init"]
 _QUEUE_CAPACITY = 512
 # the longest draft n_draft="auto" may choose
 AUTO_MAX_DRAFT = 6
-# event kinds (native/events.hpp)
-_TOKEN, _STATS, _DONE, _EOG, _ERROR, _CANCELLED = range(6)
+_KIND = _native.EventKind
 # a call queued behind a stream that is still open checks on it this often, and warns
 # after this long without a timeout (it never waits silently)
 _QUEUED_CHECK_S = 0.5
@@ -83,6 +82,17 @@ class MTP:
     def n_ctx(self) -> int:
         """Context size in tokens (prompt + generated)."""
         return int(self._live.n_ctx)
+
+    @property
+    def n_seq(self) -> int:
+        """How many calls run at once, batched (the rest queue)."""
+        return int(self._live.n_seq)
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of KV cache and recurrent state the session holds (both contexts, all
+        ``n_seq`` sequences; allocated at :func:`init`)."""
+        return int(self._live.state_bytes)
 
     @property
     def closed(self) -> bool:
@@ -162,46 +172,21 @@ class MTP:
         opts = validate(GenerationOptions, options)
         tokens = self._prompt_tokens(prompt)
         engine = self._live
-        seed = opts.seed if opts.seed is not None else int(_native.LLAMA_DEFAULT_SEED)
         try:
             job = engine.submit(
-                _runtime.get(),
-                tokens,
-                opts.max_tokens,
-                opts.temp,
-                opts.top_k,
-                opts.top_p,
-                opts.min_p,
-                seed,
-                opts.penalty_last_n,
-                opts.penalty_repeat,
-                opts.penalty_freq,
-                opts.penalty_present,
-                opts.grammar or "",
-                list(opts.stop),
-                0,
-                -1,
-                True,
-                _QUEUE_CAPACITY,
-                True,
+                _runtime.get(), _native_options(tokens, opts, stats=False), -1, True, _QUEUE_CAPACITY, True
             )
         except _native.NativeError as exc:
             raise from_native(exc) from None
         self._calls += 1
         job.wait()
-        for kind, _tok, _text, reason, n_prompt, n_completion, drafts, accepted, error in job.drain():
-            if kind == _ERROR:
-                raise GenerationError(error)
-            if kind == _CANCELLED:
+        for ev in job.drain():
+            if ev.kind == _KIND.error:
+                raise GenerationError(ev.error)
+            if ev.kind == _KIND.cancelled:
                 raise SessionClosedError("the generation was cancelled because the session was closed")
-            if kind in (_DONE, _EOG):
-                usage = Usage(
-                    prompt_tokens=n_prompt,
-                    completion_tokens=n_completion,
-                    drafts_generated=drafts,
-                    drafts_accepted=accepted,
-                )
-                return usage, ("eog" if kind == _EOG else reason)
+            if ev.kind in (_KIND.done, _KIND.eog):
+                return _usage(ev.usage), ("eog" if ev.kind == _KIND.eog else ev.finish_reason)
         raise GenerationError("the generation ended without a terminal event")
 
     def _prompt_tokens(self, prompt: str | Sequence[int]) -> list[int]:
@@ -237,7 +222,10 @@ class MTP:
     # ------------------------------------------------------------------ stats
     def stats(self) -> MTPStats:
         """Cumulative counters of this session; lock-free, safe from any thread or task."""
-        return MTPStats._from_native(self._live.stats(), self._calls)
+        engine = self._live
+        return MTPStats._from_native(
+            engine.stats(), self._calls, engine.sequences(_runtime.get()), engine.n_seq, engine.state_bytes
+        )
 
     def print_stats(self, file: IO[str] | None = None) -> None:
         """Print an upstream-style summary of :meth:`stats` (to stderr by default)."""
@@ -272,7 +260,10 @@ class MTP:
     def __repr__(self) -> str:
         if self.closed:
             return "<mtpstream.MTP closed>"
-        return f"<mtpstream.MTP n_draft={self.n_draft} n_ctx={self.n_ctx} model={self._model.path.name!r}>"
+        seqs = f" n_seq={self.n_seq}" if self.n_seq > 1 else ""
+        return (
+            f"<mtpstream.MTP n_draft={self.n_draft} n_ctx={self.n_ctx}{seqs} model={self._model.path.name!r}>"
+        )
 
 
 class _EventStream:
@@ -293,7 +284,7 @@ class _EventStream:
         self._wait = wait
         self._job: Any = None
         self._sock: socket.socket | None = None
-        self._buffer: deque[tuple[Any, ...]] = deque()
+        self._buffer: deque[Any] = deque()
         self._finished = False
         self._got_event = False
         self._reader: object | None = None  # the task reading right now
@@ -320,27 +311,9 @@ class _EventStream:
         rsock, wsock = socket.socketpair()
         rsock.setblocking(False)
         wfd = wsock.detach()
-        seed = o.seed if o.seed is not None else int(_native.LLAMA_DEFAULT_SEED)
         try:
             self._job = engine.submit(
-                _runtime.get(),
-                self._prompt,
-                o.max_tokens,
-                o.temp,
-                o.top_k,
-                o.top_p,
-                o.min_p,
-                seed,
-                o.penalty_last_n,
-                o.penalty_repeat,
-                o.penalty_freq,
-                o.penalty_present,
-                o.grammar or "",
-                list(o.stop),
-                o.emit_stats_every,
-                wfd,
-                self._wait,
-                _QUEUE_CAPACITY,
+                _runtime.get(), _native_options(self._prompt, o, stats=True), wfd, self._wait, _QUEUE_CAPACITY
             )
         except _native.NativeError as exc:
             rsock.close()  # the native side closed the write end
@@ -446,32 +419,27 @@ class _EventStream:
                     stacklevel=2,
                 )
 
-    def _convert(self, raw: tuple[Any, ...]) -> Event:
-        kind, token, text, reason, n_prompt, n_completion, drafts, accepted, error = raw
-        if kind == _TOKEN:
-            return TokenEvent(token, text.decode("utf-8"))
-        if kind == _STATS:
+    def _convert(self, ev: Any) -> Event:
+        kind = ev.kind
+        if kind == _KIND.token:
+            return TokenEvent(ev.token, ev.text.decode("utf-8"))
+        if kind == _KIND.stats:
             return StatsEvent(self._session.stats())
         self._close_socket()
         self._finished = True
         _logging.flush()
-        if kind == _CANCELLED:
+        if kind == _KIND.cancelled:
             if self._closing:  # aclose() from another task
                 raise StopAsyncIteration
             # only reachable if someone else cancelled this job (e.g. session.close())
             raise SessionClosedError("the generation was cancelled because the session was closed")
-        if kind == _ERROR:
-            raise GenerationError(error or "generation failed")
-        usage = Usage(
-            prompt_tokens=n_prompt,
-            completion_tokens=n_completion,
-            drafts_generated=drafts,
-            drafts_accepted=accepted,
-        )
+        if kind == _KIND.error:
+            raise GenerationError(ev.error or "generation failed")
+        usage = _usage(ev.usage)
         stats = self._session.stats() if not self._session.closed else MTPStats()
-        if kind == _EOG:
-            return EogEvent(stats, usage, token, text.decode("utf-8"))
-        return DoneEvent(stats, usage, reason, text.decode("utf-8"))
+        if kind == _KIND.eog:
+            return EogEvent(stats, usage, ev.token, ev.text.decode("utf-8"))
+        return DoneEvent(stats, usage, ev.finish_reason, ev.text.decode("utf-8"))
 
     def _abandon(self) -> None:
         if self._job is not None and not self._finished:
@@ -562,23 +530,56 @@ def _with_llama_errors(err: MTPError) -> MTPError:
     return type(err)(message)
 
 
-def _engine_args(opts: SessionOptions) -> dict[str, int]:
-    return {
-        "n_ctx": opts.n_ctx,
-        "n_batch": opts.n_batch or 0,
-        "n_ubatch": opts.n_ubatch or 0,
-        "n_threads": opts.n_threads or (os.cpu_count() or 1),
-        "n_threads_batch": opts.n_threads_batch or opts.n_threads or (os.cpu_count() or 1),
-        "flash_attn": -1 if opts.flash_attn is None else int(opts.flash_attn),
-        "type_k": -1 if opts.type_k is None else GGML_TYPES[opts.type_k],
-        "type_v": -1 if opts.type_v is None else GGML_TYPES[opts.type_v],
-        "offload_kqv": -1 if opts.offload_kqv is None else int(opts.offload_kqv),
-    }
+def _native_options(prompt: list[int], o: GenerationOptions, *, stats: bool) -> Any:
+    """The native engine's options for one call (bound struct, fields by name)."""
+    n = _native.GenerationOptions()
+    n.prompt = prompt
+    n.max_tokens = o.max_tokens
+    n.stop = list(o.stop)
+    n.emit_stats_every = o.emit_stats_every if stats else 0
+    s = _native.SamplingOptions()
+    s.temp = o.temp
+    s.top_k = o.top_k
+    s.top_p = o.top_p
+    s.min_p = o.min_p
+    s.seed = o.seed if o.seed is not None else int(_native.LLAMA_DEFAULT_SEED)
+    s.penalty_last_n = o.penalty_last_n
+    s.penalty_repeat = o.penalty_repeat
+    s.penalty_freq = o.penalty_freq
+    s.penalty_present = o.penalty_present
+    s.grammar = o.grammar or ""
+    n.sampling = s
+    return n
+
+
+def _usage(u: Any) -> Usage:
+    return Usage(
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
+        drafts_generated=u.drafts_generated,
+        drafts_accepted=u.drafts_accepted,
+    )
+
+
+def _context_options(opts: SessionOptions) -> Any:
+    c = _native.ContextOptions()
+    c.n_ctx = opts.n_ctx
+    c.n_seq = opts.n_seq
+    c.n_batch = opts.n_batch or 0
+    c.n_ubatch = opts.n_ubatch or 0
+    c.n_threads = opts.n_threads or (os.cpu_count() or 1)
+    c.n_threads_batch = opts.n_threads_batch or opts.n_threads or (os.cpu_count() or 1)
+    c.flash_attn = -1 if opts.flash_attn is None else int(opts.flash_attn)
+    c.type_k = -1 if opts.type_k is None else GGML_TYPES[opts.type_k]
+    c.type_v = -1 if opts.type_v is None else GGML_TYPES[opts.type_v]
+    c.offload_kqv = -1 if opts.offload_kqv is None else int(opts.offload_kqv)
+    return c
 
 
 def _check_batch(opts: SessionOptions, n_draft: int) -> None:
     """The batch limits llama.cpp would abort on, named after the option to change."""
-    n_batch = opts.n_batch or min(opts.n_ctx, 512)
+    per_round = opts.n_seq * (n_draft + 1)  # every sequence's draft step in one MTP batch
+    n_batch = opts.n_batch or min(opts.n_ctx * opts.n_seq, max(512, per_round))
     n_ubatch = opts.n_ubatch or n_batch
     batch_field = "n_batch" if opts.n_batch else "n_ctx"
     if n_ubatch > n_batch:
@@ -589,8 +590,18 @@ def _check_batch(opts: SessionOptions, n_draft: int) -> None:
     if n_batch < n_draft + 1:
         raise InvalidOptionError(
             f"n_batch ({n_batch}) must be at least n_draft + 1 ({n_draft + 1})"
-            + ("" if opts.n_batch else f" (n_batch defaults to min(n_ctx, 512) with n_ctx={opts.n_ctx})"),
+            + (
+                ""
+                if opts.n_batch
+                else f" (n_batch defaults to min(n_ctx * n_seq, 512) with n_ctx={opts.n_ctx})"
+            ),
             field=batch_field,
+        )
+    if n_draft > 0 and opts.n_seq > 1 and n_batch < per_round:
+        raise InvalidOptionError(
+            f"n_batch ({n_batch}) must be at least n_seq * (n_draft + 1) ({per_round}) so that every "
+            "sequence's draft step fits one batch",
+            field="n_batch" if opts.n_batch else batch_field,
         )
     if n_draft > 0 and n_ubatch < n_draft + 2:
         raise InvalidOptionError(
@@ -652,6 +663,7 @@ def init(
     model: Model,
     n_draft: int | str = 3,
     n_ctx: int = 2048,
+    n_seq: int = 1,
     *,
     draft_model: Model | None = None,
     **context_options: Any,
@@ -661,10 +673,24 @@ def init(
     ``n_draft >= 1`` drafts that many tokens per iteration with the model's MTP
     head (or ``draft_model``, an MTP sidecar GGUF); ``n_draft=0`` is plain
     decoding through the same engine; ``n_draft="auto"`` picks the length of each
-    draft (0..6) from the measured acceptance and costs. Context options: ``n_threads,
-    n_threads_batch, n_batch, n_ubatch, flash_attn, type_k, type_v, offload_kqv``.
+    draft (0..6) from the measured acceptance and costs.
+
+    ``n_seq`` (1..64) calls run at once, batched: every draft step of all of them in
+    one MTP decode and all their verify batches in one target decode; further calls
+    queue in FIFO order. ``n_ctx`` is per sequence (prompt + generated tokens of one
+    call), so the KV cache and recurrent state grow with ``n_seq``
+    (:attr:`MTP.state_bytes`).
+
+    Context options: ``n_threads, n_threads_batch, n_batch, n_ubatch, flash_attn,
+    type_k, type_v, offload_kqv``.
+
+    Raises:
+        InvalidOptionError: a bad option (``.field`` names it).
+        NoMTPHeadError: drafting was asked for on a model without an MTP head.
+        SessionClosedError: the model (or draft model) was closed.
+        MTPError: llama.cpp could not create a context (e.g. out of memory).
     """
-    opts = validate(SessionOptions, {"n_draft": n_draft, "n_ctx": n_ctx, **context_options})
+    opts = validate(SessionOptions, {"n_draft": n_draft, "n_ctx": n_ctx, "n_seq": n_seq, **context_options})
     auto = opts.n_draft == "auto"
     n_max = AUTO_MAX_DRAFT if auto else opts.n_draft
     assert isinstance(n_max, int)
@@ -673,7 +699,7 @@ def init(
     draft_native = draft_model._handle if (draft_model is not None and n_max > 0) else None
     _logging.sync_level()
     try:
-        engine = _native.Engine.create(model._handle, draft_native, n_max, auto, **_engine_args(opts))
+        engine = _native.Engine.create(model._handle, draft_native, n_max, auto, _context_options(opts))
     except _native.NativeError as exc:
         err = from_native(exc)
         raise type(err)(_logging.with_errors(str(err), _logging.flush())) from None

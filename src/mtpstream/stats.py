@@ -29,7 +29,9 @@ class MTPStats(BaseModel):
 
     ``tokens_per_sec`` is decode throughput: tokens emitted after the first one
     of each call, over the decode-phase time (``timing_us.total``, which excludes
-    prompt processing, reported in ``timing_us.prefill``).
+    prompt processing, reported in ``timing_us.prefill``). With ``n_seq > 1`` it is
+    the session's total over all sequences, and ``iters`` counts one iteration per
+    sequence per round.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -45,30 +47,50 @@ class MTPStats(BaseModel):
     prompt_tokens: int = 0
     rollback_fallbacks: int = 0
     context_switches: int = 0
-    """``n_draft="auto"`` only: how often the sequence moved between the target
-    context that keeps recurrent-state snapshots (needed to roll drafts back) and a
-    snapshot-free one that decodes faster while drafting does not pay."""
+    """``n_draft="auto"`` with ``n_seq=1`` only: how often the sequence moved between
+    the target context that keeps recurrent-state snapshots (needed to roll drafts
+    back) and a snapshot-free one that decodes faster while drafting does not pay."""
+    n_seq: int = 1
+    """Sequences the session decodes together."""
+    active_sequences: int = 0
+    """Calls holding a sequence right now (at most ``n_seq``)."""
+    queued: int = 0
+    """Calls waiting for a free sequence."""
+    state_bytes: int = 0
+    """KV cache and recurrent state of the session's contexts, in bytes."""
 
     @classmethod
-    def _from_native(cls, t: tuple[Any, ...], calls: int) -> MTPStats:
-        (iters, gen, acc, emitted, prompt, fallbacks, t_d, t_v, t_s, t_c, t_p, t_tot, n_draft, switches) = t
-        other = max(0, t_tot - t_d - t_v - t_s - t_c)
-        decoded = max(0, emitted - calls)
+    def _from_native(cls, s: Any, calls: int, counts: Any, n_seq: int, state_bytes: int) -> MTPStats:
+        """From the engine's bound snapshot (iters and draft counters read together)."""
+        t_tot = s.t_total_us
+        other = max(0, t_tot - s.t_draft_us - s.t_verify_us - s.t_sample_us - s.t_ckpt_us)
+        decoded = max(0, s.tokens_emitted - calls)
         timing = TimingUs.model_construct(
-            draft=t_d, verify=t_v, sample=t_s, ckpt=t_c, other=other, total=t_tot, prefill=t_p
+            draft=s.t_draft_us,
+            verify=s.t_verify_us,
+            sample=s.t_sample_us,
+            ckpt=s.t_ckpt_us,
+            other=other,
+            total=t_tot,
+            prefill=s.t_prefill_us,
         )
+        gen, acc = s.drafts_generated, s.drafts_accepted
         return cls.model_construct(
-            iters=iters,
+            iters=s.iters,
             drafts_generated=gen,
             drafts_accepted=acc,
             acceptance_rate=acc / gen if gen else 0.0,
-            tokens_emitted=emitted,
+            tokens_emitted=s.tokens_emitted,
             tokens_per_sec=decoded / (t_tot / 1e6) if t_tot else 0.0,
             timing_us=timing,
-            n_draft=n_draft,
-            prompt_tokens=prompt,
-            rollback_fallbacks=fallbacks,
-            context_switches=switches,
+            n_draft=s.n_draft,
+            prompt_tokens=s.prompt_tokens,
+            rollback_fallbacks=s.rollback_fallbacks,
+            context_switches=s.context_switches,
+            n_seq=n_seq,
+            active_sequences=counts.active,
+            queued=counts.queued,
+            state_bytes=state_bytes,
         )
 
     def format(self) -> str:

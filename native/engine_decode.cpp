@@ -1,0 +1,391 @@
+// One decode round over the session's decoding sequences ("lanes"):
+//   plan     each lane's draft length (fixed, or its own "auto" controller);
+//   draft    draft step j of every drafting lane in one MTP-context decode (the
+//            first step also feeds each lane's accepted tokens, the catch-up);
+//   verify   [last, d1..dk] of every lane in one target decode (split only where
+//            n_batch forces it);
+//   accept   per lane: sample the target at its own output rows, in order;
+//   rollback per lane: drop rejected positions (recurrent models: llama.cpp's
+//            per-sequence snapshots), carry the hidden row of the last accepted one;
+//   emit     per lane: tokens, stop strings, max_tokens.
+// A lane that fails (grammar dead end, a failed rollback) ends alone; a failed
+// shared decode ends the lanes that were in it.
+#include <algorithm>
+#include <cstring>
+
+#include "clock.hpp"
+#include "engine.hpp"
+#include "job.hpp"
+#include "llama_staging.h"
+
+namespace mtpstream {
+
+namespace {
+
+llama_token argmax(const float * logits, int32_t n) {
+    llama_token best = 0;
+    float best_v = logits[0];
+    for (int32_t i = 1; i < n; ++i) {
+        if (logits[i] > best_v) {
+            best_v = logits[i];
+            best = i;
+        }
+    }
+    return best;
+}
+
+template <typename Pred>
+std::vector<Lane *> select(std::vector<Lane> & lanes, Pred pred) {
+    std::vector<Lane *> out;
+    for (Lane & lane : lanes) {
+        if (!lane.ended && pred(lane)) {
+            out.push_back(&lane);
+        }
+    }
+    return out;
+}
+
+std::vector<Job *> jobs_of(const std::vector<Lane *> & lanes) {
+    std::vector<Job *> jobs;
+    jobs.reserve(lanes.size());
+    for (const Lane * lane : lanes) {
+        jobs.push_back(lane->job);
+    }
+    return jobs;
+}
+
+}  // namespace
+
+void Engine::decode_round(std::vector<Lane> & lanes) {
+    const int64_t t_begin = now_us();
+    if (ctx_dft_ && applied_fault_ != fault_.load()) {
+        apply_row_mode();
+    }
+    for (Lane & lane : lanes) {
+        lane.ended = !plan_lane(lane);
+    }
+    draft_phase(lanes);
+    verify_phase(lanes);
+    SessionStats::add(stats_.t_total_us, elapsed(t_begin));
+}
+
+// The lane's draft length this round; false if the generation ended here.
+bool Engine::plan_lane(Lane & lane) {
+    Generation & g = *lane.g;
+    const int32_t remaining = g.opts.max_tokens - g.emitted;
+    const int32_t room = n_ctx_ - g.n_past;  // free positions from n_past on
+    if (room <= 0 || remaining <= 0) {
+        finish(*lane.job, EventKind::done, "length", -1);
+        return false;
+    }
+    lane.k_max = g.auto_draft ? g.auto_draft->choose() : n_draft_;
+    lane.k = ctx_dft_ ? std::max(std::min({lane.k_max, remaining - 1, room - 1}), 0) : 0;
+    if (g.auto_draft) {
+        stats_.n_draft.store(lane.k_max, std::memory_order_relaxed);
+    }
+    return move_for_auto(lane);
+}
+
+// "auto" on one sequence: two iterations in a row without drafts move it to the
+// snapshot-free context; any draft (a probe included) moves it back first.
+bool Engine::move_for_auto(Lane & lane) {
+    if (!plain_) {
+        return true;
+    }
+    const bool want = plain_->want_plain(lane.k);
+    if (want == plain_->active()) {
+        return true;
+    }
+    lane.switched = true;
+    const int64_t t0 = now_us();
+    // failing to move to the plain context just keeps decoding where we are;
+    // failing to move back rebuilds the target context from the token history
+    const bool moved = plain_->move(ctx_tgt_.get(), want);
+    bool ok = moved || want;
+    if (moved) {
+        SessionStats::add(stats_.context_switches, 1);
+    } else if (!ok) {
+        SessionStats::add(stats_.rollback_fallbacks, 1);
+        ok = rebuild_memory(*lane.g);
+    }
+    SessionStats::add(stats_.t_ckpt_us, elapsed(t0));
+    if (!ok) {
+        finish(*lane.job, EventKind::error, "", -1, "could not move the sequence back to the target context");
+    }
+    return ok;
+}
+
+// Keep every lane's catch-up within one draft batch: a lane whose pending pairs
+// would not fit beside its draft token (or, together, the lanes' pairs would
+// overflow n_batch) feeds them to the MTP context on its own first.
+bool Engine::draft_catch_up(std::vector<Lane> & lanes) {
+    std::vector<Lane *> speculating = select(lanes, [](const Lane &) { return true; });
+    auto need = [&](const Lane * l) { return static_cast<int64_t>(l->g->pending_tok.size()) + 1; };
+    int64_t total = 0;
+    for (Lane * lane : speculating) {
+        if (static_cast<int32_t>(lane->g->pending_tok.size()) + n_draft_ + 2 > n_batch_ && !flush_pending(*lane->g)) {
+            fail_lanes({lane}, -1, "draft");
+            return false;
+        }
+        total += lane->k > 0 ? need(lane) : 0;
+    }
+    while (total > n_batch_) {
+        Lane * largest = nullptr;
+        for (Lane * lane : speculating) {
+            if (lane->k > 0 && (!largest || need(lane) > need(largest))) {
+                largest = lane;
+            }
+        }
+        if (largest == nullptr || need(largest) <= 1) {
+            break;  // nothing left to flush (n_batch >= n_seq * (n_draft + 1) is checked at creation)
+        }
+        total -= need(largest) - 1;
+        if (!flush_pending(*largest->g)) {
+            fail_lanes({largest}, -1, "draft");
+            return false;
+        }
+    }
+    return true;
+}
+
+void Engine::draft_phase(std::vector<Lane> & lanes) {
+    if (!ctx_dft_) {
+        return;
+    }
+    const int64_t t0 = now_us();
+    if (!draft_catch_up(lanes)) {
+        SessionStats::add(stats_.t_draft_us, elapsed(t0));
+        return;
+    }
+    std::vector<Lane *> drafting = select(lanes, [](const Lane & l) { return l.k > 0; });
+    const bool skip_catch_up = fault_.load() == Fault::skip_draft_catch_up;  // tests only
+    batch_dft_->clear();
+    int32_t k_most = 0;
+    for (Lane * lane : drafting) {
+        Generation & g = *lane->g;
+        for (size_t j = 0; j < g.pending_tok.size() && !skip_catch_up; ++j) {
+            batch_dft_->add(g.pending_tok[j], g.pending_pos + static_cast<int32_t>(j), g.seq, false,
+                            &g.pending_h[j * static_cast<size_t>(n_embd_)]);
+        }
+        lane->draft_idx = batch_dft_->add(g.last, g.n_past, g.seq, true, g.carry.data());
+        lane->drafts.clear();
+        k_most = std::max(k_most, lane->k);
+    }
+    for (int32_t j = 0; j < k_most; ++j) {
+        const int32_t rc = decode(ctx_dft_.get(), *batch_dft_, true, jobs_of(drafting));
+        if (rc != 0) {
+            fail_lanes(drafting, rc, "draft");
+            drafting.clear();
+            break;
+        }
+        batch_dft_->clear();
+        for (Lane * lane : drafting) {
+            Generation & g = *lane->g;
+            if (j == 0) {
+                g.pending_tok.clear();
+                g.pending_h.clear();
+                g.pending_pos = g.n_past + 1;
+            }
+            if (j >= lane->k) {
+                continue;
+            }
+            const float * logits = llama_get_logits_ith(ctx_dft_.get(), lane->draft_idx);
+            const float * h = llama_get_embeddings_nextn_ith(ctx_dft_.get(), lane->draft_idx);
+            if (logits == nullptr || h == nullptr) {
+                finish(*lane->job, EventKind::error, "", -1, "the MTP head produced no output");
+                lane->ended = true;
+                continue;
+            }
+            const llama_token d = argmax(logits, n_vocab_);
+            lane->drafts.push_back(d);
+            if (j + 1 < lane->k) {
+                lane->draft_idx = batch_dft_->add(d, g.n_past + 1 + j, g.seq, true, h);
+            }
+        }
+        drafting.erase(std::remove_if(drafting.begin(), drafting.end(), [](const Lane * l) { return l->ended; }),
+                       drafting.end());
+        if (batch_dft_->size() == 0) {
+            break;
+        }
+    }
+    for (Lane * lane : drafting) {
+        if (lane->k >= 2 && !llama_memory_seq_rm(llama_get_memory(ctx_dft_.get()), lane->g->seq, lane->g->n_past + 1, -1)) {
+            finish(*lane->job, EventKind::error, "", -1, "could not remove draft cells from the MTP context");
+            lane->ended = true;
+        }
+    }
+    const uint64_t t_draft = elapsed(t0);
+    SessionStats::add(stats_.t_draft_us, t_draft);
+    for (Lane * lane : drafting) {
+        lane->t_draft_us = static_cast<double>(t_draft);
+    }
+}
+
+// The verify batches: lanes in order, as many per target decode as n_batch holds.
+void Engine::verify_phase(std::vector<Lane> & lanes) {
+    std::vector<Lane *> group;
+    int32_t used = 0;
+    for (Lane & lane : lanes) {
+        if (lane.ended) {
+            continue;
+        }
+        const int32_t need = lane.k + 1;
+        if (!group.empty() && used + need > n_batch_) {
+            verify_group(group);
+            group.clear();
+            used = 0;
+        }
+        group.push_back(&lane);
+        used += need;
+    }
+    if (!group.empty()) {
+        verify_group(group);
+    }
+}
+
+void Engine::verify_group(std::vector<Lane *> & group) {
+    llama_context * tgt = live();
+    const int64_t t_v = now_us();
+    batch_tgt_->clear();
+    for (Lane * lane : group) {
+        Generation & g = *lane->g;
+        lane->verify_idx = batch_tgt_->add(g.last, g.n_past, g.seq, true);
+        for (int32_t j = 0; j < lane->k; ++j) {
+            batch_tgt_->add(lane->drafts[static_cast<size_t>(j)], g.n_past + 1 + j, g.seq, true);
+        }
+    }
+    const int32_t rc = decode(tgt, *batch_tgt_, false, jobs_of(group));
+    const uint64_t t_verify = elapsed(t_v);
+    SessionStats::add(stats_.t_verify_us, t_verify);
+    if (rc != 0) {
+        fail_lanes(group, rc, "target");
+        return;
+    }
+    // every lane reads its outputs before any lane may decode again (a rollback
+    // fallback re-prefills, which would overwrite them)
+    const int64_t t_s = now_us();
+    for (Lane * lane : group) {
+        lane->ended = !accept_lane(*lane);
+        if (!lane->ended && lane->g->auto_draft) {
+            // with several sequences these are the costs of the shared batches the
+            // lane was part of, which is what its drafts add to the round
+            lane->g->auto_draft->observe(lane->k, lane->n_acc, lane->t_draft_us, static_cast<double>(t_verify),
+                                         !lane->switched);
+        }
+    }
+    SessionStats::add(stats_.t_sample_us, elapsed(t_s));
+    const int64_t t_c = now_us();
+    for (Lane * lane : group) {
+        if (!lane->ended) {
+            lane->ended = !rollback_lane(*lane);
+        }
+    }
+    SessionStats::add(stats_.t_ckpt_us, elapsed(t_c));
+    const int64_t t_e = now_us();
+    for (Lane * lane : group) {
+        if (!lane->ended) {
+            emit_lane(*lane);
+        }
+    }
+    SessionStats::add(stats_.t_sample_us, elapsed(t_e));
+}
+
+// Sample the target at the lane's rows in order, count the accepted drafts and take
+// the hidden rows the MTP context needs (the accepted tokens' pairs and the carry).
+bool Engine::accept_lane(Lane & lane) {
+    Generation & g = *lane.g;
+    llama_context * tgt = live();
+    const int32_t k = lane.k;
+    lane.out.clear();
+    lane.n_acc = 0;
+    std::string error;
+    for (int32_t i = 0; i <= k; ++i) {
+        llama_token tok = -1;
+        if (!sample(g, tgt, lane.verify_idx + i, tok, error)) {
+            if (i == 0) {
+                finish(*lane.job, EventKind::error, "", -1, error);
+                return false;
+            }
+            // the drafts before i were accepted: the last of them becomes the target's
+            // token of this round, and the next round meets the dead end at i == 0
+            --lane.n_acc;
+            break;
+        }
+        lane.out.push_back(tok);
+        if (i < k && tok == lane.drafts[static_cast<size_t>(i)] && !target_->is_eog(tok)) {
+            ++lane.n_acc;
+            continue;
+        }
+        break;
+    }
+    const int32_t n_acc = lane.n_acc;
+    stats_.add_round(static_cast<uint64_t>(k), static_cast<uint64_t>(n_acc));
+    g.drafts += k;
+    g.accepted += n_acc;
+    if (!ctx_dft_) {
+        return true;
+    }
+    // pairs for the MTP context: (token at p, target row at p - 1)
+    if (k == 0) {
+        g.pending_tok.push_back(g.last);
+        g.pending_h.insert(g.pending_h.end(), g.carry.begin(), g.carry.end());
+    }
+    for (int32_t i = 0; i <= n_acc; ++i) {
+        const float * h = llama_get_embeddings_nextn_ith(tgt, lane.verify_idx + i);
+        if (h == nullptr) {
+            finish(*lane.job, EventKind::error, "", -1, "the target exported no hidden row");
+            return false;
+        }
+        if (i < n_acc) {
+            g.pending_tok.push_back(lane.drafts[static_cast<size_t>(i)]);
+            g.pending_h.insert(g.pending_h.end(), h, h + n_embd_);
+        } else {
+            std::memcpy(g.carry.data(), h, static_cast<size_t>(n_embd_) * sizeof(float));
+        }
+    }
+    return true;
+}
+
+// Drop the rejected positions from the target's memory and advance the sequence.
+bool Engine::rollback_lane(Lane & lane) {
+    Generation & g = *lane.g;
+    bool rebuild = false;
+    if (lane.n_acc < lane.k) {
+        rebuild = !llama_memory_seq_rm(llama_get_memory(live()), g.seq, g.n_past + lane.n_acc + 1, -1);
+    }
+    g.history.push_back(g.last);
+    for (int32_t j = 0; j < lane.n_acc; ++j) {
+        g.history.push_back(lane.drafts[static_cast<size_t>(j)]);
+    }
+    g.n_past += lane.n_acc + 1;
+    g.last = lane.out.back();
+    if (!rebuild) {
+        return true;
+    }
+    SessionStats::add(stats_.rollback_fallbacks, 1);
+    if (!rebuild_memory(g)) {
+        finish(*lane.job, EventKind::error, "", -1, "could not rebuild the context after a failed rollback");
+        return false;
+    }
+    return true;
+}
+
+void Engine::emit_lane(Lane & lane) {
+    bool ended = false;
+    for (const llama_token tok : lane.out) {
+        emit_token(*lane.job, tok, ended);
+        if (ended) {
+            break;
+        }
+    }
+    lane.ended = ended;
+}
+
+void Engine::fail_lanes(const std::vector<Lane *> & lanes, int32_t rc, const char * which) {
+    for (Lane * lane : lanes) {
+        fail_decode(*lane->job, rc, which);
+        lane->ended = true;
+    }
+}
+
+}  // namespace mtpstream
