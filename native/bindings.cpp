@@ -208,6 +208,7 @@ NB_MODULE(_native, m) {
             const std::string text = h.p->detokenize(ids);
             return nb::bytes(text.data(), text.size());
         }, "ids"_a)
+        .def("token_text", [](const ModelHandle & h, int token) { return h.p->token_text(token); }, "token"_a)
         .def("token_to_piece", [](const ModelHandle & h, int token) {
             const std::string piece = h.p->token_to_piece(token);
             return nb::bytes(piece.data(), piece.size());

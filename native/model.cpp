@@ -128,6 +128,11 @@ std::string Model::detokenize(const std::vector<llama_token> & ids) const {
     return std::string(buf.data(), static_cast<size_t>(std::max(n, 0)));
 }
 
+std::string Model::token_text(llama_token id) const {
+    const char * text = llama_vocab_get_text(vocab_, id);
+    return text != nullptr ? std::string(text) : std::string();
+}
+
 std::string Model::token_to_piece(llama_token id) const {
     char small[64];
     int32_t n = llama_token_to_piece(vocab_, id, small, sizeof(small), 0, false);

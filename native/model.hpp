@@ -46,6 +46,8 @@ public:
     uint64_t n_params() const { return llama_model_n_params(model_); }
     std::string description() const;
     std::string chat_template() const;
+    // The vocabulary's text of a token, special tokens included ("<|im_end|>").
+    std::string token_text(llama_token id) const;
     std::vector<std::pair<std::string, std::string>> metadata() const;
     std::optional<std::string> meta(const std::string & key) const;
 

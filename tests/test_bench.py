@@ -269,3 +269,33 @@ def test_saved_result_reanalyzes_to_the_same_targets(
     assert "| level | k=0 (plain) |" in capsys.readouterr().out
     assert bench.main(["--markdown", str(tmp_path / "missing.json")]) == 2
     assert "not a readable result" in capsys.readouterr().err
+
+
+def test_check_exits_1_exactly_when_a_target_fails(
+    quick_result: tuple[dict[str, Any], Path], tmp_path: Path
+) -> None:
+    _result, out = quick_result
+    copy = tmp_path / "check.json"
+    copy.write_text(next(out.glob("bench-*.json")).read_text())
+    code = bench.main(["--reanalyze", str(copy), "--check"])
+    assert code == (0 if json.loads(copy.read_text())["all_targets_pass"] else 1)
+
+
+def test_streams_scenario_writes_its_figures(tmp_path: Path) -> None:
+    assert (
+        bench.main(["--quick", "--streams", "1,2", "--runs", "1", "--out", str(tmp_path), "--no-plot"]) == 0
+    )
+    (path,) = tmp_path.glob("bench-*-streams.json")
+    data = json.loads(path.read_text())
+    cell = data["streams"]["levels"]["hidden-a1.00"]["2"]
+    for side in ("batched", "single"):
+        assert cell[side]["aggregate_tokens_per_sec"]["median"] > 0
+        assert cell[side]["ttft_ms_p50"] is not None
+    assert cell["batched"]["efficiency"] > 0
+    assert set(data["targets"]) == {
+        "streams_batched_over_single",
+        "streams_batched_over_upstream",
+        "streams_efficiency",
+        "streams_acceptance_vs_single",
+    }
+    assert bench.main(["--streams", "0", "--out", str(tmp_path)]) == 2

@@ -9,6 +9,14 @@ with mtpstream.init(model, n_draft=3) as mtp:
 from __future__ import annotations
 
 from ._loader import _native  # noqa: F401  (imports llama_cpp first: one libllama per process)
+from .completions import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    Completion,
+    CompletionChunk,
+    CompletionUsage,
+    MTPUsage,
+)
 from .errors import (
     ContextOverflowError,
     GenerationError,
@@ -28,6 +36,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MTP",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "Completion",
+    "CompletionChunk",
+    "CompletionUsage",
     "ContextOverflowError",
     "DoneEvent",
     "EogEvent",
@@ -36,6 +49,7 @@ __all__ = [
     "InvalidOptionError",
     "MTPError",
     "MTPStats",
+    "MTPUsage",
     "Model",
     "ModelLoadError",
     "NoMTPHeadError",

@@ -319,7 +319,12 @@ def _parser() -> argparse.ArgumentParser:
         "(default: the synthetic models, oracle weights at 3 acceptance levels + random)",
     )
     p.add_argument("--quick", action="store_true", help="smoke check in < 2 min (tiny models, fewer runs)")
-    p.add_argument("--out", default="benchmarks/results", help="results directory (default: %(default)s)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="results directory (default: mtpstream's user data directory, printed at the end)",
+    )
+    p.add_argument("--check", action="store_true", help="exit with code 1 when a target fails")
     p.add_argument("--n-draft", type=int, nargs="+", metavar="K", help="n_draft values (0 is always added)")
     p.add_argument("--runs", type=int, help="measured runs per cell (default 5; --quick 3)")
     p.add_argument("--warmup", type=int, help="warm-up runs per cell (default 1)")
@@ -408,6 +413,12 @@ def _streams(text: str | None) -> tuple[int, ...]:
     return values
 
 
+def _default_out() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("mtpstream")) / "bench"
+
+
 def _config(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(
         streams=_streams(args.streams),
@@ -415,7 +426,7 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         model=Path(args.model) if args.model else None,
         size=args.size or ("tiny" if args.quick else "bench"),
         arch=args.arch,
-        out=Path(args.out),
+        out=Path(args.out) if args.out else _default_out(),
         quick=args.quick,
         plot=not args.no_plot,
         with_upstream=args.with_upstream or args.upstream_only,
@@ -436,8 +447,8 @@ def _write_outputs(result: dict[str, Any], cfg: BenchConfig, log: _Logger) -> Pa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``mtpstream bench``; returns the process exit code (0 on success,
-    also when targets fail: they are reported, not enforced)."""
+    """Entry point of ``mtpstream bench``; returns the process exit code (0 on success;
+    with ``--check``, 1 when a target fails; 2 on an error)."""
     args = _parser().parse_args(argv)
     if args.markdown or args.reanalyze:
         path = Path(args.markdown or args.reanalyze)
@@ -453,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if result.get("plot"):
             report.plot(result, path.with_suffix(".png"), _Logger())
         print(report.format_summary(result))
-        return 0
+        return 1 if args.check and not result["all_targets_pass"] else 0
     log = _Logger()
     try:
         cfg = _config(args)
@@ -464,6 +475,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["command"] = ["mtpstream", "bench", *(argv if argv is not None else sys.argv[1:])]
     _write_outputs(result, cfg, log)
     print(report.format_summary(result))
+    if args.check and not result["all_targets_pass"]:
+        failed = [name for name, t in result["targets"].items() if t["pass"] is False]
+        print(f"mtpstream bench: targets failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,30 +1,50 @@
 """The ``mtpstream`` command.
 
-``mtpstream demo`` streams an MTP generation from a synthetic model (or
-``--model PATH``) and compares it with plain decoding; ``mtpstream bench``
-measures MTP against plain decoding (see ``mtpstream bench --help``)."""
+  mtpstream generate MODEL PROMPT   stream a completion to stdout (stats to stderr)
+  mtpstream chat MODEL              interactive chat through the model's template
+  mtpstream serve MODEL             OpenAI-compatible HTTP server (the server extra)
+  mtpstream info MODEL              arch, size, MTP head, template, context length
+  mtpstream make-model              write a synthetic test model, print its path
+  mtpstream demo                    MTP on a synthetic model, against plain decoding
+  mtpstream bench                   benchmarks (see `mtpstream bench --help`)
+
+Errors are one line on stderr with exit code 1 (runtime) or 2 (usage); --debug
+shows the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import anyio
 
 from . import __version__
+from .errors import InvalidOptionError, MTPError
 from .events import DoneEvent, EogEvent, TokenEvent
 from .model import Model, load_model
-from .session import init
+from .session import MTP, init
+
+_GRACE_S = 3
 
 
-def _progress_bar(label: str) -> tuple[object, object]:
+class _UsageError(Exception):
+    """A bad command line (exit code 2)."""
+
+
+# ------------------------------------------------------------------ helpers
+def _progress_bar(label: str) -> tuple[Callable[[float], bool], Callable[[], None]]:
     state = {"shown": -1}
+    tty = sys.stderr.isatty()
 
     def progress(p: float) -> bool:
         pct = int(p * 100)
-        if pct != state["shown"]:
+        if pct != state["shown"] and (tty or pct in (0, 100)):
             state["shown"] = pct
             bar = "#" * (pct // 4)
             sys.stderr.write(f"\r{label} [{bar:<25}] {pct:3d}%")
@@ -37,51 +57,252 @@ def _progress_bar(label: str) -> tuple[object, object]:
     return progress, done
 
 
-def _load(path: str) -> Model:
+def _load(path: str, quiet: bool = False) -> Model:
+    if quiet:
+        return load_model(path)
     progress, done = _progress_bar("loading")
-    model = load_model(path, progress=progress)  # type: ignore[arg-type]
-    done()  # type: ignore[operator]
+    model = load_model(path, progress=progress)
+    done()
     return model
 
 
+def _n_draft(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int or 'auto', not {text!r}") from None
+
+
+def _session(model: Model, args: argparse.Namespace) -> MTP:
+    n_draft = args.n_draft if model.has_mtp else 0
+    if n_draft != args.n_draft:
+        print(f"note: {model.path.name} has no MTP head; decoding without drafts", file=sys.stderr)
+    return init(model, n_draft=n_draft, n_ctx=args.n_ctx, n_seq=getattr(args, "n_seq", 1))
+
+
+def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"max_tokens": args.max_tokens, "temp": args.temp}
+    if args.seed is not None:
+        out["seed"] = args.seed
+    return out
+
+
+# ------------------------------------------------------------------ info / make-model
 def _print_model(model: Model) -> None:
-    print(f"model        {model.path}")
-    print(f"arch         {model.arch}  ({model.description})")
-    print(f"params       {model.n_params:,}  ({model.size_bytes / 2**20:.1f} MiB of tensors)")
-    print(
-        f"shape        n_embd={model.n_embd} n_layer={model.n_layer} "
-        f"n_layer_nextn={model.n_layer_nextn} n_vocab={model.n_vocab} n_ctx_train={model.n_ctx_train}"
+    print(f"model          {model.path}")
+    print(f"arch           {model.arch}  ({model.description})")
+    print(f"params         {model.n_params:,}  ({model.size_bytes / 2**20:.1f} MiB of tensors)")
+    print(f"shape          n_embd={model.n_embd} n_layer={model.n_layer} n_vocab={model.n_vocab}")
+    print(f"context        {model.n_ctx_train} tokens (trained)")
+    head = "yes" if model.has_mtp else "no"
+    if model.n_layer_nextn:
+        head += f" ({model.n_layer_nextn} NextN layer{'s' if model.n_layer_nextn > 1 else ''})"
+    print(f"mtp head       {head}")
+    print(f"sidecar        {'yes (MTP head only: pass it as draft_model=)' if model.is_sidecar else 'no'}")
+    tmpl = model.chat_template
+    print(f"chat template  {'yes (' + str(len(tmpl)) + ' characters)' if tmpl else 'no'}")
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    with _load(args.model, quiet=True) as model:
+        _print_model(model)
+    return 0
+
+
+def _cmd_make_model(args: argparse.Namespace) -> int:
+    from .testing import make_model
+
+    path = make_model(
+        arch=args.arch,
+        weights=args.weights,
+        size=args.size,
+        mtp_error_rate=args.mtp_error_rate,
+        head=args.head,
+        kind=args.kind,
+        seed=args.seed,
+        cache_dir=args.cache_dir,
     )
-    print(f"mtp head     {'yes' if model.has_mtp else 'no'}")
+    print(path)
+    return 0
 
 
-async def _demo(model: Model, prompt: str, n_draft: int, max_tokens: int) -> int:
-    tokens = model.tokenize(prompt)
-    with init(model, n_draft=0, n_ctx=1024) as plain:
-        t0 = time.perf_counter()
-        plain_ids = [
-            ev.token_id
-            async for ev in plain.stream_events(tokens, max_tokens=max_tokens)
-            if isinstance(ev, TokenEvent)
-        ]
-        plain_s = time.perf_counter() - t0
-    print(f"\nprompt       {prompt!r}")
-    print(f"--- MTP stream (n_draft={n_draft}) ---")
-    ids: list[int] = []
-    with init(model, n_draft=n_draft, n_ctx=1024) as mtp:
-        t0 = time.perf_counter()
-        async for ev in mtp.stream_events(tokens, max_tokens=max_tokens):
+# ------------------------------------------------------------------ generate / chat
+async def _generate(mtp: MTP, prompt: str, options: dict[str, Any]) -> None:
+    events = mtp.stream_events(prompt, **options)
+    async with contextlib.aclosing(events):  # type: ignore[type-var]
+        async for ev in events:
             if isinstance(ev, TokenEvent):
-                ids.append(ev.token_id)
-                print(ev.text, end="", flush=True)
+                sys.stdout.write(ev.text)
+                sys.stdout.flush()
             elif isinstance(ev, (DoneEvent, EogEvent)):
+                sys.stdout.write(ev.text + "\n")
+                u = ev.usage
+                print(
+                    f"[{u.prompt_tokens} prompt + {u.completion_tokens} generated tokens, "
+                    f"acceptance {u.acceptance_rate:.3f}, {mtp.stats().tokens_per_sec:.1f} tok/s]",
+                    file=sys.stderr,
+                )
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    with _load(args.model, args.quiet) as model, _session(model, args) as mtp:
+        anyio.run(_generate, mtp, args.prompt, _sampling(args))
+    return 0
+
+
+async def _chat_loop(mtp: MTP, options: dict[str, Any], system: str | None) -> None:
+    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    print("chat: /reset clears the history, /exit (or Ctrl-D) leaves", flush=True)
+    while True:
+        try:
+            line = await anyio.to_thread.run_sync(lambda: input("> "))
+        except EOFError:
+            print()
+            return
+        text = line.strip()
+        if text == "/exit":
+            return
+        if text == "/reset":
+            history = history[:1] if system else []
+            print("(history cleared)", flush=True)
+            continue
+        if not text:
+            continue
+        history.append({"role": "user", "content": text})
+        parts: list[str] = []
+        async with mtp.stream_chat(history, **options) as chunks:
+            async for chunk in chunks:
+                delta = chunk.choices[0].delta.content or ""
+                parts.append(delta)
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        history.append({"role": "assistant", "content": "".join(parts)})
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    with _load(args.model, args.quiet) as model, _session(model, args) as mtp:
+        mtp.render_chat([{"role": "user", "content": "x"}])  # fail early without a template
+        anyio.run(_chat_loop, mtp, _sampling(args), args.system)
+    return 0
+
+
+# ------------------------------------------------------------------ serve
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .server import create_app
+    except ImportError:
+        raise MTPError("the server needs FastAPI and uvicorn: pip install 'mtpstream[server]'") from None
+    if args.max_queue is not None and args.max_queue < 0:
+        raise _UsageError("--max-queue must be >= 0")
+    with _load(args.model, args.quiet) as model, _session(model, args) as mtp:
+        app = create_app(mtp, model_alias=args.model_alias, api_key=args.api_key, max_queue=args.max_queue)
+        print(
+            f"serving {model.path.name} as {args.model_alias or mtp.model_name!r} on "
+            f"http://{args.host}:{args.port}/v1 (n_draft={mtp.n_draft if not mtp.auto_draft else 'auto'}, "
+            f"n_seq={mtp.n_seq})",
+            file=sys.stderr,
+            flush=True,
+        )
+        # on SIGINT/SIGTERM running requests get this long to finish, then they are
+        # cancelled (and so are their generations)
+        config = uvicorn.Config(
+            app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=_GRACE_S
+        )
+        server = _GracefulServer(config)
+        server.run()
+        if server.started is False and not server.should_exit:
+            raise MTPError(f"could not serve on {args.host}:{args.port}")
+    print("server stopped", file=sys.stderr)
+    return 0
+
+
+def _graceful_server_class() -> Any:
+    import contextlib
+    import signal
+    import threading
+
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        """SIGINT/SIGTERM stop accepting requests, let the running ones end, close the
+        session and exit with code 0 (uvicorn itself re-raises the signal at the end)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+
+            def stop(sig: int, frame: Any) -> None:
+                if self.should_exit and sig == signal.SIGINT:
+                    self.force_exit = True
+                self.should_exit = True
+
+            previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return GracefulServer
+
+
+def _GracefulServer(config: Any) -> Any:
+    return _graceful_server_class()(config)
+
+
+# ------------------------------------------------------------------ demo
+async def _timed(mtp: MTP, tokens: list[int], max_tokens: int, echo: bool) -> tuple[list[int], float, Any]:
+    ids: list[int] = []
+    t0 = time.perf_counter()
+    end: Any = None
+    async for ev in mtp.stream_events(tokens, max_tokens=max_tokens):
+        if isinstance(ev, TokenEvent):
+            ids.append(ev.token_id)
+            if echo:
+                print(ev.text, end="", flush=True)
+        elif isinstance(ev, (DoneEvent, EogEvent)):
+            end = ev
+            if echo:
                 print(ev.text)
-                print(f"--- finished: {type(ev).__name__}, usage {ev.usage} ---")
-        mtp_s = time.perf_counter() - t0
+    return ids, time.perf_counter() - t0, end
+
+
+async def _demo(model: Model, prompt: str, n_draft: int, max_tokens: int, rounds: int) -> int:
+    tokens = model.tokenize(prompt)
+    with init(model, n_draft=0, n_ctx=1024) as plain, init(model, n_draft=n_draft, n_ctx=1024) as mtp:
+        print(f"\nprompt       {prompt!r}")
+        print(f"--- MTP stream (n_draft={n_draft}) ---")
+        ids, _, end = await _timed(mtp, tokens, max_tokens, echo=True)
+        print(f"--- finished: {type(end).__name__}, usage {end.usage} ---")
+        plain_ids, _, _ = await _timed(plain, tokens, max_tokens, echo=False)
+        # paired, interleaved rounds (the order alternates), after the warm-up above
+        ratios, plain_s, mtp_s = [], [], []
+        for r in range(rounds):
+            first, second = (plain, mtp) if r % 2 == 0 else (mtp, plain)
+            a = (await _timed(first, tokens, max_tokens, echo=False))[1]
+            b = (await _timed(second, tokens, max_tokens, echo=False))[1]
+            p, m = (a, b) if first is plain else (b, a)
+            plain_s.append(p)
+            mtp_s.append(m)
+            ratios.append(p / m)
         mtp.print_stats(file=sys.stdout)
     same = ids == plain_ids
-    print(f"\nplain decoding: {len(plain_ids)} tokens in {plain_s * 1000:.1f} ms")
-    print(f"MTP decoding:   {len(ids)} tokens in {mtp_s * 1000:.1f} ms ({plain_s / mtp_s:.2f}x)")
+    print(
+        f"\nplain decoding (n_draft=0): {len(plain_ids)} tokens in {statistics.median(plain_s) * 1000:.1f} ms"
+    )
+    print(f"MTP (n_draft={n_draft}):          {len(ids)} tokens in {statistics.median(mtp_s) * 1000:.1f} ms")
+    print(
+        f"speed MTP / plain: {statistics.median(ratios):.2f}x (median of {rounds} paired, "
+        f"interleaved rounds; range {min(ratios):.2f}-{max(ratios):.2f})"
+    )
     print(f"identical to plain greedy decoding: {'yes' if same else 'NO'}")
     if model.n_embd < 512:
         print(
@@ -92,6 +313,8 @@ async def _demo(model: Model, prompt: str, n_draft: int, max_tokens: int) -> int
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.n_draft < 1:
+        raise _UsageError("--n-draft must be >= 1 (the demo compares MTP with plain decoding)")
     if args.model:
         path = args.model
     else:
@@ -108,35 +331,91 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             )
         )
         print(f"synthetic model written/cached in {time.perf_counter() - t0:.2f} s")
-    model = _load(path)
-    _print_model(model)
-    prompt = args.prompt
-    return anyio.run(_demo, model, prompt, args.n_draft, args.max_tokens)
+    with _load(path) as model:
+        _print_model(model)
+        return int(anyio.run(_demo, model, args.prompt, args.n_draft, args.max_tokens, args.rounds))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``mtpstream`` console script."""
-    parser = argparse.ArgumentParser(prog="mtpstream", description=__doc__)
+# ------------------------------------------------------------------ parser
+def _add_session_args(p: argparse.ArgumentParser, with_sampling: bool = True) -> None:
+    p.add_argument("model", metavar="MODEL", help="a GGUF file")
+    p.add_argument(
+        "--n-draft", type=_n_draft, default=3, help="draft tokens per iteration, or 'auto' (default 3)"
+    )
+    p.add_argument("--n-ctx", type=int, default=4096, help="context size per sequence (default 4096)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    if with_sampling:
+        p.add_argument("--max-tokens", type=int, default=512)
+        p.add_argument("--temp", type=float, default=0.0, help="0 (the default) is greedy")
+        p.add_argument("--seed", type=int, default=None)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtpstream", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"mtpstream {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="stream an MTP generation from a synthetic (or given) model")
+
+    gen = sub.add_parser("generate", help="stream a completion of PROMPT to stdout")
+    _add_session_args(gen)
+    gen.add_argument("prompt", metavar="PROMPT")
+    gen.set_defaults(func=_cmd_generate)
+
+    chat = sub.add_parser("chat", help="interactive chat through the model's chat template")
+    _add_session_args(chat)
+    chat.add_argument("--system", default=None, help="a system message")
+    chat.set_defaults(func=_cmd_chat)
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
+    _add_session_args(serve, with_sampling=False)
+    serve.add_argument("--n-seq", type=int, default=4, help="requests decoded together (default 4)")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--model-alias", default=None, help="the model name clients see (default: file stem)")
+    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
+    serve.add_argument(
+        "--max-queue", type=int, default=None, help="waiting requests beyond n_seq; more get 429"
+    )
+    serve.set_defaults(func=_cmd_serve)
+
+    info = sub.add_parser("info", help="describe a GGUF model")
+    info.add_argument("model", metavar="MODEL")
+    info.set_defaults(func=_cmd_info)
+
+    mk = sub.add_parser("make-model", help="write (or find in the cache) a synthetic model; print its path")
+    mk.add_argument("--arch", choices=("qwen35", "qwen35moe"), default="qwen35")
+    mk.add_argument("--weights", choices=("oracle", "random"), default="oracle")
+    mk.add_argument("--size", choices=("tiny", "small", "bench"), default="tiny")
+    mk.add_argument("--head", choices=("hidden", "kv", "token"), default="hidden")
+    mk.add_argument("--kind", choices=("mtp", "plain", "sidecar"), default="mtp")
+    mk.add_argument("--mtp-error-rate", type=float, default=0.25)
+    mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--cache-dir", default=None)
+    mk.set_defaults(func=_cmd_make_model)
+
+    demo = sub.add_parser("demo", help="MTP on a synthetic (or given) model, against plain decoding")
     demo.add_argument("--model", help="a GGUF with an MTP head (default: a synthetic qwen35 model)")
     demo.add_argument("--arch", default="qwen35", choices=["qwen35", "qwen35moe"])
     demo.add_argument(
-        "--size",
-        default="tiny",
-        choices=["tiny", "small", "bench"],
-        help="synthetic model size (bench: 0.6B, 660 MB)",
+        "--size", default="tiny", choices=["tiny", "small", "bench"], help="bench: 0.6B, 660 MB"
     )
     demo.add_argument("--mtp-error-rate", type=float, default=0.25)
     demo.add_argument("--n-draft", type=int, default=3)
     demo.add_argument("--max-tokens", type=int, default=64)
+    demo.add_argument("--rounds", type=int, default=5, help="paired timing rounds (default 5)")
     demo.add_argument("--prompt", default="The quiet river carried")
     demo.set_defaults(func=_cmd_demo)
-    bench = sub.add_parser(
-        "bench", help="benchmark MTP against plain decoding (see `mtpstream bench --help`)", add_help=False
-    )
+
+    bench = sub.add_parser("bench", help="benchmarks (see `mtpstream bench --help`)", add_help=False)
     bench.set_defaults(func=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mtpstream`` console script; returns the exit code."""
+    parser = _parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
         from . import bench as bench_module
@@ -144,7 +423,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench_module.main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (_UsageError, InvalidOptionError) as exc:
+        if args.debug:
+            raise
+        print(f"mtpstream {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (MTPError, OSError, ValueError) as exc:
+        if args.debug:
+            raise
+        print(f"mtpstream {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

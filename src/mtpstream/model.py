@@ -287,6 +287,11 @@ class Model:
             self._check_token(t)
         return bytes(self._handle.detokenize(ids)).decode("utf-8", errors="replace")
 
+    def token_text(self, token_id: int) -> str:
+        """The vocabulary's text of a token, special tokens included (``"<|im_end|>"``)."""
+        self._check_token(token_id)
+        return str(self._handle.token_text(token_id))
+
     def token_to_piece(self, token_id: int) -> bytes:
         """The raw bytes of one token as generation renders it."""
         self._check_token(token_id)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import time
 import warnings
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import IO, Any
 
@@ -17,6 +18,18 @@ import anyio
 
 from . import _logging, _runtime
 from ._loader import _native
+from .chat import grammar_for_response_format, openai_options, render_messages
+from .completions import (
+    ChatCompletion,
+    ChatCompletionChoice,
+    ChatCompletionChunk,
+    ChatCompletionChunkChoice,
+    ChatCompletionDelta,
+    ChatCompletionMessage,
+    new_id,
+    now,
+    usage_of,
+)
 from .errors import (
     GenerationError,
     InvalidOptionError,
@@ -41,6 +54,8 @@ _KIND = _native.EventKind
 # after this long without a timeout (it never waits silently)
 _QUEUED_CHECK_S = 0.5
 _QUEUED_WARN_S = 10.0
+# an open stream whose reader has not come back for this long counts as not being read
+_IDLE_READER_S = 1.0
 
 
 class MTP:
@@ -115,7 +130,10 @@ class MTP:
 
         ``prompt`` is text (tokenized with special tokens parsed) or token ids. Options:
         ``max_tokens, temp, top_k, top_p, min_p, seed, penalty_last_n, penalty_repeat,
-        penalty_freq, penalty_present, grammar, stop, emit_stats_every, timeout``.
+        penalty_freq, penalty_present, grammar, response_format, stop, emit_stats_every,
+        timeout``. ``response_format`` is OpenAI's (``{"type": "json_object"}`` or
+        ``{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}``) and
+        becomes a grammar through llama-cpp-python's JSON-schema converter.
         ``wait=False`` raises :class:`SessionBusyError` instead of queueing behind
         another call.
 
@@ -140,7 +158,7 @@ class MTP:
             raise InvalidOptionError(
                 f"invalid option 'wait': must be True or False (got {wait!r})", field="wait"
             )
-        opts = validate(GenerationOptions, options)
+        opts = _generation_options(options)
         tokens = self._prompt_tokens(prompt)
         return _EventStream(self, tokens, opts, wait)
 
@@ -169,7 +187,7 @@ class MTP:
         For benchmarks: the same engine work as a stream, with no Python in the
         loop at all. Returns the usage and the finish reason (``"eog"`` for EOG).
         """
-        opts = validate(GenerationOptions, options)
+        opts = _generation_options(options)
         tokens = self._prompt_tokens(prompt)
         engine = self._live
         try:
@@ -197,7 +215,7 @@ class MTP:
                 check_text(prompt, "prompt")
             except ValueError as exc:
                 raise InvalidOptionError(str(exc), field="prompt") from None
-            tokens = list(self._model_native.tokenize(prompt, True, True))
+            tokens = list(self._model_native.tokenize(prompt, not self._starts_with_bos(prompt), True))
         elif isinstance(prompt, (list, tuple)):
             tokens = list(prompt)
             n_vocab = self._n_vocab
@@ -218,6 +236,109 @@ class MTP:
         if not tokens:
             raise InvalidOptionError("prompt is empty", field="prompt")
         return tokens
+
+    def _starts_with_bos(self, text: str) -> bool:
+        bos = self._model.bos
+        return bos is not None and bool(bos_text := self._model.token_text(bos)) and text.startswith(bos_text)
+
+    # ------------------------------------------------------------------ chat
+    def render_chat(self, messages: Sequence[Mapping[str, Any]], chat_template: str | None = None) -> str:
+        """The prompt text :meth:`chat` generates from: ``messages`` rendered by the
+        model's ``tokenizer.chat_template`` (or ``chat_template``) with the generation
+        prompt.
+
+        Raises:
+            InvalidOptionError: no template (``field="chat_template"``), malformed
+                messages, or a template that fails to render.
+        """
+        model = self._model
+        bos = model.token_text(model.bos) if model.bos is not None else ""
+        eos = model.token_text(model.eos) if model.eos is not None else ""
+        return render_messages(messages, chat_template or model.chat_template, bos, eos)
+
+    async def chat(
+        self, messages: Sequence[Mapping[str, Any]], *, chat_template: str | None = None, **options: Any
+    ) -> ChatCompletion:
+        """Answer a conversation: the assistant's next message as an OpenAI-shaped
+        :class:`ChatCompletion` (identical to :meth:`generate` on
+        :meth:`render_chat`'s prompt; the end-of-turn token ends it).
+
+        Options take OpenAI's names (``temperature, top_p, max_tokens`` or
+        ``max_completion_tokens, stop, seed, frequency_penalty, presence_penalty,
+        response_format``; ``n`` must be 1) and llama-cpp-python's extras (``top_k,
+        min_p, repeat_penalty, grammar``), besides mtpstream's own (see
+        :mod:`mtpstream.chat`).
+
+        Raises:
+            InvalidOptionError: bad messages, template or option (``.field`` names it).
+            ContextOverflowError, GenerationError, SessionBusyError, SessionClosedError,
+            TimeoutError: as :meth:`stream_events`.
+        """
+        parts: list[str] = []
+        final: ChatCompletionChunk | None = None
+        async with self.stream_chat(messages, chat_template=chat_template, **options) as chunks:
+            async for chunk in chunks:
+                delta = chunk.choices[0].delta.content
+                if delta:
+                    parts.append(delta)
+                final = chunk
+        assert final is not None and final.usage is not None and final.mtp is not None
+        reason = final.choices[0].finish_reason
+        assert reason is not None
+        return ChatCompletion(
+            id=final.id,
+            created=final.created,
+            model=final.model,
+            choices=[
+                ChatCompletionChoice(
+                    message=ChatCompletionMessage(content="".join(parts)), finish_reason=reason
+                )
+            ],
+            usage=final.usage,
+            mtp=final.mtp,
+        )
+
+    def stream_chat(
+        self, messages: Sequence[Mapping[str, Any]], *, chat_template: str | None = None, **options: Any
+    ) -> _ChatStream:
+        """:meth:`chat` as a stream of :class:`ChatCompletionChunk`: the first delta
+        carries ``role="assistant"``, exactly one chunk (the last) the
+        ``finish_reason``, ``usage`` and ``mtp``. Also an async context manager;
+        leaving early cancels the generation at once.
+
+        Raises: as :meth:`chat`.
+        """
+        wait = options.pop("wait", True)
+        prompt = self.render_chat(messages, chat_template)
+        events = self.stream_events(prompt, wait=wait, **openai_options(options))
+        assert isinstance(events, _EventStream)
+        return _ChatStream(events, self.model_name)
+
+    @property
+    def model_name(self) -> str:
+        """The name results carry in ``model``: the GGUF file's stem."""
+        return self._model.path.stem
+
+    # ------------------------------------------------------------------ sync helpers
+    def generate_sync(self, prompt: str | Sequence[int], **options: Any) -> str:
+        """:meth:`generate` for scripts and notebooks without an event loop.
+
+        Raises:
+            RuntimeError: called inside a running event loop (use ``await generate``).
+            Otherwise as :meth:`generate`.
+        """
+        _no_running_loop("generate")
+        return anyio.run(functools.partial(self.generate, prompt, **options))
+
+    def chat_sync(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> ChatCompletion:
+        """:meth:`chat` for scripts and notebooks without an event loop.
+
+        Raises:
+            RuntimeError: called inside a running event loop (use ``await chat``).
+            Otherwise as :meth:`chat`.
+        """
+        _no_running_loop("chat")
+        return anyio.run(functools.partial(self.chat, messages, **options))
 
     # ------------------------------------------------------------------ stats
     def stats(self) -> MTPStats:
@@ -290,6 +411,7 @@ class _EventStream:
         self._reader: object | None = None  # the task reading right now
         self._closing = False  # aclose() was called (from any task)
         self._started_at = 0.0
+        self._last_read = 0.0  # monotonic time a reader last entered or left __anext__
 
     def __aiter__(self) -> _EventStream:
         return self
@@ -339,6 +461,7 @@ class _EventStream:
         if self._finished and not self._buffer:
             raise StopAsyncIteration
         self._reader = reader = object()
+        self._last_read = time.monotonic()
         try:
             if self._job is None:
                 self._start()
@@ -361,14 +484,22 @@ class _EventStream:
         finally:
             if self._reader is reader:
                 self._reader = None
+                self._last_read = time.monotonic()
 
     def _blocking_stream(self) -> _EventStream | None:
-        """An earlier stream of this session that is still open (this call waits for it)."""
+        """An earlier stream of this session that is open but has not been read for a
+        while (this call may be waiting for it); None if every earlier one is being read."""
+        idle_since = time.monotonic() - _IDLE_READER_S
         for ref in self._session._open:
             other = ref()
             if other is self:
                 return None
-            if other is not None and not other._finished:
+            if (
+                other is not None
+                and not other._finished
+                and other._reader is None
+                and other._last_read < idle_since
+            ):
                 return other
         return None
 
@@ -517,6 +648,91 @@ class _TextStream:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+class _ChatStream:
+    """The async iterator behind :meth:`MTP.stream_chat`: chunks of an event stream."""
+
+    def __init__(self, events: _EventStream, model: str) -> None:
+        self._events = events
+        self._model = model
+        self._id = new_id("chatcmpl")
+        self._created = now()
+        self._started = False
+        self._done = False
+
+    def __aiter__(self) -> _ChatStream:
+        return self
+
+    def _chunk(
+        self, delta: ChatCompletionDelta, reason: Any = None, usage: Any = None
+    ) -> ChatCompletionChunk:
+        cu, mu = usage_of(usage) if usage is not None else (None, None)
+        return ChatCompletionChunk(
+            id=self._id,
+            created=self._created,
+            model=self._model,
+            choices=[ChatCompletionChunkChoice(delta=delta, finish_reason=reason)],
+            usage=cu,
+            mtp=mu,
+        )
+
+    async def __anext__(self) -> ChatCompletionChunk:
+        if self._done:
+            raise StopAsyncIteration
+        if not self._started:
+            # submit first, so that a refused call (busy, context overflow) raises here
+            if self._events._job is None and not self._events._finished:
+                self._events._start()
+            self._started = True
+            return self._chunk(ChatCompletionDelta(role="assistant", content=""))
+        while True:
+            ev = await self._events.__anext__()
+            if isinstance(ev, TokenEvent):
+                if ev.text:
+                    return self._chunk(ChatCompletionDelta(content=ev.text))
+                continue
+            if isinstance(ev, (DoneEvent, EogEvent)):
+                self._done = True
+                reason = "length" if isinstance(ev, DoneEvent) and ev.finish_reason == "length" else "stop"
+                return self._chunk(ChatCompletionDelta(content=ev.text or None), reason, ev.usage)
+
+    async def aclose(self) -> None:
+        """Stop the generation and wait until the worker has acknowledged it (idempotent)."""
+        self._done = True
+        await self._events.aclose()
+
+    async def __aenter__(self) -> _ChatStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _generation_options(options: Mapping[str, Any]) -> GenerationOptions:
+    """Validated call options, ``response_format`` turned into a grammar."""
+    options = dict(options)
+    if "response_format" in options:
+        grammar = grammar_for_response_format(options.pop("response_format"))
+        if grammar is not None:
+            if options.get("grammar"):
+                raise InvalidOptionError(
+                    "give either grammar or response_format, not both", field="response_format"
+                )
+            options["grammar"] = grammar
+    return validate(GenerationOptions, options)
+
+
+def _no_running_loop(method: str) -> None:
+    try:
+        import sniffio
+
+        sniffio.current_async_library()
+    except Exception:
+        return
+    raise RuntimeError(
+        f"{method}_sync() was called inside a running event loop; use 'await mtp.{method}(...)'"
+    )
 
 
 def _with_llama_errors(err: MTPError) -> MTPError:

@@ -133,6 +133,8 @@ class Usage(BaseModel):
     completion_tokens: int
     drafts_generated: int = 0
     drafts_accepted: int = 0
+    cached_tokens: int = 0
+    """Prompt tokens reused from the session's memory instead of processed (0: none)."""
 
     @property
     def acceptance_rate(self) -> float:

@@ -1,0 +1,5 @@
+"""``python -m mtpstream``: the ``mtpstream`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,200 @@
+"""Chat messages and OpenAI-style options.
+
+The prompt of a chat call is the model's ``tokenizer.chat_template`` rendered by
+llama-cpp-python's Jinja formatter (``llama_cpp.llama_chat_format.Jinja2ChatFormatter``:
+a sandboxed Jinja environment with ``bos_token``, ``eos_token`` and
+``raise_exception``) with ``add_generation_prompt=True``. ``response_format`` becomes
+a GBNF grammar through llama-cpp-python's JSON-schema converter
+(``llama_cpp.llama_grammar``).
+
+OpenAI parameter names map onto :meth:`mtpstream.MTP.generate`'s options:
+
+=====================  =================
+OpenAI / llama-cpp     mtpstream
+=====================  =================
+temperature            temp
+top_p                  top_p
+max_tokens             max_tokens
+max_completion_tokens  max_tokens
+stop                   stop
+seed                   seed
+frequency_penalty      penalty_freq
+presence_penalty       penalty_present
+repeat_penalty         penalty_repeat
+top_k                  top_k
+min_p                  min_p
+grammar                grammar
+response_format        grammar (converted)
+n                      only 1
+=====================  =================
+
+Our own names are accepted too. The default is greedy (``temperature=0``), as
+everywhere in mtpstream, not OpenAI's 1.0.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .errors import InvalidOptionError
+
+__all__ = ["grammar_for_response_format", "openai_options", "render_messages"]
+
+_OPENAI_NAMES: dict[str, str] = {
+    "temperature": "temp",
+    "max_completion_tokens": "max_tokens",
+    "frequency_penalty": "penalty_freq",
+    "presence_penalty": "penalty_present",
+    "repeat_penalty": "penalty_repeat",
+}
+# accepted and ignored: they change nothing in a single local completion
+_IGNORED = frozenset({"model", "user", "stream", "logit_bias", "logprobs", "top_logprobs", "stream_options"})
+
+
+def openai_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """OpenAI-named options as mtpstream's (see the module docstring for the table).
+
+    Raises:
+        InvalidOptionError: ``n`` other than 1, both ``max_tokens`` and
+            ``max_completion_tokens``, or an option under two names.
+    """
+    out: dict[str, Any] = {}
+    for name, value in options.items():
+        if name in _IGNORED:
+            continue
+        if name == "n":
+            if value not in (None, 1) or isinstance(value, bool):
+                raise InvalidOptionError(
+                    f"invalid option 'n': only n=1 is supported (got {value!r})", field="n"
+                )
+            continue
+        ours = _OPENAI_NAMES.get(name, name)
+        if ours in out:
+            raise InvalidOptionError(f"option '{ours}' was given twice (as '{name}' too)", field=name)
+        if value is None:
+            continue  # JSON clients send explicit nulls for "default"
+        out[ours] = value
+    return out
+
+
+def grammar_for_response_format(response_format: Any) -> str | None:
+    """The GBNF grammar for an OpenAI ``response_format`` (None for ``{"type": "text"}``).
+
+    Raises:
+        InvalidOptionError: not one of ``text``, ``json_object``, ``json_schema`` with a
+            ``schema``, or a schema llama-cpp-python's converter does not support.
+    """
+    from llama_cpp import llama_grammar
+
+    if not isinstance(response_format, Mapping):
+        raise InvalidOptionError(
+            f"invalid option 'response_format': must be a dict like {{'type': 'json_object'}}, "
+            f"not {type(response_format).__name__}",
+            field="response_format",
+        )
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        schema = response_format.get("schema")
+        if schema is None:
+            return llama_grammar.JSON_GBNF
+    elif kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, Mapping) else None
+        if not isinstance(schema, Mapping):
+            raise InvalidOptionError(
+                "invalid option 'response_format': type 'json_schema' needs "
+                "{'json_schema': {'name': ..., 'schema': {...}}}",
+                field="response_format",
+            )
+    else:
+        raise InvalidOptionError(
+            f"invalid option 'response_format': type must be 'text', 'json_object' or 'json_schema' "
+            f"(got {kind!r})",
+            field="response_format",
+        )
+    return _schema_grammar(json.dumps(schema, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _schema_grammar(schema_json: str) -> str:
+    from llama_cpp import llama_grammar
+
+    try:
+        return str(llama_grammar.json_schema_to_gbnf(schema_json))
+    except Exception as exc:
+        raise InvalidOptionError(
+            f"invalid option 'response_format': unsupported JSON schema ({type(exc).__name__}: {exc})",
+            field="response_format",
+        ) from None
+
+
+def _check_messages(messages: Any) -> list[dict[str, Any]]:
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
+        raise InvalidOptionError(
+            "messages must be a non-empty list of {'role': ..., 'content': ...} dicts", field="messages"
+        )
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            raise InvalidOptionError(f"message {i} must be a dict, not {type(m).__name__}", field="messages")
+        role, content = m.get("role"), m.get("content")
+        if not isinstance(role, str) or not role:
+            raise InvalidOptionError(f"message {i} has no 'role' string", field="messages")
+        if content is not None and not isinstance(content, (str, list)):
+            raise InvalidOptionError(
+                f"message {i}: 'content' must be a string or a list of parts", field="messages"
+            )
+        if isinstance(content, list):
+            # OpenAI content parts: only text parts can be rendered
+            texts = []
+            for part in content:
+                if not isinstance(part, Mapping) or part.get("type") != "text":
+                    raise InvalidOptionError(
+                        f"message {i}: only text content parts are supported", field="messages"
+                    )
+                texts.append(str(part.get("text", "")))
+            m = {**m, "content": "".join(texts)}
+        out.append(dict(m))
+    return out
+
+
+def render_messages(messages: Any, template: str | None, bos_token: str, eos_token: str) -> str:
+    """The prompt text of ``messages`` under ``template`` (with the generation prompt).
+
+    Raises:
+        InvalidOptionError: no template (``field="chat_template"``), malformed messages,
+            or a template that fails to render (its ``raise_exception`` included).
+    """
+    msgs = _check_messages(messages)
+    if not template:
+        raise InvalidOptionError(
+            "the model has no chat template (tokenizer.chat_template); pass chat_template=",
+            field="chat_template",
+        )
+    try:
+        formatter = _formatter(template, bos_token, eos_token)
+        return str(formatter(messages=msgs).prompt)
+    except InvalidOptionError:
+        raise
+    except Exception as exc:
+        raise InvalidOptionError(
+            f"the chat template could not render these messages ({type(exc).__name__}: {exc})",
+            field="chat_template",
+        ) from None
+
+
+@functools.lru_cache(maxsize=8)
+def _formatter(template: str, bos_token: str, eos_token: str) -> Any:
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    try:
+        return Jinja2ChatFormatter(template=template, bos_token=bos_token, eos_token=eos_token)
+    except Exception as exc:
+        raise InvalidOptionError(
+            f"the chat template does not parse ({type(exc).__name__}: {exc})", field="chat_template"
+        ) from None
