@@ -249,7 +249,8 @@ NB_MODULE(_native, m) {
         .def_ro("prompt_tokens", &Usage::prompt_tokens)
         .def_ro("completion_tokens", &Usage::completion_tokens)
         .def_ro("drafts_generated", &Usage::drafts_generated)
-        .def_ro("drafts_accepted", &Usage::drafts_accepted);
+        .def_ro("drafts_accepted", &Usage::drafts_accepted)
+        .def_ro("cached_tokens", &Usage::cached_tokens);
 
     nb::class_<Event>(m, "Event")
         .def_ro("kind", &Event::kind)
@@ -265,6 +266,7 @@ NB_MODULE(_native, m) {
         .def_ro("drafts_accepted", &StatsSnapshot::drafts_accepted)
         .def_ro("tokens_emitted", &StatsSnapshot::tokens_emitted)
         .def_ro("prompt_tokens", &StatsSnapshot::prompt_tokens)
+        .def_ro("prompt_tokens_cached", &StatsSnapshot::prompt_tokens_cached)
         .def_ro("rollback_fallbacks", &StatsSnapshot::rollback_fallbacks)
         .def_ro("context_switches", &StatsSnapshot::context_switches)
         .def_ro("t_draft_us", &StatsSnapshot::t_draft_us)
@@ -290,7 +292,8 @@ NB_MODULE(_native, m) {
         .def_rw("flash_attn", &ContextOptions::flash_attn)
         .def_rw("type_k", &ContextOptions::type_k)
         .def_rw("type_v", &ContextOptions::type_v)
-        .def_rw("offload_kqv", &ContextOptions::offload_kqv);
+        .def_rw("offload_kqv", &ContextOptions::offload_kqv)
+        .def_rw("prompt_cache", &ContextOptions::prompt_cache);
 
     nb::class_<SamplingOptions>(m, "SamplingOptions")
         .def(nb::init<>())
@@ -311,7 +314,8 @@ NB_MODULE(_native, m) {
         .def_rw("max_tokens", &GenerationOptions::max_tokens)
         .def_rw("sampling", &GenerationOptions::sampling)
         .def_rw("stop", &GenerationOptions::stop)
-        .def_rw("emit_stats_every", &GenerationOptions::emit_stats_every);
+        .def_rw("emit_stats_every", &GenerationOptions::emit_stats_every)
+        .def_rw("cache_prompt", &GenerationOptions::cache_prompt);
 
     nb::class_<EngineHandle>(m, "Engine")
         .def_static(

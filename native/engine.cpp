@@ -154,6 +154,8 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> target,
     for (llama_seq_id s = e->n_seq_ - 1; s >= 0; --s) {
         e->free_seqs_.push_back(s);  // lowest id first (back of the vector)
     }
+    e->prompt_cache_ = copts.prompt_cache;
+    e->slot_cache_.resize(static_cast<size_t>(e->n_seq_));
     e->stats_.n_draft.store(n_draft);
     return e;
 }
@@ -249,21 +251,81 @@ void Engine::set_fault(Fault f) { fault_ = f; }
 
 // ---------------------------------------------------------------- sequences
 
+// How many of g's prompt tokens the cache can stand for: all of its tokens when the
+// prompt extends them by at least one (the last prompt token must be decoded for its
+// logits), else 0. A hybrid model's recurrent state cannot be cut back to a shorter
+// prefix, so anything but an extension starts from an empty sequence.
+int32_t Engine::reusable(const SlotCache & c, const Generation & g) const {
+    const auto & p = g.opts.prompt;
+    if (!c.valid || !prompt_cache_ || !g.opts.cache_prompt || c.tokens.empty() || c.tokens.size() >= p.size()) {
+        return 0;
+    }
+    return std::equal(c.tokens.begin(), c.tokens.end(), p.begin()) ? static_cast<int32_t>(c.tokens.size()) : 0;
+}
+
+// Take the free sequence whose cache covers the longest prefix of the prompt and
+// restore that state into g; when none does, the free sequence holding nothing (the
+// lowest id), else the one whose cache was kept longest ago.
 bool Engine::claim_seq(Generation & g) {
     if (free_seqs_.empty()) {
         return false;
     }
-    g.seq = free_seqs_.back();
-    free_seqs_.pop_back();
-    clear_seq(g.seq);
+    size_t best = free_seqs_.size() - 1;  // the lowest id
+    int32_t best_n = 0;
+    for (size_t i = 0; i < free_seqs_.size(); ++i) {
+        const int32_t n = reusable(slot_cache_[static_cast<size_t>(free_seqs_[i])], g);
+        if (n > best_n) {
+            best_n = n;
+            best = i;
+        }
+    }
+    if (best_n == 0) {
+        auto age = [&](size_t i) {
+            const SlotCache & c = slot_cache_[static_cast<size_t>(free_seqs_[i])];
+            return c.valid ? c.stored : 0;  // an empty sequence first
+        };
+        for (size_t i = free_seqs_.size(); i-- > 0;) {  // lowest id first
+            if (age(i) < age(best)) {
+                best = i;
+            }
+        }
+    }
+    g.seq = free_seqs_[best];
+    free_seqs_.erase(free_seqs_.begin() + static_cast<std::ptrdiff_t>(best));
+    SlotCache & c = slot_cache_[static_cast<size_t>(g.seq)];
+    if (best_n == 0) {
+        c.valid = false;
+        clear_seq(g.seq);
+        return true;
+    }
+    g.cached = best_n;
+    g.carry = c.carry;
+    g.pending_tok = c.pending_tok;
+    g.pending_h = c.pending_h;
+    g.pending_pos = c.pending_pos;
+    c.valid = false;  // the sequence now belongs to g
     return true;
 }
 
-void Engine::release_seq(Generation & g) {
+// keep_state: the call ended cleanly and may leave its memory to a call that extends it.
+void Engine::release_seq(Generation & g, bool keep_state) {
     if (g.seq < 0) {
         return;
     }
-    clear_seq(g.seq);
+    SlotCache & c = slot_cache_[static_cast<size_t>(g.seq)];
+    const bool on_plain = plain_ && plain_->active();  // the plain context is cleared at every call
+    if (keep_state && prompt_cache_ && g.opts.cache_prompt && !on_plain && g.n_past > 0) {
+        c.valid = true;
+        c.stored = ++cache_clock_;
+        c.tokens = g.history;  // positions 0..n_past-1: what the memory holds
+        c.carry = g.carry;
+        c.pending_tok = g.pending_tok;
+        c.pending_h = g.pending_h;
+        c.pending_pos = g.pending_pos;
+    } else {
+        c.valid = false;
+        clear_seq(g.seq);
+    }
     // lowest free id first: sequences stay packed at the low ids
     free_seqs_.push_back(g.seq);
     std::sort(free_seqs_.begin(), free_seqs_.end(), std::greater<>());
@@ -494,6 +556,7 @@ Usage Engine::usage(const Generation & g) const {
     u.completion_tokens = g.emitted;
     u.drafts_generated = g.drafts;
     u.drafts_accepted = g.accepted;
+    u.cached_tokens = g.cached;
     return u;
 }
 
@@ -512,9 +575,11 @@ void Engine::finish(Job & job, EventKind kind, const std::string & reason, llama
         ev.text = g.text.flush();
     }
     ev.usage = usage(g);
+    // the sequence is free for the next call at once; a clean end keeps its state for
+    // a call that extends it (the prompt cache)
+    const bool clean = (kind == EventKind::done || kind == EventKind::eog) && g.phase == Generation::Phase::decode;
     g.phase = Generation::Phase::finished;
-    // the sequence's memory is free for the next call at once
-    release_seq(g);
+    release_seq(g, clean);
     job.push(std::move(ev));  // terminal: marks the job finished
 }
 

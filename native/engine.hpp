@@ -75,6 +75,19 @@ struct Lane {
     bool ended = false;     // finished (or failed) during this round
 };
 
+// What a finished call left in its sequence's memory, for a call that extends it:
+// the tokens at positions 0..n-1, the target's hidden row at n-1, and the (token,
+// row) pairs the MTP context has not seen yet.
+struct SlotCache {
+    bool valid = false;
+    uint64_t stored = 0;  // when it was kept (a counter): the oldest is given up first
+    std::vector<llama_token> tokens;
+    std::vector<float> carry;
+    std::vector<llama_token> pending_tok;
+    std::vector<float> pending_h;
+    int32_t pending_pos = 0;
+};
+
 class Engine {
 public:
     // n_draft = 0: plain decoding (no draft context). draft_model null: the target's own head.
@@ -115,9 +128,10 @@ private:
     Engine() = default;
     bool create_contexts(const ContextOptions & copts, Status & status);
 
-    // --- sequences (engine.cpp)
+    // --- sequences and their prompt cache (engine.cpp)
     bool claim_seq(Generation & g);
-    void release_seq(Generation & g);
+    void release_seq(Generation & g, bool keep_state);
+    int32_t reusable(const SlotCache & c, const Generation & g) const;
     void clear_seq(llama_seq_id seq);
 
     // --- prefill (engine_prefill.cpp)
@@ -175,6 +189,9 @@ private:
     uint64_t state_bytes_ = 0;
     uint64_t compute_bytes_ = 0;
     std::vector<llama_seq_id> free_seqs_;
+    bool prompt_cache_ = true;
+    std::vector<SlotCache> slot_cache_;  // per sequence id
+    uint64_t cache_clock_ = 0;
     std::unique_ptr<Batch> batch_tgt_;
     std::unique_ptr<Batch> batch_dft_;
     std::vector<float> rows_;  // scratch: target hidden rows of one lane's verify

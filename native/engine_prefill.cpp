@@ -19,15 +19,26 @@ void Engine::begin(Job & job) {
         return;
     }
     if (plain_) {
-        plain_->begin();
+        // a reused state lives on the main target context
+        plain_->begin(g.cached == 0);
     }
     llama_sampler_reset(g.sampler.get());
     if (g.grammar) {
         llama_sampler_reset(g.grammar.get());
     }
-    std::fill(g.carry.begin(), g.carry.end(), 0.0f);
     g.t_start_us = now_us();
     SessionStats::add(stats_.prompt_tokens, g.opts.prompt.size());
+    if (g.cached == 0) {
+        std::fill(g.carry.begin(), g.carry.end(), 0.0f);
+        return;
+    }
+    // the prompt extends the sequence's memory: read only the new tokens, after the
+    // MTP context has caught up on the pairs the last call left
+    SessionStats::add(stats_.prompt_tokens_cached, static_cast<uint64_t>(g.cached));
+    g.prefill_pos = static_cast<size_t>(g.cached);
+    if (ctx_dft_ && !g.pending_tok.empty() && !flush_pending(g)) {
+        finish(job, EventKind::error, "", -1, "llama_decode failed on the draft context");
+    }
 }
 
 bool Engine::prefill_tokens(Generation & g, const llama_token * tokens, int32_t n, int32_t pos0,

@@ -20,6 +20,7 @@ struct Usage {
     int32_t completion_tokens = 0;
     int32_t drafts_generated = 0;
     int32_t drafts_accepted = 0;
+    int32_t cached_tokens = 0;  // prompt tokens reused from the sequence's memory
 };
 
 struct Event {

@@ -45,6 +45,7 @@ struct Generation {
     // tokens at positions 0..n_past-1 (to rebuild memory if a rollback fails)
     std::vector<llama_token> history;
 
+    int32_t cached = 0;  // prompt tokens reused from the sequence's memory
     int32_t emitted = 0;
     int32_t drafts = 0;
     int32_t accepted = 0;

@@ -22,6 +22,7 @@ struct ContextOptions {
     int32_t type_k = -1;          // ggml_type, -1: default
     int32_t type_v = -1;
     int32_t offload_kqv = -1;     // -1 default, 0 off, 1 on
+    bool prompt_cache = true;     // keep each sequence's state for a call that extends it
 };
 
 struct SamplingOptions {
@@ -43,6 +44,7 @@ struct GenerationOptions {
     SamplingOptions sampling;
     std::vector<std::string> stop;
     int32_t emit_stats_every = 0;  // 0: never
+    bool cache_prompt = true;      // reuse a cached prefix, and leave this call's state to reuse
 };
 
 }  // namespace mtpstream

@@ -9,8 +9,8 @@ PlainContext::PlainContext(llama_model * model, const llama_context_params & par
     params_.n_rs_seq = 0;
 }
 
-void PlainContext::begin() {
-    active_ = ctx_ != nullptr && streak_ >= 2;
+void PlainContext::begin(bool allow) {
+    active_ = allow && ctx_ != nullptr && streak_ >= 2;
     if (ctx_) {
         llama_memory_clear(llama_get_memory(ctx_.get()), true);
     }

@@ -23,8 +23,9 @@ public:
 
     bool active() const { return active_; }
     llama_context * get() const { return ctx_.get(); }
-    // A new call: start on the plain context if the last call ended there.
-    void begin();
+    // A new call: start on the plain context if the last call ended there (and
+    // `allow`: false when the call reuses the main context's cached state).
+    void begin(bool allow);
     // The draft length chosen for this iteration; true if the sequence should now
     // live on the plain context.
     bool want_plain(int32_t k);

@@ -17,6 +17,7 @@ struct SessionStats {
     std::atomic<uint64_t> drafts_accepted{0};
     std::atomic<uint64_t> tokens_emitted{0};
     std::atomic<uint64_t> prompt_tokens{0};
+    std::atomic<uint64_t> prompt_tokens_cached{0};
     std::atomic<uint64_t> rollback_fallbacks{0};
     std::atomic<uint64_t> context_switches{0};  // "auto": moves between target contexts
     std::atomic<uint64_t> t_draft_us{0};
@@ -41,6 +42,7 @@ struct SessionStats {
 struct StatsSnapshot {
     uint64_t iters, drafts_generated, drafts_accepted, tokens_emitted, prompt_tokens,
         rollback_fallbacks, context_switches;
+    uint64_t prompt_tokens_cached;
     uint64_t t_draft_us, t_verify_us, t_sample_us, t_ckpt_us, t_prefill_us, t_total_us;
     int32_t n_draft;
 };
@@ -48,10 +50,23 @@ struct StatsSnapshot {
 inline StatsSnapshot snapshot(const SessionStats & s) {
     auto ld = [](const std::atomic<uint64_t> & a) { return a.load(std::memory_order_relaxed); };
     std::lock_guard<std::mutex> lock(s.round_mutex);
-    return {ld(s.iters),       ld(s.drafts_generated), ld(s.drafts_accepted), ld(s.tokens_emitted),
-            ld(s.prompt_tokens), ld(s.rollback_fallbacks), ld(s.context_switches), ld(s.t_draft_us),   ld(s.t_verify_us),
-            ld(s.t_sample_us), ld(s.t_ckpt_us),        ld(s.t_prefill_us),    ld(s.t_total_us),
-            s.n_draft.load(std::memory_order_relaxed)};
+    StatsSnapshot out{};
+    out.iters = ld(s.iters);
+    out.drafts_generated = ld(s.drafts_generated);
+    out.drafts_accepted = ld(s.drafts_accepted);
+    out.tokens_emitted = ld(s.tokens_emitted);
+    out.prompt_tokens = ld(s.prompt_tokens);
+    out.rollback_fallbacks = ld(s.rollback_fallbacks);
+    out.context_switches = ld(s.context_switches);
+    out.prompt_tokens_cached = ld(s.prompt_tokens_cached);
+    out.t_draft_us = ld(s.t_draft_us);
+    out.t_verify_us = ld(s.t_verify_us);
+    out.t_sample_us = ld(s.t_sample_us);
+    out.t_ckpt_us = ld(s.t_ckpt_us);
+    out.t_prefill_us = ld(s.t_prefill_us);
+    out.t_total_us = ld(s.t_total_us);
+    out.n_draft = s.n_draft.load(std::memory_order_relaxed);
+    return out;
 }
 
 }  // namespace mtpstream

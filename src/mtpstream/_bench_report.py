@@ -391,7 +391,7 @@ def _pooled_text(pooled: dict[str, Any]) -> str:
 def reanalyze(result: dict[str, Any]) -> dict[str, Any]:
     """Recompute every derived figure of a saved result from its raw measurements (in
     place): per-level speedups, ideal bound and efficiency, TTFT ratios, targets."""
-    if result.get("upstream_only") or result.get("streams"):
+    if result.get("upstream_only") or result.get("streams") or result.get("chat"):
         return judge(result)
     for level in result["levels"]:
         add_derived(level)
@@ -465,9 +465,35 @@ def _t_streams(result: dict[str, Any]) -> dict[str, Any]:
     return targets
 
 
+def _t_chat(result: dict[str, Any]) -> dict[str, Any]:
+    at = result["chat"].get("at_1500")
+    if at is None:
+        return {"chat_ttft_cold_over_warm_at_1500": {"measured": None, "pass": None, "threshold": ">= 10"}}
+    r = at["cold_over_warm"]
+    return {"chat_ttft_cold_over_warm_at_1500": {"measured": r, "pass": r >= 10, "threshold": ">= 10"}}
+
+
+def _md_chat(chat: dict[str, Any]) -> list[str]:
+    lines = [
+        f"chat: {chat['level']}, n_draft={chat['n_draft']}, {chat['turn_tokens']}-token turns; "
+        "TTFT with the prompt cache (warm) and without (cold)",
+        "",
+        "| turn | prompt tokens | cached | TTFT warm ms | TTFT cold ms | cold / warm | same answer |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in chat["turns"]:
+        lines.append(
+            f"| {r['turn']} | {r['prompt_tokens']} | {r['cached_tokens']} | {r['ttft_warm_ms']} | "
+            f"{r['ttft_cold_ms']} | {r['cold_over_warm']} | {'yes' if r['same_answer'] else 'NO'} |"
+        )
+    return lines
+
+
 def evaluate_targets(result: dict[str, Any]) -> dict[str, Any]:
     """Every target of the issue, with measured figures and a pass flag (None: not measurable)."""
     targets: dict[str, Any] = {}
+    if result.get("chat"):
+        return _t_chat(result)
     if result.get("streams"):
         return _t_streams(result)
     if result.get("upstream_only"):
@@ -537,8 +563,8 @@ def _level_table(lv: dict[str, Any]) -> list[str]:
 def format_summary(result: dict[str, Any]) -> str:
     """The human-readable report printed at the end of a run."""
     lines: list[str] = []
-    if result.get("streams"):
-        lines += _md_streams(result["streams"])
+    if result.get("chat") or result.get("streams"):
+        lines += _md_chat(result["chat"]) if result.get("chat") else _md_streams(result["streams"])
         lines.append("targets:")
         for name, v in result["targets"].items():
             flag = {True: "PASS", False: "FAIL", None: "n/a "}[v["pass"]]
@@ -693,7 +719,9 @@ def _md_streams(st: dict[str, Any]) -> list[str]:
 
 def markdown(result: dict[str, Any]) -> str:
     """The grid and the targets as Markdown tables (for benchmarks/README.md)."""
-    if result.get("streams"):
+    if result.get("chat"):
+        lines = _md_chat(result["chat"])
+    elif result.get("streams"):
         lines = _md_streams(result["streams"])
     else:
         lines = [] if result.get("upstream_only") else _md_summary(result)

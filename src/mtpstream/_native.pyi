@@ -67,6 +67,7 @@ class Usage:
     completion_tokens: int
     drafts_generated: int
     drafts_accepted: int
+    cached_tokens: int
 
 class Event:
     kind: EventKind
@@ -82,6 +83,7 @@ class StatsSnapshot:
     drafts_accepted: int
     tokens_emitted: int
     prompt_tokens: int
+    prompt_tokens_cached: int
     rollback_fallbacks: int
     context_switches: int
     t_draft_us: int
@@ -107,6 +109,7 @@ class ContextOptions:
     type_k: int
     type_v: int
     offload_kqv: int
+    prompt_cache: bool
     def __init__(self) -> None: ...
 
 class SamplingOptions:
@@ -128,6 +131,7 @@ class GenerationOptions:
     sampling: SamplingOptions
     stop: list[str]
     emit_stats_every: int
+    cache_prompt: bool
     def __init__(self) -> None: ...
 
 class Job:

@@ -63,6 +63,8 @@ class _Defaults:
 _FULL = _Defaults(n_drafts=(0, 1, 2, 3, 4, 5, 6), runs=5, warmup=1, tokens=128)
 _QUICK = _Defaults(n_drafts=(0, 1, 3), runs=3, warmup=1, tokens=48)
 _TTFT_PROMPT_TOKENS = 512
+_CHAT_HISTORY = 2000
+_CHAT_TURN = 30
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class BenchConfig:
     head: str = "hidden"
     upstream_only: bool = False
     streams: tuple[int, ...] = ()
+    chat: bool = False
 
 
 class _Logger:
@@ -273,6 +276,18 @@ def run(cfg: BenchConfig, log: _Logger | None = None) -> dict[str, Any]:
     ref = _ref_level(levels)
     result["reference_level"] = ref.name
     result["levels"] = []
+    if cfg.chat:
+        from . import _bench_chat
+
+        lv = next((lv for lv in levels if lv.nominal_acceptance == 0.75), levels[0])
+        log(f"chat: a conversation to {_CHAT_HISTORY} tokens in {_CHAT_TURN}-token turns, warm vs cold")
+        result["chat"] = _bench_chat.run(
+            lv, cfg.settings, _CHAT_HISTORY, _CHAT_TURN, cfg.settings.ref_n_draft, log
+        )
+        result["upstream"] = {"enabled": False}
+        report.judge(result)
+        result["wall_s"] = round(time.perf_counter() - started, 1)
+        return result
     if cfg.streams:
         from . import _bench_streams
 
@@ -353,6 +368,12 @@ def _parser() -> argparse.ArgumentParser:
         help="only the many-streams scenario: N concurrent calls on n_seq=N vs n_seq=1 "
         "(and, with --with-upstream, llama-server -np N), e.g. 1,2,4,8",
     )
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="only the multi-turn chat scenario: a conversation growing to 2,000 tokens in "
+        "30-token turns, time to first token with the prompt cache against without",
+    )
     p.add_argument("--arch", choices=("qwen35", "qwen35moe"), default="qwen35", help="synthetic model arch")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
     p.add_argument("--markdown", metavar="JSON", help="print a saved result as Markdown tables and exit")
@@ -421,6 +442,7 @@ def _default_out() -> Path:
 
 def _config(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(
+        chat=args.chat,
         streams=_streams(args.streams),
         settings=_settings(args),
         model=Path(args.model) if args.model else None,
@@ -439,6 +461,7 @@ def _write_outputs(result: dict[str, Any], cfg: BenchConfig, log: _Logger) -> Pa
     stem = "bench-" + time.strftime("%Y%m%d-%H%M%S") + ("-quick" if cfg.quick else "")
     cfg.out.mkdir(parents=True, exist_ok=True)
     stem += "-streams" if cfg.streams else ""
+    stem += "-chat" if cfg.chat else ""
     png = report.plot(result, cfg.out / f"{stem}.png", log) if cfg.plot and result["levels"] else None
     result["plot"] = str(png) if png else None
     path = report.write_json(result, cfg.out / f"{stem}.json")

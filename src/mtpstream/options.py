@@ -59,6 +59,7 @@ class SessionOptions(_Strict):
     type_k: KVType | None = None
     type_v: KVType | None = None
     offload_kqv: bool | None = None
+    prompt_cache: bool = True
 
     @model_validator(mode="after")
     def _context_fits_int32(self) -> SessionOptions:
@@ -98,6 +99,7 @@ class GenerationOptions(_Strict):
     grammar: str | None = None
     stop: tuple[str, ...] = ()
     emit_stats_every: int = Field(default=0, ge=0, le=INT32_MAX)
+    cache_prompt: bool = True
     timeout: float | None = Field(default=None, gt=0.0)
 
     @field_validator("stop", mode="before")

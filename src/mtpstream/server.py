@@ -21,7 +21,6 @@ from typing import Any
 import anyio
 
 from .chat import openai_options
-from .completions import Completion, CompletionChoice, new_id, now, usage_of
 from .errors import (
     ContextOverflowError,
     GenerationError,
@@ -30,7 +29,6 @@ from .errors import (
     SessionBusyError,
     SessionClosedError,
 )
-from .events import DoneEvent, EogEvent, TokenEvent
 from .session import MTP
 
 try:  # the server extra; the annotations below must resolve at module level for FastAPI
@@ -253,19 +251,15 @@ def create_app(
             check_queue()
             messages: Any = body.get("messages")
             opts = _options(body, ("messages", "chat_template"))
+            template = body.get("chat_template")
             if body.get("stream"):
-                chunks = mtp.stream_chat(messages, chat_template=body.get("chat_template"), **opts)
-                try:
-                    first = await chunks.__anext__()  # errors before the first byte are HTTP errors
-                except BaseException:
-                    await chunks.aclose()
-                    raise
-                return sse(endpoint, _renamed(chunks, alias), first.model_copy(update={"model": alias}))
+                chunks = mtp.stream_chat(messages, chat_template=template, model=alias, **opts)
+                return sse(endpoint, chunks, await _first(chunks))
             result = await whole(
-                request, lambda: mtp.chat(messages, chat_template=body.get("chat_template"), **opts)
+                request, lambda: mtp.chat(messages, chat_template=template, model=alias, **opts)
             )
             metrics.count(endpoint, 200)
-            return JSONResponse(result.model_copy(update={"model": alias}).model_dump(exclude_none=True))
+            return JSONResponse(result.model_dump(exclude_none=True))
         except Exception as exc:
             return error_response(endpoint, exc)
 
@@ -277,15 +271,12 @@ def create_app(
             body = await body_of(request)
             check_queue()
             prompt = _prompt_of(body.get("prompt"))
-            opts = _options(body, ("prompt", "echo", "suffix", "best_of"))
-            stream = _CompletionStream(mtp, prompt, opts, alias)
+            opts = {
+                k: v for k, v in body.items() if k not in ("prompt", "echo", "suffix", "best_of", "model")
+            }
+            stream = mtp._stream_completion(prompt, alias, **opts)
             if body.get("stream"):
-                try:
-                    first = await stream.__anext__()
-                except BaseException:
-                    await stream.aclose()
-                    raise
-                return sse(endpoint, stream, first)
+                return sse(endpoint, stream, await _first(stream))
             result = await whole(request, stream.collect)
             metrics.count(endpoint, 200)
             return JSONResponse(result.model_dump(exclude_none=True))
@@ -295,9 +286,14 @@ def create_app(
     return app
 
 
-async def _renamed(chunks: Any, alias: str) -> AsyncIterator[Any]:
-    async for chunk in chunks:
-        yield chunk.model_copy(update={"model": alias})
+async def _first(stream: Any) -> Any:
+    """The first item of a stream, so that a refused call (busy, bad prompt) is an HTTP
+    error rather than an event inside a 200 response; the stream is closed on failure."""
+    try:
+        return await stream.__anext__()
+    except BaseException:
+        await stream.aclose()
+        raise
 
 
 def _prompt_of(prompt: Any) -> str | list[int]:
@@ -310,65 +306,6 @@ def _prompt_of(prompt: Any) -> str | list[int]:
     raise InvalidOptionError(
         "prompt must be a string, a list of one string, or a list of token ids", field="prompt"
     )
-
-
-class _CompletionStream:
-    """Text-completion chunks of one call (the last carries finish_reason and usage)."""
-
-    def __init__(self, mtp: MTP, prompt: str | list[int], opts: dict[str, Any], model: str) -> None:
-        self._events: Any = mtp.stream_events(prompt, **opts)
-        self._id, self._created, self._model = new_id("cmpl"), now(), model
-        self._done = False
-
-    def __aiter__(self) -> _CompletionStream:
-        return self
-
-    def _chunk(self, text: str, reason: Any = None, usage: Any = None) -> Completion:
-        cu, mu = usage_of(usage) if usage is not None else (None, None)
-        return Completion(
-            id=self._id,
-            created=self._created,
-            model=self._model,
-            choices=[CompletionChoice(text=text, finish_reason=reason)],
-            usage=cu,
-            mtp=mu,
-        )
-
-    async def __anext__(self) -> Completion:
-        if self._done:
-            raise StopAsyncIteration
-        while True:
-            ev = await self._events.__anext__()
-            if isinstance(ev, TokenEvent):
-                if ev.text:
-                    return self._chunk(ev.text)
-                continue
-            if isinstance(ev, (DoneEvent, EogEvent)):
-                self._done = True
-                reason = "length" if isinstance(ev, DoneEvent) and ev.finish_reason == "length" else "stop"
-                return self._chunk(ev.text, reason, ev.usage)
-
-    async def collect(self) -> Completion:
-        parts: list[str] = []
-        last: Completion | None = None
-        try:
-            async for chunk in self:
-                parts.append(chunk.choices[0].text)
-                last = chunk
-        finally:
-            await self.aclose()
-        assert last is not None
-        return last.model_copy(
-            update={
-                "choices": [
-                    CompletionChoice(text="".join(parts), finish_reason=last.choices[0].finish_reason)
-                ]
-            }
-        )
-
-    async def aclose(self) -> None:
-        self._done = True
-        await self._events.aclose()
 
 
 def _version() -> str:

@@ -26,6 +26,8 @@ from .completions import (
     ChatCompletionChunkChoice,
     ChatCompletionDelta,
     ChatCompletionMessage,
+    Completion,
+    CompletionChoice,
     new_id,
     now,
     usage_of,
@@ -263,7 +265,8 @@ class MTP:
         :class:`ChatCompletion` (identical to :meth:`generate` on
         :meth:`render_chat`'s prompt; the end-of-turn token ends it).
 
-        Options take OpenAI's names (``temperature, top_p, max_tokens`` or
+        ``model`` (OpenAI's request field) only sets the ``model`` the result carries
+        (default :attr:`model_name`). Options take OpenAI's names (``temperature, top_p, max_tokens`` or
         ``max_completion_tokens, stop, seed, frequency_penalty, presence_penalty,
         response_format``; ``n`` must be 1) and llama-cpp-python's extras (``top_k,
         min_p, repeat_penalty, grammar``), besides mtpstream's own (see
@@ -309,10 +312,19 @@ class MTP:
         Raises: as :meth:`chat`.
         """
         wait = options.pop("wait", True)
+        name = options.pop("model", None) or self.model_name
         prompt = self.render_chat(messages, chat_template)
         events = self.stream_events(prompt, wait=wait, **openai_options(options))
         assert isinstance(events, _EventStream)
-        return _ChatStream(events, self.model_name)
+        return _ChatStream(events, str(name))
+
+    def _stream_completion(
+        self, prompt: str | Sequence[int], model: str, **options: Any
+    ) -> _CompletionStream:
+        """Text-completion chunks of :meth:`stream_events` (the server's ``/v1/completions``)."""
+        events = self.stream_events(prompt, **openai_options(options))
+        assert isinstance(events, _EventStream)
+        return _CompletionStream(events, model)
 
     @property
     def model_name(self) -> str:
@@ -650,19 +662,62 @@ class _TextStream:
         await self.aclose()
 
 
-class _ChatStream:
-    """The async iterator behind :meth:`MTP.stream_chat`: chunks of an event stream."""
+class _ChunkStream:
+    """OpenAI-style chunks of an event stream: a piece per non-empty token text and a
+    last chunk with the finish reason and usage (subclasses shape the chunks)."""
+
+    _prefix = "cmpl"
 
     def __init__(self, events: _EventStream, model: str) -> None:
         self._events = events
         self._model = model
-        self._id = new_id("chatcmpl")
+        self._id = new_id(self._prefix)
         self._created = now()
-        self._started = False
         self._done = False
 
-    def __aiter__(self) -> _ChatStream:
+    def __aiter__(self) -> _ChunkStream:
         return self
+
+    def _piece(self, text: str) -> Any:
+        raise NotImplementedError
+
+    def _last(self, text: str, reason: Any, usage: Usage) -> Any:
+        raise NotImplementedError
+
+    async def __anext__(self) -> Any:
+        if self._done:
+            raise StopAsyncIteration
+        while True:
+            ev = await self._events.__anext__()
+            if isinstance(ev, TokenEvent):
+                if ev.text:
+                    return self._piece(ev.text)
+                continue
+            if isinstance(ev, (DoneEvent, EogEvent)):
+                self._done = True
+                reason = "length" if isinstance(ev, DoneEvent) and ev.finish_reason == "length" else "stop"
+                return self._last(ev.text, reason, ev.usage)
+
+    async def aclose(self) -> None:
+        """Stop the generation and wait until the worker has acknowledged it (idempotent)."""
+        self._done = True
+        await self._events.aclose()
+
+    async def __aenter__(self) -> Any:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class _ChatStream(_ChunkStream):
+    """The async iterator behind :meth:`MTP.stream_chat`."""
+
+    _prefix = "chatcmpl"
+
+    def __init__(self, events: _EventStream, model: str) -> None:
+        super().__init__(events, model)
+        self._started = False
 
     def _chunk(
         self, delta: ChatCompletionDelta, reason: Any = None, usage: Any = None
@@ -677,36 +732,56 @@ class _ChatStream:
             mtp=mu,
         )
 
+    def _piece(self, text: str) -> ChatCompletionChunk:
+        return self._chunk(ChatCompletionDelta(content=text))
+
+    def _last(self, text: str, reason: Any, usage: Usage) -> ChatCompletionChunk:
+        return self._chunk(ChatCompletionDelta(content=text or None), reason, usage)
+
     async def __anext__(self) -> ChatCompletionChunk:
-        if self._done:
-            raise StopAsyncIteration
-        if not self._started:
+        if not self._started and not self._done:
             # submit first, so that a refused call (busy, context overflow) raises here
             if self._events._job is None and not self._events._finished:
                 self._events._start()
             self._started = True
             return self._chunk(ChatCompletionDelta(role="assistant", content=""))
-        while True:
-            ev = await self._events.__anext__()
-            if isinstance(ev, TokenEvent):
-                if ev.text:
-                    return self._chunk(ChatCompletionDelta(content=ev.text))
-                continue
-            if isinstance(ev, (DoneEvent, EogEvent)):
-                self._done = True
-                reason = "length" if isinstance(ev, DoneEvent) and ev.finish_reason == "length" else "stop"
-                return self._chunk(ChatCompletionDelta(content=ev.text or None), reason, ev.usage)
+        chunk: ChatCompletionChunk = await super().__anext__()
+        return chunk
 
-    async def aclose(self) -> None:
-        """Stop the generation and wait until the worker has acknowledged it (idempotent)."""
-        self._done = True
-        await self._events.aclose()
 
-    async def __aenter__(self) -> _ChatStream:
-        return self
+class _CompletionStream(_ChunkStream):
+    """Text-completion chunks of one call (the server's ``/v1/completions``)."""
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+    def _chunk(self, text: str, reason: Any = None, usage: Any = None) -> Completion:
+        cu, mu = usage_of(usage) if usage is not None else (None, None)
+        return Completion(
+            id=self._id,
+            created=self._created,
+            model=self._model,
+            choices=[CompletionChoice(text=text, finish_reason=reason)],
+            usage=cu,
+            mtp=mu,
+        )
+
+    def _piece(self, text: str) -> Completion:
+        return self._chunk(text)
+
+    def _last(self, text: str, reason: Any, usage: Usage) -> Completion:
+        return self._chunk(text, reason, usage)
+
+    async def collect(self) -> Completion:
+        """The whole completion (one choice with all the text)."""
+        parts: list[str] = []
+        last: Completion | None = None
+        try:
+            async for chunk in self:
+                parts.append(chunk.choices[0].text)
+                last = chunk
+        finally:
+            await self.aclose()
+        assert last is not None
+        choice = CompletionChoice(text="".join(parts), finish_reason=last.choices[0].finish_reason)
+        return last.model_copy(update={"choices": [choice]})
 
 
 def _generation_options(options: Mapping[str, Any]) -> GenerationOptions:
@@ -753,6 +828,7 @@ def _native_options(prompt: list[int], o: GenerationOptions, *, stats: bool) -> 
     n.max_tokens = o.max_tokens
     n.stop = list(o.stop)
     n.emit_stats_every = o.emit_stats_every if stats else 0
+    n.cache_prompt = o.cache_prompt
     s = _native.SamplingOptions()
     s.temp = o.temp
     s.top_k = o.top_k
@@ -774,6 +850,7 @@ def _usage(u: Any) -> Usage:
         completion_tokens=u.completion_tokens,
         drafts_generated=u.drafts_generated,
         drafts_accepted=u.drafts_accepted,
+        cached_tokens=u.cached_tokens,
     )
 
 
@@ -789,6 +866,7 @@ def _context_options(opts: SessionOptions) -> Any:
     c.type_k = -1 if opts.type_k is None else GGML_TYPES[opts.type_k]
     c.type_v = -1 if opts.type_v is None else GGML_TYPES[opts.type_v]
     c.offload_kqv = -1 if opts.offload_kqv is None else int(opts.offload_kqv)
+    c.prompt_cache = opts.prompt_cache
     return c
 
 

@@ -45,6 +45,8 @@ class MTPStats(BaseModel):
     timing_us: TimingUs = TimingUs()
     n_draft: int = 0
     prompt_tokens: int = 0
+    prompt_tokens_cached: int = 0
+    """Prompt tokens reused from the sessions' memory instead of processed (prompt cache)."""
     rollback_fallbacks: int = 0
     context_switches: int = 0
     """``n_draft="auto"`` with ``n_seq=1`` only: how often the sequence moved between
@@ -85,6 +87,7 @@ class MTPStats(BaseModel):
             timing_us=timing,
             n_draft=s.n_draft,
             prompt_tokens=s.prompt_tokens,
+            prompt_tokens_cached=s.prompt_tokens_cached,
             rollback_fallbacks=s.rollback_fallbacks,
             context_switches=s.context_switches,
             n_seq=n_seq,

@@ -1,0 +1,117 @@
+"""``mtpstream bench --chat``: a multi-turn conversation, warm against cold.
+
+The conversation grows in turns: each turn's prompt is the whole history (every
+earlier prompt and answer) plus ``turn_tokens`` new tokens, and the answer is
+``turn_tokens`` tokens long. Two sessions run it side by side, turn by turn: one with
+the prompt cache (``warm``: the turn reads only its new tokens) and one without
+(``cold``: ``prompt_cache=False``, every turn reads the whole history). Per turn: the
+time to first token of each (through ``stream_events``), the prompt length and how
+many of its tokens were reused.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+
+from ._bench_measure import Level, Settings
+from .events import DoneEvent, EogEvent, TokenEvent
+from .model import Model, load_model
+from .session import MTP, init
+
+Log = Callable[[str], None]
+
+_FILLER = (
+    "the river ran past the old mill and the road went on over the hill where the town "
+    "kept its market every week and the people came from far away to trade and talk "
+)
+
+
+async def _turn(mtp: MTP, prompt: list[int], tokens: int) -> tuple[float, list[int], int]:
+    t0 = time.perf_counter()
+    ttft = 0.0
+    ids: list[int] = []
+    cached = 0
+    async for ev in mtp.stream_events(prompt, max_tokens=tokens):
+        if isinstance(ev, TokenEvent):
+            if not ids:
+                ttft = time.perf_counter() - t0
+            ids.append(ev.token_id)
+        elif isinstance(ev, (DoneEvent, EogEvent)):
+            cached = ev.usage.cached_tokens
+            if not ids:
+                ttft = time.perf_counter() - t0
+    return ttft, ids, cached
+
+
+def run(
+    level: Level, settings: Settings, history_tokens: int, turn_tokens: int, k: int, log: Log
+) -> dict[str, Any]:
+    """One conversation up to ``history_tokens``, warm and cold turn by turn."""
+    model: Model = load_model(level.path)
+    rows: list[dict[str, Any]] = []
+    try:
+        filler = model.tokenize(_FILLER * 4, add_special=False)
+        n_ctx = history_tokens + 4 * turn_tokens + 64
+        opts = {"n_draft": k, "n_ctx": n_ctx, "n_threads": settings.threads}
+        with init(model, **opts) as warm, init(model, prompt_cache=False, **opts) as cold:  # type: ignore[arg-type]
+            history: list[int] = model.tokenize("A conversation.", add_special=True)
+            turn = 0
+            while len(history) + turn_tokens <= history_tokens:
+                start = (turn * turn_tokens) % (len(filler) - turn_tokens)
+                prompt = [*history, *filler[start : start + turn_tokens]]
+                order = (warm, cold) if turn % 2 == 0 else (cold, warm)
+                out: dict[int, tuple[float, list[int], int]] = {}
+                for mtp in order:
+                    out[id(mtp)] = anyio.run(_turn, mtp, prompt, turn_tokens, backend="asyncio")
+                w, c = out[id(warm)], out[id(cold)]
+                if w[1] != c[1]:
+                    log(f"    turn {turn}: warm and cold answers differ (float near-tie?)")
+                rows.append(
+                    {
+                        "turn": turn,
+                        "prompt_tokens": len(prompt),
+                        "cached_tokens": w[2],
+                        "ttft_warm_ms": round(w[0] * 1000, 2),
+                        "ttft_cold_ms": round(c[0] * 1000, 2),
+                        "cold_over_warm": round(c[0] / w[0], 2) if w[0] > 0 else None,
+                        "same_answer": w[1] == c[1],
+                    }
+                )
+                if turn % 5 == 0:
+                    r = rows[-1]
+                    log(
+                        f"    turn {turn}: {r['prompt_tokens']} prompt tokens ({r['cached_tokens']} cached), "
+                        f"TTFT warm {r['ttft_warm_ms']} ms, cold {r['ttft_cold_ms']} ms"
+                    )
+                history = [*prompt, *w[1]]
+                turn += 1
+    finally:
+        model.close()
+    return {
+        "level": level.name,
+        "n_draft": k,
+        "turn_tokens": turn_tokens,
+        "history_tokens": history_tokens,
+        "turns": rows,
+        "at_1500": _near(rows, 1500),
+    }
+
+
+def _near(rows: Sequence[dict[str, Any]], n: int) -> dict[str, Any] | None:
+    """The turns whose prompt is within 100 tokens of n: median TTFTs and ratio."""
+    close = [r for r in rows if abs(r["prompt_tokens"] - n) <= 100]
+    if not close:
+        return None
+    warm = statistics.median(r["ttft_warm_ms"] for r in close)
+    cold = statistics.median(r["ttft_cold_ms"] for r in close)
+    return {
+        "turns": [r["turn"] for r in close],
+        "ttft_warm_ms": warm,
+        "ttft_cold_ms": cold,
+        "cold_over_warm": round(cold / warm, 2),
+    }
