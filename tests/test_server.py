@@ -246,3 +246,26 @@ def test_serve_binds_loopback_by_default() -> None:
 
     args = _parser().parse_args(["serve", "m.gguf"])
     assert args.host == "127.0.0.1"
+
+
+def test_a_slow_streaming_client_keeps_its_sequence(model_paths: dict[str, Path]) -> None:
+    """A streamed request whose client reads nothing more holds its sequence (the
+    generation waits for the reader), so the next request on a full queue gets 429."""
+    s = Server(model_paths["qwen35-oracle"], "--n-seq", "1", "--max-queue", "0", "--n-ctx", "200000")
+    try:
+        body = {
+            "model": "x",
+            "messages": MESSAGES,
+            "max_tokens": 100_000,
+            "stream": True,
+            "grammar": "root ::= [a-z ] root",
+        }
+        with httpx.stream("POST", s.url + "/v1/chat/completions", json=body, timeout=30) as r:
+            lines = r.iter_lines()  # kept: a discarded line iterator closes the response
+            next(lines)
+            time.sleep(0.5)
+            assert s.metrics()["mtpstream_active_sequences"] == 1
+            with pytest.raises(openai.RateLimitError):
+                s.client().chat.completions.create(model="x", messages=MESSAGES, max_tokens=2)  # type: ignore[arg-type]
+    finally:
+        assert s.stop() == 0
