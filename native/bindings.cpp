@@ -342,7 +342,6 @@ NB_MODULE(_native, m) {
         .def_prop_ro("n_batch", [](const EngineHandle & h) { return h.p->n_batch(); })
         .def_prop_ro("n_ubatch", [](const EngineHandle & h) { return h.p->n_ubatch(); })
         .def_prop_ro("state_bytes", [](const EngineHandle & h) { return h.p->state_bytes(); })
-        .def_prop_ro("compute_bytes", [](const EngineHandle & h) { return h.p->compute_bytes(); })
         .def_prop_rw(
             "fault", [](const EngineHandle & h) { return h.p->fault(); },
             [](EngineHandle & h, Fault f) { h.p->set_fault(f); })

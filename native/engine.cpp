@@ -201,7 +201,6 @@ bool Engine::create_contexts(const ContextOptions & copts, Status & status) {
     }
     batch_tgt_ = std::make_unique<Batch>(n_batch_, 0);
     state_bytes_ = context_state_bytes(ctx_tgt_.get());
-    compute_bytes_ = context_compute_bytes(ctx_tgt_.get());
     if (!speculative) {
         return true;
     }
@@ -218,9 +217,7 @@ bool Engine::create_contexts(const ContextOptions & copts, Status & status) {
     }
     apply_row_mode();
     batch_dft_ = std::make_unique<Batch>(n_batch_, n_embd_);
-    rows_.resize(static_cast<size_t>(n_draft_ + 1) * static_cast<size_t>(n_embd_));
     state_bytes_ += context_state_bytes(ctx_dft_.get());
-    compute_bytes_ += context_compute_bytes(ctx_dft_.get());
     if (auto_draft_ && n_seq_ == 1) {
         plain_ = std::make_unique<PlainContext>(target_->get(), cp);
     }

@@ -120,7 +120,6 @@ public:
     int32_t n_ubatch() const { return n_ubatch_; }
     // Bytes of KV cache and recurrent state of both contexts (fixed at creation).
     uint64_t state_bytes() const { return state_bytes_; }
-    uint64_t compute_bytes() const { return compute_bytes_; }
     bool closed() const { return closed_.load(); }
     void mark_closed() { closed_.store(true); }
 
@@ -187,14 +186,12 @@ private:
     int32_t n_embd_ = 0;
     int32_t n_vocab_ = 0;
     uint64_t state_bytes_ = 0;
-    uint64_t compute_bytes_ = 0;
     std::vector<llama_seq_id> free_seqs_;
     bool prompt_cache_ = true;
     std::vector<SlotCache> slot_cache_;  // per sequence id
     uint64_t cache_clock_ = 0;
     std::unique_ptr<Batch> batch_tgt_;
     std::unique_ptr<Batch> batch_dft_;
-    std::vector<float> rows_;  // scratch: target hidden rows of one lane's verify
     std::vector<llama_token_data> cand_;  // sampling candidates (worker thread only)
     SessionStats stats_;
     std::atomic<bool> closed_{false};

@@ -44,11 +44,4 @@ inline uint64_t context_state_bytes(const llama_context * ctx) {
     }
     return n;
 }
-inline uint64_t context_compute_bytes(const llama_context * ctx) {
-    uint64_t n = 0;
-    for (const auto & kv : llama_get_memory_breakdown(ctx)) {
-        n += kv.second.compute;
-    }
-    return n;
-}
 }  // namespace mtpstream

@@ -58,8 +58,4 @@ bool PlainContext::move(llama_context * snapshots, bool to_plain) {
     return true;
 }
 
-uint64_t PlainContext::state_bytes() const {
-    return ctx_ ? context_state_bytes(ctx_.get()) : 0;
-}
-
 }  // namespace mtpstream

@@ -34,8 +34,6 @@ public:
     bool move(llama_context * snapshots, bool to_plain);
     // The sequence was rebuilt on the main target context.
     void deactivate() { active_ = false; }
-    // Bytes of state the plain context holds (0 before it exists).
-    uint64_t state_bytes() const;
 
 private:
     bool ensure();

@@ -157,7 +157,6 @@ class Engine:
     n_batch: int
     n_ubatch: int
     state_bytes: int
-    compute_bytes: int
     closed: bool
     fault: Fault
     def stats(self) -> StatsSnapshot: ...

@@ -167,6 +167,13 @@ def create_app(
             raise _HTTPError(400, "the request body must be a JSON object", "invalid_request_error")
         return body
 
+    async def admitted(request: Request) -> dict[str, Any]:
+        """A generation request's body, once the key, the body and the queue allow it."""
+        check_auth(request)
+        body = await body_of(request)
+        check_queue()
+        return body
+
     def error_response(endpoint: str, exc: BaseException) -> Any:
         err = _mapped(exc)
         metrics.count(endpoint, err.status)
@@ -246,9 +253,7 @@ def create_app(
     async def chat_completions(request: Request) -> Any:
         endpoint = "/v1/chat/completions"
         try:
-            check_auth(request)
-            body = await body_of(request)
-            check_queue()
+            body = await admitted(request)
             messages: Any = body.get("messages")
             opts = _options(body, ("messages", "chat_template"))
             template = body.get("chat_template")
@@ -267,9 +272,7 @@ def create_app(
     async def completions(request: Request) -> Any:
         endpoint = "/v1/completions"
         try:
-            check_auth(request)
-            body = await body_of(request)
-            check_queue()
+            body = await admitted(request)
             prompt = _prompt_of(body.get("prompt"))
             opts = {
                 k: v for k, v in body.items() if k not in ("prompt", "echo", "suffix", "best_of", "model")
