@@ -267,6 +267,8 @@ NB_MODULE(_native, m) {
         .def_ro("tokens_emitted", &StatsSnapshot::tokens_emitted)
         .def_ro("prompt_tokens", &StatsSnapshot::prompt_tokens)
         .def_ro("prompt_tokens_cached", &StatsSnapshot::prompt_tokens_cached)
+        .def_ro("checkpoints", &StatsSnapshot::checkpoints)
+        .def_ro("checkpoint_bytes", &StatsSnapshot::checkpoint_bytes)
         .def_ro("rollback_fallbacks", &StatsSnapshot::rollback_fallbacks)
         .def_ro("context_switches", &StatsSnapshot::context_switches)
         .def_ro("t_draft_us", &StatsSnapshot::t_draft_us)
@@ -293,7 +295,8 @@ NB_MODULE(_native, m) {
         .def_rw("type_k", &ContextOptions::type_k)
         .def_rw("type_v", &ContextOptions::type_v)
         .def_rw("offload_kqv", &ContextOptions::offload_kqv)
-        .def_rw("prompt_cache", &ContextOptions::prompt_cache);
+        .def_rw("prompt_cache", &ContextOptions::prompt_cache)
+        .def_rw("checkpoint_bytes", &ContextOptions::checkpoint_bytes);
 
     nb::class_<SamplingOptions>(m, "SamplingOptions")
         .def(nb::init<>())

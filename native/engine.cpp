@@ -155,6 +155,8 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> target,
         e->free_seqs_.push_back(s);  // lowest id first (back of the vector)
     }
     e->prompt_cache_ = copts.prompt_cache;
+    e->checkpoint_budget_ = copts.prompt_cache ? static_cast<uint64_t>(std::max<int64_t>(copts.checkpoint_bytes, 0)) : 0;
+    e->target_recurrent_ = llama_model_is_recurrent(e->target_->get()) || llama_model_is_hybrid(e->target_->get());
     e->slot_cache_.resize(static_cast<size_t>(e->n_seq_));
     e->stats_.n_draft.store(n_draft);
     return e;
@@ -248,16 +250,28 @@ void Engine::set_fault(Fault f) { fault_ = f; }
 
 // ---------------------------------------------------------------- sequences
 
-// How many of g's prompt tokens the cache can stand for: all of its tokens when the
-// prompt extends them by at least one (the last prompt token must be decoded for its
-// logits), else 0. A hybrid model's recurrent state cannot be cut back to a shorter
-// prefix, so anything but an extension starts from an empty sequence.
-int32_t Engine::reusable(const SlotCache & c, const Generation & g) const {
+// How many of g's prompt tokens a sequence's cache can stand for. An extendable
+// memory stands for all of its tokens when the prompt extends them by at least one
+// (the last prompt token must be decoded for its logits). Otherwise the latest
+// checkpoint inside the common prefix, short of the prompt's last token: a hybrid
+// model's recurrent state cannot be cut back, so a checkpoint is the only way back.
+Reuse Engine::reusable(const SlotCache & c, const Generation & g) const {
     const auto & p = g.opts.prompt;
-    if (!c.valid || !prompt_cache_ || !g.opts.cache_prompt || c.tokens.empty() || c.tokens.size() >= p.size()) {
-        return 0;
+    if (!prompt_cache_ || !g.opts.cache_prompt || c.tokens.empty()) {
+        return {};
     }
-    return std::equal(c.tokens.begin(), c.tokens.end(), p.begin()) ? static_cast<int32_t>(c.tokens.size()) : 0;
+    const size_t n_common = static_cast<size_t>(
+        std::mismatch(c.tokens.begin(), c.tokens.end(), p.begin(), p.end()).first - c.tokens.begin());
+    if (c.extendable && n_common == c.tokens.size() && c.tokens.size() < p.size()) {
+        return {static_cast<int32_t>(n_common), -1};
+    }
+    for (size_t i = c.checkpoints.size(); i-- > 0;) {
+        const auto n = static_cast<size_t>(c.checkpoints[i].n);
+        if (n <= n_common && n < p.size()) {
+            return {static_cast<int32_t>(n), static_cast<int32_t>(i)};
+        }
+    }
+    return {};
 }
 
 // Take the free sequence whose cache covers the longest prefix of the prompt and
@@ -268,18 +282,18 @@ bool Engine::claim_seq(Generation & g) {
         return false;
     }
     size_t best = free_seqs_.size() - 1;  // the lowest id
-    int32_t best_n = 0;
+    Reuse reuse;
     for (size_t i = 0; i < free_seqs_.size(); ++i) {
-        const int32_t n = reusable(slot_cache_[static_cast<size_t>(free_seqs_[i])], g);
-        if (n > best_n) {
-            best_n = n;
+        const Reuse r = reusable(slot_cache_[static_cast<size_t>(free_seqs_[i])], g);
+        if (r.n > reuse.n) {
+            reuse = r;
             best = i;
         }
     }
-    if (best_n == 0) {
+    if (reuse.n == 0) {
         auto age = [&](size_t i) {
             const SlotCache & c = slot_cache_[static_cast<size_t>(free_seqs_[i])];
-            return c.valid ? c.stored : 0;  // an empty sequence first
+            return c.tokens.empty() ? 0 : c.stored;  // an empty sequence first
         };
         for (size_t i = free_seqs_.size(); i-- > 0;) {  // lowest id first
             if (age(i) < age(best)) {
@@ -290,43 +304,78 @@ bool Engine::claim_seq(Generation & g) {
     g.seq = free_seqs_[best];
     free_seqs_.erase(free_seqs_.begin() + static_cast<std::ptrdiff_t>(best));
     SlotCache & c = slot_cache_[static_cast<size_t>(g.seq)];
-    if (best_n == 0) {
-        c.valid = false;
+    if (reuse.checkpoint >= 0 && !restore_checkpoint(g, c, reuse.checkpoint)) {
+        reuse = {};  // llama.cpp refused the state: start cold
+    }
+    if (reuse.n == 0) {
+        forget(c, 0);
         clear_seq(g.seq);
         return true;
     }
-    g.cached = best_n;
-    g.carry = c.carry;
-    g.pending_tok = c.pending_tok;
-    g.pending_h = c.pending_h;
-    g.pending_pos = c.pending_pos;
-    c.valid = false;  // the sequence now belongs to g
+    if (reuse.checkpoint < 0) {
+        g.cached = reuse.n;
+        g.carry = c.carry;
+        g.pending_tok = c.pending_tok;
+        g.pending_h = c.pending_h;
+        g.pending_pos = c.pending_pos;
+    }
+    c.extendable = false;  // the sequence now belongs to g
     return true;
 }
 
-// keep_state: the call ended cleanly and may leave its memory to a call that extends it.
-void Engine::release_seq(Generation & g, bool keep_state) {
+// What the call leaves to the next one (see Keep).
+void Engine::release_seq(Generation & g, Keep keep) {
     if (g.seq < 0) {
         return;
     }
     SlotCache & c = slot_cache_[static_cast<size_t>(g.seq)];
-    const bool on_plain = plain_ && plain_->active();  // the plain context is cleared at every call
-    if (keep_state && prompt_cache_ && g.opts.cache_prompt && !on_plain && g.n_past > 0) {
-        c.valid = true;
-        c.stored = ++cache_clock_;
+    bool on_plain = plain_ && plain_->active();  // the plain context is cleared at every call
+    if (on_plain && keep != Keep::nothing && prompt_cache_ && g.opts.cache_prompt &&
+        plain_->move(ctx_tgt_.get(), false)) {
+        // "auto" ended the call on the snapshot-free context: bring the state back
+        // (checkpoints are restored into the main context)
+        SessionStats::add(stats_.context_switches, 1);
+        on_plain = false;
+    }
+    if (!prompt_cache_ || !g.opts.cache_prompt || on_plain || (keep == Keep::everything && g.n_past == 0) ||
+        (keep == Keep::checkpoints && c.checkpoints.empty())) {
+        keep = Keep::nothing;
+    }
+    c.stored = ++cache_clock_;
+    if (keep == Keep::everything) {
+        c.extendable = true;
         c.tokens = g.history;  // positions 0..n_past-1: what the memory holds
         c.carry = g.carry;
         c.pending_tok = g.pending_tok;
         c.pending_h = g.pending_h;
         c.pending_pos = g.pending_pos;
+    } else if (keep == Keep::checkpoints) {
+        c.extendable = false;
+        c.tokens = g.opts.prompt;  // every checkpoint of the sequence is a prefix of it
     } else {
-        c.valid = false;
+        forget(c, 0);
         clear_seq(g.seq);
     }
     // lowest free id first: sequences stay packed at the low ids
     free_seqs_.push_back(g.seq);
     std::sort(free_seqs_.begin(), free_seqs_.end(), std::greater<>());
     g.seq = -1;
+}
+
+// Drop what a sequence's cache holds, but its first `keep_first` checkpoints.
+void Engine::forget(SlotCache & c, size_t keep_first) {
+    if (keep_first == 0) {
+        c.extendable = false;
+        c.tokens.clear();
+        c.carry.clear();
+        c.pending_tok.clear();
+        c.pending_h.clear();
+    }
+    while (c.checkpoints.size() > keep_first) {
+        SessionStats::sub(stats_.checkpoint_bytes, c.checkpoints.back().bytes());
+        SessionStats::sub(stats_.checkpoints, 1);
+        c.checkpoints.pop_back();
+    }
 }
 
 void Engine::clear_seq(llama_seq_id seq) {
@@ -576,7 +625,7 @@ void Engine::finish(Job & job, EventKind kind, const std::string & reason, llama
     // a call that extends it (the prompt cache)
     const bool clean = (kind == EventKind::done || kind == EventKind::eog) && g.phase == Generation::Phase::decode;
     g.phase = Generation::Phase::finished;
-    release_seq(g, clean);
+    release_seq(g, clean ? Keep::everything : kind == EventKind::cancelled ? Keep::checkpoints : Keep::nothing);
     job.push(std::move(ev));  // terminal: marks the job finished
 }
 

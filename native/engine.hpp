@@ -75,17 +75,45 @@ struct Lane {
     bool ended = false;     // finished (or failed) during this round
 };
 
-// What a finished call left in its sequence's memory, for a call that extends it:
-// the tokens at positions 0..n-1, the target's hidden row at n-1, and the (token,
-// row) pairs the MTP context has not seen yet.
+// A point a later prompt may restart from when it diverges after the first n
+// tokens of a sequence: the target's hidden row at n - 1 and, on models whose
+// memory cannot be cut back (recurrent or hybrid), the target's recurrent state
+// after n tokens. The attention KV of positions < n stays in the sequence's memory;
+// restoring cuts both contexts back to n.
+struct Checkpoint {
+    int32_t n = 0;
+    uint64_t stored = 0;  // when it was taken (a counter): the oldest is given up first
+    std::vector<float> carry;
+    std::vector<uint8_t> state;  // llama.cpp's partial sequence state; empty: nothing to restore
+    uint64_t bytes() const { return state.size() + carry.size() * sizeof(float); }
+};
+
+// What a call left in its sequence's memory. `extendable`: a call whose prompt
+// strictly extends `tokens` continues from the memory as it is; that needs the
+// target's hidden row at n-1 and the (token, row) pairs the MTP context has not seen
+// yet. `checkpoints` (all at prefixes of `tokens`) serve prompts that diverge.
 struct SlotCache {
-    bool valid = false;
-    uint64_t stored = 0;  // when it was kept (a counter): the oldest is given up first
+    bool extendable = false;
+    uint64_t stored = 0;  // when it was kept (a counter): the oldest slot is given up first
     std::vector<llama_token> tokens;
     std::vector<float> carry;
     std::vector<llama_token> pending_tok;
     std::vector<float> pending_h;
     int32_t pending_pos = 0;
+    std::vector<Checkpoint> checkpoints;  // ascending n
+};
+
+// How much of a prompt a sequence's cache can stand for, and from where.
+struct Reuse {
+    int32_t n = 0;           // prompt tokens reused
+    int32_t checkpoint = -1;  // index into SlotCache::checkpoints; -1: extend the memory as it is
+};
+
+// What a call that ends leaves in its sequence for the next one.
+enum class Keep {
+    nothing,      // clear the sequence
+    checkpoints,  // keep only the checkpoints (a cancelled call: the memory past them is stale)
+    everything,   // a clean end: the memory is extendable
 };
 
 class Engine {
@@ -129,9 +157,16 @@ private:
 
     // --- sequences and their prompt cache (engine.cpp)
     bool claim_seq(Generation & g);
-    void release_seq(Generation & g, bool keep_state);
-    int32_t reusable(const SlotCache & c, const Generation & g) const;
+    void release_seq(Generation & g, Keep keep);
+    Reuse reusable(const SlotCache & c, const Generation & g) const;
     void clear_seq(llama_seq_id seq);
+    void forget(SlotCache & c, size_t keep_first);
+
+    // --- checkpoints (engine_checkpoint.cpp)
+    int32_t checkpoint_position(const Generation & g) const;
+    void take_checkpoint(Generation & g);
+    bool restore_checkpoint(Generation & g, SlotCache & c, int32_t index);
+    void make_room(uint64_t bytes);
 
     // --- prefill (engine_prefill.cpp)
     void begin(Job & job);
@@ -190,6 +225,8 @@ private:
     bool prompt_cache_ = true;
     std::vector<SlotCache> slot_cache_;  // per sequence id
     uint64_t cache_clock_ = 0;
+    uint64_t checkpoint_budget_ = 0;  // bytes
+    bool target_recurrent_ = false;   // the target's memory cannot be cut back (recurrent state)
     std::unique_ptr<Batch> batch_tgt_;
     std::unique_ptr<Batch> batch_dft_;
     std::vector<llama_token_data> cand_;  // sampling candidates (worker thread only)

@@ -38,6 +38,10 @@ void Engine::begin(Job & job) {
     g.prefill_pos = static_cast<size_t>(g.cached);
     if (ctx_dft_ && !g.pending_tok.empty() && !flush_pending(g)) {
         finish(job, EventKind::error, "", -1, "llama_decode failed on the draft context");
+        return;
+    }
+    if (checkpoint_position(g) == g.cached) {
+        take_checkpoint(g);
     }
 }
 
@@ -92,7 +96,11 @@ void Engine::prefill_step(Job & job) {
     const auto n_prompt = static_cast<int32_t>(g.opts.prompt.size());
     const int64_t t0 = now_us();
     const int32_t pos = static_cast<int32_t>(g.prefill_pos);
-    const int32_t m = std::min(n_batch_, n_prompt - pos);
+    const int32_t at = checkpoint_position(g);
+    int32_t m = std::min(n_batch_, n_prompt - pos);
+    if (pos < at && at < pos + m) {
+        m = at - pos;  // the chunk ends at the checkpoint
+    }
     const bool last_chunk = pos + m == n_prompt;
     // the last chunk's draft-context work waits until the first token is out
     // (time to first token stays that of plain decoding)
@@ -110,6 +118,9 @@ void Engine::prefill_step(Job & job) {
     }
     g.prefill_pos += static_cast<size_t>(m);
     if (!last_chunk) {
+        if (static_cast<int32_t>(g.prefill_pos) == at) {
+            take_checkpoint(g);
+        }
         return;
     }
     const int64_t ts = now_us();

@@ -18,6 +18,8 @@ struct SessionStats {
     std::atomic<uint64_t> tokens_emitted{0};
     std::atomic<uint64_t> prompt_tokens{0};
     std::atomic<uint64_t> prompt_tokens_cached{0};
+    std::atomic<uint64_t> checkpoints{0};       // prompt-cache checkpoints held now
+    std::atomic<uint64_t> checkpoint_bytes{0};  // and the bytes they take
     std::atomic<uint64_t> rollback_fallbacks{0};
     std::atomic<uint64_t> context_switches{0};  // "auto": moves between target contexts
     std::atomic<uint64_t> t_draft_us{0};
@@ -31,6 +33,9 @@ struct SessionStats {
     static void add(std::atomic<uint64_t> & counter, uint64_t v) {
         counter.fetch_add(v, std::memory_order_relaxed);
     }
+    static void sub(std::atomic<uint64_t> & counter, uint64_t v) {
+        counter.fetch_sub(v, std::memory_order_relaxed);
+    }
     void add_round(uint64_t generated, uint64_t accepted) {
         std::lock_guard<std::mutex> lock(round_mutex);
         add(iters, 1);
@@ -42,7 +47,7 @@ struct SessionStats {
 struct StatsSnapshot {
     uint64_t iters, drafts_generated, drafts_accepted, tokens_emitted, prompt_tokens,
         rollback_fallbacks, context_switches;
-    uint64_t prompt_tokens_cached;
+    uint64_t prompt_tokens_cached, checkpoints, checkpoint_bytes;
     uint64_t t_draft_us, t_verify_us, t_sample_us, t_ckpt_us, t_prefill_us, t_total_us;
     int32_t n_draft;
 };
@@ -59,6 +64,8 @@ inline StatsSnapshot snapshot(const SessionStats & s) {
     out.rollback_fallbacks = ld(s.rollback_fallbacks);
     out.context_switches = ld(s.context_switches);
     out.prompt_tokens_cached = ld(s.prompt_tokens_cached);
+    out.checkpoints = ld(s.checkpoints);
+    out.checkpoint_bytes = ld(s.checkpoint_bytes);
     out.t_draft_us = ld(s.t_draft_us);
     out.t_verify_us = ld(s.t_verify_us);
     out.t_sample_us = ld(s.t_sample_us);

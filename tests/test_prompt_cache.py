@@ -1,8 +1,9 @@
 """The prompt cache: a call whose prompt extends what the sequence holds (the next chat
-turn) reads only the new tokens; every other prompt shape starts cold. Output and
-acceptance equal a cold session's in every case; heads that read the hidden row and
-their own KV entry prove that the MTP context and the carried row match the reused
-target state."""
+turn) reads only the new tokens; a prompt that diverges inside it restarts from the
+checkpoint left one token before an earlier prompt's end (hybrid models cannot cut their
+recurrent state back); anything else starts cold. Output and acceptance equal a cold
+session's in every case; heads that read the hidden row and their own KV entry prove
+that the MTP context and the carried row match the reused target state."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import anyio
 import pytest
 
 import mtpstream
-from mtpstream.testing import make_model
+from mtpstream.testing import load_spec, make_model
 
 from conftest import EXACT, collect
 
@@ -47,14 +48,22 @@ async def turn(mtp: mtpstream.MTP, prompt: list[int], n: int, **opts: Any) -> tu
     return ids, end.usage
 
 
-def shapes(model: mtpstream.Model, first: list[int], gen: list[int]) -> dict[str, list[int]]:
+LONG = "we walked along the river and the sun was low over the water " * 4
+
+
+def shapes(model: mtpstream.Model, first: list[int], gen: list[int]) -> dict[str, tuple[list[int], int]]:
+    """Each prompt shape and the prompt tokens the warm session reuses for it."""
     new = model.tokenize(" and then the road", add_special=False)
+    n = len(first)
     return {
-        "extension": [*first, *gen, *new],
-        "identical": list(first),
-        "diverge_in_prompt": [*first[:3], *new, *first[3:]],
-        "diverge_in_generation": [*first, *gen[:4], *new],
-        "shorter": first[: len(first) // 2],
+        # all of it but the last generated token (never decoded)
+        "extension": ([*first, *gen, *new], n + len(gen) - 1),
+        # the checkpoint one token before the end of `first`
+        "identical": (list(first), n - 1),
+        "diverge_in_generation": ([*first, *gen[:4], *new], n - 1),
+        # before every checkpoint: cold
+        "diverge_in_prompt": ([*first[:3], *new, *first[3:]], 0),
+        "shorter": (first[: n // 2], 0),
     }
 
 
@@ -66,28 +75,27 @@ async def test_every_prompt_shape_equals_a_cold_session(
     cm: CacheModels, arch: str, head: str, n_draft: Any
 ) -> None:
     model = cm.get(arch, head)
-    first = model.tokenize("we walked along the river and the sun was low")
+    first = model.tokenize(LONG)
+    assert len(first) > 40
     with (
         mtpstream.init(model, n_draft=n_draft, n_ctx=1024, **EXACT) as warm,
         mtpstream.init(model, n_draft=n_draft, n_ctx=1024, prompt_cache=False, **EXACT) as cold,
     ):
         gen = (await turn(warm, first, 40))[0]
-        for name, prompt in shapes(model, first, gen).items():
+        assert warm.stats().checkpoints == 1
+        for name, (prompt, n_cached) in shapes(model, first, gen).items():
             await turn(warm, first, 40)  # the sequence holds `first` + its generation again
             got, usage = await turn(warm, prompt, 60)
             want, ref = await turn(cold, prompt, 60)
             assert got == want, name
             assert ref.cached_tokens == 0
-            if name == "extension":
-                # all of it but the last generated token (never decoded) at least
-                assert usage.cached_tokens >= len(first) + len(gen) - 1, usage
-            else:
-                assert usage.cached_tokens == 0, name
+            assert usage.cached_tokens == n_cached, (name, usage)
             if n_draft != "auto":  # auto's draft lengths follow its timings
                 assert (usage.drafts_accepted, usage.drafts_generated) == (
                     ref.drafts_accepted,
                     ref.drafts_generated,
                 ), name
+        assert cold.stats().checkpoints == 0
 
 
 @pytest.mark.asyncio
@@ -211,3 +219,142 @@ async def test_a_one_token_extension_drafts_from_the_carried_row(
             assert (u.drafts_accepted, u.drafts_generated) == (ref.drafts_accepted, ref.drafts_generated), (
                 tail
             )
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe"])
+@pytest.mark.parametrize("head", ["hidden", "kv"])
+async def test_reused_state_on_the_chain_drafts_like_a_cold_session(
+    cm: CacheModels, arch: str, head: str
+) -> None:
+    """Prompts that follow the model's own greedy chain, so the drafts right after the
+    join of reused and new tokens can only be right if the carried row (hidden head)
+    and the MTP context's KV entries before the join (kv head) are right: after an
+    extension (carry and pending pairs) and after a checkpoint restore. With k = 0 the
+    extension is the last generated token alone: the first draft reads the entry built
+    from the carried row. (Zeroing the carried row, skipping the MTP context's cut or the
+    state restore each fails this test.)"""
+    model = cm.get(arch, head)
+    spec = load_spec(model.path)
+    start = spec.chain_start
+    first = [start, *spec.chain(start, 45)]
+    with (
+        mtpstream.init(model, n_draft=3, n_ctx=1024, **EXACT) as warm,
+        mtpstream.init(model, n_draft=3, n_ctx=1024, prompt_cache=False, **EXACT) as cold,
+    ):
+        for k in (0, 1, 2, 5):
+            gen, _ = await turn(warm, first, 20)
+            assert gen == spec.chain(first[-1], 20)
+            tail = spec.chain(gen[-1], k)
+            cases = {
+                "extension": ([*first, *gen, *tail], len(first) + len(gen) - 1),
+                "identical": (first, len(first) - 1),
+                "diverge_in_generation": ([*first, *gen[:k]], len(first) - 1),
+            }
+            for name, (prompt, n_cached) in cases.items():
+                await turn(warm, first, 20)
+                got, u = await turn(warm, prompt, 12)
+                want, ref = await turn(cold, prompt, 12)
+                assert got == want, (name, k)
+                assert u.cached_tokens == n_cached, (name, k, u)
+                assert (u.drafts_accepted, u.drafts_generated) == (
+                    ref.drafts_accepted,
+                    ref.drafts_generated,
+                ), (
+                    name,
+                    k,
+                )
+
+
+def _long_prompt(model: mtpstream.Model, i: int) -> list[int]:
+    words = ["river", "road", "sun", "water", "hill", "town"]
+    return model.tokenize(f"the {words[i % len(words)]} {i} " + LONG)
+
+
+@pytest.mark.asyncio
+async def test_checkpoint_memory_stays_within_its_budget(cm: CacheModels) -> None:
+    """Checkpoints of all sequences share prompt_cache_checkpoint_bytes: past it the
+    oldest goes first; the bytes in use are reported; 0 keeps none."""
+    model = cm.get("qwen35", "hidden")
+    with mtpstream.init(model, n_draft=3, n_ctx=1024, n_seq=3, **EXACT) as probe:
+        await turn(probe, _long_prompt(model, 0), 4)
+        one = probe.stats().checkpoint_bytes
+    assert one > 0
+    budget = 2 * one + one // 2  # room for two
+    with (
+        mtpstream.init(
+            model, n_draft=3, n_ctx=1024, n_seq=3, prompt_cache_checkpoint_bytes=budget, **EXACT
+        ) as mtp,
+        mtpstream.init(model, n_draft=3, n_ctx=1024, prompt_cache=False, **EXACT) as cold,
+    ):
+        prompts = [_long_prompt(model, i) for i in range(3)]
+        for p in prompts:  # one per sequence; the third pushes the first out
+            await turn(mtp, p, 4)
+            st = mtp.stats()
+            assert st.checkpoint_bytes <= budget and st.checkpoint_bytes == st.checkpoints * one
+        assert mtp.stats().checkpoints == 2
+        for i in (2, 1, 0):  # the same prompt again restarts from its checkpoint
+            p = prompts[i]
+            got, u = await turn(mtp, p, 8)
+            want, _ = await turn(cold, p, 8)
+            assert got == want
+            assert u.cached_tokens == (0 if i == 0 else len(p) - 1), i
+    with mtpstream.init(model, n_draft=3, n_ctx=1024, prompt_cache_checkpoint_bytes=0, **EXACT) as none:
+        p = _long_prompt(model, 0)
+        await turn(none, p, 4)
+        gen, u = await turn(none, p, 4)
+        assert u.cached_tokens == 0 and none.stats().checkpoints == 0
+        _, u = await turn(none, [*p, *gen, 5], 4)  # extensions need no checkpoint
+        assert u.cached_tokens > len(p)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("n_draft", [3, "auto"])
+async def test_a_cancelled_call_leaves_its_checkpoint(cm: CacheModels, n_draft: Any) -> None:
+    """A reply stopped by the user keeps the checkpoint of its prompt: asking again
+    reads one token, not the whole prompt."""
+    model = cm.get("qwen35moe", "kv")
+    p = _long_prompt(model, 1)
+    with (
+        mtpstream.init(model, n_draft=n_draft, n_ctx=1024, **EXACT) as warm,
+        mtpstream.init(model, n_draft=n_draft, n_ctx=1024, prompt_cache=False, **EXACT) as cold,
+    ):
+        async with warm.stream(p, max_tokens=200) as s:
+            n = 0
+            async for _ in s:
+                n += 1
+                if n == 5:
+                    break  # leaving the block cancels the call
+        await anyio.sleep(0.2)
+        assert warm.stats().active_sequences == 0
+        got, u = await turn(warm, p, 30)
+        want, _ = await turn(cold, p, 30)
+        assert got == want
+        assert u.cached_tokens == len(p) - 1
+
+
+@pytest.mark.asyncio
+async def test_a_diverging_prompt_takes_the_sequence_with_its_checkpoint(cm: CacheModels) -> None:
+    """n_seq=2: the same prompt asked again, then a reply edited in the middle, each
+    takes the free sequence whose checkpoint covers the longest prefix."""
+    model = cm.get("qwen35", "kv")
+    a, b = _long_prompt(model, 2), _long_prompt(model, 3)
+    with (
+        mtpstream.init(model, n_draft=3, n_ctx=1024, n_seq=2, **EXACT) as warm,
+        mtpstream.init(model, n_draft=3, n_ctx=1024, prompt_cache=False, **EXACT) as cold,
+    ):
+        gen_a, _ = await turn(warm, a, 20)
+        await turn(warm, b, 20)
+        for prompt in (a, [*a, *gen_a[:5], 9, 9], b, a):
+            got, u = await turn(warm, prompt, 20)
+            want, _ = await turn(cold, prompt, 20)
+            assert got == want
+            base = a if prompt[: len(a)] == a else b
+            assert u.cached_tokens == len(base) - 1
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "1M", True])
+def test_checkpoint_budget_is_validated(cm: CacheModels, bad: object) -> None:
+    with pytest.raises(mtpstream.InvalidOptionError) as info:
+        mtpstream.init(cm.get("qwen35", "hidden"), prompt_cache_checkpoint_bytes=bad)
+    assert info.value.field == "prompt_cache_checkpoint_bytes"

@@ -6,7 +6,10 @@ earlier prompt and answer) plus ``turn_tokens`` new tokens, and the answer is
 the prompt cache (``warm``: the turn reads only its new tokens) and one without
 (``cold``: ``prompt_cache=False``, every turn reads the whole history). Per turn: the
 time to first token of each (through ``stream_events``), the prompt length and how
-many of its tokens were reused.
+many of its tokens were reused. At the end, two prompts that diverge inside the
+cached tokens, each a few times: the last turn asked again (``regenerate``) and the
+last answer replaced by other text before a new message (``edit_reply``); the warm
+session restarts them from the checkpoint its last prompt left.
 """
 
 from __future__ import annotations
@@ -89,7 +92,9 @@ def run(
                         f"TTFT warm {r['ttft_warm_ms']} ms, cold {r['ttft_cold_ms']} ms"
                     )
                 history = [*prompt, *w[1]]
+                last_prompt = prompt
                 turn += 1
+            divergent = _divergent(warm, cold, last_prompt, filler, turn_tokens) if rows else {}
     finally:
         model.close()
     return {
@@ -99,7 +104,42 @@ def run(
         "history_tokens": history_tokens,
         "turns": rows,
         "at_1500": _near(rows, 1500),
+        "divergent": divergent,
     }
+
+
+def _divergent(
+    warm: MTP, cold: MTP, last_prompt: list[int], filler: list[int], turn_tokens: int, reps: int = 3
+) -> dict[str, Any]:
+    """Median TTFT, warm and cold, of prompts that diverge inside the warm cache."""
+    out: dict[str, Any] = {}
+    for name in ("regenerate", "edit_reply"):
+        warm_ms: list[float] = []
+        cold_ms: list[float] = []
+        cached: list[int] = []
+        for rep in range(reps):
+            if name == "regenerate":
+                prompt = last_prompt
+            else:
+                at = (rep * 7 + 3) % (len(filler) - 2 * turn_tokens)
+                prompt = [*last_prompt, *filler[at : at + 2 * turn_tokens]]
+            for mtp in (warm, cold) if rep % 2 == 0 else (cold, warm):
+                ttft, _, n = anyio.run(_turn, mtp, prompt, turn_tokens, backend="asyncio")
+                (warm_ms if mtp is warm else cold_ms).append(ttft * 1000)
+                if mtp is warm:
+                    cached.append(n)
+        w, c = statistics.median(warm_ms), statistics.median(cold_ms)
+        out[name] = {
+            "prompt_tokens": len(prompt),
+            "cached_tokens": cached,
+            "ttft_warm_ms": round(w, 2),
+            "ttft_cold_ms": round(c, 2),
+            "cold_over_warm": round(c / w, 2) if w > 0 else None,
+        }
+    st = warm.stats()
+    out["checkpoints"] = st.checkpoints
+    out["checkpoint_bytes"] = st.checkpoint_bytes
+    return out
 
 
 def _near(rows: Sequence[dict[str, Any]], n: int) -> dict[str, Any] | None:

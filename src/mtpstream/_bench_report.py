@@ -486,6 +486,22 @@ def _md_chat(chat: dict[str, Any]) -> list[str]:
             f"| {r['turn']} | {r['prompt_tokens']} | {r['cached_tokens']} | {r['ttft_warm_ms']} | "
             f"{r['ttft_cold_ms']} | {r['cold_over_warm']} | {'yes' if r['same_answer'] else 'NO'} |"
         )
+    div = chat.get("divergent") or {}
+    named = [(k, v) for k, v in div.items() if isinstance(v, dict)]
+    if named:
+        lines += [
+            "",
+            f"prompts diverging inside the cache (median of {len(named[0][1]['cached_tokens'])}; "
+            f"{div.get('checkpoints', 0)} checkpoints, {div.get('checkpoint_bytes', 0) / 2**20:.2f} MiB):",
+            "",
+            "| prompt | prompt tokens | cached | TTFT warm ms | TTFT cold ms | cold / warm |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, v in named:
+            lines.append(
+                f"| {name} | {v['prompt_tokens']} | {v['cached_tokens']} | {v['ttft_warm_ms']} | "
+                f"{v['ttft_cold_ms']} | {v['cold_over_warm']} |"
+            )
     return lines
 
 

@@ -84,6 +84,8 @@ class StatsSnapshot:
     tokens_emitted: int
     prompt_tokens: int
     prompt_tokens_cached: int
+    checkpoints: int
+    checkpoint_bytes: int
     rollback_fallbacks: int
     context_switches: int
     t_draft_us: int
@@ -110,6 +112,7 @@ class ContextOptions:
     type_v: int
     offload_kqv: int
     prompt_cache: bool
+    checkpoint_bytes: int
     def __init__(self) -> None: ...
 
 class SamplingOptions:

@@ -867,6 +867,7 @@ def _context_options(opts: SessionOptions) -> Any:
     c.type_v = -1 if opts.type_v is None else GGML_TYPES[opts.type_v]
     c.offload_kqv = -1 if opts.offload_kqv is None else int(opts.offload_kqv)
     c.prompt_cache = opts.prompt_cache
+    c.checkpoint_bytes = opts.prompt_cache_checkpoint_bytes
     return c
 
 

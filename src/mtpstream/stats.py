@@ -47,6 +47,10 @@ class MTPStats(BaseModel):
     prompt_tokens: int = 0
     prompt_tokens_cached: int = 0
     """Prompt tokens reused from the sessions' memory instead of processed (prompt cache)."""
+    checkpoints: int = 0
+    """Prompt-cache checkpoints held now (points a diverging prompt can restart from)."""
+    checkpoint_bytes: int = 0
+    """Memory those checkpoints take, in bytes (at most ``prompt_cache_checkpoint_bytes``)."""
     rollback_fallbacks: int = 0
     context_switches: int = 0
     """``n_draft="auto"`` with ``n_seq=1`` only: how often the sequence moved between
@@ -88,6 +92,8 @@ class MTPStats(BaseModel):
             n_draft=s.n_draft,
             prompt_tokens=s.prompt_tokens,
             prompt_tokens_cached=s.prompt_tokens_cached,
+            checkpoints=s.checkpoints,
+            checkpoint_bytes=s.checkpoint_bytes,
             rollback_fallbacks=s.rollback_fallbacks,
             context_switches=s.context_switches,
             n_seq=n_seq,
@@ -111,6 +117,8 @@ class MTPStats(BaseModel):
             f"({self.drafts_accepted} accepted / {self.drafts_generated} generated), "
             f"{per_iter:.2f} tokens/iteration",
             f"mtp: decode speed = {self.tokens_per_sec:.2f} tokens/s",
+            f"mtp: prompt cache = {self.prompt_tokens_cached} of {self.prompt_tokens} prompt tokens reused, "
+            f"{self.checkpoints} checkpoints ({self.checkpoint_bytes / 2**20:.2f} MiB)",
             f"mtp: prefill {ms(t.prefill)}",
             f"mtp: draft   {ms(t.draft)}",
             f"mtp: verify  {ms(t.verify)}",

@@ -1,0 +1,114 @@
+// Prompt-cache checkpoints: while a call reads its prompt, the sequence's state one
+// token before the prompt's end is kept (see Checkpoint in engine.hpp), so that a
+// later prompt sharing that prefix but diverging after it (the same prompt again, an
+// edited last message, a trimmed reply) reads only what follows. Checkpoints of all
+// sequences share one byte budget; the oldest is given up first.
+#include <algorithm>
+
+#include "engine.hpp"
+
+namespace mtpstream {
+
+namespace {
+
+// Shorter prompts are cheaper to read again than to split for a checkpoint.
+constexpr int32_t kCheckpointMinTokens = 32;
+
+}  // namespace
+
+// The prompt position (tokens read so far) at which g should leave a checkpoint, or
+// -1. Its last prompt token is then decoded in a batch of its own.
+int32_t Engine::checkpoint_position(const Generation & g) const {
+    if (checkpoint_budget_ == 0 || !g.opts.cache_prompt || g.seq < 0) {
+        return -1;
+    }
+    const auto n = static_cast<int32_t>(g.opts.prompt.size()) - 1;
+    if (n < kCheckpointMinTokens || n < g.cached) {
+        return -1;
+    }
+    const SlotCache & c = slot_cache_[static_cast<size_t>(g.seq)];
+    const bool have = std::any_of(c.checkpoints.begin(), c.checkpoints.end(),
+                                  [&](const Checkpoint & k) { return k.n == n; });
+    return have ? -1 : n;
+}
+
+// g has read its prompt up to checkpoint_position(g), and the MTP context has seen
+// every (token, row) pair before it.
+void Engine::take_checkpoint(Generation & g) {
+    Checkpoint k;
+    k.n = static_cast<int32_t>(g.prefill_pos);
+    k.carry = g.carry;
+    if (target_recurrent_) {
+        // from the context the sequence decodes on (the plain one under "auto"): the
+        // recurrent part is the same in both, and the call's end brings the rest back
+        const size_t size = llama_state_seq_get_size_ext(live(), g.seq, LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY);
+        if (size == 0 || size + k.bytes() > checkpoint_budget_) {
+            return;
+        }
+        k.state.resize(size);
+        if (llama_state_seq_get_data_ext(live(), k.state.data(), size, g.seq,
+                                         LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) != size) {
+            return;
+        }
+    }
+    if (k.bytes() > checkpoint_budget_) {
+        return;
+    }
+    make_room(k.bytes());
+    k.stored = ++cache_clock_;
+    SessionStats::add(stats_.checkpoint_bytes, k.bytes());
+    SessionStats::add(stats_.checkpoints, 1);
+    auto & list = slot_cache_[static_cast<size_t>(g.seq)].checkpoints;
+    list.push_back(std::move(k));
+    std::sort(list.begin(), list.end(), [](const Checkpoint & a, const Checkpoint & b) { return a.n < b.n; });
+}
+
+// Put g's sequence back to checkpoint `index` of its cache: the target's state
+// restored, both contexts cut back to n tokens, the later checkpoints dropped.
+// False: llama.cpp refused (the caller starts the sequence cold).
+bool Engine::restore_checkpoint(Generation & g, SlotCache & c, int32_t index) {
+    const Checkpoint & k = c.checkpoints[static_cast<size_t>(index)];
+    if (!k.state.empty() &&
+        llama_state_seq_set_data_ext(ctx_tgt_.get(), k.state.data(), k.state.size(), g.seq,
+                                     LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) != k.state.size()) {
+        return false;
+    }
+    if (!llama_memory_seq_rm(llama_get_memory(ctx_tgt_.get()), g.seq, k.n, -1)) {
+        return false;
+    }
+    if (ctx_dft_ && !llama_memory_seq_rm(llama_get_memory(ctx_dft_.get()), g.seq, k.n, -1)) {
+        return false;
+    }
+    g.cached = k.n;
+    g.carry = k.carry;
+    g.pending_tok.clear();
+    g.pending_h.clear();
+    g.pending_pos = k.n;
+    c.tokens.resize(static_cast<size_t>(k.n));
+    forget(c, static_cast<size_t>(index) + 1);
+    return true;
+}
+
+// Give up the oldest checkpoints (of any sequence) until `bytes` more fit the budget.
+void Engine::make_room(uint64_t bytes) {
+    while (stats_.checkpoint_bytes.load() + bytes > checkpoint_budget_) {
+        SlotCache * oldest = nullptr;
+        size_t at = 0;
+        for (auto & c : slot_cache_) {
+            for (size_t i = 0; i < c.checkpoints.size(); ++i) {
+                if (oldest == nullptr || c.checkpoints[i].stored < oldest->checkpoints[at].stored) {
+                    oldest = &c;
+                    at = i;
+                }
+            }
+        }
+        if (oldest == nullptr) {
+            return;
+        }
+        SessionStats::sub(stats_.checkpoint_bytes, oldest->checkpoints[at].bytes());
+        SessionStats::sub(stats_.checkpoints, 1);
+        oldest->checkpoints.erase(oldest->checkpoints.begin() + static_cast<std::ptrdiff_t>(at));
+    }
+}
+
+}  // namespace mtpstream
