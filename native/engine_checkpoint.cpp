@@ -1,8 +1,8 @@
-// Prompt-cache checkpoints: while a call reads its prompt, the sequence's state one
-// token before the prompt's end is kept (see Checkpoint in engine.hpp), so that a
-// later prompt sharing that prefix but diverging after it (the same prompt again, an
-// edited last message, a trimmed reply) reads only what follows. Checkpoints of all
-// sequences share one byte budget; the oldest is given up first.
+// Prompt-cache checkpoints: while a call reads its prompt, the sequence's state near
+// the prompt's end is kept (see Checkpoint in engine.hpp), so that a later prompt
+// sharing that prefix but diverging after it (the same prompt again, an edited last
+// message, a trimmed reply) reads only what follows. Checkpoints of all sequences
+// share one byte budget; the oldest is given up first.
 #include <algorithm>
 
 #include "engine.hpp"
@@ -11,19 +11,26 @@ namespace mtpstream {
 
 namespace {
 
-// Shorter prompts are cheaper to read again than to split for a checkpoint.
+// Shorter prefixes are cheaper to read again than to keep.
 constexpr int32_t kCheckpointMinTokens = 32;
+// A call that reads at least this many new prompt tokens decodes the last one in a
+// batch of its own, for a checkpoint one token before the prompt's end (what a
+// repeated prompt needs); a call that reads fewer (a chat turn) keeps the state it
+// starts from instead, which costs no decode: a repeat then reads those few again.
+constexpr int32_t kSplitMinNewTokens = 64;
 
 }  // namespace
 
 // The prompt position (tokens read so far) at which g should leave a checkpoint, or
-// -1. Its last prompt token is then decoded in a batch of its own.
+// -1: one before the prompt's end (its last token then decoded alone) when g reads
+// many new tokens, else where g starts (the end of what it reuses).
 int32_t Engine::checkpoint_position(const Generation & g) const {
     if (checkpoint_budget_ == 0 || !g.opts.cache_prompt || g.seq < 0) {
         return -1;
     }
-    const auto n = static_cast<int32_t>(g.opts.prompt.size()) - 1;
-    if (n < kCheckpointMinTokens || n < g.cached) {
+    const auto n_prompt = static_cast<int32_t>(g.opts.prompt.size());
+    const int32_t n = n_prompt - g.cached >= kSplitMinNewTokens ? n_prompt - 1 : g.cached;
+    if (n < kCheckpointMinTokens) {
         return -1;
     }
     const SlotCache & c = slot_cache_[static_cast<size_t>(g.seq)];

@@ -48,7 +48,8 @@ async def turn(mtp: mtpstream.MTP, prompt: list[int], n: int, **opts: Any) -> tu
     return ids, end.usage
 
 
-LONG = "we walked along the river and the sun was low over the water " * 4
+# long enough (> 64 tokens) that a cold call leaves a checkpoint one before its end
+LONG = "we walked along the river and the sun was low over the water " * 5
 
 
 def shapes(model: mtpstream.Model, first: list[int], gen: list[int]) -> dict[str, tuple[list[int], int]]:
@@ -76,7 +77,7 @@ async def test_every_prompt_shape_equals_a_cold_session(
 ) -> None:
     model = cm.get(arch, head)
     first = model.tokenize(LONG)
-    assert len(first) > 40
+    assert len(first) > 64
     with (
         mtpstream.init(model, n_draft=n_draft, n_ctx=1024, **EXACT) as warm,
         mtpstream.init(model, n_draft=n_draft, n_ctx=1024, prompt_cache=False, **EXACT) as cold,
@@ -119,8 +120,18 @@ async def test_a_conversation_reuses_every_turn(cm: CacheModels) -> None:
             assert (cached > 0) == (i > 0), (i, cached)
             assert b.usage.prompt_tokens_details.cached_tokens == 0
             messages.append({"role": "assistant", "content": a.choices[0].message.content})
+            last_cached = cached
         st = warm.stats()
         assert 0 < st.prompt_tokens_cached < st.prompt_tokens
+        # the last turn asked again, and its reply replaced: both restart from the
+        # checkpoint the turn left where it started (a short turn decodes no extra batch)
+        again = messages[:-1]
+        edited = [*messages[:-1], {"role": "assistant", "content": "no"}, {"role": "user", "content": "why"}]
+        for msgs in (again, edited):
+            a = await warm.chat(msgs, max_tokens=30)
+            b = await cold.chat(msgs, max_tokens=30)
+            assert a.choices[0].message.content == b.choices[0].message.content
+            assert a.usage.prompt_tokens_details.cached_tokens == last_cached
 
 
 @pytest.mark.asyncio
@@ -237,7 +248,7 @@ async def test_reused_state_on_the_chain_drafts_like_a_cold_session(
     model = cm.get(arch, head)
     spec = load_spec(model.path)
     start = spec.chain_start
-    first = [start, *spec.chain(start, 45)]
+    first = [start, *spec.chain(start, 70)]
     with (
         mtpstream.init(model, n_draft=3, n_ctx=1024, **EXACT) as warm,
         mtpstream.init(model, n_draft=3, n_ctx=1024, prompt_cache=False, **EXACT) as cold,
