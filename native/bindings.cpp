@@ -226,11 +226,7 @@ NB_MODULE(_native, m) {
     nb::class_<JobHandle>(m, "Job")
         .def("drain", &drain_job)
         .def("cancel", [](JobHandle & j) { j.p->request_cancel(); })
-        .def_prop_ro("finished", [](const JobHandle & j) { return j.p->finished(); })
-        .def("wait", [](JobHandle & j) {
-            ReleaseGil release;
-            j.p->wait_finished();
-        });
+        .def_prop_ro("finished", [](const JobHandle & j) { return j.p->finished(); });
 
     nb::enum_<Fault>(m, "Fault")
         .value("none", Fault::none)
@@ -354,7 +350,7 @@ NB_MODULE(_native, m) {
         .def(
             "submit",
             [](const EngineHandle & handle, Runtime & rt, GenerationOptions options, int wake_fd, bool wait,
-               int capacity, bool discard) {
+               int capacity) {
                 const std::shared_ptr<Engine> & self = handle.p;
                 if (self->closed()) {
                     if (wake_fd >= 0) {
@@ -372,14 +368,13 @@ NB_MODULE(_native, m) {
                 }
                 auto job = std::make_shared<Job>(self, rt.scheduler(), std::move(gen), wake_fd,
                                                  static_cast<std::size_t>(capacity));
-                job->set_discard(discard);
                 st = rt.submit(job, wait);
                 if (!st.ok()) {
                     raise_status(st);
                 }
                 return JobHandle{std::move(job)};
             },
-            "runtime"_a, "options"_a, "wake_fd"_a, "wait"_a, "capacity"_a, "discard"_a = false)
+            "runtime"_a, "options"_a, "wake_fd"_a, "wait"_a, "capacity"_a)
         .def("close", [](EngineHandle & self, Runtime & rt) {
             self.p->mark_closed();
             ReleaseGil release;

@@ -49,9 +49,6 @@ void Job::wake() {
 }
 
 void Job::push(Event ev) {
-    if (discard_ && !is_terminal(ev.kind)) {
-        return;
-    }
     const bool urgent = is_terminal(ev.kind);
     bool need_wake = false;
     {
@@ -74,9 +71,6 @@ void Job::push(Event ev) {
                 wake_pending_ = true;
             }
         }
-    }
-    if (urgent) {
-        finished_cv_.notify_all();
     }
     if (need_wake) {
         wake();
@@ -123,15 +117,6 @@ void Job::request_cancel() {
     cancel_.store(true);
     { std::lock_guard<std::mutex> lock(scheduler_->mutex); }
     scheduler_->work.notify_all();
-}
-
-}  // namespace mtpstream
-
-namespace mtpstream {
-
-void Job::wait_finished() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    finished_cv_.wait(lock, [&] { return finished_.load(); });
 }
 
 }  // namespace mtpstream

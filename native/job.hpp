@@ -3,7 +3,6 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -34,10 +33,6 @@ public:
     // Set the cancel flag only (for callers that hold the scheduler mutex and notify).
     void cancel() { cancel_.store(true); }
     bool finished() const { return finished_.load(); }
-    // Block until the job has finished (benchmarks; call without the GIL).
-    void wait_finished();
-    // Drop token/stats events natively instead of queueing them (benchmarks).
-    void set_discard(bool v) { discard_ = v; }
 
     // --- producer side (worker thread) ---
     // Queue an event; a terminal one also marks the job finished. The reader is
@@ -76,8 +71,6 @@ private:
     bool woken_ = false;        // a wake byte is outstanding (guarded by mutex_)
     bool wake_pending_ = false;  // events are queued, their wake-up deferred (mutex_)
     int64_t last_wake_us_ = 0;   // steady clock (mutex_)
-    bool discard_ = false;
-    std::condition_variable finished_cv_;
 };
 
 }  // namespace mtpstream

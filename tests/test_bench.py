@@ -195,7 +195,7 @@ def test_upstream_rows_are_judged_and_tabulated() -> None:
     is judged per n_draft on the pooled rounds: a K falls short only when the 95%
     bootstrap interval of its median ratio lies wholly below 1. Acceptance must match
     the server's within 0.02, and "auto" must beat the server's defaults by 5%."""
-    from mtpstream import _bench_report as report
+    from mtpstream.bench import report
 
     def cell(ours: list[float], up: list[float], acc: tuple[float, float] | None = None) -> dict[str, Any]:
         ratios = [o / u for o, u in zip(ours, up, strict=True)]

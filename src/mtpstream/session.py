@@ -183,32 +183,6 @@ class MTP:
                     parts.append(ev.text)
         return "".join(parts)
 
-    def _run_native(self, prompt: str | Sequence[int], **options: Any) -> tuple[Usage, str]:
-        """Run one generation to completion with events dropped natively (blocking).
-
-        For benchmarks: the same engine work as a stream, with no Python in the
-        loop at all. Returns the usage and the finish reason (``"eog"`` for EOG).
-        """
-        opts = _generation_options(options)
-        tokens = self._prompt_tokens(prompt)
-        engine = self._live
-        try:
-            job = engine.submit(
-                _runtime.get(), _native_options(tokens, opts, stats=False), -1, True, _QUEUE_CAPACITY, True
-            )
-        except _native.NativeError as exc:
-            raise from_native(exc) from None
-        self._calls += 1
-        job.wait()
-        for ev in job.drain():
-            if ev.kind == _KIND.error:
-                raise GenerationError(ev.error)
-            if ev.kind == _KIND.cancelled:
-                raise SessionClosedError("the generation was cancelled because the session was closed")
-            if ev.kind in (_KIND.done, _KIND.eog):
-                return _usage(ev.usage), ("eog" if ev.kind == _KIND.eog else ev.finish_reason)
-        raise GenerationError("the generation ended without a terminal event")
-
     def _prompt_tokens(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):
             if not prompt:

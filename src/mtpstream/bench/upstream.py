@@ -25,17 +25,17 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._bench_env import paired_ratios, summarize
-from ._bench_measure import (
+from .. import load_model
+from .env import paired_ratios, summarize
+from .measure import (
     DraftKey,
     Level,
     Settings,
     delivered_decode_tps,
     generation_prompt,
     open_session,
-    run_native,
+    run_engine,
 )
-from .model import load_model
 
 __all__ = ["compare"]
 
@@ -52,7 +52,7 @@ _PAUSE_S = 0.2
 
 
 def _cache_root() -> Path:
-    from .testing import default_cache_dir
+    from ..testing import default_cache_dir
 
     return default_cache_dir().parent / "upstream"
 
@@ -233,7 +233,7 @@ def _expected_acceptance(level: Level, prompt: Sequence[int], k: DraftKey, token
     """The oracle's exact acceptance for this request (None: not an oracle level, or "auto")."""
     if level.weights != "oracle" or k == "auto" or k == 0:
         return None
-    from .testing import expected_acceptance
+    from ..testing import expected_acceptance
 
     try:
         res = expected_acceptance(level.path, prompt, n_draft=int(k), n_tokens=tokens)
@@ -251,7 +251,7 @@ def _cell(exe: Path, level: Level, k: DraftKey, settings: Settings, log: Log) ->
         with open_session(model, k, settings) as ours, server(exe, level.path, k, settings) as port:
             for _ in range(settings.warmup):
                 _complete(port, prompt, settings.tokens)
-                run_native(ours, prompt, settings.tokens)
+                run_engine(ours, prompt, settings.tokens)
             up_tps: list[float] = []
             our_tps: list[float] = []
             delivered_tps: list[float] = []  # ours as an ``async for`` consumer sees it
@@ -277,7 +277,7 @@ def _cell(exe: Path, level: Level, k: DraftKey, settings: Settings, log: Log) ->
                     elif side == 2:
                         delivered_tps.append(delivered_decode_tps(ours, prompt, settings.tokens))
                     else:
-                        sample = run_native(ours, prompt, settings.tokens)
+                        sample = run_engine(ours, prompt, settings.tokens)
                         our_tps.append(sample.decode_tokens_per_sec)
                         our_drafts += sample.drafts_generated
                         our_accepted += sample.drafts_accepted

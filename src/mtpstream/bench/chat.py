@@ -21,10 +21,8 @@ from typing import Any
 
 import anyio
 
-from ._bench_measure import Level, Settings
-from .events import DoneEvent, EogEvent, TokenEvent
-from .model import Model, load_model
-from .session import MTP, init
+from .. import MTP, DoneEvent, EogEvent, Model, TokenEvent, init, load_model
+from .measure import Level, Settings
 
 Log = Callable[[str], None]
 

@@ -2,7 +2,7 @@
 ``stats()`` latency and the cost of idle sessions.
 
 Private to :mod:`mtpstream.bench`. Every function here measures and returns raw
-figures; deriving speedups, ideal bounds and verdicts is :mod:`._bench_report`'s job.
+figures; deriving speedups, ideal bounds and verdicts is :mod:`.report`'s job.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Any, Literal, Union
 
 import anyio
 
-from ._bench_env import (
+from .. import MTP, DoneEvent, EogEvent, Model, MTPError, MTPStats, TokenEvent, Usage, init
+from .env import (
     CpuSnapshot,
     paired_ratios,
     peak_rss_bytes,
@@ -26,11 +27,6 @@ from ._bench_env import (
     reset_peak_rss,
     summarize,
 )
-from .errors import MTPError
-from .events import DoneEvent, EogEvent, TokenEvent
-from .model import Model
-from .session import MTP, init
-from .stats import MTPStats
 
 __all__ = [
     "DraftKey",
@@ -208,12 +204,29 @@ def _delta(before: MTPStats, after: MTPStats) -> dict[str, Any]:
     }
 
 
-def run_native(mtp: MTP, prompt: Sequence[int], tokens: int) -> RunSample:
-    """One generation with events dropped natively (no Python in the loop)."""
+async def _terminal(mtp: MTP, prompt: Sequence[int], tokens: int) -> tuple[Usage, str]:
+    """One generation through the public stream; only its terminal event is kept."""
+    end: DoneEvent | EogEvent | None = None
+    async for ev in mtp.stream_events(list(prompt), max_tokens=tokens):
+        if isinstance(ev, (DoneEvent, EogEvent)):
+            end = ev
+    if end is None:
+        raise MTPError("the generation ended without a terminal event")
+    return end.usage, ("eog" if isinstance(end, EogEvent) else end.finish_reason)
+
+
+def run_once(mtp: MTP, prompt: Sequence[int], tokens: int) -> tuple[Usage, str]:
+    """Run one generation to its end (asyncio); its usage and finish reason."""
+    return anyio.run(_terminal, mtp, prompt, tokens, backend="asyncio")
+
+
+def run_engine(mtp: MTP, prompt: Sequence[int], tokens: int) -> RunSample:
+    """One generation, timed by the engine itself (``stats()`` deltas: the decode
+    loop's own clock, so Python consuming the events is not in the figure)."""
     reset_peak_rss()
     before = mtp.stats()
     cpu0 = CpuSnapshot.take()
-    usage, reason = mtp._run_native(list(prompt), max_tokens=tokens)
+    usage, reason = run_once(mtp, prompt, tokens)
     cpu = CpuSnapshot.take().since(cpu0)
     d = _delta(before, mtp.stats())
     return RunSample(
@@ -244,7 +257,7 @@ def grid(
     samples: dict[DraftKey, list[RunSample]] = {k: [] for k in keys}
     for r in range(settings.runs):
         for k in _rotated(keys, r):
-            samples[k].append(run_native(sessions[k], prompt, settings.tokens))
+            samples[k].append(run_engine(sessions[k], prompt, settings.tokens))
         last = "  ".join(f"k={draft_label(k)}:{samples[k][-1].decode_tokens_per_sec:.1f}" for k in keys)
         busy = max(samples[k][-1].foreign_cpu_cores for k in keys)
         log(f"    round {r + 1}/{settings.runs}  tok/s {last}  (other processes: {busy:.2f} cores)")
@@ -385,14 +398,18 @@ def delivered_decode_tps(mtp: MTP, prompt: Sequence[int], tokens: int) -> float:
 def _consume_once(mtp: MTP, prompt: Sequence[int], tokens: int, mode: str) -> tuple[float, int]:
     """Wall seconds and completion tokens of one generation consumed in ``mode``."""
     if mode == "native":
-        t0 = time.perf_counter()
-        usage, _ = mtp._run_native(list(prompt), max_tokens=tokens)
-        return time.perf_counter() - t0, usage.completion_tokens
+        # the engine's own time for the call: prompt processing and the decode loop
+        before = mtp.stats().timing_us
+        usage, _ = run_once(mtp, prompt, tokens)
+        after = mtp.stats().timing_us
+        engine_us = (after.prefill - before.prefill) + (after.total - before.total)
+        return engine_us / 1e6, usage.completion_tokens
     return anyio.run(_consume, mtp, prompt, tokens, backend=mode)
 
 
 def async_layer(mtp: MTP, prompt: Sequence[int], settings: Settings, log: Log) -> dict[str, Any]:
-    """The same generation consumed natively, under asyncio and under trio, interleaved."""
+    """The same generation timed by the engine ("native") and as consumed under asyncio
+    and under trio (wall time of the call), interleaved."""
     modes = ("native", "asyncio", "trio")
     for mode in modes:
         for _ in range(settings.warmup):
@@ -408,7 +425,8 @@ def async_layer(mtp: MTP, prompt: Sequence[int], settings: Settings, log: Log) -
     log("    async tok/s " + "  ".join(f"{m}:{med[m]:.1f}" for m in modes))
     return {
         "n_draft": mtp.n_draft,
-        "metric": "completion tokens / wall seconds of the whole call (prefill included)",
+        "metric": "completion tokens / seconds of the whole call (prefill included): the engine's own "
+        "time for native, the consumer's wall time for asyncio and trio",
         "modes": {
             m: {"tokens_per_sec": summarize(tps[m], 2), "completion_tokens": sorted(counts[m])} for m in modes
         },
@@ -503,7 +521,7 @@ class _Company:
         for _ in range(n):
             s = open_session(self.model, self.k, self.settings)
             self.alive.append(s)
-            s._run_native(list(self.prompt), max_tokens=4)
+            run_once(s, self.prompt, 4)
 
     def __exit__(self, *exc: object) -> None:
         for s in self.alive:
@@ -518,12 +536,12 @@ def company_cost(model: Model, prompt: Sequence[int], settings: Settings, log: L
     tps: dict[int, list[float]] = {n: [] for n in counts}
     with open_session(model, k, settings) as main:
         for _ in range(settings.warmup):
-            run_native(main, prompt, settings.tokens)
+            run_engine(main, prompt, settings.tokens)
         for r in range(settings.runs):
             for n in _rotated(counts, r):
                 with _Company(model, k, settings, prompt) as company:
                     company.grow(n)
-                    tps[n].append(run_native(main, prompt, settings.tokens).decode_tokens_per_sec)
+                    tps[n].append(run_engine(main, prompt, settings.tokens).decode_tokens_per_sec)
     paired = {n: paired_ratios(tps[n], tps[counts[0]]) for n in counts}
     log("    company tok/s " + "  ".join(f"{n} idle:{statistics.median(tps[n]):.1f}" for n in counts))
     return {

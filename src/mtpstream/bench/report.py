@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ._bench_env import bootstrap_median_ci, paired_ratios
+from .env import bootstrap_median_ci, paired_ratios
 
 __all__ = [
     "IDEAL_METHOD",

@@ -31,11 +31,9 @@ from typing import Any
 
 import anyio
 
-from . import _bench_env as env
-from ._bench_measure import Level, Settings
-from .events import DoneEvent, EogEvent, TokenEvent
-from .model import Model, load_model
-from .session import MTP, init
+from .. import MTP, DoneEvent, EogEvent, Model, TokenEvent, init, load_model
+from . import env
+from .measure import Level, Settings
 
 Log = Callable[[str], None]
 
@@ -255,7 +253,7 @@ class _Servers:
         self._cm: Any = None
 
     def __call__(self, n: int | None) -> int | None:
-        from ._bench_upstream import server
+        from .upstream import server
 
         if self._cm is not None:
             self._cm.__exit__(None, None, None)
@@ -279,7 +277,7 @@ def run(
     }
     exe = None
     if with_upstream:
-        from ._bench_upstream import server_binary
+        from .upstream import server_binary
 
         try:
             exe = server_binary(settings, log)

@@ -2,8 +2,9 @@
 
 For every acceptance level (by default the ``bench``-size synthetic model with
 oracle weights at 100%, 75% and 50% per-token draft agreement, plus random
-weights) and every ``n_draft``, generations run natively (events dropped, no
-Python in the loop), interleaved round by round so drift hits every cell alike;
+weights) and every ``n_draft``, generations run through the public API and are
+timed by the engine's own clock (``stats()``), interleaved round by round so drift
+hits every cell alike;
 each cell reports the median decode tokens/s of ``--runs`` runs after a warm-up
 (with min-max), acceptance, tokens per iteration, the engine's ``timing_us``
 breakdown and peak RSS. From the engine's own timings it derives the cost of a
@@ -11,7 +12,8 @@ plain decode step, of a (k+1)-token verify batch and of a draft step, the ideal
 speedup at the measured acceptance, and the efficiency (measured / ideal).
 
 On the ~100% level it also measures time to first token on a 512-token prompt,
-the async layer ((a) native, (b) ``async for`` under asyncio, (c) under trio),
+the async layer ((a) the engine's own time, (b) ``async for`` under asyncio, (c)
+under trio),
 ``stats()`` latency while a stream runs (from a task and from a thread), and the
 decode speed of one session with 0, 1 and 3 idle sessions alive on the model.
 
@@ -32,12 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _bench_env as env
-from . import _bench_measure as meas
-from . import _bench_report as report
-from .errors import InvalidOptionError, MTPError
-from .model import Model, load_model
-from .session import MTP
+from .. import MTP, InvalidOptionError, Model, MTPError, load_model
+from . import env, report
+from . import measure as meas
 
 __all__ = ["BenchConfig", "main", "run"]
 
@@ -98,7 +97,7 @@ class _Logger:
 # --------------------------------------------------------------------- levels
 def _synthetic_level(name: str, path: Path) -> meas.Level:
     """A level for a file written by :mod:`mtpstream.testing` (oracle spec when it has one)."""
-    from .testing import load_model as describe_synthetic
+    from ..testing import load_model as describe_synthetic
 
     info = describe_synthetic(path)
     if info.spec is None:
@@ -116,7 +115,7 @@ def _synthetic_level(name: str, path: Path) -> meas.Level:
 
 def _default_levels(cfg: BenchConfig, log: _Logger) -> list[meas.Level]:
     """Write (or find in the cache) the synthetic models of every default level."""
-    from .testing import make_model
+    from ..testing import make_model
 
     levels = []
     for base, weights, rate in _DEFAULT_LEVELS:
@@ -175,7 +174,7 @@ def _open_sessions(
                 continue
             sessions[k] = session
             for _ in range(settings.warmup):
-                meas.run_native(session, prompt, settings.tokens)
+                meas.run_engine(session, prompt, settings.tokens)
             rss[meas.draft_label(k)] = env.anon_rss_bytes() - before
     except BaseException:
         for session in sessions.values():
@@ -252,7 +251,7 @@ def _bench_level(
 def _upstream(cfg: BenchConfig, levels: Sequence[meas.Level], log: _Logger) -> dict[str, Any]:
     if not cfg.with_upstream:
         return {"enabled": False}
-    from . import _bench_upstream
+    from . import upstream as _bench_upstream
 
     return _bench_upstream.compare(levels, cfg.settings, log)
 
@@ -277,7 +276,7 @@ def run(cfg: BenchConfig, log: _Logger | None = None) -> dict[str, Any]:
     result["reference_level"] = ref.name
     result["levels"] = []
     if cfg.chat:
-        from . import _bench_chat
+        from . import chat as _bench_chat
 
         lv = next((lv for lv in levels if lv.nominal_acceptance == 0.75), levels[0])
         log(f"chat: a conversation to {_CHAT_HISTORY} tokens in {_CHAT_TURN}-token turns, warm vs cold")
@@ -289,7 +288,7 @@ def run(cfg: BenchConfig, log: _Logger | None = None) -> dict[str, Any]:
         result["wall_s"] = round(time.perf_counter() - started, 1)
         return result
     if cfg.streams:
-        from . import _bench_streams
+        from . import streams as _bench_streams
 
         # the two highest oracle levels (or the user's model): where batching is judged
         chosen = [lv for lv in levels if lv.nominal_acceptance in (1.0, 0.75)] or levels[:1]
@@ -503,7 +502,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mtpstream bench: targets failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,7 @@
+"""``python -m mtpstream.bench`` (the same as ``mtpstream bench``)."""
+
+import sys
+
+from .runner import main
+
+sys.exit(main())
