@@ -17,7 +17,10 @@ constexpr int32_t kCheckpointMinTokens = 32;
 // batch of its own, for a checkpoint one token before the prompt's end (what a
 // repeated prompt needs); a call that reads fewer (a chat turn) keeps the state it
 // starts from instead, which costs no decode: a repeat then reads those few again.
-constexpr int32_t kSplitMinNewTokens = 64;
+// The split costs about one single-token decode on every such call; reading r
+// tokens again costs about r/8 of them at these batch sizes, so below a few hundred
+// tokens it only pays if most prompts are asked twice.
+constexpr int32_t kSplitMinNewTokens = 256;
 
 }  // namespace
 

@@ -48,8 +48,8 @@ async def turn(mtp: mtpstream.MTP, prompt: list[int], n: int, **opts: Any) -> tu
     return ids, end.usage
 
 
-# long enough (> 64 tokens) that a cold call leaves a checkpoint one before its end
-LONG = "we walked along the river and the sun was low over the water " * 5
+# long enough (> 256 tokens) that a cold call leaves a checkpoint one before its end
+LONG = "we walked along the river and the sun was low over the water " * 20
 
 
 def shapes(model: mtpstream.Model, first: list[int], gen: list[int]) -> dict[str, tuple[list[int], int]]:
@@ -77,7 +77,7 @@ async def test_every_prompt_shape_equals_a_cold_session(
 ) -> None:
     model = cm.get(arch, head)
     first = model.tokenize(LONG)
-    assert len(first) > 64
+    assert len(first) > 256
     with (
         mtpstream.init(model, n_draft=n_draft, n_ctx=1024, **EXACT) as warm,
         mtpstream.init(model, n_draft=n_draft, n_ctx=1024, prompt_cache=False, **EXACT) as cold,
@@ -248,7 +248,7 @@ async def test_reused_state_on_the_chain_drafts_like_a_cold_session(
     model = cm.get(arch, head)
     spec = load_spec(model.path)
     start = spec.chain_start
-    first = [start, *spec.chain(start, 70)]
+    first = [start, *spec.chain(start, 300)]
     with (
         mtpstream.init(model, n_draft=3, n_ctx=1024, **EXACT) as warm,
         mtpstream.init(model, n_draft=3, n_ctx=1024, prompt_cache=False, **EXACT) as cold,
