@@ -1,5 +1,6 @@
 """Acceptance on oracle heads that read what real MTP heads read: the hidden row
-they are fed ("hidden") and their own KV entry at the previous position ("kv").
+they are fed ("hidden") and their own KV entry at the previous position ("kv") or two
+back ("kv2").
 
 A head that reads only the token cannot see a wrong hidden row or a stale MTP
 KV; these can. The fault-injection tests put known engine bugs back and watch
@@ -17,7 +18,7 @@ from mtpstream.testing import expected_acceptance, inject_fault, load_spec, make
 
 from conftest import EXACT, collect
 
-HEADS = ("hidden", "kv")
+HEADS = ("hidden", "kv", "kv2")
 ARCHS = ("qwen35", "qwen35moe")
 
 

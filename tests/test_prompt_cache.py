@@ -234,17 +234,18 @@ async def test_a_one_token_extension_drafts_from_the_carried_row(
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("arch", ["qwen35", "qwen35moe"])
-@pytest.mark.parametrize("head", ["hidden", "kv"])
+@pytest.mark.parametrize("head", ["hidden", "kv", "kv2"])
 async def test_reused_state_on_the_chain_drafts_like_a_cold_session(
     cm: CacheModels, arch: str, head: str
 ) -> None:
     """Prompts that follow the model's own greedy chain, so the drafts right after the
     join of reused and new tokens can only be right if the carried row (hidden head)
-    and the MTP context's KV entries before the join (kv head) are right: after an
-    extension (carry and pending pairs) and after a checkpoint restore. With k = 0 the
+    and the MTP context's KV entries before the join (kv and kv2 heads) are right: after
+    an extension (carry and pending pairs) and after a checkpoint restore. With k = 0 the
     extension is the last generated token alone: the first draft reads the entry built
-    from the carried row. (Zeroing the carried row, skipping the MTP context's cut or the
-    state restore each fails this test.)"""
+    from the carried row (kv) and the last pair the previous call left pending (kv2).
+    (Zeroing the carried row, dropping the pending pairs, skipping the MTP context's cut
+    or the state restore each fails this test.)"""
     model = cm.get(arch, head)
     spec = load_spec(model.path)
     start = spec.chain_start

@@ -388,7 +388,7 @@ def _parser() -> argparse.ArgumentParser:
     mk.add_argument("--arch", choices=("qwen35", "qwen35moe"), default="qwen35")
     mk.add_argument("--weights", choices=("oracle", "random"), default="oracle")
     mk.add_argument("--size", choices=("tiny", "small", "bench"), default="tiny")
-    mk.add_argument("--head", choices=("hidden", "kv", "token"), default="hidden")
+    mk.add_argument("--head", choices=("hidden", "kv", "kv2", "token"), default="hidden")
     mk.add_argument("--kind", choices=("mtp", "plain", "sidecar"), default="mtp")
     mk.add_argument("--mtp-error-rate", type=float, default=0.25)
     mk.add_argument("--seed", type=int, default=0)

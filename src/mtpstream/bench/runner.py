@@ -352,7 +352,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--head",
-        choices=("hidden", "kv", "token"),
+        choices=("hidden", "kv", "kv2", "token"),
         default="hidden",
         help="what the oracle MTP head drafts from (default: %(default)s, the hidden row it is fed)",
     )

@@ -7,7 +7,8 @@ except on a chosen fraction of tokens, so speculative-decoding acceptance is
 known exactly (:func:`expected_acceptance`) and analytically
 (:func:`analytic_acceptance`).  ``head=`` chooses what the oracle head drafts
 from: the token (``"token"``), the hidden row it is fed (``"hidden"``) or its
-own KV entry at the previous position (``"kv"``); :func:`inject_fault` puts a
+own KV entry at the previous position (``"kv"``) or two back (``"kv2"``);
+:func:`inject_fault` puts a
 known engine bug back so a test can see the acceptance drop.
 
 Example::

@@ -148,7 +148,8 @@ def make_model(
             alone), ``"hidden"`` (only the hidden row it is fed: the target's row
             at the first draft step, its own output row inside the chain) or
             ``"kv"`` (only the value its attention reads from its own KV entry at
-            the previous position). Real heads read all three; the three modes
+            the previous position) or ``"kv2"`` (the same, two positions back:
+            it sees entries fed before the newest). Real heads read all of these; the modes
             have the same expected acceptance when the engine feeds the head
             right, and a wrong row or a stale MTP KV lowers it only in the modes
             that read it. Ignored for random weights and plain models.
@@ -199,7 +200,7 @@ class SyntheticModel:
     """``block_count``: trunk layers plus the NextN block when present."""
     n_layer_nextn: int
     head: str
-    """What the oracle MTP head reads: ``"token"``, ``"hidden"`` or ``"kv"``."""
+    """What the oracle MTP head reads: ``"token"``, ``"hidden"``, ``"kv"`` or ``"kv2"``."""
     spec: OracleSpec | None
     """Oracle behaviour (``None`` for random weights)."""
 

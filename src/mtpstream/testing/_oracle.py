@@ -27,6 +27,8 @@ Construction (see :func:`oracle_layout`):
   - ``"kv"``: the draft reads only the value the head's attention finds in its
     own KV cache at the previous position (written there from that entry's
     hidden row), so a missing or stale MTP KV entry changes the draft.
+  - ``"kv2"``: the same, two positions back: it sees the entries the MTP context
+    was fed before the newest one (catch-up pairs, a reused sequence's memory).
 
   In every mode, when the rows and the KV are right, the draft for the token
   after ``t`` is the same, so the three modes have the same expected
@@ -54,9 +56,9 @@ _STREAM_CLASSES = 4
 _STREAM_EMBED = 5
 
 
-HeadMode = Literal["token", "hidden", "kv"]
-HEAD_MODES: tuple[HeadMode, ...] = ("token", "hidden", "kv")
-HEAD_LAG: dict[str, int] = {"token": 0, "hidden": 1, "kv": 2}
+HeadMode = Literal["token", "hidden", "kv", "kv2"]
+HEAD_MODES: tuple[HeadMode, ...] = ("token", "hidden", "kv", "kv2")
+HEAD_LAG: dict[str, int] = {"token": 0, "hidden": 1, "kv": 2, "kv2": 3}
 """How many positions back the head's information comes from: the draft made at
 input position ``P`` is ``head[token at P - lag]``."""
 
@@ -74,7 +76,7 @@ class OracleSpec:
     ``head`` (``None`` for models without an MTP head) is the MTP head's map:
     a draft step whose input token sits at position ``P`` predicts
     ``head[token at P - head_lag]`` for position ``P + 1`` (``head_lag`` is 0
-    for ``head_mode="token"``, 1 for ``"hidden"`` and 2 for ``"kv"``); -1
+    for ``head_mode="token"``, 1 for ``"hidden"``, 2 for ``"kv"``, 3 for ``"kv2"``); -1
     marks a prediction that is never a correct successor (past the end of the
     chain, or no information at all).
     """
@@ -92,7 +94,7 @@ class OracleSpec:
 
     @property
     def head_lag(self) -> int:
-        """Positions back the head reads (0 token, 1 hidden row, 2 own KV)."""
+        """Positions back the head reads (0 token, 1 hidden row, 2 own KV, 3 own KV two back)."""
         return HEAD_LAG[self.head_mode]
 
     @property

@@ -63,6 +63,9 @@ class ModelRequest:
     head: HeadMode = "token"
 
 
+_KV_HEADS = ("kv", "kv2")
+"""Head modes whose draft reads the head's own KV cache (a positional attention)."""
+
 KV_ROPE_FREQ_BASE = 10.0
 """RoPE base of ``head="kv"`` files: every rotary frequency is high enough that
 the head's positional attention peaks sharply at the previous position (the
@@ -95,7 +98,7 @@ class _Builder:
         assert self.layout is not None
         if self._class_vectors is None:
             self._class_vectors = self.layout.class_vectors(
-                self.req.seed, self.cfg.n_embd, const_dim=self.req.head == "kv"
+                self.req.seed, self.cfg.n_embd, const_dim=self.req.head in _KV_HEADS
             )
         return self._class_vectors
 
@@ -103,7 +106,7 @@ class _Builder:
     def slot(self) -> int:
         """Width of one slot of the head's residual stream (a quarter of n_embd):
         slot 0 the input token's class code, slot 1 the code read from the hidden
-        row, slot 2 the code the attention read from the previous KV entry."""
+        row, slot 2 ("kv") or 3 ("kv2") the code the attention read from a KV entry."""
         return self.cfg.n_embd // 4
 
     def normal(self, name: str, shape: tuple[int, ...], std: float) -> Callable[[], np.ndarray]:
@@ -273,7 +276,7 @@ class _Builder:
         p = f"blk.{il}."
         yield self.ones(p + "attn_norm.weight", (c.n_embd,))
         yield self.ones(p + "post_attention_norm.weight", (c.n_embd,))
-        if self.oracle and self.req.head == "kv":
+        if self.oracle and self.req.head in _KV_HEADS:
             yield from self.kv_attention(il)
         else:
             yield from self.attention(il)
@@ -312,7 +315,7 @@ class _Builder:
             yield self.lm_head(p + "nextn.shared_head_head.weight", head=True)
 
     def slot_head(self, name: str) -> TensorPlan:
-        """The draft LM head of a "hidden"/"kv" head: the row of the predicted token
+        """The draft LM head of a "hidden"/"kv"/"kv2" head: the row of the predicted token
         for class ``c`` holds ``c``'s code in the slot the mode reads."""
         shape = (self.vocab.n_vocab, self.cfg.n_embd)
         lag = HEAD_LAG[self.req.head]
@@ -334,13 +337,16 @@ class _Builder:
         return TensorPlan(name, shape, self.matrix_type(), make)
 
     def kv_attention(self, il: int) -> Iterator[TensorPlan]:
-        """The "kv" head's attention: query head 0 and key head 0 are constant
+        """The "kv"/"kv2" head's attention: query head 0 and key head 0 are constant
         vectors (from the constant dimension 0) with the query pre-rotated by one
-        position, so the score peaks at the previous position whatever the content;
-        value head 0 carries slot 1 of that entry into slot 2."""
+        position ("kv2": two), so the score peaks at the previous position (two back)
+        whatever the content; value head 0 carries slot 1 of that entry into slot 2
+        ("kv2": slot 3), the slot the draft LM head reads."""
         c = self.cfg
         p = f"blk.{il}."
         hd, nrot, q = c.head_dim, c.rope_dims, self.slot
+        lag = HEAD_LAG[self.req.head]
+        shift = lag - 1  # positions back the attention reads
         half = nrot // 2
         theta = KV_ROPE_FREQ_BASE ** (-2.0 * np.arange(half) / nrot)
         if hd < q:  # pragma: no cover - config invariant
@@ -349,8 +355,8 @@ class _Builder:
 
         def wq() -> np.ndarray:
             w = np.zeros((2 * c.n_head * hd, c.n_embd), dtype=np.float32)
-            w[np.arange(half), 0] = np.cos(theta)  # head 0's query; its gate rows stay 0
-            w[half + np.arange(half), 0] = -np.sin(theta)
+            w[np.arange(half), 0] = np.cos(shift * theta)  # head 0's query; its gate rows stay 0
+            w[half + np.arange(half), 0] = -np.sin(shift * theta)
             return w
 
         def wk() -> np.ndarray:
@@ -365,7 +371,7 @@ class _Builder:
 
         def wo() -> np.ndarray:
             w = np.zeros((c.n_embd, c.n_head * hd), dtype=np.float32)
-            w[2 * q + np.arange(q), np.arange(q)] = 2.0  # undo the sigmoid(0) = 0.5 gate
+            w[lag * q + np.arange(q), np.arange(q)] = 2.0  # undo the sigmoid(0) = 0.5 gate
             return w
 
         yield TensorPlan(p + "attn_q.weight", (2 * c.n_head * hd, c.n_embd), qtype, wq)
@@ -411,7 +417,7 @@ def _add_metadata(w: gguf.GGUFWriter, req: ModelRequest, vocab: Vocab, layout: O
     w.add_uint32(f"{a}.attention.key_length", c.head_dim)
     w.add_uint32(f"{a}.attention.value_length", c.head_dim)
     w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", c.rms_eps)
-    w.add_float32(f"{a}.rope.freq_base", KV_ROPE_FREQ_BASE if req.head == "kv" else c.rope_freq_base)
+    w.add_float32(f"{a}.rope.freq_base", KV_ROPE_FREQ_BASE if req.head in _KV_HEADS else c.rope_freq_base)
     w.add_uint32(f"{a}.rope.dimension_count", c.rope_dims)
     w.add_array(f"{a}.rope.dimension_sections", list(c.rope_sections))
     w.add_uint32(f"{a}.ssm.conv_kernel", c.ssm_d_conv)
