@@ -4,6 +4,7 @@
 // message, a trimmed reply) reads only what follows. Checkpoints of all sequences
 // share one byte budget; the oldest is given up first.
 #include <algorithm>
+#include <exception>
 
 #include "engine.hpp"
 
@@ -45,6 +46,14 @@ int32_t Engine::checkpoint_position(const Generation & g) const {
 // g has read its prompt up to checkpoint_position(g), and the MTP context has seen
 // every (token, row) pair before it.
 void Engine::take_checkpoint(Generation & g) {
+    try {
+        keep_checkpoint(g);
+    } catch (const std::exception &) {
+        // out of memory for the copy, or llama.cpp refused: the call goes on without one
+    }
+}
+
+void Engine::keep_checkpoint(Generation & g) {
     Checkpoint k;
     k.n = static_cast<int32_t>(g.prefill_pos);
     k.carry = g.carry;
@@ -78,10 +87,17 @@ void Engine::take_checkpoint(Generation & g) {
 // False: llama.cpp refused (the caller starts the sequence cold).
 bool Engine::restore_checkpoint(Generation & g, SlotCache & c, int32_t index) {
     const Checkpoint & k = c.checkpoints[static_cast<size_t>(index)];
-    if (!k.state.empty() &&
-        llama_state_seq_set_data_ext(ctx_tgt_.get(), k.state.data(), k.state.size(), g.seq,
-                                     LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) != k.state.size()) {
-        return false;
+    if (!k.state.empty()) {
+        size_t read = 0;
+        try {  // llama.cpp throws when it cannot place the state
+            read = llama_state_seq_set_data_ext(ctx_tgt_.get(), k.state.data(), k.state.size(), g.seq,
+                                                LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY);
+        } catch (const std::exception &) {
+            read = 0;
+        }
+        if (read != k.state.size()) {
+            return false;
+        }
     }
     if (!llama_memory_seq_rm(llama_get_memory(ctx_tgt_.get()), g.seq, k.n, -1)) {
         return false;
