@@ -953,6 +953,12 @@ def init(
     Context options: ``n_threads, n_threads_batch, n_batch, n_ubatch, flash_attn,
     type_k, type_v, offload_kqv``.
 
+    ``prompt_cache=True`` (the default) keeps each finished call's state, so a call
+    whose prompt extends it (the next chat turn) reads only the new tokens, and keeps
+    checkpoints near earlier prompts' ends (within ``prompt_cache_checkpoint_bytes``,
+    default 256 MiB, for all sequences together) so that a prompt diverging inside
+    the cached tokens restarts from the last one before the divergence.
+
     Raises:
         InvalidOptionError: a bad option (``.field`` names it).
         NoMTPHeadError: drafting was asked for on a model without an MTP head.
