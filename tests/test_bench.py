@@ -299,3 +299,29 @@ def test_streams_scenario_writes_its_figures(tmp_path: Path) -> None:
         "streams_acceptance_vs_single",
     }
     assert bench.main(["--streams", "0", "--out", str(tmp_path)]) == 2
+
+
+def test_the_bench_uses_only_the_public_api() -> None:
+    """Every name the bench takes from mtpstream is public (in ``mtpstream.__all__``, or
+    the public ``mtpstream.testing``): no private module, no bench-only hook."""
+    import ast
+
+    import mtpstream
+
+    pkg = Path(bench.__file__).parent
+    seen = 0
+    for path in sorted(pkg.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2:
+                seen += 1
+                target = node.module or ""
+                if target:
+                    assert target == "testing", f"{path.name} imports mtpstream.{target}"
+                else:
+                    private = [a.name for a in node.names if a.name not in mtpstream.__all__]
+                    assert not private, f"{path.name} imports {private} from mtpstream"
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mtpstream."):
+                assert node.module in ("mtpstream.testing", "mtpstream.bench"), (path.name, node.module)
+            elif isinstance(node, ast.Attribute) and node.attr.startswith("_run_native"):
+                raise AssertionError(f"{path.name} calls {node.attr}")
+    assert seen >= 5  # the scan did see the bench's imports
