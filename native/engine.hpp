@@ -164,6 +164,7 @@ private:
 
     // --- checkpoints (engine_checkpoint.cpp)
     int32_t checkpoint_position(const Generation & g) const;
+    bool boundary_checkpoint(const Generation & g) const;
     void take_checkpoint(Generation & g);  // never throws: a checkpoint is optional
     void keep_checkpoint(Generation & g);
     bool restore_checkpoint(Generation & g, SlotCache & c, int32_t index);

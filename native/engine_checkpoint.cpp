@@ -4,6 +4,7 @@
 // message, a trimmed reply) reads only what follows. Checkpoints of all sequences
 // share one byte budget; the oldest is given up first.
 #include <algorithm>
+#include <cstdlib>
 #include <exception>
 
 #include "engine.hpp"
@@ -22,6 +23,11 @@ constexpr int32_t kCheckpointMinTokens = 32;
 // tokens again costs about r/8 of them at these batch sizes, so below a few hundred
 // tokens it only pays if most prompts are asked twice.
 constexpr int32_t kSplitMinNewTokens = 256;
+// A long prompt also leaves checkpoints where its chunks end (no decode of its own:
+// only the copy), at least this far from every other checkpoint of the sequence and
+// from the prompt's end: a later prompt sharing a long head (a system prompt, a
+// document) but not the rest restarts from the last one before the divergence.
+constexpr int32_t kCheckpointSpacing = 256;
 
 }  // namespace
 
@@ -43,8 +49,21 @@ int32_t Engine::checkpoint_position(const Generation & g) const {
     return have ? -1 : n;
 }
 
-// g has read its prompt up to checkpoint_position(g), and the MTP context has seen
-// every (token, row) pair before it.
+// g has just read a chunk that ends inside its prompt: whether to keep a checkpoint there.
+bool Engine::boundary_checkpoint(const Generation & g) const {
+    const auto n = static_cast<int32_t>(g.prefill_pos);
+    const auto n_prompt = static_cast<int32_t>(g.opts.prompt.size());
+    if (checkpoint_budget_ == 0 || !g.opts.cache_prompt || g.seq < 0 || n < kCheckpointMinTokens ||
+        n_prompt - n < kCheckpointSpacing) {
+        return false;
+    }
+    const SlotCache & c = slot_cache_[static_cast<size_t>(g.seq)];
+    return std::none_of(c.checkpoints.begin(), c.checkpoints.end(),
+                        [&](const Checkpoint & k) { return std::abs(k.n - n) < kCheckpointSpacing; });
+}
+
+// g has read its prompt up to checkpoint_position(g) or to a chunk boundary (see
+// boundary_checkpoint), and the MTP context has seen every (token, row) pair before it.
 void Engine::take_checkpoint(Generation & g) {
     try {
         keep_checkpoint(g);

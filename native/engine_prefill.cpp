@@ -118,7 +118,7 @@ void Engine::prefill_step(Job & job) {
     }
     g.prefill_pos += static_cast<size_t>(m);
     if (!last_chunk) {
-        if (static_cast<int32_t>(g.prefill_pos) == at) {
+        if (static_cast<int32_t>(g.prefill_pos) == at || boundary_checkpoint(g)) {
             take_checkpoint(g);
         }
         return;

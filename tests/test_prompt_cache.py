@@ -372,3 +372,28 @@ def test_checkpoint_budget_is_validated(cm: CacheModels, bad: object) -> None:
     with pytest.raises(mtpstream.InvalidOptionError) as info:
         mtpstream.init(cm.get("qwen35", "hidden"), prompt_cache_checkpoint_bytes=bad)
     assert info.value.field == "prompt_cache_checkpoint_bytes"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("n_draft", [0, 3])
+async def test_a_shared_long_head_restarts_from_a_chunk_boundary(cm: CacheModels, n_draft: int) -> None:
+    """Two prompts sharing a long head (a system prompt, a document) but not what follows:
+    the second restarts from the checkpoint the first left where its first 512-token
+    chunk ended (n_batch), not from the start."""
+    model = cm.get("qwen35moe", "kv")
+    head = model.tokenize(LONG * 4)[:900]
+    a = [*head, *model.tokenize(" the road went on", add_special=False)]
+    b = [*head, *model.tokenize(" and the town was quiet", add_special=False)]
+    with (
+        mtpstream.init(model, n_draft=n_draft, n_ctx=2048, **EXACT) as warm,
+        mtpstream.init(model, n_draft=n_draft, n_ctx=2048, prompt_cache=False, **EXACT) as cold,
+    ):
+        assert warm.stats().checkpoints == 0
+        await turn(warm, a, 10)
+        assert warm.stats().checkpoints == 2  # at 512 (the chunk's end) and one before a's end
+        got, u = await turn(warm, b, 20)
+        want, ref = await turn(cold, b, 20)
+        assert got == want
+        assert u.cached_tokens == 512
+        if n_draft:
+            assert (u.drafts_accepted, u.drafts_generated) == (ref.drafts_accepted, ref.drafts_generated)
