@@ -372,9 +372,7 @@ void Engine::forget(SlotCache & c, size_t keep_first) {
         c.pending_h.clear();
     }
     while (c.checkpoints.size() > keep_first) {
-        SessionStats::sub(stats_.checkpoint_bytes, c.checkpoints.back().bytes());
-        SessionStats::sub(stats_.checkpoints, 1);
-        c.checkpoints.pop_back();
+        drop_checkpoint(c, c.checkpoints.size() - 1);
     }
 }
 

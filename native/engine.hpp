@@ -163,12 +163,14 @@ private:
     void forget(SlotCache & c, size_t keep_first);
 
     // --- checkpoints (engine_checkpoint.cpp)
+    bool checkpoint_wanted(const Generation & g, int32_t n, int32_t apart) const;
     int32_t checkpoint_position(const Generation & g) const;
     bool boundary_checkpoint(const Generation & g) const;
     void take_checkpoint(Generation & g);  // never throws: a checkpoint is optional
     void keep_checkpoint(Generation & g);
     bool restore_checkpoint(Generation & g, SlotCache & c, int32_t index);
     void make_room(uint64_t bytes);
+    void drop_checkpoint(SlotCache & c, size_t i);
 
     // --- prefill (engine_prefill.cpp)
     void begin(Job & job);

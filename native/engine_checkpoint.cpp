@@ -31,35 +31,31 @@ constexpr int32_t kCheckpointSpacing = 256;
 
 }  // namespace
 
+// Whether g may leave a checkpoint at n: checkpoints are on for it, n is long
+// enough, and the sequence holds none within `apart` tokens of n.
+bool Engine::checkpoint_wanted(const Generation & g, int32_t n, int32_t apart) const {
+    if (checkpoint_budget_ == 0 || !g.opts.cache_prompt || g.seq < 0 || n < kCheckpointMinTokens) {
+        return false;
+    }
+    const SlotCache & c = slot_cache_[static_cast<size_t>(g.seq)];
+    return std::none_of(c.checkpoints.begin(), c.checkpoints.end(),
+                        [&](const Checkpoint & k) { return std::abs(k.n - n) < apart; });
+}
+
 // The prompt position (tokens read so far) at which g should leave a checkpoint, or
 // -1: one before the prompt's end (its last token then decoded alone) when g reads
 // many new tokens, else where g starts (the end of what it reuses).
 int32_t Engine::checkpoint_position(const Generation & g) const {
-    if (checkpoint_budget_ == 0 || !g.opts.cache_prompt || g.seq < 0) {
-        return -1;
-    }
     const auto n_prompt = static_cast<int32_t>(g.opts.prompt.size());
     const int32_t n = n_prompt - g.cached >= kSplitMinNewTokens ? n_prompt - 1 : g.cached;
-    if (n < kCheckpointMinTokens) {
-        return -1;
-    }
-    const SlotCache & c = slot_cache_[static_cast<size_t>(g.seq)];
-    const bool have = std::any_of(c.checkpoints.begin(), c.checkpoints.end(),
-                                  [&](const Checkpoint & k) { return k.n == n; });
-    return have ? -1 : n;
+    return checkpoint_wanted(g, n, 1) ? n : -1;
 }
 
 // g has just read a chunk that ends inside its prompt: whether to keep a checkpoint there.
 bool Engine::boundary_checkpoint(const Generation & g) const {
     const auto n = static_cast<int32_t>(g.prefill_pos);
     const auto n_prompt = static_cast<int32_t>(g.opts.prompt.size());
-    if (checkpoint_budget_ == 0 || !g.opts.cache_prompt || g.seq < 0 || n < kCheckpointMinTokens ||
-        n_prompt - n < kCheckpointSpacing) {
-        return false;
-    }
-    const SlotCache & c = slot_cache_[static_cast<size_t>(g.seq)];
-    return std::none_of(c.checkpoints.begin(), c.checkpoints.end(),
-                        [&](const Checkpoint & k) { return std::abs(k.n - n) < kCheckpointSpacing; });
+    return n_prompt - n >= kCheckpointSpacing && checkpoint_wanted(g, n, kCheckpointSpacing);
 }
 
 // g has read its prompt up to checkpoint_position(g) or to a chunk boundary (see
@@ -76,29 +72,28 @@ void Engine::keep_checkpoint(Generation & g) {
     Checkpoint k;
     k.n = static_cast<int32_t>(g.prefill_pos);
     k.carry = g.carry;
-    if (target_recurrent_) {
-        // from the context the sequence decodes on (the plain one under "auto"): the
-        // recurrent part is the same in both, and the call's end brings the rest back
-        const size_t size = llama_state_seq_get_size_ext(live(), g.seq, LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY);
-        if (size == 0 || size + k.bytes() > checkpoint_budget_) {
-            return;
-        }
+    // the recurrent state comes from the context the sequence decodes on (the plain one
+    // under "auto"): that part is the same in both, and the call's end brings the rest back
+    const size_t size =
+        target_recurrent_ ? llama_state_seq_get_size_ext(live(), g.seq, LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) : 0;
+    if ((target_recurrent_ && size == 0) || size + k.bytes() > checkpoint_budget_) {
+        return;
+    }
+    if (size > 0) {
         k.state.resize(size);
         if (llama_state_seq_get_data_ext(live(), k.state.data(), size, g.seq,
                                          LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) != size) {
             return;
         }
     }
-    if (k.bytes() > checkpoint_budget_) {
-        return;
-    }
     make_room(k.bytes());
     k.stored = ++cache_clock_;
     SessionStats::add(stats_.checkpoint_bytes, k.bytes());
     SessionStats::add(stats_.checkpoints, 1);
-    auto & list = slot_cache_[static_cast<size_t>(g.seq)].checkpoints;
-    list.push_back(std::move(k));
-    std::sort(list.begin(), list.end(), [](const Checkpoint & a, const Checkpoint & b) { return a.n < b.n; });
+    auto & list = slot_cache_[static_cast<size_t>(g.seq)].checkpoints;  // ascending n
+    const auto at = std::upper_bound(list.begin(), list.end(), k.n,
+                                     [](int32_t n, const Checkpoint & other) { return n < other.n; });
+    list.insert(at, std::move(k));
 }
 
 // Put g's sequence back to checkpoint `index` of its cache: the target's state
@@ -150,10 +145,14 @@ void Engine::make_room(uint64_t bytes) {
         if (oldest == nullptr) {
             return;
         }
-        SessionStats::sub(stats_.checkpoint_bytes, oldest->checkpoints[at].bytes());
-        SessionStats::sub(stats_.checkpoints, 1);
-        oldest->checkpoints.erase(oldest->checkpoints.begin() + static_cast<std::ptrdiff_t>(at));
+        drop_checkpoint(*oldest, at);
     }
+}
+
+void Engine::drop_checkpoint(SlotCache & c, size_t i) {
+    SessionStats::sub(stats_.checkpoint_bytes, c.checkpoints[i].bytes());
+    SessionStats::sub(stats_.checkpoints, 1);
+    c.checkpoints.erase(c.checkpoints.begin() + static_cast<std::ptrdiff_t>(i));
 }
 
 }  // namespace mtpstream
