@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import mtpstream
-from mtpstream.testing import make_model
+from mtpstream.testing import load_spec, make_model
 
 # flash attention off: on CPU a multi-token verify batch then matches single-token
 # decoding to ~1e-5 (with it on, ~3e-3 can flip near-ties on random weights)
@@ -52,6 +52,30 @@ def models(model_paths: dict[str, Path]) -> Iterator[Models]:
     m = Models(model_paths)
     yield m
     m.close()
+
+
+class OracleModels:
+    """Tiny oracle models per (arch, head, error rate, kind), each loaded once."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[tuple[str, str, float, str], mtpstream.Model] = {}
+
+    @staticmethod
+    def path(arch: str, head: str = "hidden", rate: float = 0.25, kind: str = "mtp") -> Path:
+        return make_model(arch=arch, weights="oracle", size="tiny", mtp_error_rate=rate, head=head, kind=kind)  # type: ignore[arg-type]
+
+    def get(self, arch: str, head: str = "hidden", rate: float = 0.25, kind: str = "mtp") -> mtpstream.Model:
+        key = (arch, head, rate, kind)
+        if key not in self._loaded:
+            self._loaded[key] = mtpstream.load_model(self.path(arch, head, rate, kind))
+        return self._loaded[key]
+
+    def spec(self, arch: str, head: str = "hidden", rate: float = 0.25) -> Any:
+        return load_spec(self.path(arch, head, rate))
+
+    def close(self) -> None:
+        for m in self._loaded.values():
+            m.close()
 
 
 @pytest.fixture

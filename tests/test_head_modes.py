@@ -14,40 +14,17 @@ from typing import Any
 import pytest
 
 import mtpstream
-from mtpstream.testing import expected_acceptance, inject_fault, load_spec, make_model
+from mtpstream.testing import expected_acceptance, inject_fault
 
-from conftest import EXACT, collect
+from conftest import EXACT, OracleModels, collect
 
 HEADS = ("hidden", "kv", "kv2")
 ARCHS = ("qwen35", "qwen35moe")
 
 
-class HeadModels:
-    """Tiny oracle models per (arch, head, error rate, kind), loaded once."""
-
-    def __init__(self) -> None:
-        self._loaded: dict[tuple[Any, ...], mtpstream.Model] = {}
-
-    def get(self, arch: str, head: str, rate: float = 0.25, kind: str = "mtp") -> mtpstream.Model:
-        key = (arch, head, rate, kind)
-        if key not in self._loaded:
-            path = make_model(
-                arch=arch, weights="oracle", size="tiny", mtp_error_rate=rate, head=head, kind=kind
-            )  # type: ignore[arg-type]
-            self._loaded[key] = mtpstream.load_model(path)
-        return self._loaded[key]
-
-    def spec(self, arch: str, head: str, rate: float = 0.25) -> Any:
-        return load_spec(make_model(arch=arch, weights="oracle", size="tiny", mtp_error_rate=rate, head=head))  # type: ignore[arg-type]
-
-    def close(self) -> None:
-        for m in self._loaded.values():
-            m.close()
-
-
 @pytest.fixture(scope="module")
 def heads() -> Any:
-    h = HeadModels()
+    h = OracleModels()
     yield h
     h.close()
 
@@ -71,7 +48,7 @@ async def run_and_compare(mtp: mtpstream.MTP, spec: Any, prompt: list[int], n_dr
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("n_draft", [1, 2, 3, 4, 5, 6])
-async def test_acceptance_equals_expectation(heads: HeadModels, arch: str, head: str, n_draft: int) -> None:
+async def test_acceptance_equals_expectation(heads: OracleModels, arch: str, head: str, n_draft: int) -> None:
     model, spec = heads.get(arch, head), heads.spec(arch, head)
     with mtpstream.init(model, n_draft=n_draft, n_ctx=1024, **EXACT) as mtp:
         # a prompt off the chain (the first drafts of a "kv" head read "along"), then a chain prompt
@@ -82,7 +59,7 @@ async def test_acceptance_equals_expectation(heads: HeadModels, arch: str, head:
 @pytest.mark.asyncio
 @pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("n_draft", [7, 8])
-async def test_long_drafts(heads: HeadModels, head: str, n_draft: int) -> None:
+async def test_long_drafts(heads: OracleModels, head: str, n_draft: int) -> None:
     model, spec = heads.get("qwen35", head), heads.spec("qwen35", head)
     with mtpstream.init(model, n_draft=n_draft, n_ctx=1024, **EXACT) as mtp:
         await run_and_compare(mtp, spec, chain_prompt(spec, 5), n_draft, 200)
@@ -90,7 +67,7 @@ async def test_long_drafts(heads: HeadModels, head: str, n_draft: int) -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("head", HEADS)
-async def test_prompt_over_several_ubatches(heads: HeadModels, head: str) -> None:
+async def test_prompt_over_several_ubatches(heads: OracleModels, head: str) -> None:
     model, spec = heads.get("qwen35", head), heads.spec("qwen35", head)
     prompt = chain_prompt(spec, 150)
     with mtpstream.init(model, n_draft=3, n_ctx=1024, n_batch=64, n_ubatch=16, **EXACT) as mtp:
@@ -99,7 +76,7 @@ async def test_prompt_over_several_ubatches(heads: HeadModels, head: str) -> Non
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("head", HEADS)
-async def test_full_rejection_then_full_acceptance(heads: HeadModels, head: str) -> None:
+async def test_full_rejection_then_full_acceptance(heads: OracleModels, head: str) -> None:
     """A head that is always wrong, then one that is always right, on the same engine shape."""
     for rate in (1.0, 0.0):
         model, spec = heads.get("qwen35", head, rate), heads.spec("qwen35", head, rate)
@@ -110,7 +87,7 @@ async def test_full_rejection_then_full_acceptance(heads: HeadModels, head: str)
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("head", HEADS)
-async def test_across_calls_on_one_session(heads: HeadModels, head: str) -> None:
+async def test_across_calls_on_one_session(heads: OracleModels, head: str) -> None:
     model, spec = heads.get("qwen35moe", head), heads.spec("qwen35moe", head)
     with mtpstream.init(model, n_draft=4, n_ctx=1024, **EXACT) as mtp:
         for n in (3, 40, 3, 11):
@@ -119,7 +96,7 @@ async def test_across_calls_on_one_session(heads: HeadModels, head: str) -> None
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("head", HEADS)
-async def test_sidecar_draft_model(heads: HeadModels, head: str) -> None:
+async def test_sidecar_draft_model(heads: OracleModels, head: str) -> None:
     model, spec = heads.get("qwen35", head), heads.spec("qwen35", head)
     sidecar = heads.get("qwen35", head, kind="sidecar")
     with mtpstream.init(model, n_draft=3, n_ctx=1024, draft_model=sidecar, **EXACT) as mtp:
@@ -130,7 +107,7 @@ async def test_sidecar_draft_model(heads: HeadModels, head: str) -> None:
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("head", HEADS)
 async def test_auto_draft_accepts_everything_on_a_perfect_head(
-    heads: HeadModels, arch: str, head: str
+    heads: OracleModels, arch: str, head: str
 ) -> None:
     """ "auto" picks each draft length itself, so the exact count is not known in
     advance; on a head that is never wrong every draft must be accepted."""
@@ -172,7 +149,7 @@ async def _accepted(
     ],
 )
 async def test_injected_fault_shows_as_lost_acceptance(
-    heads: HeadModels, fault: str, head: str, n_draft: Any, seen: bool
+    heads: OracleModels, fault: str, head: str, n_draft: Any, seen: bool
 ) -> None:
     model, spec = heads.get("qwen35", head, 0.0), heads.spec("qwen35", head, 0.0)
     prompt = chain_prompt(spec, 6)

@@ -11,36 +11,16 @@ import anyio
 import pytest
 
 import mtpstream
-from mtpstream.testing import expected_acceptance, load_spec, make_model
+from mtpstream.testing import expected_acceptance
 
-from conftest import EXACT, collect
+from conftest import EXACT, OracleModels, collect
 
 ARCHS = ("qwen35", "qwen35moe")
 
 
-class SeqModels:
-    def __init__(self) -> None:
-        self._loaded: dict[tuple[str, str], mtpstream.Model] = {}
-
-    def path(self, arch: str, head: str) -> Any:
-        return make_model(arch=arch, weights="oracle", size="tiny", mtp_error_rate=0.25, head=head)  # type: ignore[arg-type]
-
-    def get(self, arch: str, head: str = "hidden") -> mtpstream.Model:
-        if (arch, head) not in self._loaded:
-            self._loaded[(arch, head)] = mtpstream.load_model(self.path(arch, head))
-        return self._loaded[(arch, head)]
-
-    def spec(self, arch: str, head: str = "hidden") -> Any:
-        return load_spec(self.path(arch, head))
-
-    def close(self) -> None:
-        for m in self._loaded.values():
-            m.close()
-
-
 @pytest.fixture(scope="module")
 def seqm() -> Any:
-    m = SeqModels()
+    m = OracleModels()
     yield m
     m.close()
 
@@ -85,7 +65,7 @@ async def together(
 @pytest.mark.parametrize("head", ["hidden", "kv", "token"])
 @pytest.mark.parametrize("n_draft", [1, 3])
 async def test_each_stream_equals_running_it_alone(
-    seqm: SeqModels, arch: str, head: str, n_draft: int
+    seqm: OracleModels, arch: str, head: str, n_draft: int
 ) -> None:
     model, spec = seqm.get(arch, head), seqm.spec(arch, head)
     prompts = prompts_for(model, spec)
@@ -103,7 +83,7 @@ async def test_each_stream_equals_running_it_alone(
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("arch", ARCHS)
-async def test_staggered_starts_and_more_calls_than_sequences(seqm: SeqModels, arch: str) -> None:
+async def test_staggered_starts_and_more_calls_than_sequences(seqm: OracleModels, arch: str) -> None:
     model, spec = seqm.get(arch), seqm.spec(arch)
     prompts = prompts_for(model, spec) * 2
     lengths = [70, 30, 100, 20, 55, 80, 15, 64]
@@ -119,7 +99,7 @@ async def test_staggered_starts_and_more_calls_than_sequences(seqm: SeqModels, a
 
 
 @pytest.mark.asyncio
-async def test_mixed_options_per_stream(seqm: SeqModels) -> None:
+async def test_mixed_options_per_stream(seqm: OracleModels) -> None:
     """Each sequence keeps its own sampler chain, seed, grammar, stop strings and
     max_tokens: every stream equals the same call alone."""
     model, spec = seqm.get("qwen35"), seqm.spec("qwen35")
@@ -145,7 +125,7 @@ async def test_mixed_options_per_stream(seqm: SeqModels) -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("arch", ARCHS)
-async def test_auto_draft_per_sequence(seqm: SeqModels, arch: str) -> None:
+async def test_auto_draft_per_sequence(seqm: OracleModels, arch: str) -> None:
     model, spec = seqm.get(arch), seqm.spec(arch)
     prompts = prompts_for(model, spec)
     with mtpstream.init(model, n_draft="auto", n_ctx=512, n_seq=4, **EXACT) as mtp:
@@ -157,7 +137,7 @@ async def test_auto_draft_per_sequence(seqm: SeqModels, arch: str) -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_cancelled_neighbour_changes_nothing(seqm: SeqModels) -> None:
+async def test_a_cancelled_neighbour_changes_nothing(seqm: OracleModels) -> None:
     model, spec = seqm.get("qwen35"), seqm.spec("qwen35")
     prompts = prompts_for(model, spec)
     results: dict[int, Any] = {}
@@ -191,7 +171,7 @@ async def test_a_cancelled_neighbour_changes_nothing(seqm: SeqModels) -> None:
 
 
 @pytest.mark.asyncio
-async def test_one_streams_failure_ends_only_that_stream(seqm: SeqModels) -> None:
+async def test_one_streams_failure_ends_only_that_stream(seqm: OracleModels) -> None:
     """A grammar dead end and a full context end their own stream; the neighbours
     run on, exact."""
     model, spec = seqm.get("qwen35"), seqm.spec("qwen35")
@@ -230,7 +210,7 @@ async def test_one_streams_failure_ends_only_that_stream(seqm: SeqModels) -> Non
 
 
 @pytest.mark.asyncio
-async def test_close_with_streams_in_flight_ends_them_all(seqm: SeqModels) -> None:
+async def test_close_with_streams_in_flight_ends_them_all(seqm: OracleModels) -> None:
     model, spec = seqm.get("qwen35"), seqm.spec("qwen35")
     errors: list[BaseException] = []
     started = anyio.Event()
@@ -257,7 +237,7 @@ async def test_close_with_streams_in_flight_ends_them_all(seqm: SeqModels) -> No
 
 
 @pytest.mark.asyncio
-async def test_wait_false_is_busy_only_when_every_sequence_is(seqm: SeqModels) -> None:
+async def test_wait_false_is_busy_only_when_every_sequence_is(seqm: OracleModels) -> None:
     model, spec = seqm.get("qwen35"), seqm.spec("qwen35")
     with mtpstream.init(model, n_draft=3, n_ctx=4096, n_seq=2, **EXACT) as mtp:
         first = mtp.stream_events([spec.chain_start], max_tokens=3000)
@@ -274,7 +254,7 @@ async def test_wait_false_is_busy_only_when_every_sequence_is(seqm: SeqModels) -
 
 
 @pytest.mark.asyncio
-async def test_queued_calls_are_reported_and_run_in_fifo_order(seqm: SeqModels) -> None:
+async def test_queued_calls_are_reported_and_run_in_fifo_order(seqm: OracleModels) -> None:
     model, spec = seqm.get("qwen35"), seqm.spec("qwen35")
     order: list[int] = []
     seen_queued: list[int] = []
@@ -299,13 +279,13 @@ async def test_queued_calls_are_reported_and_run_in_fifo_order(seqm: SeqModels) 
 
 
 @pytest.mark.parametrize("bad", [0, 65, -1, "2", True, 2.0, None])
-def test_n_seq_is_validated(seqm: SeqModels, bad: object) -> None:
+def test_n_seq_is_validated(seqm: OracleModels, bad: object) -> None:
     with pytest.raises(mtpstream.InvalidOptionError) as info:
         mtpstream.init(seqm.get("qwen35"), n_seq=bad)  # type: ignore[arg-type]
     assert info.value.field == "n_seq"
 
 
-def test_state_memory_grows_with_n_seq(seqm: SeqModels) -> None:
+def test_state_memory_grows_with_n_seq(seqm: OracleModels) -> None:
     model = seqm.get("qwen35")
     sizes = []
     for n_seq in (1, 2, 4):
@@ -323,7 +303,7 @@ def test_state_memory_grows_with_n_seq(seqm: SeqModels) -> None:
 
 
 @pytest.mark.asyncio
-async def test_acceptance_rate_never_exceeds_one_while_polled(seqm: SeqModels) -> None:
+async def test_acceptance_rate_never_exceeds_one_while_polled(seqm: OracleModels) -> None:
     model, spec = seqm.get("qwen35", "token"), seqm.spec("qwen35", "token")
     rates: list[float] = []
     with mtpstream.init(model, n_draft=4, n_ctx=512, n_seq=4, **EXACT) as mtp:

@@ -13,32 +13,14 @@ import anyio
 import pytest
 
 import mtpstream
-from mtpstream.testing import load_spec, make_model
+from mtpstream.testing import load_spec
 
-from conftest import EXACT, collect
-
-
-class CacheModels:
-    def __init__(self) -> None:
-        self._loaded: dict[tuple[str, str, str], mtpstream.Model] = {}
-
-    def get(self, arch: str, head: str, kind: str = "mtp") -> mtpstream.Model:
-        key = (arch, head, kind)
-        if key not in self._loaded:
-            path = make_model(
-                arch=arch, weights="oracle", size="tiny", mtp_error_rate=0.25, head=head, kind=kind
-            )  # type: ignore[arg-type]
-            self._loaded[key] = mtpstream.load_model(path)
-        return self._loaded[key]
-
-    def close(self) -> None:
-        for m in self._loaded.values():
-            m.close()
+from conftest import EXACT, OracleModels, collect
 
 
 @pytest.fixture(scope="module")
 def cm() -> Any:
-    m = CacheModels()
+    m = OracleModels()
     yield m
     m.close()
 
@@ -73,7 +55,7 @@ def shapes(model: mtpstream.Model, first: list[int], gen: list[int]) -> dict[str
 @pytest.mark.parametrize("head", ["hidden", "kv"])
 @pytest.mark.parametrize("n_draft", [0, 1, 3, "auto"])
 async def test_every_prompt_shape_equals_a_cold_session(
-    cm: CacheModels, arch: str, head: str, n_draft: Any
+    cm: OracleModels, arch: str, head: str, n_draft: Any
 ) -> None:
     model = cm.get(arch, head)
     first = model.tokenize(LONG)
@@ -100,7 +82,7 @@ async def test_every_prompt_shape_equals_a_cold_session(
 
 
 @pytest.mark.asyncio
-async def test_a_conversation_reuses_every_turn(cm: CacheModels) -> None:
+async def test_a_conversation_reuses_every_turn(cm: OracleModels) -> None:
     model = cm.get("qwen35", "hidden")
     messages: list[dict[str, str]] = []
     with (
@@ -135,7 +117,7 @@ async def test_a_conversation_reuses_every_turn(cm: CacheModels) -> None:
 
 
 @pytest.mark.asyncio
-async def test_cache_prompt_false_neither_reuses_nor_leaves_anything(cm: CacheModels) -> None:
+async def test_cache_prompt_false_neither_reuses_nor_leaves_anything(cm: OracleModels) -> None:
     model = cm.get("qwen35", "kv")
     first = model.tokenize("we walked along the river")
     with mtpstream.init(model, n_draft=3, n_ctx=1024, **EXACT) as mtp:
@@ -151,7 +133,7 @@ async def test_cache_prompt_false_neither_reuses_nor_leaves_anything(cm: CacheMo
 
 
 @pytest.mark.asyncio
-async def test_each_sequence_keeps_its_conversation(cm: CacheModels) -> None:
+async def test_each_sequence_keeps_its_conversation(cm: OracleModels) -> None:
     """n_seq=2, two conversations alternating: each turn takes the slot that holds its
     own history (the free slot with the longest common prefix)."""
     model = cm.get("qwen35moe", "hidden")
@@ -176,7 +158,7 @@ async def test_each_sequence_keeps_its_conversation(cm: CacheModels) -> None:
 
 
 @pytest.mark.asyncio
-async def test_sidecar_draft_model(cm: CacheModels) -> None:
+async def test_sidecar_draft_model(cm: OracleModels) -> None:
     target = cm.get("qwen35", "hidden")
     sidecar = cm.get("qwen35", "hidden", kind="sidecar")
     first = target.tokenize(LONG)
@@ -196,7 +178,7 @@ async def test_sidecar_draft_model(cm: CacheModels) -> None:
             assert (u.drafts_accepted, u.drafts_generated) == (ref.drafts_accepted, ref.drafts_generated)
 
 
-def test_prompt_cache_options_are_validated(cm: CacheModels) -> None:
+def test_prompt_cache_options_are_validated(cm: OracleModels) -> None:
     model = cm.get("qwen35", "hidden")
     with pytest.raises(mtpstream.InvalidOptionError) as info:
         mtpstream.init(model, prompt_cache="yes")  # type: ignore[arg-type]
@@ -210,7 +192,7 @@ def test_prompt_cache_options_are_validated(cm: CacheModels) -> None:
 @pytest.mark.parametrize("arch", ["qwen35", "qwen35moe"])
 @pytest.mark.parametrize("n_new", [1, 2])
 async def test_a_one_token_extension_drafts_from_the_carried_row(
-    cm: CacheModels, arch: str, n_new: int
+    cm: OracleModels, arch: str, n_new: int
 ) -> None:
     """One or two new tokens: the first drafts read the MTP context's entries right at
     the join of cached and new tokens. (The oracle heads read the token part of those
@@ -238,7 +220,7 @@ async def test_a_one_token_extension_drafts_from_the_carried_row(
 @pytest.mark.parametrize("arch", ["qwen35", "qwen35moe"])
 @pytest.mark.parametrize("head", ["hidden", "kv", "kv2"])
 async def test_reused_state_on_the_chain_drafts_like_a_cold_session(
-    cm: CacheModels, arch: str, head: str
+    cm: OracleModels, arch: str, head: str
 ) -> None:
     """Prompts that follow the model's own greedy chain, so the drafts right after the
     join of reused and new tokens can only be right if the carried row (hidden head)
@@ -286,7 +268,7 @@ def _long_prompt(model: mtpstream.Model, i: int) -> list[int]:
 
 
 @pytest.mark.asyncio
-async def test_checkpoint_memory_stays_within_its_budget(cm: CacheModels) -> None:
+async def test_checkpoint_memory_stays_within_its_budget(cm: OracleModels) -> None:
     """Checkpoints of all sequences share prompt_cache_checkpoint_bytes: past it the
     oldest goes first; the bytes in use are reported; 0 keeps none."""
     model = cm.get("qwen35", "hidden")
@@ -324,7 +306,7 @@ async def test_checkpoint_memory_stays_within_its_budget(cm: CacheModels) -> Non
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("n_draft", [3, "auto"])
-async def test_a_cancelled_call_leaves_its_checkpoint(cm: CacheModels, n_draft: Any) -> None:
+async def test_a_cancelled_call_leaves_its_checkpoint(cm: OracleModels, n_draft: Any) -> None:
     """A reply stopped by the user keeps the checkpoint of its prompt: asking again
     reads one token, not the whole prompt."""
     model = cm.get("qwen35moe", "kv")
@@ -348,7 +330,7 @@ async def test_a_cancelled_call_leaves_its_checkpoint(cm: CacheModels, n_draft: 
 
 
 @pytest.mark.asyncio
-async def test_a_diverging_prompt_takes_the_sequence_with_its_checkpoint(cm: CacheModels) -> None:
+async def test_a_diverging_prompt_takes_the_sequence_with_its_checkpoint(cm: OracleModels) -> None:
     """n_seq=2: the same prompt asked again, then a reply edited in the middle, each
     takes the free sequence whose checkpoint covers the longest prefix."""
     model = cm.get("qwen35", "kv")
@@ -368,7 +350,7 @@ async def test_a_diverging_prompt_takes_the_sequence_with_its_checkpoint(cm: Cac
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "1M", True])
-def test_checkpoint_budget_is_validated(cm: CacheModels, bad: object) -> None:
+def test_checkpoint_budget_is_validated(cm: OracleModels, bad: object) -> None:
     with pytest.raises(mtpstream.InvalidOptionError) as info:
         mtpstream.init(cm.get("qwen35", "hidden"), prompt_cache_checkpoint_bytes=bad)
     assert info.value.field == "prompt_cache_checkpoint_bytes"
@@ -376,7 +358,7 @@ def test_checkpoint_budget_is_validated(cm: CacheModels, bad: object) -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("n_draft", [0, 3])
-async def test_a_shared_long_head_restarts_from_a_chunk_boundary(cm: CacheModels, n_draft: int) -> None:
+async def test_a_shared_long_head_restarts_from_a_chunk_boundary(cm: OracleModels, n_draft: int) -> None:
     """Two prompts sharing a long head (a system prompt, a document) but not what follows:
     the second restarts from the checkpoint the first left where its first 512-token
     chunk ended (n_batch), not from the start."""
