@@ -241,6 +241,10 @@ NB_MODULE(_native, m) {
         .value("error", EventKind::error)
         .value("cancelled", EventKind::cancelled);
 
+    nb::enum_<Rollback>(m, "Rollback")
+        .value("snapshots", Rollback::snapshots)
+        .value("replay", Rollback::replay);
+
     nb::class_<Usage>(m, "Usage")
         .def_ro("prompt_tokens", &Usage::prompt_tokens)
         .def_ro("completion_tokens", &Usage::completion_tokens)
@@ -266,6 +270,7 @@ NB_MODULE(_native, m) {
         .def_ro("checkpoints", &StatsSnapshot::checkpoints)
         .def_ro("checkpoint_bytes", &StatsSnapshot::checkpoint_bytes)
         .def_ro("rollback_fallbacks", &StatsSnapshot::rollback_fallbacks)
+        .def_ro("replayed_tokens", &StatsSnapshot::replayed_tokens)
         .def_ro("context_switches", &StatsSnapshot::context_switches)
         .def_ro("t_draft_us", &StatsSnapshot::t_draft_us)
         .def_ro("t_verify_us", &StatsSnapshot::t_verify_us)
@@ -292,7 +297,8 @@ NB_MODULE(_native, m) {
         .def_rw("type_v", &ContextOptions::type_v)
         .def_rw("offload_kqv", &ContextOptions::offload_kqv)
         .def_rw("prompt_cache", &ContextOptions::prompt_cache)
-        .def_rw("checkpoint_bytes", &ContextOptions::checkpoint_bytes);
+        .def_rw("checkpoint_bytes", &ContextOptions::checkpoint_bytes)
+        .def_rw("rollback", &ContextOptions::rollback);
 
     nb::class_<SamplingOptions>(m, "SamplingOptions")
         .def(nb::init<>())

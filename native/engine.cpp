@@ -148,6 +148,9 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> target,
                                    ") for recurrent-state rollback; raise n_ubatch/n_ctx or lower n_draft");
         return nullptr;
     }
+    e->target_recurrent_ = llama_model_is_recurrent(e->target_->get()) || llama_model_is_hybrid(e->target_->get());
+    // replay only makes sense where the memory cannot be cut back and drafts exist
+    e->replay_ = copts.rollback == Rollback::replay && e->target_recurrent_ && n_draft > 0;
     if (!e->create_contexts(copts, status)) {
         return nullptr;
     }
@@ -156,7 +159,6 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> target,
     }
     e->prompt_cache_ = copts.prompt_cache;
     e->checkpoint_budget_ = copts.prompt_cache ? static_cast<uint64_t>(std::max<int64_t>(copts.checkpoint_bytes, 0)) : 0;
-    e->target_recurrent_ = llama_model_is_recurrent(e->target_->get()) || llama_model_is_hybrid(e->target_->get());
     e->slot_cache_.resize(static_cast<size_t>(e->n_seq_));
     e->stats_.n_draft.store(n_draft);
     return e;
@@ -168,11 +170,13 @@ bool Engine::create_contexts(const ContextOptions & copts, Status & status) {
     cp.n_ctx = static_cast<uint32_t>(n_ctx_) * static_cast<uint32_t>(n_seq_);
     cp.n_batch = static_cast<uint32_t>(n_batch_);
     cp.n_ubatch = static_cast<uint32_t>(n_ubatch_);
-    cp.n_seq_max = static_cast<uint32_t>(n_seq_);
+    // Rollback::replay: every sequence s has a spare id n_seq + s for its backup
+    cp.n_seq_max = static_cast<uint32_t>(replay_ ? 2 * n_seq_ : n_seq_);
     // one KV pool for all sequences: any mix of sequences (any ids, any lengths)
-    // then shares one ubatch; each sequence's length is bounded by n_ctx here
-    cp.kv_unified = n_seq_ > 1;
-    cp.n_rs_seq = speculative ? static_cast<uint32_t>(n_draft_) : 0;
+    // then shares one ubatch; each sequence's length is bounded by n_ctx here (and a
+    // backup shares its sequence's cells instead of needing its own)
+    cp.kv_unified = n_seq_ > 1 || replay_;
+    cp.n_rs_seq = speculative && !replay_ ? static_cast<uint32_t>(n_draft_) : 0;
     if (copts.n_threads > 0) {
         cp.n_threads = copts.n_threads;
     }
@@ -220,7 +224,8 @@ bool Engine::create_contexts(const ContextOptions & copts, Status & status) {
     apply_row_mode();
     batch_dft_ = std::make_unique<Batch>(n_batch_, n_embd_);
     state_bytes_ += context_state_bytes(ctx_dft_.get());
-    if (auto_draft_ && n_seq_ == 1) {
+    if (auto_draft_ && n_seq_ == 1 && !replay_) {
+        // (with replay the target context keeps no snapshots: nothing to avoid)
         plain_ = std::make_unique<PlainContext>(target_->get(), cp);
     }
     return true;
@@ -337,6 +342,10 @@ void Engine::release_seq(Generation & g, Keep keep) {
         SessionStats::add(stats_.context_switches, 1);
         on_plain = false;
     }
+    if (keep == Keep::everything && !g.replay.empty() && prompt_cache_ && g.opts.cache_prompt &&
+        !flush_replay(g)) {
+        keep = Keep::checkpoints;  // the memory is stale past them
+    }
     if (!prompt_cache_ || !g.opts.cache_prompt || on_plain || (keep == Keep::everything && g.n_past == 0) ||
         (keep == Keep::checkpoints && c.checkpoints.empty())) {
         keep = Keep::nothing;
@@ -378,6 +387,9 @@ void Engine::forget(SlotCache & c, size_t keep_first) {
 
 void Engine::clear_seq(llama_seq_id seq) {
     llama_memory_seq_rm(llama_get_memory(ctx_tgt_.get()), seq, -1, -1);
+    if (replay_) {
+        llama_memory_seq_rm(llama_get_memory(ctx_tgt_.get()), backup_of(seq), -1, -1);
+    }
     if (ctx_dft_) {
         llama_memory_seq_rm(llama_get_memory(ctx_dft_.get()), seq, -1, -1);
     }

@@ -178,6 +178,7 @@ private:
     bool prefill_tokens(Generation & g, const llama_token * tokens, int32_t n, int32_t pos0,
                         bool want_logits, bool defer_draft);
     bool flush_pending(Generation & g);
+    bool flush_replay(Generation & g);
     bool rebuild_memory(Generation & g);
 
     // --- one decode round over the decoding sequences (engine_decode.cpp)
@@ -190,6 +191,7 @@ private:
     void verify_group(std::vector<Lane *> & group);
     bool accept_lane(Lane & lane);
     bool rollback_lane(Lane & lane);
+    bool replay_rollback(Lane & lane);
     void emit_lane(Lane & lane);
     void fail_lanes(const std::vector<Lane *> & lanes, int32_t rc, const char * which);
 
@@ -231,6 +233,9 @@ private:
     uint64_t cache_clock_ = 0;
     uint64_t checkpoint_budget_ = 0;  // bytes
     bool target_recurrent_ = false;   // the target's memory cannot be cut back (recurrent state)
+    bool replay_ = false;             // Rollback::replay in effect (see options.hpp)
+    // Rollback::replay: the spare sequence id holding seq's state during a verify
+    llama_seq_id backup_of(llama_seq_id seq) const { return n_seq_ + seq; }
     std::unique_ptr<Batch> batch_tgt_;
     std::unique_ptr<Batch> batch_dft_;
     std::vector<llama_token_data> cand_;  // sampling candidates (worker thread only)

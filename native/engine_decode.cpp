@@ -6,7 +6,9 @@
 //            n_batch forces it);
 //   accept   per lane: sample the target at its own output rows, in order;
 //   rollback per lane: drop rejected positions (recurrent models: llama.cpp's
-//            per-sequence snapshots), carry the hidden row of the last accepted one;
+//            per-sequence snapshots, or with Rollback::replay the state from before
+//            the verify and the accepted tokens to decode again), carry the hidden
+//            row of the last accepted one;
 //   emit     per lane: tokens, stop strings, max_tokens.
 // A lane that fails (grammar dead end, a failed rollback) ends alone; a failed
 // shared decode ends the lanes that were in it.
@@ -79,7 +81,10 @@ bool Engine::plan_lane(Lane & lane) {
         return false;
     }
     lane.k_max = g.auto_draft ? g.auto_draft->choose() : n_draft_;
-    lane.k = ctx_dft_ ? std::max(std::min({lane.k_max, remaining - 1, room - 1}), 0) : 0;
+    // a lane replaying r tokens drafts r fewer, so every lane's verify stays
+    // n_draft + 1 tokens (llama.cpp splits a recurrent batch of unequal sequences)
+    const auto replaying = static_cast<int32_t>(g.replay.size());
+    lane.k = ctx_dft_ ? std::max(std::min({lane.k_max, remaining - 1, room - 1, n_draft_ - replaying}), 0) : 0;
     if (g.auto_draft) {
         stats_.n_draft.store(lane.k_max, std::memory_order_relaxed);
     }
@@ -229,7 +234,7 @@ void Engine::verify_phase(std::vector<Lane> & lanes) {
         if (lane.ended) {
             continue;
         }
-        const int32_t need = lane.k + 1;
+        const int32_t need = static_cast<int32_t>(lane.g->replay.size()) + lane.k + 1;
         if (!group.empty() && used + need > n_batch_) {
             verify_group(group);
             group.clear();
@@ -249,6 +254,15 @@ void Engine::verify_group(std::vector<Lane *> & group) {
     batch_tgt_->clear();
     for (Lane * lane : group) {
         Generation & g = *lane->g;
+        if (replay_ && lane->k > 0) {
+            // the backup shares the state until this decode writes the sequence's own
+            llama_memory_seq_cp(llama_get_memory(tgt), g.seq, backup_of(g.seq), -1, -1);
+        }
+        const auto r = static_cast<int32_t>(g.replay.size());
+        for (int32_t i = 0; i < r; ++i) {
+            batch_tgt_->add(g.replay[static_cast<size_t>(i)], g.n_past - r + i, g.seq, false);
+        }
+        SessionStats::add(stats_.replayed_tokens, static_cast<uint64_t>(r));
         lane->verify_idx = batch_tgt_->add(g.last, g.n_past, g.seq, true);
         for (int32_t j = 0; j < lane->k; ++j) {
             batch_tgt_->add(lane->drafts[static_cast<size_t>(j)], g.n_past + 1 + j, g.seq, true);
@@ -350,7 +364,9 @@ bool Engine::accept_lane(Lane & lane) {
 bool Engine::rollback_lane(Lane & lane) {
     Generation & g = *lane.g;
     bool rebuild = false;
-    if (lane.n_acc < lane.k) {
+    if (replay_) {
+        rebuild = !replay_rollback(lane);
+    } else if (lane.n_acc < lane.k) {
         rebuild = !llama_memory_seq_rm(llama_get_memory(live()), g.seq, g.n_past + lane.n_acc + 1, -1);
     }
     g.history.push_back(g.last);
@@ -368,6 +384,29 @@ bool Engine::rollback_lane(Lane & lane) {
         return false;
     }
     return true;
+}
+
+// Rollback::replay: after a rejection the sequence goes back to its backup (the
+// state before this verify) and the tokens it accepted, with the replayed ones it
+// was verified after, wait to be decoded in front of the next verify.
+bool Engine::replay_rollback(Lane & lane) {
+    Generation & g = *lane.g;
+    llama_memory_t mem = llama_get_memory(ctx_tgt_.get());
+    if (lane.k == 0) {  // nothing could be rejected: no backup was taken
+        g.replay.clear();
+        return true;
+    }
+    bool ok = true;
+    if (lane.n_acc < lane.k) {
+        ok = llama_memory_seq_rm(mem, g.seq, -1, -1);
+        llama_memory_seq_cp(mem, backup_of(g.seq), g.seq, -1, -1);
+        g.replay.push_back(g.last);
+        g.replay.insert(g.replay.end(), lane.drafts.begin(), lane.drafts.begin() + lane.n_acc);
+    } else {
+        g.replay.clear();
+    }
+    llama_memory_seq_rm(mem, backup_of(g.seq), -1, -1);
+    return ok;
 }
 
 void Engine::emit_lane(Lane & lane) {

@@ -162,11 +162,31 @@ bool Engine::flush_pending(Generation & g) {
     return true;
 }
 
+// Rollback::replay: decode the tokens a rejection left to replay, on their own
+// (before the memory is kept for the next call).
+bool Engine::flush_replay(Generation & g) {
+    const auto n = static_cast<int32_t>(g.replay.size());
+    if (n == 0) {
+        return true;
+    }
+    batch_tgt_->clear();
+    for (int32_t i = 0; i < n; ++i) {
+        batch_tgt_->add(g.replay[static_cast<size_t>(i)], g.n_past - n + i, g.seq, false);
+    }
+    if (llama_decode(ctx_tgt_.get(), batch_tgt_->view(false)) != 0) {
+        return false;
+    }
+    SessionStats::add(stats_.replayed_tokens, static_cast<uint64_t>(n));
+    g.replay.clear();
+    return true;
+}
+
 bool Engine::rebuild_memory(Generation & g) {
     if (plain_) {
         plain_->deactivate();  // the plain context is cleared whenever the sequence moves there
     }
     clear_seq(g.seq);
+    g.replay.clear();
     std::fill(g.carry.begin(), g.carry.end(), 0.0f);
     g.pending_tok.clear();
     g.pending_h.clear();

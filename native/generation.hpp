@@ -42,6 +42,10 @@ struct Generation {
     std::vector<llama_token> pending_tok;
     std::vector<float> pending_h;
     int32_t pending_pos = 0;
+    // Rollback::replay: the tokens at positions n_past - replay.size() .. n_past - 1,
+    // which the target's memory does not hold (a rejection restored the state from
+    // before them); the next verify decodes them first
+    std::vector<llama_token> replay;
     // tokens at positions 0..n_past-1 (to rebuild memory if a rollback fails)
     std::vector<llama_token> history;
 

@@ -11,6 +11,19 @@
 
 namespace mtpstream {
 
+// How a recurrent (or hybrid) target drops the rejected drafts of a verify batch.
+enum class Rollback : int32_t {
+    // llama.cpp keeps the state after each of the last n_draft + 1 tokens of every
+    // verify batch (n_rs_seq); a rejection selects one. Costs the snapshot writes in
+    // every verify.
+    snapshots,
+    // no snapshots: before a verify the sequence's state is shared with a spare
+    // sequence id (copy-on-write, free until written); a rejection restores it and
+    // the accepted tokens are decoded again in front of the next verify, in place
+    // of as many drafts. Cheaper verifies, paid for at every rejection.
+    replay,
+};
+
 struct ContextOptions {
     int32_t n_ctx = 2048;         // per sequence
     int32_t n_seq = 1;            // sequences decoded together (1..64)
@@ -25,6 +38,7 @@ struct ContextOptions {
     bool prompt_cache = true;     // keep each sequence's state for a call that extends it
     // bytes the prompt cache's checkpoints (see engine.hpp) may take, all sequences together
     int64_t checkpoint_bytes = 256ll << 20;
+    Rollback rollback = Rollback::snapshots;  // recurrent/hybrid targets only
 };
 
 struct SamplingOptions {

@@ -22,6 +22,7 @@ struct SessionStats {
     std::atomic<uint64_t> checkpoint_bytes{0};  // and the bytes they take
     std::atomic<uint64_t> rollback_fallbacks{0};
     std::atomic<uint64_t> context_switches{0};  // "auto": moves between target contexts
+    std::atomic<uint64_t> replayed_tokens{0};   // Rollback::replay: tokens decoded again
     std::atomic<uint64_t> t_draft_us{0};
     std::atomic<uint64_t> t_verify_us{0};
     std::atomic<uint64_t> t_sample_us{0};
@@ -46,7 +47,7 @@ struct SessionStats {
 
 struct StatsSnapshot {
     uint64_t iters, drafts_generated, drafts_accepted, tokens_emitted, prompt_tokens,
-        rollback_fallbacks, context_switches;
+        rollback_fallbacks, context_switches, replayed_tokens;
     uint64_t prompt_tokens_cached, checkpoints, checkpoint_bytes;
     uint64_t t_draft_us, t_verify_us, t_sample_us, t_ckpt_us, t_prefill_us, t_total_us;
     int32_t n_draft;
@@ -63,6 +64,7 @@ inline StatsSnapshot snapshot(const SessionStats & s) {
     out.prompt_tokens = ld(s.prompt_tokens);
     out.rollback_fallbacks = ld(s.rollback_fallbacks);
     out.context_switches = ld(s.context_switches);
+    out.replayed_tokens = ld(s.replayed_tokens);
     out.prompt_tokens_cached = ld(s.prompt_tokens_cached);
     out.checkpoints = ld(s.checkpoints);
     out.checkpoint_bytes = ld(s.checkpoint_bytes);

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import llama_cpp
+import numpy as np
 import pytest
 
 import mtpstream
@@ -93,3 +95,52 @@ async def collect(mtp: mtpstream.MTP, prompt: Any, **opts: Any) -> tuple[list[in
         elif isinstance(ev, (mtpstream.DoneEvent, mtpstream.EogEvent)):
             terminal = ev
     return ids, terminal
+
+
+# Logits of a k+1-token verify batch differ from single-token decoding by float
+# rounding (README, "Exactness"); where plain decoding's two best logits are closer
+# than this, either of them is plain decoding's token.
+NEAR_TIE = 5e-3
+
+
+def reference_llama(path: Path, n_ctx: int = 512) -> llama_cpp.Llama:
+    return llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=True, flash_attn=False, verbose=False)
+
+
+def plain_greedy(llm: llama_cpp.Llama, prefix: list[int], n: int) -> list[tuple[int, int, float]]:
+    """Plain single-token greedy decoding through llama-cpp-python: per step the best
+    token, the runner-up and the gap between their logits."""
+    llm.reset()
+    llm.eval(prefix)
+    steps: list[tuple[int, int, float]] = []
+    for _ in range(n):
+        logits = np.asarray(llm.scores[llm.n_tokens - 1])
+        best, second = (int(t) for t in np.argsort(logits)[::-1][:2])
+        steps.append((best, second, float(logits[best] - logits[second])))
+        llm.eval([best])
+    return steps
+
+
+def assert_plain_greedy_modulo_near_ties(
+    path: Path, prompt: list[int], ids: list[int], max_ties: int = 3
+) -> None:
+    """Every token in ``ids`` is plain greedy decoding's token given the tokens before
+    it, except at a near-tie, where it may be the runner-up; the continuation is then
+    checked against plain decoding of that prefix."""
+    llm = reference_llama(path, n_ctx=len(prompt) + len(ids) + 8)
+    try:
+        done = 0
+        for _ in range(max_ties + 1):
+            steps = plain_greedy(llm, prompt + ids[:done], len(ids) - done)
+            d = next((i for i, (best, _, _) in enumerate(steps) if ids[done + i] != best), None)
+            if d is None:
+                return
+            best, second, gap = steps[d]
+            assert ids[done + d] == second and gap < NEAR_TIE, (
+                f"token {done + d} is {ids[done + d]}; plain decoding gives {best} "
+                f"(runner-up {second}, {gap:.2e} behind)"
+            )
+            done += d + 1
+        raise AssertionError(f"more than {max_ties} near-ties broken the other way")
+    finally:
+        llm.close()

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import llama_cpp
-import numpy as np
 import pytest
 
 import mtpstream
 
-from conftest import EXACT, Models, collect
+from conftest import (
+    EXACT,
+    NEAR_TIE,
+    Models,
+    assert_plain_greedy_modulo_near_ties,
+    collect,
+    plain_greedy,
+    reference_llama,
+)
 
 N_TOKENS = 128
 
@@ -93,64 +99,15 @@ def _first_diff(a: list[int], b: list[int]) -> int:
     return min(len(a), len(b))
 
 
-# Logits of a k+1-token verify batch differ from single-token decoding by float
-# rounding (README, "Exactness"); where plain decoding's two best logits are closer
-# than this, either of them is plain decoding's token.
-NEAR_TIE = 5e-3
-
-
-def _reference(path: Path, n_ctx: int = 512) -> llama_cpp.Llama:
-    return llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=True, flash_attn=False, verbose=False)
-
-
-def _plain_greedy(llm: llama_cpp.Llama, prefix: list[int], n: int) -> list[tuple[int, int, float]]:
-    """Plain single-token greedy decoding through llama-cpp-python: per step the best
-    token, the runner-up and the gap between their logits."""
-    llm.reset()
-    llm.eval(prefix)
-    steps: list[tuple[int, int, float]] = []
-    for _ in range(n):
-        logits = np.asarray(llm.scores[llm.n_tokens - 1])
-        best, second = (int(t) for t in np.argsort(logits)[::-1][:2])
-        steps.append((best, second, float(logits[best] - logits[second])))
-        llm.eval([best])
-    return steps
-
-
-def assert_plain_greedy_modulo_near_ties(
-    path: Path, prompt: list[int], ids: list[int], max_ties: int = 3
-) -> None:
-    """Every token in ``ids`` is plain greedy decoding's token given the tokens before
-    it, except at a near-tie, where it may be the runner-up; the continuation is then
-    checked against plain decoding of that prefix."""
-    llm = _reference(path, n_ctx=len(prompt) + len(ids) + 8)
-    try:
-        done = 0
-        for _ in range(max_ties + 1):
-            steps = _plain_greedy(llm, prompt + ids[:done], len(ids) - done)
-            d = next((i for i, (best, _, _) in enumerate(steps) if ids[done + i] != best), None)
-            if d is None:
-                return
-            best, second, gap = steps[d]
-            assert ids[done + d] == second and gap < NEAR_TIE, (
-                f"token {done + d} is {ids[done + d]}; plain decoding gives {best} "
-                f"(runner-up {second}, {gap:.2e} behind)"
-            )
-            done += d + 1
-        raise AssertionError(f"more than {max_ties} near-ties broken the other way")
-    finally:
-        llm.close()
-
-
 def test_near_tie_check_catches_a_wrong_token(model_paths: dict[str, Path]) -> None:
     """The check used for the random model below fails on a token that is not plain
     decoding's, and accepts the runner-up only where the logits nearly tie."""
     path = model_paths["qwen35-random"]
     with mtpstream.load_model(path) as model:
         prompt = model.tokenize("the old man and the sea went")
-    llm = _reference(path)
+    llm = reference_llama(path)
     try:
-        steps = _plain_greedy(llm, prompt, 120)
+        steps = plain_greedy(llm, prompt, 120)
     finally:
         llm.close()
     plain = [best for best, _, _ in steps]
@@ -160,9 +117,9 @@ def test_near_tie_check_catches_a_wrong_token(model_paths: dict[str, Path]) -> N
     assert steps[tie][2] < NEAR_TIE < steps[wide][2]
     for i in (tie, wide):
         # the runner-up at i, then plain decoding after it
-        llm = _reference(path)
+        llm = reference_llama(path)
         try:
-            rest = _plain_greedy(llm, prompt + plain[:i] + [steps[i][1]], 120 - i - 1)
+            rest = plain_greedy(llm, prompt + plain[:i] + [steps[i][1]], 120 - i - 1)
         finally:
             llm.close()
         flipped = plain[:i] + [steps[i][1]] + [best for best, _, _ in rest]

@@ -62,6 +62,10 @@ class EventKind(enum.Enum):
     error = 4
     cancelled = 5
 
+class Rollback(enum.Enum):
+    snapshots = 0
+    replay = 1
+
 class Usage:
     prompt_tokens: int
     completion_tokens: int
@@ -87,6 +91,7 @@ class StatsSnapshot:
     checkpoints: int
     checkpoint_bytes: int
     rollback_fallbacks: int
+    replayed_tokens: int
     context_switches: int
     t_draft_us: int
     t_verify_us: int
@@ -113,6 +118,7 @@ class ContextOptions:
     offload_kqv: int
     prompt_cache: bool
     checkpoint_bytes: int
+    rollback: Rollback
     def __init__(self) -> None: ...
 
 class SamplingOptions:

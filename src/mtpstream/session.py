@@ -842,6 +842,7 @@ def _context_options(opts: SessionOptions) -> Any:
     c.offload_kqv = -1 if opts.offload_kqv is None else int(opts.offload_kqv)
     c.prompt_cache = opts.prompt_cache
     c.checkpoint_bytes = opts.prompt_cache_checkpoint_bytes
+    c.rollback = _native.Rollback.replay if opts.rollback == "replay" else _native.Rollback.snapshots
     return c
 
 

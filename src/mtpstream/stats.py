@@ -52,6 +52,10 @@ class MTPStats(BaseModel):
     checkpoint_bytes: int = 0
     """Memory those checkpoints take, in bytes (at most ``prompt_cache_checkpoint_bytes``)."""
     rollback_fallbacks: int = 0
+    replayed_tokens: int = 0
+    """``rollback="replay"`` only: accepted tokens decoded a second time because a
+    rejection restored the state from before them (the price of snapshot-free
+    verifies)."""
     context_switches: int = 0
     """``n_draft="auto"`` with ``n_seq=1`` only: how often the sequence moved between
     the target context that keeps recurrent-state snapshots (needed to roll drafts
@@ -95,6 +99,7 @@ class MTPStats(BaseModel):
             checkpoints=s.checkpoints,
             checkpoint_bytes=s.checkpoint_bytes,
             rollback_fallbacks=s.rollback_fallbacks,
+            replayed_tokens=s.replayed_tokens,
             context_switches=s.context_switches,
             n_seq=n_seq,
             active_sequences=counts.active,
@@ -124,7 +129,7 @@ class MTPStats(BaseModel):
             f"mtp: verify  {ms(t.verify)}",
             f"mtp: sample  {ms(t.sample)}",
             f"mtp: ckpt    {ms(t.ckpt)}   (rollback fallbacks: {self.rollback_fallbacks}, "
-            f"context switches: {self.context_switches})",
+            f"context switches: {self.context_switches}, replayed tokens: {self.replayed_tokens})",
             f"mtp: other   {ms(t.other)}",
             f"mtp: total   {ms(t.total)}",
         ]
