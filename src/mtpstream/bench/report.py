@@ -426,6 +426,7 @@ def _t_streams(result: dict[str, Any]) -> dict[str, Any]:
             for name in (
                 "streams_batched_over_single",
                 "streams_batched_over_upstream",
+                "streams_replay_over_upstream",
                 "streams_efficiency",
                 "streams_acceptance_vs_single",
             )
@@ -437,6 +438,16 @@ def _t_streams(result: dict[str, Any]) -> dict[str, Any]:
         {"measured": up["median"], "pass": up["median"] >= 1.1, "threshold": ">= 1.1 (llama-server -np 4)"}
         if up
         else {"measured": None, "pass": None, "threshold": ">= 1.1", "note": "no llama-server run"}
+    )
+    rup = cell.get("replay_over_upstream_rounds")
+    targets["streams_replay_over_upstream"] = (
+        {
+            "measured": rup["median"],
+            "pass": rup["median"] >= 1.1,
+            "threshold": '>= 1.1 (llama-server -np 4), with init(rollback="replay")',
+        }
+        if rup
+        else {"measured": None, "pass": None, "threshold": ">= 1.1", "note": "no replay or llama-server run"}
     )
     eff = cell["batched"].get("efficiency")
     targets["streams_efficiency"] = {
@@ -705,15 +716,17 @@ def _md_streams(st: dict[str, Any]) -> list[str]:
         "(median of rounds), batched = n_seq=N, single = n_seq=1 (calls queue), "
         "upstream = llama-server -np N",
         "",
-        "| level | N | batched | single | upstream | batched/single | batched/upstream | ideal | efficiency "
+        "| level | N | batched | single | upstream | replay | batched/single | batched/upstream "
+        "| replay/upstream | ideal | efficiency "
         "| TTFT p50 ms | inter-token p50/p99 ms | acceptance per stream (batched; single; upstream) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, cells in st["levels"].items():
         for n, c in cells.items():
             b, s_ = c["batched"], c["single"]
             u = c.get("upstream")
             bu = c.get("batched_over_upstream_rounds")
+            rp, ru = c.get("batched_replay"), c.get("replay_over_upstream_rounds")
 
             def acc(side: dict[str, Any] | None) -> str:
                 if not side or side["per_stream_acceptance"]["min"] is None:
@@ -725,7 +738,9 @@ def _md_streams(st: dict[str, Any]) -> list[str]:
                 f"| {name} | {n} | {b['aggregate_tokens_per_sec']['median']} | "
                 f"{s_['aggregate_tokens_per_sec']['median']} | "
                 f"{u['aggregate_tokens_per_sec']['median'] if u else '-'} | "
+                f"{rp['aggregate_tokens_per_sec']['median'] if rp else '-'} | "
                 f"{c['batched_over_single_rounds']['median']:.3f} | {bu['median'] if bu else '-'} | "
+                f"{ru['median'] if ru else '-'} | "
                 f"{b.get('ideal_tokens_per_sec', {}).get('median', '-')} | {b.get('efficiency', '-')} | "
                 f"{b['ttft_ms_p50']} | {b['inter_token_ms_p50']}/{b['inter_token_ms_p99']} | "
                 f"{acc(b)}; {acc(s_)}; {acc(u)} |"

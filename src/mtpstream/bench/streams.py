@@ -204,10 +204,21 @@ def _cell(
 ) -> dict[str, Any]:
     prompts = stream_prompts(level, model, n)
     tokens = settings.tokens
-    rounds: dict[str, list[dict[str, Any]]] = {"batched": [], "single": [], "upstream": []}
-    with init(model, n_draft=k, n_ctx=settings.n_ctx, n_seq=n, n_threads=settings.threads) as batched:
+    rounds: dict[str, list[dict[str, Any]]] = {
+        "batched": [],
+        "batched_replay": [],
+        "single": [],
+        "upstream": [],
+    }
+    with (
+        init(model, n_draft=k, n_ctx=settings.n_ctx, n_seq=n, n_threads=settings.threads) as batched,
+        init(
+            model, n_draft=k, n_ctx=settings.n_ctx, n_seq=n, n_threads=settings.threads, rollback="replay"
+        ) as replay,
+    ):
         sides: dict[str, Callable[[], dict[str, Any]]] = {
             "batched": lambda: _ours(batched, prompts, tokens),
+            "batched_replay": lambda: _ours(replay, prompts, tokens),
             "single": lambda: _ours(single, prompts, tokens),
         }
         port = server(n) if server is not None else None
@@ -226,20 +237,24 @@ def _cell(
             if port is not None:
                 server(None)
     out = {name: _summary(rs) for name, rs in rounds.items() if rs}
-    b = [r["tokens"] / r["wall_s"] for r in rounds["batched"]]
-    s = [r["tokens"] / r["wall_s"] for r in rounds["single"]]
+    rate = {name: [r["tokens"] / r["wall_s"] for r in rs] for name, rs in rounds.items() if rs}
+    b, rp, s = rate["batched"], rate["batched_replay"], rate["single"]
     out["batched_over_single_rounds"] = env.paired_ratios(b, s)
-    if rounds["upstream"]:
-        u = [r["tokens"] / r["wall_s"] for r in rounds["upstream"]]
+    out["replay_over_batched_rounds"] = env.paired_ratios(rp, b)
+    if "upstream" in rate:
+        u = rate["upstream"]
         out["batched_over_upstream_rounds"] = env.paired_ratios(b, u)
+        out["replay_over_upstream_rounds"] = env.paired_ratios(rp, u)
     line = (
         f"    {level.name} n={n}: batched {statistics.median(b):.1f} tok/s, "
-        f"single {statistics.median(s):.1f} ({out['batched_over_single_rounds']['median']:.2f}x)"
+        f"single {statistics.median(s):.1f} ({out['batched_over_single_rounds']['median']:.2f}x), "
+        f"replay {statistics.median(rp):.1f} ({out['replay_over_batched_rounds']['median']:.2f}x batched)"
     )
-    if rounds["upstream"]:
+    if "upstream" in rate:
         line += (
             f", llama-server -np {n} {statistics.median(u):.1f} "
-            f"({out['batched_over_upstream_rounds']['median']:.2f}x)"
+            f"({out['batched_over_upstream_rounds']['median']:.2f}x, "
+            f"replay {out['replay_over_upstream_rounds']['median']:.2f}x)"
         )
     log(line + f", efficiency {out['batched'].get('efficiency')}")
     return out
