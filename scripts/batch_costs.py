@@ -11,6 +11,11 @@ the median ratio with a 10-90% range:
   snapshots MODEL N_SEQ K ROUNDS
       the same verify on a context keeping K recurrent-state snapshots per
       sequence (what rolling drafts back needs) against one keeping none.
+  replay MODEL N_SEQ K ROUNDS
+      the same verify with snapshots against one without, where each sequence's
+      state is first shared with a spare sequence id (rollback="replay"'s backup,
+      dropped after the decode); first checks that a state restored from the
+      backup decodes to the same logits.
 """
 
 from __future__ import annotations
@@ -28,12 +33,12 @@ HISTORY = 64  # tokens every verifying sequence holds before the measurement
 class Decoder:
     """One context of `n_seq` sequences (kv_unified, 2 threads) and a batch to fill."""
 
-    def __init__(self, model: object, n_seq: int, n_rs_seq: int) -> None:
+    def __init__(self, model: object, n_seq: int, n_rs_seq: int, n_spare: int = 0) -> None:
         cp = L.llama_context_default_params()
         cp.n_ctx = 1024 * n_seq
         cp.n_batch = cp.n_ubatch = 1024
-        cp.n_seq_max = n_seq
-        cp.kv_unified = n_seq > 1
+        cp.n_seq_max = n_seq + n_spare
+        cp.kv_unified = n_seq + n_spare > 1
         cp.n_rs_seq = n_rs_seq
         cp.n_threads = cp.n_threads_batch = 2
         cp.no_perf = True
@@ -125,8 +130,60 @@ def snapshots(model: object, n_seq: int, k: int, rounds: int) -> None:
     report(f"n_seq={n_seq} verify {k + 1} tokens each", "snapshots", t["snapshots"], "none", t["none"])
 
 
+def _logits(d: Decoder, n_rows: int, n_vocab: int) -> list[float]:
+    rows = L.llama_get_logits(d.ctx)
+    return [rows[i] for i in range(n_rows * n_vocab)]
+
+
+def replay(model: object, n_seq: int, k: int, rounds: int) -> None:
+    n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(model))
+    backup = Decoder(model, n_seq, 0, n_spare=n_seq)
+    hist = backup.fill_history(n_seq)
+
+    def share() -> None:
+        for s in range(n_seq):
+            L.llama_memory_seq_cp(backup.mem, s, n_seq + s, -1, -1)
+
+    def drop() -> None:
+        for s in range(n_seq):
+            L.llama_memory_seq_rm(backup.mem, n_seq + s, -1, -1)
+
+    share()
+    backup.add_verify(hist, k)
+    backup.decode()
+    first = _logits(backup, n_seq * (k + 1), n_vocab)
+    for s in range(n_seq):  # restore every sequence from its backup and decode again
+        L.llama_memory_seq_rm(backup.mem, s, -1, -1)
+        L.llama_memory_seq_cp(backup.mem, n_seq + s, s, -1, -1)
+    backup.add_verify(hist, k)
+    backup.decode()
+    again = _logits(backup, n_seq * (k + 1), n_vocab)
+    diff = max(abs(a - b) for a, b in zip(first, again, strict=True))
+    print(f"restored from the backup: max |logit difference| {diff:.3g}")
+    drop()
+    snap = Decoder(model, n_seq, k)
+    hists = {"snapshots": snap.fill_history(n_seq), "backup": [h + k + 1 for h in hist]}
+
+    def with_backup() -> None:
+        share()
+        backup.add_verify(hists["backup"], k)
+        backup.decode()
+        drop()
+
+    def with_snapshots() -> None:
+        snap.add_verify(hists["snapshots"], k)
+        snap.decode()
+
+    t: dict[str, list[float]] = {"snapshots": [], "backup": []}
+    for r in range(rounds):
+        for name in ("snapshots", "backup") if r % 2 == 0 else ("backup", "snapshots"):
+            t[name].append(timed(with_snapshots if name == "snapshots" else with_backup))
+            hists[name] = [h + k + 1 for h in hists[name]]
+    report(f"n_seq={n_seq} verify {k + 1} tokens each", "snapshots", t["snapshots"], "backup", t["backup"])
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) < 2 or argv[0] not in ("fold", "snapshots"):
+    if len(argv) < 2 or argv[0] not in ("fold", "snapshots", "replay"):
         print(__doc__, file=sys.stderr)
         return 2
     L.llama_backend_init()
@@ -139,6 +196,8 @@ def main(argv: list[str]) -> int:
     nums = [int(x) for x in argv[2:]]
     if argv[0] == "fold":
         fold(model, *nums)
+    elif argv[0] == "replay":
+        replay(model, *nums)
     else:
         snapshots(model, *nums)
     return 0

@@ -288,15 +288,14 @@ def test_streams_scenario_writes_its_figures(tmp_path: Path) -> None:
     (path,) = tmp_path.glob("bench-*-streams.json")
     data = json.loads(path.read_text())
     cell = data["streams"]["levels"]["hidden-a1.00"]["2"]
-    for side in ("batched", "batched_replay", "single"):
+    for side in ("batched", "batched_snapshots", "single"):
         assert cell[side]["aggregate_tokens_per_sec"]["median"] > 0
         assert cell[side]["ttft_ms_p50"] is not None
     assert cell["batched"]["efficiency"] > 0
-    assert cell["replay_over_batched_rounds"]["median"] > 0
+    assert cell["batched_over_snapshots_rounds"]["median"] > 0
     assert set(data["targets"]) == {
         "streams_batched_over_single",
         "streams_batched_over_upstream",
-        "streams_replay_over_upstream",
         "streams_efficiency",
         "streams_acceptance_vs_single",
     }

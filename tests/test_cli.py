@@ -31,6 +31,8 @@ def test_generate_streams_to_stdout_with_stats_on_stderr(model_paths: dict[str, 
     assert "20 generated tokens" in p.stderr and "acceptance" in p.stderr
     auto = run("generate", str(path), "we walked along", "--max-tokens", "20", "--n-draft", "auto", "--quiet")
     assert auto.returncode == 0 and auto.stdout == p.stdout
+    snap = run("generate", str(path), "we walked along", "--max-tokens", "20", "--rollback", "snapshots")
+    assert snap.returncode == 0 and snap.stdout == p.stdout
 
 
 def test_info_and_make_model(model_paths: dict[str, Path], tmp_path: Path) -> None:
@@ -51,6 +53,7 @@ def test_info_and_make_model(model_paths: dict[str, Path], tmp_path: Path) -> No
         (("info", "/nonexistent/model.gguf"), 1, "error:"),
         (("generate", "MODEL", "x", "--n-draft", "lots"), 2, "must be an int or 'auto'"),
         (("generate", "MODEL", "x", "--max-tokens", "0"), 2, "max_tokens"),
+        (("generate", "MODEL", "x", "--rollback", "undo"), 2, "invalid choice: 'undo'"),
         (("demo", "--n-draft", "0"), 2, "--n-draft must be >= 1"),
     ],
 )

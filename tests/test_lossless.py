@@ -165,7 +165,7 @@ async def test_auto_draft_moves_to_plain_context_and_back_losslessly() -> None:
     with mtpstream.load_model(make_model(weights="oracle", size="tiny", mtp_error_rate=1.0)) as model:
         prompt = model.tokenize("the old man and the sea went")
         base = await _plain(model, prompt, max_tokens=450)
-        with mtpstream.init(model, n_draft="auto", n_ctx=1024, **EXACT) as mtp:
+        with mtpstream.init(model, n_draft="auto", n_ctx=1024, rollback="snapshots", **EXACT) as mtp:
             for _ in range(2):
                 ids, done = await collect(mtp, prompt, max_tokens=450)
                 assert ids == base, f"diverged at {_first_diff(ids, base)}"

@@ -73,10 +73,15 @@ async def test_replay_output_equals_plain_decoding(
     model, spec = rm.get(arch, head), rm.spec(arch, head)
     prompt = model.tokenize("the old man and the sea went")
     with mtpstream.init(model, n_draft=n_draft, n_ctx=512, **REPLAY) as mtp:
+        exp = expected_acceptance(spec, prompt, n_draft=n_draft, n_tokens=150, rollback="replay")
         for _ in range(2):  # the second call starts from the first one's cached state
             ids, done = await collect(mtp, prompt, max_tokens=150)
             assert ids == greedy(spec, prompt, 150)
-            assert done.usage.drafts_accepted > 0
+            # after a rejection the next iteration drafts as many fewer as it replays
+            assert (done.usage.drafts_accepted, done.usage.drafts_generated) == (
+                exp.drafts_accepted,
+                exp.drafts_generated,
+            )
         st = mtp.stats()
     # drafts were rejected (error rate 0.25), so accepted tokens were decoded again
     assert st.replayed_tokens > 0
@@ -125,7 +130,7 @@ async def test_a_call_stopped_mid_replay_leaves_a_state_to_extend(
 @pytest.mark.asyncio
 async def test_snapshots_replay_nothing_and_a_perfect_head_needs_no_replay(rm: OracleModels) -> None:
     prompt = [rm.spec("qwen35").chain_start]
-    with mtpstream.init(rm.get("qwen35"), n_draft=3, n_ctx=512, **EXACT) as snap:
+    with mtpstream.init(rm.get("qwen35"), n_draft=3, n_ctx=512, rollback="snapshots", **EXACT) as snap:
         await collect(snap, prompt, max_tokens=100)
         assert snap.stats().replayed_tokens == 0
     with mtpstream.init(rm.get("qwen35", rate=0.0), n_draft=3, n_ctx=512, **REPLAY) as perfect:
@@ -142,8 +147,13 @@ async def test_many_streams_each_equal_running_alone(rm: OracleModels, arch: str
     with mtpstream.init(model, n_draft=3, n_ctx=512, n_seq=3, **REPLAY) as mtp:
         got = await together(mtp, calls, stagger=0.02)
         st = mtp.stats()
-    for (prompt, n), (ids, _done) in zip(calls, got, strict=True):
+    for (prompt, n), (ids, done) in zip(calls, got, strict=True):
         assert ids == greedy(spec, prompt, n)
+        exp = expected_acceptance(spec, prompt, n_draft=3, n_tokens=n, rollback="replay")
+        assert (done.usage.drafts_accepted, done.usage.drafts_generated) == (
+            exp.drafts_accepted,
+            exp.drafts_generated,
+        )
     assert st.replayed_tokens > 0
     assert (st.active_sequences, st.queued) == (0, 0)
 
@@ -215,7 +225,7 @@ def test_replay_keeps_less_state_than_snapshots(rm: OracleModels, n_seq: int) ->
     """Snapshots keep n_draft + 1 recurrent states per sequence; replay keeps two."""
     model = rm.get("qwen35")
     with (
-        mtpstream.init(model, n_draft=3, n_ctx=512, n_seq=n_seq) as snap,
+        mtpstream.init(model, n_draft=3, n_ctx=512, n_seq=n_seq, rollback="snapshots") as snap,
         mtpstream.init(model, n_draft=3, n_ctx=512, n_seq=n_seq, rollback="replay") as replay,
     ):
         assert replay.state_bytes < snap.state_bytes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 
@@ -109,6 +110,10 @@ async def test_stats_polled_while_streaming(oracle: mtpstream.Model) -> None:
             latencies.append(time.perf_counter() - t0)
             time.sleep(0.0005)
 
+    # the collector's pauses (a full pass over a long test session's objects took
+    # 0.24 s once) are not what this measures: stats() taking no lock the worker holds
+    gc.collect()
+    gc.disable()
     with mtpstream.init(oracle, n_draft=3, n_ctx=2048) as mtp:
         th = threading.Thread(target=poll_from_thread)
         th.start()
@@ -126,6 +131,7 @@ async def test_stats_polled_while_streaming(oracle: mtpstream.Model) -> None:
         finally:
             stop.set()
             th.join()
+            gc.enable()
     for samples in (thread_samples, task_samples):
         assert len(samples) > 10
         for field in ("iters", "drafts_generated", "drafts_accepted", "tokens_emitted"):

@@ -355,13 +355,20 @@ def test_expected_acceptance_follows_rule_by_hand() -> None:
         chain_start=0,
         mtp_error_rate=1 / 6,
     )
-    res = expected_acceptance(spec, [0], n_draft=3, n_tokens=10)
+    res = expected_acceptance(spec, [0], n_draft=3, n_tokens=10, rollback="snapshots")
     # token 1 comes from the prompt's logits (no iteration)
     # iter 1 from 1: drafts 2,0,1 vs 2,3,4 -> accept 2, emit 2 + target 3
     # iter 2 from 3: drafts 4,5,0 vs 4,5(EOS) -> accept 4; EOS is the target's token
     assert res.tokens == (1, 2, 3, 4, 5)
     assert (res.iters, res.drafts_generated, res.drafts_accepted) == (2, 6, 2)
     assert res.stopped_at_eos
+    # replay: iter 1 rejects after one accepted draft, so iter 2 replays 2 tokens
+    # (1 and 2) and drafts 3 - 2 = 1: head 4 vs target 4 -> accepted, then EOS
+    res = expected_acceptance(spec, [0], n_draft=3, n_tokens=10, rollback="replay")
+    assert res.tokens == (1, 2, 3, 4, 5)
+    assert (res.iters, res.drafts_generated, res.drafts_accepted) == (2, 4, 2)
+    with pytest.raises(ValueError, match="rollback"):
+        expected_acceptance(spec, [0], n_draft=3, n_tokens=10, rollback="undo")  # type: ignore[arg-type]
     # k shrinks near the end; k == 0 is a plain step that still counts as an iteration
     res = expected_acceptance(spec, [0], n_draft=3, n_tokens=2)
     assert res.tokens == (1, 2) and (res.iters, res.drafts_generated, res.drafts_accepted) == (
@@ -408,7 +415,7 @@ def test_analytic_acceptance_values() -> None:
 def test_simulated_acceptance_matches_analytic(rate: float, n_draft: int) -> None:
     spec = build_spec("bench", mtp_error_rate=rate, seed=1)  # ~16k-word chain, no file
     n = spec.steps_to_eos(spec.chain_start) - 1
-    res = expected_acceptance(spec, [spec.chain_start], n_draft=n_draft, n_tokens=n)
+    res = expected_acceptance(spec, [spec.chain_start], n_draft=n_draft, n_tokens=n, rollback="snapshots")
     assert len(res.tokens) == n and not res.stopped_at_eos
     assert abs(res.acceptance_rate - analytic_acceptance(rate, n_draft)) < 0.03
 

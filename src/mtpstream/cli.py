@@ -79,7 +79,9 @@ def _session(model: Model, args: argparse.Namespace) -> MTP:
     n_draft = args.n_draft if model.has_mtp else 0
     if n_draft != args.n_draft:
         print(f"note: {model.path.name} has no MTP head; decoding without drafts", file=sys.stderr)
-    return init(model, n_draft=n_draft, n_ctx=args.n_ctx, n_seq=getattr(args, "n_seq", 1))
+    return init(
+        model, n_draft=n_draft, n_ctx=args.n_ctx, n_seq=getattr(args, "n_seq", 1), rollback=args.rollback
+    )
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
@@ -343,6 +345,12 @@ def _add_session_args(p: argparse.ArgumentParser, with_sampling: bool = True) ->
         "--n-draft", type=_n_draft, default=3, help="draft tokens per iteration, or 'auto' (default 3)"
     )
     p.add_argument("--n-ctx", type=int, default=4096, help="context size per sequence (default 4096)")
+    p.add_argument(
+        "--rollback",
+        choices=("snapshots", "replay"),
+        default="replay",
+        help="how hybrid models drop rejected drafts (default: %(default)s; see README)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     if with_sampling:
         p.add_argument("--max-tokens", type=int, default=512)

@@ -61,7 +61,7 @@ class SessionOptions(_Strict):
     offload_kqv: bool | None = None
     prompt_cache: bool = True
     prompt_cache_checkpoint_bytes: int = Field(default=256 * 2**20, ge=0, le=2**63 - 1)
-    rollback: Literal["snapshots", "replay"] = "snapshots"
+    rollback: Literal["snapshots", "replay"] = "replay"
 
     @model_validator(mode="after")
     def _context_fits_int32(self) -> SessionOptions:

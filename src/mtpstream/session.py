@@ -954,6 +954,16 @@ def init(
     Context options: ``n_threads, n_threads_batch, n_batch, n_ubatch, flash_attn,
     type_k, type_v, offload_kqv``.
 
+    ``rollback`` is how a recurrent or hybrid target (Qwen3.5/3.6-style Gated DeltaNet)
+    drops rejected drafts, whose state cannot be cut back: ``"replay"`` (the default)
+    shares each sequence's state with a spare sequence id before a verify and, after a
+    rejection, restores it and decodes the accepted tokens again in front of the next
+    verify (``stats().replayed_tokens``), in place of as many drafts; ``"snapshots"``
+    has llama.cpp keep the state after each of a verify's last ``n_draft + 1`` tokens,
+    which every verify pays for (~1.1-1.2x per verify on the bench model) and which takes
+    ``n_draft + 1`` recurrent states per sequence instead of two. Output is the same;
+    attention-only targets ignore it.
+
     ``prompt_cache=True`` (the default) keeps each finished call's state, so a call
     whose prompt extends it (the next chat turn) reads only the new tokens, and keeps
     checkpoints near earlier prompts' ends (within ``prompt_cache_checkpoint_bytes``,

@@ -426,7 +426,6 @@ def _t_streams(result: dict[str, Any]) -> dict[str, Any]:
             for name in (
                 "streams_batched_over_single",
                 "streams_batched_over_upstream",
-                "streams_replay_over_upstream",
                 "streams_efficiency",
                 "streams_acceptance_vs_single",
             )
@@ -438,16 +437,6 @@ def _t_streams(result: dict[str, Any]) -> dict[str, Any]:
         {"measured": up["median"], "pass": up["median"] >= 1.1, "threshold": ">= 1.1 (llama-server -np 4)"}
         if up
         else {"measured": None, "pass": None, "threshold": ">= 1.1", "note": "no llama-server run"}
-    )
-    rup = cell.get("replay_over_upstream_rounds")
-    targets["streams_replay_over_upstream"] = (
-        {
-            "measured": rup["median"],
-            "pass": rup["median"] >= 1.1,
-            "threshold": '>= 1.1 (llama-server -np 4), with init(rollback="replay")',
-        }
-        if rup
-        else {"measured": None, "pass": None, "threshold": ">= 1.1", "note": "no replay or llama-server run"}
     )
     eff = cell["batched"].get("efficiency")
     targets["streams_efficiency"] = {
@@ -716,8 +705,8 @@ def _md_streams(st: dict[str, Any]) -> list[str]:
         "(median of rounds), batched = n_seq=N, single = n_seq=1 (calls queue), "
         "upstream = llama-server -np N",
         "",
-        "| level | N | batched | single | upstream | replay | batched/single | batched/upstream "
-        "| replay/upstream | ideal | efficiency "
+        "| level | N | batched | single | upstream | snapshots | batched/single | batched/upstream "
+        "| batched/snapshots | ideal | efficiency "
         "| TTFT p50 ms | inter-token p50/p99 ms | acceptance per stream (batched; single; upstream) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -726,7 +715,7 @@ def _md_streams(st: dict[str, Any]) -> list[str]:
             b, s_ = c["batched"], c["single"]
             u = c.get("upstream")
             bu = c.get("batched_over_upstream_rounds")
-            rp, ru = c.get("batched_replay"), c.get("replay_over_upstream_rounds")
+            rp, ru = c.get("batched_snapshots"), c.get("batched_over_snapshots_rounds")
 
             def acc(side: dict[str, Any] | None) -> str:
                 if not side or side["per_stream_acceptance"]["min"] is None:

@@ -6,6 +6,8 @@ fixed), rotated round by round:
 
 - ``batched``: one session with ``n_seq=N``, the N calls concurrent (``async for``
   under asyncio, through the public API);
+- ``batched_snapshots``: the same with ``rollback="snapshots"`` (the default is
+  ``"replay"``), so both ways of dropping rejected drafts are compared in one run;
 - ``single``: one session with ``n_seq=1``, the same N calls concurrent (they queue);
 - ``upstream`` (with ``--with-upstream``): ``llama-server -np N --spec-type draft-mtp
   --spec-draft-n-max K``, the N requests concurrent (streamed).
@@ -206,19 +208,19 @@ def _cell(
     tokens = settings.tokens
     rounds: dict[str, list[dict[str, Any]]] = {
         "batched": [],
-        "batched_replay": [],
+        "batched_snapshots": [],
         "single": [],
         "upstream": [],
     }
     with (
         init(model, n_draft=k, n_ctx=settings.n_ctx, n_seq=n, n_threads=settings.threads) as batched,
         init(
-            model, n_draft=k, n_ctx=settings.n_ctx, n_seq=n, n_threads=settings.threads, rollback="replay"
-        ) as replay,
+            model, n_draft=k, n_ctx=settings.n_ctx, n_seq=n, n_threads=settings.threads, rollback="snapshots"
+        ) as snapshots,
     ):
         sides: dict[str, Callable[[], dict[str, Any]]] = {
             "batched": lambda: _ours(batched, prompts, tokens),
-            "batched_replay": lambda: _ours(replay, prompts, tokens),
+            "batched_snapshots": lambda: _ours(snapshots, prompts, tokens),
             "single": lambda: _ours(single, prompts, tokens),
         }
         port = server(n) if server is not None else None
@@ -238,23 +240,24 @@ def _cell(
                 server(None)
     out = {name: _summary(rs) for name, rs in rounds.items() if rs}
     rate = {name: [r["tokens"] / r["wall_s"] for r in rs] for name, rs in rounds.items() if rs}
-    b, rp, s = rate["batched"], rate["batched_replay"], rate["single"]
+    b, sn, s = rate["batched"], rate["batched_snapshots"], rate["single"]
     out["batched_over_single_rounds"] = env.paired_ratios(b, s)
-    out["replay_over_batched_rounds"] = env.paired_ratios(rp, b)
+    out["batched_over_snapshots_rounds"] = env.paired_ratios(b, sn)
     if "upstream" in rate:
         u = rate["upstream"]
         out["batched_over_upstream_rounds"] = env.paired_ratios(b, u)
-        out["replay_over_upstream_rounds"] = env.paired_ratios(rp, u)
+        out["snapshots_over_upstream_rounds"] = env.paired_ratios(sn, u)
     line = (
         f"    {level.name} n={n}: batched {statistics.median(b):.1f} tok/s, "
         f"single {statistics.median(s):.1f} ({out['batched_over_single_rounds']['median']:.2f}x), "
-        f"replay {statistics.median(rp):.1f} ({out['replay_over_batched_rounds']['median']:.2f}x batched)"
+        f"snapshots {statistics.median(sn):.1f} "
+        f"(batched/snapshots {out['batched_over_snapshots_rounds']['median']:.2f}x)"
     )
     if "upstream" in rate:
         line += (
             f", llama-server -np {n} {statistics.median(u):.1f} "
             f"({out['batched_over_upstream_rounds']['median']:.2f}x, "
-            f"replay {out['replay_over_upstream_rounds']['median']:.2f}x)"
+            f"snapshots {out['snapshots_over_upstream_rounds']['median']:.2f}x)"
         )
     log(line + f", efficiency {out['batched'].get('efficiency')}")
     return out

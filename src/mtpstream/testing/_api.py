@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -312,6 +312,7 @@ def expected_acceptance(
     prompt_tokens: Sequence[int],
     n_draft: int,
     n_tokens: int,
+    rollback: Literal["snapshots", "replay"] = "replay",
 ) -> AcceptanceResult:
     """Simulate MTP speculative decoding of an oracle model exactly.
 
@@ -325,8 +326,16 @@ def expected_acceptance(
     are emitted or EOS is emitted; EOS is included in ``tokens`` and counts
     towards ``n_tokens`` (the engine sends no TokenEvent for it). A draft equal
     to EOS is not counted as accepted: EOS is the target's token.
+
+    ``rollback`` is the session's (:func:`mtpstream.init`): with ``"replay"`` (the
+    default there and here), an iteration after a rejection drafts as many tokens
+    fewer as it decodes again; ``"snapshots"`` always drafts ``n_draft``.
+
+    Raises:
+        ValueError: no MTP head, an empty prompt, a token out of range, a
+            negative count, or an unknown ``rollback``.
     """
-    return simulate_acceptance(_as_spec(path_or_spec), prompt_tokens, n_draft, n_tokens)
+    return simulate_acceptance(_as_spec(path_or_spec), prompt_tokens, n_draft, n_tokens, rollback)
 
 
 def describe(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -303,9 +303,15 @@ class AcceptanceResult:
 
 
 def simulate_acceptance(
-    spec: OracleSpec, prompt_tokens: Sequence[int], n_draft: int, n_tokens: int
+    spec: OracleSpec,
+    prompt_tokens: Sequence[int],
+    n_draft: int,
+    n_tokens: int,
+    rollback: Literal["snapshots", "replay"] = "replay",
 ) -> AcceptanceResult:
     """Simulate the engine rule on ``spec`` (see :func:`expected_acceptance`)."""
+    if rollback not in ("snapshots", "replay"):
+        raise ValueError("rollback must be 'snapshots' or 'replay'")
     if spec.head is None:
         raise ValueError("this model has no MTP head (kind='plain'); nothing to draft")
     if not prompt_tokens:
@@ -326,13 +332,14 @@ def simulate_acceptance(
     out: list[int] = []
     iters = generated = accepted = 0
     stopped = False
+    replaying = 0  # rollback="replay": tokens the next verify decodes again
     if n_tokens > 0:
         last = succ[seq[-1]]
         out.append(last)
         seq.append(last)
         stopped = last == eos
     while len(out) < n_tokens and not stopped:
-        k = max(0, min(n_draft, n_tokens - len(out) - 1))
+        k = max(0, min(n_draft - replaying, n_tokens - len(out) - 1))
         iters += 1
         generated += k
         pos = len(seq) - 1  # position of the last token
@@ -344,14 +351,18 @@ def simulate_acceptance(
             drafts.append(d)
             chain.append(d)
         t = seq[-1]
+        n_acc = 0
         for d in drafts:
             nxt = succ[t]
             if d != nxt or nxt == eos:
                 break
-            accepted += 1
+            n_acc += 1
             out.append(nxt)
             seq.append(nxt)
             t = nxt
+        accepted += n_acc
+        if rollback == "replay":
+            replaying = replaying + 1 + n_acc if n_acc < k else 0
         t = succ[t]  # the target's own token after the accepted drafts
         out.append(t)
         seq.append(t)
