@@ -334,6 +334,9 @@ void Engine::release_seq(Generation & g, Keep keep) {
         return;
     }
     SlotCache & c = slot_cache_[static_cast<size_t>(g.seq)];
+    if (replay_) {  // a verify that ended the call early may have left its backup
+        llama_memory_seq_rm(llama_get_memory(ctx_tgt_.get()), backup_of(g.seq), -1, -1);
+    }
     bool on_plain = plain_ && plain_->active();  // the plain context is cleared at every call
     if (on_plain && keep != Keep::nothing && prompt_cache_ && g.opts.cache_prompt &&
         plain_->move(ctx_tgt_.get(), false)) {

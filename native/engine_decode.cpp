@@ -256,6 +256,8 @@ void Engine::verify_group(std::vector<Lane *> & group) {
         Generation & g = *lane->g;
         if (replay_ && lane->k > 0) {
             // the backup shares the state until this decode writes the sequence's own
+            // (emptied first: a verify that was aborted or failed left its backup behind)
+            llama_memory_seq_rm(llama_get_memory(tgt), backup_of(g.seq), -1, -1);
             llama_memory_seq_cp(llama_get_memory(tgt), g.seq, backup_of(g.seq), -1, -1);
         }
         const auto r = static_cast<int32_t>(g.replay.size());

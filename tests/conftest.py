@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import llama_cpp
 import numpy as np
 import pytest
@@ -144,3 +145,31 @@ def assert_plain_greedy_modulo_near_ties(
         raise AssertionError(f"more than {max_ties} near-ties broken the other way")
     finally:
         llm.close()
+
+
+def prompts_for(model: mtpstream.Model, spec: Any) -> list[list[int]]:
+    """Prompts of different lengths and shapes: on the oracle's chain, off it, long."""
+    chain = [spec.chain_start, *spec.chain(spec.chain_start, 40)]
+    return [
+        [spec.chain_start],
+        [*model.tokenize("we walked along"), spec.chain_start],
+        chain[:9],
+        model.tokenize("the river and the road went on and on, " * 6),
+    ]
+
+
+async def together(
+    mtp: mtpstream.MTP, calls: list[tuple[list[int], dict[str, Any]]], delays: list[float] | None = None
+) -> list[tuple[list[int], Any]]:
+    results: list[Any] = [None] * len(calls)
+
+    async def one(i: int) -> None:
+        if delays:
+            await anyio.sleep(delays[i])
+        prompt, opts = calls[i]
+        results[i] = await collect(mtp, prompt, **opts)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(calls)):
+            tg.start_soon(one, i)
+    return results

@@ -13,7 +13,7 @@ import pytest
 import mtpstream
 from mtpstream.testing import expected_acceptance
 
-from conftest import EXACT, OracleModels, collect
+from conftest import EXACT, OracleModels, collect, prompts_for, together
 
 ARCHS = ("qwen35", "qwen35moe")
 
@@ -25,39 +25,11 @@ def seqm() -> Any:
     m.close()
 
 
-def prompts_for(model: mtpstream.Model, spec: Any) -> list[list[int]]:
-    """Prompts of different lengths and shapes: on the oracle's chain, off it, long."""
-    chain = [spec.chain_start, *spec.chain(spec.chain_start, 40)]
-    return [
-        [spec.chain_start],
-        [*model.tokenize("we walked along"), spec.chain_start],
-        chain[:9],
-        model.tokenize("the river and the road went on and on, " * 6),
-    ]
-
-
 async def alone(
     model: mtpstream.Model, prompt: list[int], n_draft: Any, **opts: Any
 ) -> tuple[list[int], Any]:
     with mtpstream.init(model, n_draft=n_draft, n_ctx=512, **EXACT) as mtp:
         return await collect(mtp, prompt, **opts)
-
-
-async def together(
-    mtp: mtpstream.MTP, calls: list[tuple[list[int], dict[str, Any]]], delays: list[float] | None = None
-) -> list[tuple[list[int], Any]]:
-    results: list[Any] = [None] * len(calls)
-
-    async def one(i: int) -> None:
-        if delays:
-            await anyio.sleep(delays[i])
-        prompt, opts = calls[i]
-        results[i] = await collect(mtp, prompt, **opts)
-
-    async with anyio.create_task_group() as tg:
-        for i in range(len(calls)):
-            tg.start_soon(one, i)
-    return results
 
 
 @pytest.mark.asyncio

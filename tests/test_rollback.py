@@ -20,7 +20,15 @@ import pytest
 import mtpstream
 from mtpstream.testing import expected_acceptance
 
-from conftest import EXACT, Models, OracleModels, assert_plain_greedy_modulo_near_ties, collect
+from conftest import (
+    EXACT,
+    Models,
+    OracleModels,
+    assert_plain_greedy_modulo_near_ties,
+    collect,
+    prompts_for,
+    together,
+)
 
 ARCHS = ("qwen35", "qwen35moe")
 REPLAY = {"rollback": "replay", **EXACT}
@@ -37,30 +45,6 @@ def greedy(spec: Any, prompt: list[int], n: int) -> list[int]:
     """Plain greedy decoding's tokens (the oracle's chain; any n_draft gives the same)."""
     exp = expected_acceptance(spec, prompt, n_draft=1, n_tokens=n)
     return [t for t in exp.tokens if t != spec.eos_token_id]
-
-
-def prompts_for(model: mtpstream.Model, spec: Any) -> list[list[int]]:
-    chain = [spec.chain_start, *spec.chain(spec.chain_start, 40)]
-    return [
-        [spec.chain_start],
-        [*model.tokenize("we walked along"), spec.chain_start],
-        chain[:9],
-        model.tokenize("the river and the road went on and on, " * 6),
-    ]
-
-
-async def together(mtp: mtpstream.MTP, calls: list[tuple[list[int], int]], stagger: float = 0.0) -> list[Any]:
-    results: list[Any] = [None] * len(calls)
-
-    async def one(i: int) -> None:
-        await anyio.sleep(stagger * (i % 3))
-        prompt, n = calls[i]
-        results[i] = await collect(mtp, prompt, max_tokens=n)
-
-    async with anyio.create_task_group() as tg:
-        for i in range(len(calls)):
-            tg.start_soon(one, i)
-    return results
 
 
 @pytest.mark.asyncio
@@ -144,8 +128,9 @@ async def test_snapshots_replay_nothing_and_a_perfect_head_needs_no_replay(rm: O
 async def test_many_streams_each_equal_running_alone(rm: OracleModels, arch: str) -> None:
     model, spec = rm.get(arch), rm.spec(arch)
     calls = list(zip(prompts_for(model, spec) * 2, [90, 60, 120, 45, 30, 75, 20, 100], strict=True))
+    delays = [0.0, 0.02, 0.04] * 3
     with mtpstream.init(model, n_draft=3, n_ctx=512, n_seq=3, **REPLAY) as mtp:
-        got = await together(mtp, calls, stagger=0.02)
+        got = await together(mtp, [(p, {"max_tokens": n}) for p, n in calls], delays=delays[: len(calls)])
         st = mtp.stats()
     for (prompt, n), (ids, done) in zip(calls, got, strict=True):
         assert ids == greedy(spec, prompt, n)
@@ -164,7 +149,7 @@ async def test_auto_draft_needs_no_second_context(rm: OracleModels, n_seq: int) 
     model, spec = rm.get("qwen35"), rm.spec("qwen35")
     prompts = prompts_for(model, spec)[:n_seq]
     with mtpstream.init(model, n_draft="auto", n_ctx=1024, n_seq=n_seq, **REPLAY) as mtp:
-        got = await together(mtp, [(p, 300) for p in prompts])
+        got = await together(mtp, [(p, {"max_tokens": 300}) for p in prompts])
         st = mtp.stats()
     for prompt, (ids, _done) in zip(prompts, got, strict=True):
         assert ids == greedy(spec, prompt, 300)
@@ -205,6 +190,26 @@ async def test_a_cancelled_stream_leaves_the_session_exact(rm: OracleModels) -> 
                         break
             ids, _ = await collect(mtp, prompt, max_tokens=80)
             assert ids == greedy(spec, prompt, 80)
+
+
+@pytest.mark.asyncio
+async def test_cancelled_at_any_moment_the_next_call_sees_a_clean_state(
+    models: Models, model_paths: dict[str, Path]
+) -> None:
+    """Random weights (the target state shows): calls cancelled by a scope at
+    arbitrary moments (possibly inside a verify, between the backup and the restore)
+    and by breaking out of the stream leave nothing behind for the next call."""
+    model = models["qwen35-random"]
+    prompt = model.tokenize("the old man and the sea went")
+    with mtpstream.init(model, n_draft=3, n_ctx=512, **REPLAY) as mtp:
+        for wait in (0.001, 0.003, 0.007, 0.015):
+            with anyio.move_on_after(wait):
+                await collect(mtp, prompt, max_tokens=200)
+            async for ev in mtp.stream_events(prompt, max_tokens=200):
+                if isinstance(ev, mtpstream.TokenEvent) and ev.token_id % 3 == 0:
+                    break
+            ids, _ = await collect(mtp, prompt, max_tokens=60)
+            assert_plain_greedy_modulo_near_ties(model_paths["qwen35-random"], prompt, ids)
 
 
 @pytest.mark.asyncio

@@ -149,10 +149,15 @@ def long_prompt(level: Level, model: Model, n_tokens: int) -> list[int]:
     return tokens[:n_tokens]
 
 
-def open_session(model: Model, k: DraftKey, settings: Settings) -> MTP:
+def open_session(model: Model, k: DraftKey, settings: Settings, rollback: str = "replay") -> MTP:
     """An MTP session with the benchmark's context options."""
     return init(
-        model, n_draft=k, n_ctx=settings.n_ctx, n_threads=settings.threads, flash_attn=settings.flash_attn
+        model,
+        n_draft=k,
+        n_ctx=settings.n_ctx,
+        n_threads=settings.threads,
+        flash_attn=settings.flash_attn,
+        rollback=rollback,
     )
 
 

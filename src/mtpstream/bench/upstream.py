@@ -230,13 +230,14 @@ def _complete(port: int, prompt: Sequence[int], tokens: int) -> dict[str, Any]:
 
 
 def _expected_acceptance(level: Level, prompt: Sequence[int], k: DraftKey, tokens: int) -> float | None:
-    """The oracle's exact acceptance for this request (None: not an oracle level, or "auto")."""
+    """The oracle's exact acceptance for this request with llama-server's schedule (k
+    drafts every iteration: rollback="snapshots"); None: not an oracle level, or "auto"."""
     if level.weights != "oracle" or k == "auto" or k == 0:
         return None
     from ..testing import expected_acceptance
 
     try:
-        res = expected_acceptance(level.path, prompt, n_draft=int(k), n_tokens=tokens)
+        res = expected_acceptance(level.path, prompt, n_draft=int(k), n_tokens=tokens, rollback="snapshots")
     except (ValueError, KeyError, OSError):
         return None
     return round(res.acceptance_rate, 4)
@@ -282,6 +283,13 @@ def _cell(exe: Path, level: Level, k: DraftKey, settings: Settings, log: Log) ->
                         our_drafts += sample.drafts_generated
                         our_accepted += sample.drafts_accepted
                         our_ms.append((sample.timing_us["prefill"] + sample.timing_us["total"]) / 1000)
+        # the head's acceptance on llama-server's schedule (k drafts every iteration;
+        # the default rollback="replay" drafts fewer after a rejection): one greedy run
+        snap_rate = None
+        if k not in (0, "auto"):
+            with open_session(model, k, settings, rollback="snapshots") as snap:
+                s = run_engine(snap, prompt, settings.tokens)
+                snap_rate = round(s.drafts_accepted / s.drafts_generated, 4) if s.drafts_generated else None
     finally:
         model.close()
     paired = paired_ratios(our_tps, up_tps)
@@ -296,6 +304,7 @@ def _cell(exe: Path, level: Level, k: DraftKey, settings: Settings, log: Log) ->
         "upstream_tokens_per_sec": summarize(up_tps, 2),
         "upstream_acceptance_rate": round(accepted / drafts, 4) if drafts else None,
         "mtpstream_acceptance_rate": round(our_accepted / our_drafts, 4) if our_drafts else None,
+        "mtpstream_snapshots_acceptance_rate": snap_rate,
         "expected_acceptance_rate": _expected_acceptance(level, prompt, k, settings.tokens),
         "mtpstream_uses_mmap": uses_mmap,
         "mtpstream_tokens_per_sec": summarize(our_tps, 2),
