@@ -334,7 +334,7 @@ void Engine::release_seq(Generation & g, Keep keep) {
         return;
     }
     SlotCache & c = slot_cache_[static_cast<size_t>(g.seq)];
-    if (replay_) {  // a verify that ended the call early may have left its backup
+    if (replay_) {  // a verify that ended the call (aborted, failed) left its backup
         llama_memory_seq_rm(llama_get_memory(ctx_tgt_.get()), backup_of(g.seq), -1, -1);
     }
     bool on_plain = plain_ && plain_->active();  // the plain context is cleared at every call
@@ -345,8 +345,7 @@ void Engine::release_seq(Generation & g, Keep keep) {
         SessionStats::add(stats_.context_switches, 1);
         on_plain = false;
     }
-    if (keep == Keep::everything && !g.replay.empty() && prompt_cache_ && g.opts.cache_prompt &&
-        !flush_replay(g)) {
+    if (keep == Keep::everything && prompt_cache_ && g.opts.cache_prompt && !flush_replay(g)) {
         keep = Keep::checkpoints;  // the memory is stale past them
     }
     if (!prompt_cache_ || !g.opts.cache_prompt || on_plain || (keep == Keep::everything && g.n_past == 0) ||
@@ -390,9 +389,6 @@ void Engine::forget(SlotCache & c, size_t keep_first) {
 
 void Engine::clear_seq(llama_seq_id seq) {
     llama_memory_seq_rm(llama_get_memory(ctx_tgt_.get()), seq, -1, -1);
-    if (replay_) {
-        llama_memory_seq_rm(llama_get_memory(ctx_tgt_.get()), backup_of(seq), -1, -1);
-    }
     if (ctx_dft_) {
         llama_memory_seq_rm(llama_get_memory(ctx_dft_.get()), seq, -1, -1);
     }

@@ -178,6 +178,7 @@ private:
     bool prefill_tokens(Generation & g, const llama_token * tokens, int32_t n, int32_t pos0,
                         bool want_logits, bool defer_draft);
     bool flush_pending(Generation & g);
+    void add_replay(Generation & g);
     bool flush_replay(Generation & g);
     bool rebuild_memory(Generation & g);
 

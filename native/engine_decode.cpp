@@ -255,16 +255,11 @@ void Engine::verify_group(std::vector<Lane *> & group) {
     for (Lane * lane : group) {
         Generation & g = *lane->g;
         if (replay_ && lane->k > 0) {
-            // the backup shares the state until this decode writes the sequence's own
-            // (emptied first: a verify that was aborted or failed left its backup behind)
-            llama_memory_seq_rm(llama_get_memory(tgt), backup_of(g.seq), -1, -1);
+            // the backup (empty: dropped after every rollback and at release) shares
+            // the state until this decode writes the sequence's own
             llama_memory_seq_cp(llama_get_memory(tgt), g.seq, backup_of(g.seq), -1, -1);
         }
-        const auto r = static_cast<int32_t>(g.replay.size());
-        for (int32_t i = 0; i < r; ++i) {
-            batch_tgt_->add(g.replay[static_cast<size_t>(i)], g.n_past - r + i, g.seq, false);
-        }
-        SessionStats::add(stats_.replayed_tokens, static_cast<uint64_t>(r));
+        add_replay(g);
         lane->verify_idx = batch_tgt_->add(g.last, g.n_past, g.seq, true);
         for (int32_t j = 0; j < lane->k; ++j) {
             batch_tgt_->add(lane->drafts[static_cast<size_t>(j)], g.n_past + 1 + j, g.seq, true);

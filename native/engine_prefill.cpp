@@ -162,21 +162,26 @@ bool Engine::flush_pending(Generation & g) {
     return true;
 }
 
-// Rollback::replay: decode the tokens a rejection left to replay, on their own
-// (before the memory is kept for the next call).
-bool Engine::flush_replay(Generation & g) {
+// Rollback::replay: the tokens a rejection left to replay, at their positions, into
+// the target batch (no outputs).
+void Engine::add_replay(Generation & g) {
     const auto n = static_cast<int32_t>(g.replay.size());
-    if (n == 0) {
-        return true;
-    }
-    batch_tgt_->clear();
     for (int32_t i = 0; i < n; ++i) {
         batch_tgt_->add(g.replay[static_cast<size_t>(i)], g.n_past - n + i, g.seq, false);
     }
+    SessionStats::add(stats_.replayed_tokens, static_cast<uint64_t>(n));
+}
+
+// Decode them on their own (before the memory is kept for the next call).
+bool Engine::flush_replay(Generation & g) {
+    if (g.replay.empty()) {
+        return true;
+    }
+    batch_tgt_->clear();
+    add_replay(g);
     if (llama_decode(ctx_tgt_.get(), batch_tgt_->view(false)) != 0) {
         return false;
     }
-    SessionStats::add(stats_.replayed_tokens, static_cast<uint64_t>(n));
     g.replay.clear();
     return true;
 }
