@@ -112,11 +112,12 @@ struct JobHandle {
 }
 
 ModelHandle load_model(const std::string & path, std::optional<int> n_gpu_layers, bool load_mtp,
-                                  bool use_mmap, std::optional<nb::callable> progress) {
+                                  bool use_mmap, std::optional<bool> repack, std::optional<nb::callable> progress) {
     ModelLoadOptions opts;
     opts.n_gpu_layers = n_gpu_layers;
     opts.load_mtp = load_mtp;
     opts.use_mmap = use_mmap;
+    opts.repack = repack;
     std::optional<nb::python_error> callback_error;
     if (progress.has_value()) {
         nb::callable cb = *progress;
@@ -169,6 +170,7 @@ NB_MODULE(_native, m) {
     m.attr("LLAMA_DEFAULT_SEED") = static_cast<uint32_t>(LLAMA_DEFAULT_SEED);
 
     m.def("llama_backend_info", [] { return std::string(llama_print_system_info()); });
+    m.def("cpu_offers_amx_buffer", &cpu_offers_amx_buffer);
     m.def("llama_supports_gpu_offload", [] { return llama_supports_gpu_offload(); });
     m.def("llama_max_devices", [] { return static_cast<int64_t>(llama_max_devices()); });
     m.def("llama_model_load_from_file_address",
@@ -183,9 +185,10 @@ NB_MODULE(_native, m) {
 
     nb::class_<ModelHandle>(m, "Model")
         .def_static("load", &load_model, "path"_a, "n_gpu_layers"_a.none(), "load_mtp"_a, "use_mmap"_a,
-                    "progress"_a.none())
+                    "repack"_a.none(), "progress"_a.none())
         .def_prop_ro("path", [](const ModelHandle & h) { return h.p->path(); })
         .def_prop_ro("load_mtp", [](const ModelHandle & h) { return h.p->load_mtp(); })
+        .def_prop_ro("repack", [](const ModelHandle & h) { return h.p->repack(); })
         .def_prop_ro("n_vocab", [](const ModelHandle & h) { return h.p->n_vocab(); })
         .def_prop_ro("n_embd", [](const ModelHandle & h) { return h.p->n_embd(); })
         .def_prop_ro("n_embd_out", [](const ModelHandle & h) { return h.p->n_embd_out(); })

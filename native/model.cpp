@@ -1,6 +1,9 @@
 #include "model.hpp"
 
 #include <climits>
+#include <cstring>
+
+#include "ggml-backend.h"
 
 namespace mtpstream {
 
@@ -13,6 +16,24 @@ bool progress_trampoline(float progress, void * user_data) {
 
 }  // namespace
 
+bool cpu_offers_amx_buffer() {
+    ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    if (cpu == nullptr) {
+        return false;
+    }
+    auto extra = reinterpret_cast<ggml_backend_dev_get_extra_bufts_t>(
+        ggml_backend_reg_get_proc_address(ggml_backend_dev_backend_reg(cpu), "ggml_backend_dev_get_extra_bufts"));
+    if (extra == nullptr) {
+        return false;
+    }
+    for (ggml_backend_buffer_type_t * b = extra(cpu); b != nullptr && *b != nullptr; ++b) {
+        if (std::strcmp(ggml_backend_buft_name(*b), "AMX") == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
 std::shared_ptr<Model> Model::load(const std::string & path, const ModelLoadOptions & opts,
                                    Status & status) {
     llama_model_params params = llama_model_default_params();
@@ -23,6 +44,7 @@ std::shared_ptr<Model> Model::load(const std::string & path, const ModelLoadOpti
         params.load_mode = LLAMA_LOAD_MODE_NONE;
     }
     params.load_mtp = opts.load_mtp;
+    params.use_extra_bufts = opts.repack.value_or(!cpu_offers_amx_buffer());
     if (opts.progress) {
         params.progress_callback = &progress_trampoline;
         params.progress_callback_user_data = const_cast<std::function<bool(float)> *>(&opts.progress);
@@ -35,11 +57,15 @@ std::shared_ptr<Model> Model::load(const std::string & path, const ModelLoadOpti
                                    "enable the 'mtpstream.llama' logger for details)");
         return nullptr;
     }
-    return std::shared_ptr<Model>(new Model(raw, path, opts.load_mtp));
+    return std::shared_ptr<Model>(new Model(raw, path, opts.load_mtp, params.use_extra_bufts));
 }
 
-Model::Model(llama_model * model, std::string path, bool load_mtp)
-    : model_(model), vocab_(llama_model_get_vocab(model)), path_(std::move(path)), load_mtp_(load_mtp) {}
+Model::Model(llama_model * model, std::string path, bool load_mtp, bool repack)
+    : model_(model),
+      vocab_(llama_model_get_vocab(model)),
+      path_(std::move(path)),
+      load_mtp_(load_mtp),
+      repack_(repack) {}
 
 Model::~Model() { llama_model_free(model_); }
 

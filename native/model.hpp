@@ -18,9 +18,19 @@ struct ModelLoadOptions {
     std::optional<int> n_gpu_layers;  // nullopt: llama.cpp's default
     bool load_mtp = true;
     bool use_mmap = true;
+    // llama.cpp's extra weight buffers (repacked CPU layouts, AMX); nullopt: on unless
+    // the CPU backend offers the AMX buffer (see cpu_offers_amx_buffer)
+    std::optional<bool> repack;
     // Called with 0..1 while loading; return false to abort the load.
     std::function<bool(float)> progress;
 };
+
+// Whether this llama.cpp build and this CPU give the CPU backend ggml's AMX weight
+// buffer. Its matrix multiply (ggml 0.25.3, ggml-cpu/amx/mmq.cpp) indexes a batched
+// activation with byte offsets as element offsets and does not broadcast a 2D
+// weight over the batch: Qwen3.5's ssm_out projection of a ubatch holding two or
+// more sequences reads and writes out of bounds there (wrong tokens, SIGSEGV).
+bool cpu_offers_amx_buffer();
 
 class Model {
 public:
@@ -35,6 +45,7 @@ public:
     const llama_vocab * vocab() const { return vocab_; }
     const std::string & path() const { return path_; }
     bool load_mtp() const { return load_mtp_; }
+    bool repack() const { return repack_; }
 
     int32_t n_vocab() const { return llama_vocab_n_tokens(vocab_); }
     int32_t n_embd() const { return llama_model_n_embd(model_); }
@@ -63,12 +74,13 @@ public:
     std::string token_to_piece(llama_token id) const;
 
 private:
-    Model(llama_model * model, std::string path, bool load_mtp);
+    Model(llama_model * model, std::string path, bool load_mtp, bool repack);
 
     llama_model * model_;
     const llama_vocab * vocab_;
     std::string path_;
     bool load_mtp_;
+    bool repack_;
 };
 
 }  // namespace mtpstream

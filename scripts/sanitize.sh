@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The extension built with AddressSanitizer + UndefinedBehaviorSanitizer, and the fast
+# The extension built with AddressSanitizer + UndefinedBehaviorSanitizer (and libstdc++'s
+# bounds-checked containers, -D_GLIBCXX_ASSERTIONS), and the fast
 # tests run under it:
 #   bash scripts/sanitize.sh            # all tests not marked slow
 #   bash scripts/sanitize.sh -k hostile # pytest arguments pass through

@@ -11,7 +11,7 @@ import pytest
 
 import mtpstream
 
-from conftest import Models
+from conftest import Models, together
 
 
 @pytest.mark.parametrize(
@@ -212,6 +212,47 @@ def test_every_load_mode_decodes_the_same_tokens(
                 ]
 
         assert anyio.run(run) == spec.chain(spec.chain_start, 64)
+
+
+def test_repack_is_off_by_default_only_where_the_amx_buffer_is_offered(
+    model_paths: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """llama.cpp's AMX matrix multiply corrupts batched activations (README, "AMX
+    CPUs"): the default leaves the extra weight buffers off exactly where it exists;
+    repack=False keeps every repacked buffer type out of the load, and the output is
+    the same either way."""
+    import anyio
+
+    from mtpstream.model import cpu_offers_amx_buffer
+    from mtpstream.testing import load_spec
+
+    path = model_paths["qwen35-oracle"]
+    spec = load_spec(path)
+    with mtpstream.load_model(path) as m:
+        assert m.repack is (not cpu_offers_amx_buffer())
+    outputs = []
+    for repack in (True, False):
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="mtpstream.llama"):
+            m = mtpstream.load_model(path, repack=repack)
+        with m:
+            assert m.repack is repack
+            if not repack:
+                assert not any("REPACK" in r.getMessage() or "AMX" in r.getMessage() for r in caplog.records)
+
+            async def run(model: mtpstream.Model = m) -> list[int]:
+                with mtpstream.init(model, n_draft=3, n_ctx=512, n_seq=2) as mtp:
+                    got = await together(mtp, [([spec.chain_start], {"max_tokens": 48})] * 2)
+                return got[0][0] + got[1][0]
+
+            outputs.append(anyio.run(run))
+    assert outputs[0] == outputs[1] == spec.chain(spec.chain_start, 48) * 2
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, 0.5])
+def test_repack_must_be_bool_or_none(model_paths: dict[str, Path], bad: object) -> None:
+    with pytest.raises(TypeError, match="repack"):
+        mtpstream.load_model(model_paths["qwen35-oracle"], repack=bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("bad", ["yes", 1, 0.5])

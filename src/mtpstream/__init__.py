@@ -28,7 +28,7 @@ from .errors import (
     SessionClosedError,
 )
 from .events import DoneEvent, EogEvent, Event, StatsEvent, TokenEvent
-from .model import Model, load_model
+from .model import Model, cpu_offers_amx_buffer, load_model
 from .session import MTP, init
 from .stats import MTPStats, TimingUs, Usage
 
@@ -60,6 +60,7 @@ __all__ = [
     "TokenEvent",
     "Usage",
     "__version__",
+    "cpu_offers_amx_buffer",
     "init",
     "load_model",
 ]

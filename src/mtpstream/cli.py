@@ -27,7 +27,7 @@ import anyio
 from . import __version__
 from .errors import InvalidOptionError, MTPError
 from .events import DoneEvent, EogEvent, TokenEvent
-from .model import Model, load_model
+from .model import Model, cpu_offers_amx_buffer, load_model
 from .session import MTP, init
 
 _GRACE_S = 3
@@ -57,11 +57,11 @@ def _progress_bar(label: str) -> tuple[Callable[[float], bool], Callable[[], Non
     return progress, done
 
 
-def _load(path: str, quiet: bool = False) -> Model:
+def _load(path: str, quiet: bool = False, repack: bool | None = None) -> Model:
     if quiet:
-        return load_model(path)
+        return load_model(path, repack=repack)
     progress, done = _progress_bar("loading")
-    model = load_model(path, progress=progress)
+    model = load_model(path, repack=repack, progress=progress)
     done()
     return model
 
@@ -105,6 +105,8 @@ def _print_model(model: Model) -> None:
     print(f"sidecar        {'yes (MTP head only: pass it as draft_model=)' if model.is_sidecar else 'no'}")
     tmpl = model.chat_template
     print(f"chat template  {'yes (' + str(len(tmpl)) + ' characters)' if tmpl else 'no'}")
+    amx = " (this CPU offers llama.cpp's AMX buffer: off by default)" if cpu_offers_amx_buffer() else ""
+    print(f"repack         {'on' if model.repack else 'off'}{amx}")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -149,7 +151,7 @@ async def _generate(mtp: MTP, prompt: str, options: dict[str, Any]) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    with _load(args.model, args.quiet) as model, _session(model, args) as mtp:
+    with _load(args.model, args.quiet, args.repack) as model, _session(model, args) as mtp:
         anyio.run(_generate, mtp, args.prompt, _sampling(args))
     return 0
 
@@ -186,7 +188,7 @@ async def _chat_loop(mtp: MTP, options: dict[str, Any], system: str | None) -> N
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
-    with _load(args.model, args.quiet) as model, _session(model, args) as mtp:
+    with _load(args.model, args.quiet, args.repack) as model, _session(model, args) as mtp:
         mtp.render_chat([{"role": "user", "content": "x"}])  # fail early without a template
         anyio.run(_chat_loop, mtp, _sampling(args), args.system)
     return 0
@@ -202,7 +204,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise MTPError("the server needs FastAPI and uvicorn: pip install 'mtpstream[server]'") from None
     if args.max_queue is not None and args.max_queue < 0:
         raise _UsageError("--max-queue must be >= 0")
-    with _load(args.model, args.quiet) as model, _session(model, args) as mtp:
+    with _load(args.model, args.quiet, args.repack) as model, _session(model, args) as mtp:
         app = create_app(mtp, model_alias=args.model_alias, api_key=args.api_key, max_queue=args.max_queue)
         print(
             f"serving {model.path.name} as {args.model_alias or mtp.model_name!r} on "
@@ -333,12 +335,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             )
         )
         print(f"synthetic model written/cached in {time.perf_counter() - t0:.2f} s")
-    with _load(path) as model:
+    with _load(path, repack=args.repack) as model:
         _print_model(model)
         return int(anyio.run(_demo, model, args.prompt, args.n_draft, args.max_tokens, args.rounds))
 
 
 # ------------------------------------------------------------------ parser
+def _add_repack_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--repack",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="llama.cpp's repacked weight buffers (default: on, off on Intel AMX CPUs; see README)",
+    )
+
+
 def _add_session_args(p: argparse.ArgumentParser, with_sampling: bool = True) -> None:
     p.add_argument("model", metavar="MODEL", help="a GGUF file")
     p.add_argument(
@@ -352,6 +363,7 @@ def _add_session_args(p: argparse.ArgumentParser, with_sampling: bool = True) ->
         help="how hybrid models drop rejected drafts (default: %(default)s; see README)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_repack_arg(p)
     if with_sampling:
         p.add_argument("--max-tokens", type=int, default=512)
         p.add_argument("--temp", type=float, default=0.0, help="0 (the default) is greedy")
@@ -414,6 +426,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-tokens", type=int, default=64)
     demo.add_argument("--rounds", type=int, default=5, help="paired timing rounds (default 5)")
     demo.add_argument("--prompt", default="The quiet river carried")
+    _add_repack_arg(demo)
     demo.set_defaults(func=_cmd_demo)
 
     bench = sub.add_parser("bench", help="benchmarks (see `mtpstream bench --help`)", add_help=False)

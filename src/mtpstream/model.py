@@ -169,6 +169,11 @@ class Model:
         return self._uses_mmap
 
     @property
+    def repack(self) -> bool:
+        """Whether llama.cpp's extra weight buffers (repacked layouts, AMX) are in use."""
+        return bool(self._handle.repack)
+
+    @property
     def arch(self) -> str:
         """``general.architecture`` (e.g. ``"qwen35"``)."""
         return self._info.arch
@@ -305,12 +310,19 @@ class Model:
             raise ValueError(f"token id {token_id} is out of range for a vocabulary of {n} tokens")
 
 
+def cpu_offers_amx_buffer() -> bool:
+    """Whether llama.cpp offers its AMX weight buffer here (built with AMX, on a CPU
+    that has it): where it does, ``load_model(repack=None)`` leaves repacking off."""
+    return bool(_native.cpu_offers_amx_buffer())
+
+
 def load_model(
     path: str | os.PathLike[str],
     *,
     n_gpu_layers: int | None = None,
     load_mtp: bool = True,
     use_mmap: bool | None = True,
+    repack: bool | None = None,
     progress: Callable[[float], object] | None = None,
 ) -> Model:
     """Load a GGUF model, with its MTP (NextN) layers unless ``load_mtp=False``.
@@ -323,6 +335,12 @@ def load_model(
     Neither is faster everywhere: on the bench model, weights in memory decoded
     3% faster at ``n_draft=0`` but 8.5% slower at ``n_draft=1`` (2-token verify
     batches) and the same at ``n_draft=2, 3`` (README, "Performance").
+    ``repack`` is llama-server's ``--repack``/``--no-repack``: llama.cpp's extra
+    weight buffers (weights repacked for the CPU's SIMD kernels, Intel AMX tiles).
+    ``None`` (the default) turns them on except on a CPU where llama.cpp offers its
+    AMX buffer: that kernel multiplies a batched activation wrongly (a hybrid
+    model's ``ssm_out`` over a ubatch of several sequences) and gives wrong tokens
+    or a crash (README, "AMX CPUs"). :attr:`Model.repack` tells which was used.
     ``progress`` receives values in 0..1 while loading; returning ``False`` aborts
     the load. Raises :class:`ModelLoadError`.
     """
@@ -330,12 +348,14 @@ def load_model(
         raise TypeError("n_gpu_layers must be an int or None")
     if use_mmap is not None and not isinstance(use_mmap, bool):
         raise TypeError(f"use_mmap must be True, False or None (auto), not {use_mmap!r}")
+    if repack is not None and not isinstance(repack, bool):
+        raise TypeError(f"repack must be True, False or None (auto), not {repack!r}")
     p = Path(os.fspath(path)).expanduser()
     info = _inspect_file(p)
     mmap = _choose_mmap(info.file_bytes, _available_memory_bytes()) if use_mmap is None else use_mmap
     _logging.sync_level()
     try:
-        native = _native.Model.load(str(p), n_gpu_layers, bool(load_mtp), mmap, progress)
+        native = _native.Model.load(str(p), n_gpu_layers, bool(load_mtp), mmap, repack, progress)
     except _native.NativeError as exc:
         err = from_native(exc)
         message = _logging.with_errors(f"{err} [architecture '{info.arch}']", _logging.flush())
