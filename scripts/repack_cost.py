@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """What llama.cpp's repacked weight buffers are worth: load_model(repack=True) against
 repack=False on one GGUF, interleaved round by round, plain decoding (n_draft=0) and
-MTP (n_draft=3), one sequence and four.
+MTP (n_draft=3) on one sequence, and MTP on STREAMS sequences when given (> 1).
 
-    python scripts/repack_cost.py [MODEL] [ROUNDS] [MAX_TOKENS]
+    python scripts/repack_cost.py [MODEL] [ROUNDS] [MAX_TOKENS] [STREAMS]
 
 MODEL defaults to the synthetic bench model (Q8_0, n_embd 1024). Prints per setting
 the median tokens/s of each variant, the median ratio on/off with its 10-90% range,
@@ -49,10 +49,10 @@ def spread(xs: list[float]) -> tuple[float, float, float]:
     return statistics.median(s), lo, hi
 
 
-async def main(path: Path, rounds: int, max_tokens: int) -> dict[str, Any]:
+async def main(path: Path, rounds: int, max_tokens: int, streams: int) -> dict[str, Any]:
     models = {flag: mtpstream.load_model(path, repack=flag) for flag in (True, False)}
     prompt = models[True].tokenize(PROMPT)
-    settings = [(0, 1), (3, 1), (3, 4)]  # (n_draft, streams)
+    settings = [(0, 1), (3, 1)] + ([(3, streams)] if streams > 1 else [])  # (n_draft, streams)
     out: dict[str, Any] = {"model": str(path), "rounds": rounds, "max_tokens": max_tokens, "settings": []}
     for n_draft, n_streams in settings:
         sessions = {
@@ -88,7 +88,8 @@ if __name__ == "__main__":
     model = Path(sys.argv[1]) if len(sys.argv) > 1 else make_model(size="bench", weights="random")
     n_rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 7
     n_tokens = int(sys.argv[3]) if len(sys.argv) > 3 else 64
-    result = anyio.run(main, model, n_rounds, n_tokens)
+    n_streams = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+    result = anyio.run(main, model, n_rounds, n_tokens, n_streams)
     result["cpu_offers_amx_buffer"] = mtpstream.cpu_offers_amx_buffer()
     result["system_info"] = llama_cpp.llama_print_system_info().decode()
     dest = Path(__file__).resolve().parent.parent / "benchmarks" / "results"

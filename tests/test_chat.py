@@ -173,6 +173,11 @@ async def test_messages_and_templates(
             await mtp.chat(bad)  # type: ignore[arg-type]
         assert info.value.field == "messages"
     custom = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant] "
+    with pytest.raises(mtpstream.InvalidOptionError, match="allow_request_templates") as info:
+        await mtp.chat(MESSAGES, chat_template=custom)  # off by default
+    assert info.value.field == "chat_template"
+    assert mtp.render_chat(MESSAGES, chat_template=mtp.model.chat_template)  # the model's own is fine
+    mtp.allow_request_templates = True
     assert mtp.render_chat(MESSAGES, chat_template=custom).endswith("[assistant] ")
     ours = await mtp.chat(MESSAGES, chat_template=custom, max_tokens=8)
     assert ours.choices[0].message.content == await mtp.generate(
@@ -186,7 +191,10 @@ async def test_messages_and_templates(
     path = copy_with(
         model_paths["qwen35-oracle"], tmp_path / "no-template.gguf", {"tokenizer.chat_template": DELETE}
     )
-    with mtpstream.load_model(path) as bare, mtpstream.init(bare, n_draft=3, n_ctx=256) as s:
+    with (
+        mtpstream.load_model(path) as bare,
+        mtpstream.init(bare, n_draft=3, n_ctx=256, allow_request_templates=True) as s,
+    ):
         with pytest.raises(mtpstream.InvalidOptionError, match="no chat template") as info:
             await s.chat(MESSAGES)
         assert info.value.field == "chat_template"

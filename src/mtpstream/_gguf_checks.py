@@ -100,6 +100,28 @@ def check_hyperparameters(name: str, field: Callable[[str], Any], arch: str) -> 
     _check_vocab(field, bad)
 
 
+# llama.cpp's default BOS/EOS/SEP ids per tokenizer model (used when the key is absent)
+_DEFAULT_SPECIAL: dict[str, dict[str, int]] = {
+    "llama": {"bos": 1, "eos": 2},
+    "bert": {"bos": 101, "sep": 102},
+    "gpt2": {"bos": 11, "eos": 11},
+    "hybriddna": {"bos": 11, "eos": 11},
+    "whitespace": {"bos": 11, "eos": 11},
+    "t5": {"eos": 1},
+    "plamo2": {"bos": 1, "eos": 2},
+}
+_ID_KEYS = (
+    "bos_token_id",
+    "eos_token_id",
+    "eot_token_id",
+    "eom_token_id",
+    "padding_token_id",
+    "unknown_token_id",
+    "seperator_token_id",
+    "mask_token_id",
+)
+
+
 def _check_vocab(field: Callable[[str], Any], bad: Callable[[str, str], ModelLoadError]) -> None:
     tokens = field("tokenizer.ggml.tokens")
     if tokens is None:
@@ -107,20 +129,55 @@ def _check_vocab(field: Callable[[str], Any], bad: Callable[[str, str], ModelLoa
     n = len(tokens) if isinstance(tokens, list) else -1
     if n <= 0:
         raise bad("tokenizer.ggml.tokens", "expected a non-empty list of tokens")
+    _check_duplicates(tokens, bad)
     for key in ("tokenizer.ggml.token_type", "tokenizer.ggml.scores"):
         v = field(key)
         if v is not None and (not isinstance(v, list) or len(v) != n):
             size = len(v) if isinstance(v, list) else type(v).__name__
             raise bad(key, f"has {size} entries for {n} tokens")
-    for key in (
-        "tokenizer.ggml.bos_token_id",
-        "tokenizer.ggml.eos_token_id",
-        "tokenizer.ggml.eot_token_id",
-        "tokenizer.ggml.padding_token_id",
-        "tokenizer.ggml.unknown_token_id",
-        "tokenizer.ggml.seperator_token_id",
-    ):
+    for name in _ID_KEYS:
+        key = f"tokenizer.ggml.{name}"
         v = field(key)
         iv = _scalar_int(v)
         if v is not None and (iv is None or not -1 <= iv < n) and not (iv is not None and iv >= 2**31):
             raise bad(key, f"token id {v!r} is outside the vocabulary of {n} tokens")
+    merges = field("tokenizer.ggml.merges")
+    if merges is not None and (not isinstance(merges, list) or not all(isinstance(m, str) for m in merges)):
+        raise bad("tokenizer.ggml.merges", "expected a list of strings")
+    _check_added_specials(field, bad, n)
+
+
+def _check_duplicates(tokens: list[Any], bad: Callable[[str, str], ModelLoadError]) -> None:
+    """llama.cpp asserts that every token text is distinct, as it reads them: up to the
+    first NUL byte (a C string), an empty one named ``[EMPTY_<id>]``. A set over the
+    list finds a duplicate in ~20 ms at 250k tokens."""
+    if not all(isinstance(t, str) for t in tokens):
+        raise bad("tokenizer.ggml.tokens", "expected a list of strings")
+    texts = [t.partition("\x00")[0] if "\x00" in t else t for t in tokens]
+    texts = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(texts)]
+    if len(set(texts)) == len(texts):
+        return
+    first: dict[str, int] = {}
+    for i, t in enumerate(texts):
+        if t in first:
+            raise bad("tokenizer.ggml.tokens", f"token {i} {t!r} duplicates token {first[t]}")
+        first[t] = i
+
+
+def _check_added_specials(
+    field: Callable[[str], Any], bad: Callable[[str, str], ModelLoadError], n: int
+) -> None:
+    """``add_bos_token`` / ``add_eos_token`` / ``add_sep_token`` need that token:
+    llama.cpp asserts on it at every tokenization (the key's id, else the tokenizer
+    model's default, counts when it lies inside the vocabulary)."""
+    model = field("tokenizer.ggml.model")
+    defaults = _DEFAULT_SPECIAL.get(model, {}) if isinstance(model, str) else {}
+    for kind, id_key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("sep", "seperator_token_id")):
+        add_key = f"tokenizer.ggml.add_{kind}_token"
+        if field(add_key) is not True:
+            continue
+        tid = _scalar_int(field(f"tokenizer.ggml.{id_key}"))
+        if tid is None or not 0 <= tid < n:
+            tid = defaults.get(kind)
+        if tid is None or not 0 <= tid < n:
+            raise bad(add_key, f"is true but the vocabulary of {n} tokens has no {kind.upper()} token")

@@ -1,9 +1,11 @@
 """Chat messages and OpenAI-style options.
 
-The prompt of a chat call is the model's ``tokenizer.chat_template`` rendered by
-llama-cpp-python's Jinja formatter (``llama_cpp.llama_chat_format.Jinja2ChatFormatter``:
-a sandboxed Jinja environment with ``bos_token``, ``eos_token`` and
-``raise_exception``) with ``add_generation_prompt=True``. ``response_format`` becomes
+The prompt of a chat call is the model's ``tokenizer.chat_template`` rendered as
+llama-cpp-python's Jinja formatter (``llama_cpp.llama_chat_format.Jinja2ChatFormatter``)
+renders it: Jinja's immutable sandbox with ``bos_token``, ``eos_token``,
+``raise_exception`` and ``add_generation_prompt=True``, here with time and size limits
+(:mod:`mtpstream._templates`). Text inside a message never becomes a special token
+(:mod:`mtpstream._chat_tokens`). ``response_format`` becomes
 a GBNF grammar through llama-cpp-python's JSON-schema converter
 (``llama_cpp.llama_grammar``).
 
@@ -36,12 +38,17 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .errors import InvalidOptionError
+import jinja2
 
-__all__ = ["grammar_for_response_format", "openai_options", "render_messages"]
+from ._chat_tokens import Tokenizer, chat_tokens
+from ._templates import TemplateLimitError, render_template
+from .errors import InvalidOptionError
+from .options import check_text
+
+__all__ = ["chat_prompt", "grammar_for_response_format", "openai_options", "render_messages"]
 
 _OPENAI_NAMES: dict[str, str] = {
     "temperature": "temp",
@@ -85,9 +92,12 @@ def grammar_for_response_format(response_format: Any) -> str | None:
 
     Raises:
         InvalidOptionError: not one of ``text``, ``json_object``, ``json_schema`` with a
-            ``schema``, or a schema llama-cpp-python's converter does not support.
+            ``schema``, a schema llama-cpp-python's converter does not support, or one
+            over a limit of :mod:`._grammar_limits`.
     """
     from llama_cpp import llama_grammar
+
+    from ._grammar_limits import check_schema
 
     if not isinstance(response_format, Mapping):
         raise InvalidOptionError(
@@ -117,20 +127,24 @@ def grammar_for_response_format(response_format: Any) -> str | None:
             f"(got {kind!r})",
             field="response_format",
         )
-    return _schema_grammar(json.dumps(schema, sort_keys=True))
+    check_schema(schema, "response_format")  # bounded walk, before anything recurses into it
+    try:
+        schema_json = json.dumps(schema, sort_keys=True)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidOptionError(
+            f"invalid option 'response_format': the schema is not JSON ({type(exc).__name__}: {exc})",
+            field="response_format",
+        ) from None
+    return _schema_grammar(schema_json)
 
 
 @functools.lru_cache(maxsize=64)
 def _schema_grammar(schema_json: str) -> str:
-    from llama_cpp import llama_grammar
+    """The converter's grammar, with the schema and the grammar checked against the
+    limits of :mod:`._grammar_limits` (every failure an :class:`InvalidOptionError`)."""
+    from ._grammar_limits import schema_to_grammar
 
-    try:
-        return str(llama_grammar.json_schema_to_gbnf(schema_json))
-    except Exception as exc:
-        raise InvalidOptionError(
-            f"invalid option 'response_format': unsupported JSON schema ({type(exc).__name__}: {exc})",
-            field="response_format",
-        ) from None
+    return schema_to_grammar(schema_json, "response_format")
 
 
 def _check_messages(messages: Any) -> list[dict[str, Any]]:
@@ -163,38 +177,80 @@ def _check_messages(messages: Any) -> list[dict[str, Any]]:
     return out
 
 
-def render_messages(messages: Any, template: str | None, bos_token: str, eos_token: str) -> str:
-    """The prompt text of ``messages`` under ``template`` (with the generation prompt).
+def _text_chars(value: Any) -> int:
+    """Characters of text in a message structure (what the template limits scale with)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, Mapping):
+        return sum(_text_chars(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_text_chars(v) for v in value)
+    return 0
 
-    Raises:
-        InvalidOptionError: no template (``field="chat_template"``), malformed messages,
-            or a template that fails to render (its ``raise_exception`` included).
-    """
-    msgs = _check_messages(messages)
+
+def _renderer(template: str | None, bos_token: str, eos_token: str, input_chars: int) -> Any:
     if not template:
         raise InvalidOptionError(
             "the model has no chat template (tokenizer.chat_template); pass chat_template=",
             field="chat_template",
         )
-    try:
-        formatter = _formatter(template, bos_token, eos_token)
-        return str(formatter(messages=msgs).prompt)
-    except InvalidOptionError:
-        raise
-    except Exception as exc:
-        raise InvalidOptionError(
-            f"the chat template could not render these messages ({type(exc).__name__}: {exc})",
-            field="chat_template",
-        ) from None
+
+    def render(msgs: list[dict[str, Any]]) -> str:
+        variables = {"messages": msgs, "bos_token": bos_token, "eos_token": eos_token}
+        try:
+            text = render_template(template, variables, input_chars=input_chars)
+        except TemplateLimitError as exc:
+            raise InvalidOptionError(f"the chat template was stopped: {exc}", field="chat_template") from None
+        except InvalidOptionError:
+            raise
+        except jinja2.TemplateSyntaxError as exc:
+            raise InvalidOptionError(
+                f"the chat template does not parse ({type(exc).__name__}: {exc})", field="chat_template"
+            ) from None
+        except Exception as exc:
+            raise InvalidOptionError(
+                f"the chat template could not render these messages ({type(exc).__name__}: {exc})",
+                field="chat_template",
+            ) from None
+        try:
+            check_text(text, "prompt")
+        except ValueError as exc:
+            raise InvalidOptionError(str(exc), field="prompt") from None
+        return text
+
+    return render
 
 
-@functools.lru_cache(maxsize=8)
-def _formatter(template: str, bos_token: str, eos_token: str) -> Any:
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+def render_messages(messages: Any, template: str | None, bos_token: str, eos_token: str) -> str:
+    """The prompt text of ``messages`` under ``template`` (with the generation prompt),
+    rendered within the limits of :mod:`mtpstream._templates` (blocking: call it off
+    the event loop).
 
-    try:
-        return Jinja2ChatFormatter(template=template, bos_token=bos_token, eos_token=eos_token)
-    except Exception as exc:
-        raise InvalidOptionError(
-            f"the chat template does not parse ({type(exc).__name__}: {exc})", field="chat_template"
-        ) from None
+    Raises:
+        InvalidOptionError: no template (``field="chat_template"``), malformed messages,
+            a template that fails to render (its ``raise_exception`` included) or goes
+            over a time or size limit.
+    """
+    msgs = _check_messages(messages)
+    return str(_renderer(template, bos_token, eos_token, _text_chars(msgs))(msgs))
+
+
+def chat_prompt(
+    messages: Any,
+    template: str | None,
+    bos_token: str,
+    eos_token: str,
+    tokenize: Tokenizer,
+    token_text: Callable[[int], str],
+) -> tuple[str, list[int]]:
+    """:func:`render_messages` and the prompt's token ids, where text inside a message
+    never becomes a special token (see :mod:`mtpstream._chat_tokens`); the template's
+    own special-token text does. Blocking: call it off the event loop.
+
+    Raises:
+        InvalidOptionError: as :func:`render_messages`; special-token text in a message
+            that the template moves or cuts (``field="messages"``).
+    """
+    msgs = _check_messages(messages)
+    render = _renderer(template, bos_token, eos_token, _text_chars(msgs))
+    return chat_tokens(msgs, render, tokenize, token_text, bos_token)

@@ -30,8 +30,6 @@ from .events import DoneEvent, EogEvent, TokenEvent
 from .model import Model, cpu_offers_amx_buffer, load_model
 from .session import MTP, init
 
-_GRACE_S = 3
-
 
 class _UsageError(Exception):
     """A bad command line (exit code 2)."""
@@ -195,17 +193,46 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ serve
+def _serve_limits(args: argparse.Namespace) -> Any:
+    from .server_limits import ServerLimits, allowed_hosts
+
+    extra = tuple(h for item in args.allowed_hosts or () for h in item.split(","))
+    try:
+        return ServerLimits(
+            max_queue=args.max_queue,
+            max_body_bytes=args.max_body_bytes,
+            header_timeout=args.header_timeout,
+            body_timeout=args.body_timeout,
+            stream_idle_timeout=args.stream_idle_timeout,
+            keep_alive_timeout=args.keep_alive_timeout,
+            max_connections=args.max_connections,
+            shutdown_grace=args.shutdown_grace,
+            allowed_hosts=tuple(sorted(allowed_hosts(args.host, extra))),
+            report_cached_tokens=args.report_cached_tokens,
+        )
+    except ValueError as exc:
+        raise _UsageError(str(exc).replace("_", "-")) from None
+
+
+def _serve_key(args: argparse.Namespace) -> str | None:
+    from .server_limits import resolve_api_key
+
+    try:
+        return resolve_api_key(args.api_key, args.api_key_file)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
-
+        from ._server_uvicorn import GracefulServer, config
         from .server import create_app
     except ImportError:
         raise MTPError("the server needs FastAPI and uvicorn: pip install 'mtpstream[server]'") from None
-    if args.max_queue is not None and args.max_queue < 0:
-        raise _UsageError("--max-queue must be >= 0")
+    limits, api_key = _serve_limits(args), _serve_key(args)
     with _load(args.model, args.quiet, args.repack) as model, _session(model, args) as mtp:
-        app = create_app(mtp, model_alias=args.model_alias, api_key=args.api_key, max_queue=args.max_queue)
+        mtp.allow_request_templates = args.allow_request_templates
+        app = create_app(mtp, model_alias=args.model_alias, api_key=api_key, limits=limits)
         print(
             f"serving {model.path.name} as {args.model_alias or mtp.model_name!r} on "
             f"http://{args.host}:{args.port}/v1 (n_draft={mtp.n_draft if not mtp.auto_draft else 'auto'}, "
@@ -213,12 +240,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-        # on SIGINT/SIGTERM running requests get this long to finish, then they are
-        # cancelled (and so are their generations)
-        config = uvicorn.Config(
-            app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=_GRACE_S
-        )
-        server = _GracefulServer(config)
+        if api_key is None and "*" not in limits.allowed_hosts:
+            print(
+                f"no API key: only these Host names are served: {', '.join(limits.allowed_hosts)} "
+                "(--allowed-hosts adds more)",
+                file=sys.stderr,
+                flush=True,
+            )
+        # on SIGINT/SIGTERM running requests get --shutdown-grace seconds to finish, then
+        # they end with an error (and their generations are cancelled)
+        server = GracefulServer(config(app, args.host, args.port, limits), app.state.lifecycle, limits)
         server.run()
         if server.started is False and not server.should_exit:
             raise MTPError(f"could not serve on {args.host}:{args.port}")
@@ -226,40 +257,52 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _graceful_server_class() -> Any:
-    import contextlib
-    import signal
-    import threading
-
-    import uvicorn
-
-    class GracefulServer(uvicorn.Server):
-        """SIGINT/SIGTERM stop accepting requests, let the running ones end, close the
-        session and exit with code 0 (uvicorn itself re-raises the signal at the end)."""
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Any:
-            if threading.current_thread() is not threading.main_thread():
-                yield
-                return
-
-            def stop(sig: int, frame: Any) -> None:
-                if self.should_exit and sig == signal.SIGINT:
-                    self.force_exit = True
-                self.should_exit = True
-
-            previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                yield
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-
-    return GracefulServer
-
-
-def _GracefulServer(config: Any) -> Any:
-    return _graceful_server_class()(config)
+def _add_serve_args(serve: argparse.ArgumentParser) -> None:
+    _add_session_args(serve, with_sampling=False)
+    serve.add_argument("--n-seq", type=int, default=4, help="requests decoded together (default 4)")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--model-alias", default=None, help="the model name clients see (default: file stem)")
+    key = serve.add_argument_group("API key (else $MTPSTREAM_API_KEY; none: Host names are checked)")
+    key.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (visible in ps)")
+    key.add_argument("--api-key-file", default=None, metavar="PATH", help="the key is this file's first line")
+    key.add_argument(
+        "--allowed-hosts",
+        action="append",
+        metavar="HOST[,HOST]",
+        help="Host names served without a key, besides loopback and --host ('*': any)",
+    )
+    lim = serve.add_argument_group("limits")
+    lim.add_argument(
+        "--max-queue", type=int, default=None, help="waiting requests beyond n_seq; more get 429"
+    )
+    lim.add_argument(
+        "--max-body-bytes", type=int, default=4 * 2**20, help="larger request bodies get 413 (default 4 MiB)"
+    )
+    for flag, default, text in (
+        ("--stream-idle-timeout", 30.0, "drop a client that reads nothing for this long"),
+        ("--header-timeout", 10.0, "the request headers must arrive within this"),
+        ("--body-timeout", 30.0, "the request body must arrive within this (408)"),
+        ("--keep-alive-timeout", 5.0, "close idle keep-alive connections after this"),
+        ("--shutdown-grace", 3.0, "on SIGINT/SIGTERM running requests get this long"),
+    ):
+        lim.add_argument(
+            flag, type=float, default=default, metavar="S", help=f"{text} (default {default:g} s)"
+        )
+    lim.add_argument("--max-connections", type=int, default=256, help="more get 503 (default 256)")
+    lim.add_argument(
+        "--allow-request-templates",
+        action="store_true",
+        help="accept a request's own chat_template (a template is a program; it still renders "
+        "within time and size limits)",
+    )
+    lim.add_argument(
+        "--report-cached-tokens",
+        action="store_true",
+        help="report usage.prompt_tokens_details.cached_tokens (off: it tells a client whether "
+        "another one sent the same prompt)",
+    )
+    serve.set_defaults(func=_cmd_serve)
 
 
 # ------------------------------------------------------------------ demo
@@ -388,17 +431,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", default=None, help="a system message")
     chat.set_defaults(func=_cmd_chat)
 
-    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
-    _add_session_args(serve, with_sampling=False)
-    serve.add_argument("--n-seq", type=int, default=4, help="requests decoded together (default 4)")
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--model-alias", default=None, help="the model name clients see (default: file stem)")
-    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
-    serve.add_argument(
-        "--max-queue", type=int, default=None, help="waiting requests beyond n_seq; more get 429"
-    )
-    serve.set_defaults(func=_cmd_serve)
+    _add_serve_args(sub.add_parser("serve", help="OpenAI-compatible HTTP server"))
 
     info = sub.add_parser("info", help="describe a GGUF model")
     info.add_argument("model", metavar="MODEL")

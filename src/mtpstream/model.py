@@ -12,6 +12,7 @@ from typing import Any
 
 from . import _logging
 from ._gguf_checks import check_hyperparameters
+from ._gguf_meta import GGUFFormatError, read_gguf_header
 from ._loader import _native
 from .errors import ModelLoadError, SessionClosedError, from_native
 
@@ -78,19 +79,16 @@ def _inspect_file(path: Path) -> _FileInfo:
     if magic != _GGUF_MAGIC:
         raise ModelLoadError(f"'{path}' is not a GGUF file (magic {magic!r}, expected b'GGUF')")
     try:
-        from gguf import GGUFReader
-
-        reader = GGUFReader(str(path), "r")
-    except Exception as exc:  # the gguf package raises many kinds on bad data
+        header = read_gguf_header(path)
+    except (GGUFFormatError, OSError) as exc:
         raise ModelLoadError(f"'{path}' is a truncated or corrupt GGUF file: {exc}") from exc
-    names = frozenset(t.name for t in reader.tensors)
-    for t in reader.tensors:
-        if int(t.data_offset) + int(t.n_bytes) > size:
+    names = frozenset(t.name for t in header.tensors)
+    for t in header.tensors:
+        if t.data_offset + t.n_bytes > size:
             raise ModelLoadError(f"'{path}' is truncated: tensor '{t.name}' extends past the end of the file")
 
     def field(key: str) -> Any:
-        f = reader.get_field(key)
-        return None if f is None else f.contents()
+        return header.kv.get(key)
 
     arch = field("general.architecture")
     if not isinstance(arch, str):

@@ -7,12 +7,15 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ._grammar_limits import grammar_problem
 from .errors import InvalidOptionError
 
 __all__ = [
     "GGML_TYPES",
     "INT32_MAX",
+    "MAX_PENALTY",
     "MAX_SEQUENCES",
+    "MAX_TEMP",
     "MAX_THREADS",
     "GenerationOptions",
     "SessionOptions",
@@ -25,6 +28,13 @@ MAX_THREADS = 512
 MAX_SEQUENCES = 64
 """The most sequences one session decodes together (``n_seq``)."""
 """ggml's own limit on the threads of one computation (GGML_MAX_N_THREADS)."""
+MAX_TEMP = 100.0
+"""The highest temperature (above ~10 sampling is already uniform; 1e308 overflows float32)."""
+MAX_PENALTY = 100.0
+"""The largest repeat/frequency/presence penalty (magnitude)."""
+MIN_TIMEOUT_S = 0.001
+MAX_TIMEOUT_S = 10_000_000.0
+"""A call's ``timeout`` lies between these (seconds)."""
 
 # ggml_type ids of the KV-cache types llama.cpp accepts
 GGML_TYPES: dict[str, int] = {
@@ -89,20 +99,20 @@ class GenerationOptions(_Strict):
     """Options of ``stream``/``stream_events``/``generate``."""
 
     max_tokens: int = Field(default=256, ge=1, le=INT32_MAX)
-    temp: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    temp: float = Field(default=0.0, ge=0.0, le=MAX_TEMP, allow_inf_nan=False)
     top_k: int = Field(default=0, ge=0, le=INT32_MAX)
     top_p: float = Field(default=1.0, ge=0.0, le=1.0)
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     seed: int | None = Field(default=None, ge=0, le=0xFFFFFFFE)
     penalty_last_n: int = Field(default=64, ge=-1, le=INT32_MAX)
-    penalty_repeat: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
-    penalty_freq: float = Field(default=0.0, allow_inf_nan=False)
-    penalty_present: float = Field(default=0.0, allow_inf_nan=False)
+    penalty_repeat: float = Field(default=1.0, gt=0.0, le=MAX_PENALTY, allow_inf_nan=False)
+    penalty_freq: float = Field(default=0.0, ge=-MAX_PENALTY, le=MAX_PENALTY, allow_inf_nan=False)
+    penalty_present: float = Field(default=0.0, ge=-MAX_PENALTY, le=MAX_PENALTY, allow_inf_nan=False)
     grammar: str | None = None
     stop: tuple[str, ...] = ()
     emit_stats_every: int = Field(default=0, ge=0, le=INT32_MAX)
     cache_prompt: bool = True
-    timeout: float | None = Field(default=None, gt=0.0)
+    timeout: float | None = Field(default=None, ge=MIN_TIMEOUT_S, le=MAX_TIMEOUT_S)
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -128,7 +138,9 @@ class GenerationOptions(_Strict):
             raise ValueError("grammar is empty")
         if v is not None:
             check_text(v, "grammar")
-            check_grammar_repetitions(v)
+            problem = grammar_problem(v)
+            if problem is not None:
+                raise ValueError(problem)
         return v
 
     @field_validator("timeout")
@@ -137,49 +149,6 @@ class GenerationOptions(_Strict):
         if v is not None and not math.isfinite(v):
             raise ValueError("timeout must be finite")
         return v
-
-
-MAX_GRAMMAR_REPETITION = 10_000
-"""The largest count a GBNF ``{m,n}`` repetition may use (llama.cpp expands it into rules)."""
-
-
-def check_grammar_repetitions(grammar: str) -> None:
-    """Raise ``ValueError`` for a ``{m,n}`` repetition llama.cpp's parser cannot survive:
-    ``m > n`` (it allocates without bound) or counts above :data:`MAX_GRAMMAR_REPETITION`.
-
-    Literals (``"..."``, ``[...]``) and ``#`` comments are skipped; everything else
-    is left to llama.cpp's parser.
-    """
-    i, n = 0, len(grammar)
-    while i < n:
-        c = grammar[i]
-        if c in '"[':
-            close = '"' if c == '"' else "]"
-            i += 1
-            while i < n and grammar[i] != close:
-                i += 2 if grammar[i] == "\\" else 1
-            i += 1
-        elif c == "#":
-            while i < n and grammar[i] not in "\r\n":
-                i += 1
-        elif c == "{":
-            j = grammar.find("}", i)
-            body = grammar[i + 1 : j] if j > 0 else ""
-            parts = [p.strip() for p in body.split(",")]
-            if 1 <= len(parts) <= 2 and all(p.isdigit() or (k == 1 and p == "") for k, p in enumerate(parts)):
-                lo = int(parts[0])
-                hi = int(parts[1]) if len(parts) == 2 and parts[1] else None
-                if len(parts) == 1:
-                    hi = lo
-                if hi is not None and lo > hi:
-                    raise ValueError(f"repetition {{{body}}} has its minimum above its maximum")
-                if max(lo, hi or 0) > MAX_GRAMMAR_REPETITION:
-                    raise ValueError(
-                        f"repetition {{{body}}} exceeds {MAX_GRAMMAR_REPETITION}; use * or + for long runs"
-                    )
-            i = j + 1 if j > 0 else n
-        else:
-            i += 1
 
 
 def check_text(text: str, field: str) -> None:
@@ -193,6 +162,11 @@ def check_text(text: str, field: str) -> None:
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 30]}... ({len(text)} characters)"
 
 
 def validate(model: type[M], values: dict[str, Any]) -> M:
@@ -210,7 +184,7 @@ def validate(model: type[M], values: dict[str, Any]) -> M:
         if err["type"] == "extra_forbidden":
             msg = f"unknown option '{field}'"
         elif field is not None and field in values:
-            msg = f"invalid option '{field}': {reason} (got {values[field]!r})"
+            msg = f"invalid option '{field}': {reason} (got {_short(values[field])})"
         else:
             msg = f"invalid options: {reason}"
         raise InvalidOptionError(msg, field=field) from None

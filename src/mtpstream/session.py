@@ -10,7 +10,7 @@ import time
 import warnings
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import IO, Any
 
@@ -18,7 +18,7 @@ import anyio
 
 from . import _logging, _runtime
 from ._loader import _native
-from .chat import grammar_for_response_format, openai_options, render_messages
+from .chat import _check_messages, chat_prompt, grammar_for_response_format, openai_options, render_messages
 from .completions import (
     ChatCompletion,
     ChatCompletionChoice,
@@ -76,6 +76,7 @@ class MTP:
         self._options = options
         self._engine: Any = engine
         self._calls = 0
+        self._allow_request_templates = False
         # streams of this session that started and have not finished, oldest first
         self._open: list[weakref.ref[_EventStream]] = []
 
@@ -115,6 +116,21 @@ class MTP:
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
         return self._engine is None
+
+    @property
+    def allow_request_templates(self) -> bool:
+        """Whether calls may pass a ``chat_template`` other than the model's own
+        (default False: a template is a program, see :func:`init`). Settable."""
+        return self._allow_request_templates
+
+    @allow_request_templates.setter
+    def allow_request_templates(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise InvalidOptionError(
+                f"allow_request_templates must be True or False (got {value!r})",
+                field="allow_request_templates",
+            )
+        self._allow_request_templates = value
 
     @property
     def _live(self) -> Any:
@@ -220,17 +236,67 @@ class MTP:
     # ------------------------------------------------------------------ chat
     def render_chat(self, messages: Sequence[Mapping[str, Any]], chat_template: str | None = None) -> str:
         """The prompt text :meth:`chat` generates from: ``messages`` rendered by the
-        model's ``tokenizer.chat_template`` (or ``chat_template``) with the generation
-        prompt.
+        model's ``tokenizer.chat_template`` (or ``chat_template``, when
+        :attr:`allow_request_templates`) with the generation prompt. Blocking (the
+        template renders within time and size limits); :meth:`chat` renders in a
+        worker thread.
 
         Raises:
-            InvalidOptionError: no template (``field="chat_template"``), malformed
-                messages, or a template that fails to render.
+            InvalidOptionError: no template or a template that is not allowed
+                (``field="chat_template"``), malformed messages, or a template that
+                fails to render or goes over a limit.
         """
+        bos, eos = self._bos_eos_text()
+        return render_messages(messages, self._chat_template(chat_template), bos, eos)
+
+    def tokenize_chat(
+        self, messages: Sequence[Mapping[str, Any]], chat_template: str | None = None
+    ) -> list[int]:
+        """The prompt token ids :meth:`chat` generates from: :meth:`render_chat`'s text
+        tokenized so that text inside a message never becomes a special token (a
+        message's ``<|im_start|>`` stays plain text) while the template's own
+        special-token text does. Blocking, like :meth:`render_chat`.
+
+        Raises:
+            InvalidOptionError: as :meth:`render_chat`; special-token text in a message
+                that the template moves or cuts (``field="messages"``).
+        """
+        return self._chat_tokens(_check_messages(messages), self._chat_template(chat_template))
+
+    def _bos_eos_text(self) -> tuple[str, str]:
         model = self._model
         bos = model.token_text(model.bos) if model.bos is not None else ""
         eos = model.token_text(model.eos) if model.eos is not None else ""
-        return render_messages(messages, chat_template or model.chat_template, bos, eos)
+        return bos, eos
+
+    def _chat_template(self, chat_template: Any) -> str | None:
+        """The template a call renders with; a request's own only when allowed."""
+        own = self._model.chat_template
+        if chat_template is None or chat_template == own:
+            return own
+        if not isinstance(chat_template, str):
+            raise InvalidOptionError(
+                f"chat_template must be a string, not {type(chat_template).__name__}", field="chat_template"
+            )
+        if not self._allow_request_templates:
+            raise InvalidOptionError(
+                "a chat_template other than the model's own is not allowed on this session "
+                "(mtpstream.init(..., allow_request_templates=True); server: --allow-request-templates)",
+                field="chat_template",
+            )
+        return chat_template
+
+    def _chat_tokens(self, messages: list[dict[str, Any]], template: str | None) -> list[int]:
+        native = self._model_native
+        bos, eos = self._bos_eos_text()
+        text, tokens = chat_prompt(messages, template, bos, eos, native.tokenize, native.token_text)
+        try:
+            check_text(text, "prompt")
+        except ValueError as exc:
+            raise InvalidOptionError(str(exc), field="prompt") from None
+        if not tokens:
+            raise InvalidOptionError("prompt is empty", field="prompt")
+        return tokens
 
     async def chat(
         self, messages: Sequence[Mapping[str, Any]], *, chat_template: str | None = None, **options: Any
@@ -277,20 +343,31 @@ class MTP:
 
     def stream_chat(
         self, messages: Sequence[Mapping[str, Any]], *, chat_template: str | None = None, **options: Any
-    ) -> _ChatStream:
+    ) -> _PreparingChatStream:
         """:meth:`chat` as a stream of :class:`ChatCompletionChunk`: the first delta
         carries ``role="assistant"``, exactly one chunk (the last) the
         ``finish_reason``, ``usage`` and ``mtp``. Also an async context manager;
-        leaving early cancels the generation at once.
+        leaving early cancels the generation at once. Messages and options are
+        checked here; the template renders (and the prompt is tokenized) in a worker
+        thread when iteration starts, so errors of those come from the first
+        ``__anext__``.
 
         Raises: as :meth:`chat`.
         """
         wait = options.pop("wait", True)
-        name = options.pop("model", None) or self.model_name
-        prompt = self.render_chat(messages, chat_template)
-        events = self.stream_events(prompt, wait=wait, **openai_options(options))
-        assert isinstance(events, _EventStream)
-        return _ChatStream(events, str(name))
+        if not isinstance(wait, bool):
+            raise InvalidOptionError(
+                f"invalid option 'wait': must be True or False (got {wait!r})", field="wait"
+            )
+        name = str(options.pop("model", None) or self.model_name)
+        template = self._chat_template(chat_template)
+        msgs = _check_messages(messages)
+        opts = _generation_options(openai_options(options))
+
+        def prepare() -> _ChatStream:
+            return _ChatStream(_EventStream(self, self._chat_tokens(msgs, template), opts, wait), name)
+
+        return _PreparingChatStream(prepare)
 
     def _stream_completion(
         self, prompt: str | Sequence[int], model: str, **options: Any
@@ -723,6 +800,45 @@ class _ChatStream(_ChunkStream):
         return chunk
 
 
+class _PreparingChatStream:
+    """The async iterator behind :meth:`MTP.stream_chat`: renders and tokenizes the
+    messages in a worker thread at the first ``__anext__``, then reads the
+    :class:`_ChatStream` of that prompt."""
+
+    def __init__(self, prepare: Callable[[], _ChatStream]) -> None:
+        self._prepare: Callable[[], _ChatStream] | None = prepare
+        self._inner: _ChatStream | None = None
+        self._closed = False
+
+    def __aiter__(self) -> _PreparingChatStream:
+        return self
+
+    async def __anext__(self) -> ChatCompletionChunk:
+        if self._inner is None:
+            prepare = self._prepare
+            if self._closed or prepare is None:
+                raise StopAsyncIteration
+            self._prepare = None  # prepared once, even if that fails
+            inner = await anyio.to_thread.run_sync(prepare)
+            if self._closed:
+                await inner.aclose()
+                raise StopAsyncIteration
+            self._inner = inner
+        return await self._inner.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop the generation and wait until the worker has acknowledged it (idempotent)."""
+        self._closed = True
+        if self._inner is not None:
+            await self._inner.aclose()
+
+    async def __aenter__(self) -> _PreparingChatStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
 class _CompletionStream(_ChunkStream):
     """Text-completion chunks of one call (the server's ``/v1/completions``)."""
 
@@ -936,6 +1052,7 @@ def init(
     n_seq: int = 1,
     *,
     draft_model: Model | None = None,
+    allow_request_templates: bool = False,
     **context_options: Any,
 ) -> MTP:
     """Create an MTP session on ``model``.
@@ -970,12 +1087,22 @@ def init(
     default 256 MiB, for all sequences together) so that a prompt diverging inside
     the cached tokens restarts from the last one before the divergence.
 
+    ``allow_request_templates=True`` lets calls pass a ``chat_template`` other than
+    the model's own (:attr:`MTP.allow_request_templates`). A template is a Jinja
+    program: every template renders in a sandbox with time and size limits, but only
+    allow templates from clients you would let run code for up to a few seconds.
+
     Raises:
         InvalidOptionError: a bad option (``.field`` names it).
         NoMTPHeadError: drafting was asked for on a model without an MTP head.
         SessionClosedError: the model (or draft model) was closed.
         MTPError: llama.cpp could not create a context (e.g. out of memory).
     """
+    if not isinstance(allow_request_templates, bool):
+        raise InvalidOptionError(
+            f"allow_request_templates must be True or False (got {allow_request_templates!r})",
+            field="allow_request_templates",
+        )
     opts = validate(SessionOptions, {"n_draft": n_draft, "n_ctx": n_ctx, "n_seq": n_seq, **context_options})
     auto = opts.n_draft == "auto"
     n_max = AUTO_MAX_DRAFT if auto else opts.n_draft
@@ -990,4 +1117,6 @@ def init(
         err = from_native(exc)
         raise type(err)(_logging.with_errors(str(err), _logging.flush())) from None
     _logging.flush()
-    return MTP(model, draft_model if n_max > 0 else None, opts, engine)
+    mtp = MTP(model, draft_model if n_max > 0 else None, opts, engine)
+    mtp.allow_request_templates = allow_request_templates
+    return mtp
