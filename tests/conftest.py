@@ -3,6 +3,10 @@ loaded mtpstream models."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -173,3 +177,17 @@ async def together(
         for i in range(len(calls)):
             tg.start_soon(one, i)
     return results
+
+
+def run_python(
+    code: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter in tests/; the watchdog kills it after ``timeout`` s."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(Path(__file__).parent),
+        env={**os.environ, **(env or {})},
+    )

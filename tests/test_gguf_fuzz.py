@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -21,19 +18,10 @@ from mtpstream._gguf_checks import check_hyperparameters
 from mtpstream._gguf_meta import read_gguf_header
 from mtpstream.testing import make_model
 
-HERE = Path(__file__).parent
+from conftest import run_python
+
 _INTERESTING = [0, 1, 2**31 - 1, 2**31, 2**32 - 1, 2**63, 2**64 - 1, 0x7F7F7F7F]
 
-
-def run_python(code: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter; the watchdog kills it after ``timeout`` s."""
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=HERE,
-    )
 
 
 _LOADER = """

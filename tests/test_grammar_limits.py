@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -24,21 +22,13 @@ from mtpstream import _grammar_limits as limits
 from mtpstream.chat import grammar_for_response_format
 from mtpstream.options import GenerationOptions, validate
 
+from conftest import run_python
+
 HERE = Path(__file__).parent
 QUICK_S = 2.0  # a refusal takes far less; generous for 2 shared cores
 FUZZ_REFUSAL_S = 5.0
 FUZZ_CASE_S = 30.0
 
-
-def run_python(code: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter; the watchdog kills it after ``timeout`` s."""
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=str(HERE),
-    )
 
 
 def fmt(schema: Any) -> dict[str, Any]:

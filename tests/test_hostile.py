@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +18,10 @@ import mtpstream
 from mtpstream import session as session_module
 from mtpstream.testing import make_model
 
-from conftest import EXACT, Models, collect
+from conftest import EXACT, Models, collect, run_python
 
 PROMPT = "we walked along the river"
-HERE = Path(__file__).parent
 
-
-def run_python(
-    code: str, timeout: float = 120, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter; the watchdog kills it after ``timeout`` s."""
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=str(HERE),
-        env={**os.environ, **(env or {})},
-    )
 
 
 def open_fds() -> int:

@@ -5,9 +5,6 @@ vocabulary and template)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +18,8 @@ import mtpstream
 import real_vocab
 from mtpstream.chat import render_messages
 
-HERE = Path(__file__).parent
+from conftest import run_python
+
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 CHATS: list[list[dict[str, Any]]] = [
     [{"role": "user", "content": "hi there"}],
@@ -69,16 +67,6 @@ HOSTILE = {
     "huge_template": "",  # 200k characters, made in the subprocess
 }
 
-
-def run_python(code: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter; the watchdog kills it after ``timeout`` s."""
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=HERE,
-    )
 
 
 def old_render(template: str, messages: list[dict[str, Any]]) -> str:
