@@ -227,24 +227,39 @@ void Engine::draft_phase(std::vector<Lane> & lanes) {
 }
 
 // The verify batches: lanes in order, as many per target decode as n_batch holds.
+// With recurrent-state snapshots every decode holds lanes of one length only:
+// llama.cpp splits a batch of unequal sequences into several ubatches, and a
+// sequence spread over two ubatches is not rolled back exactly by its snapshots
+// (wrong tokens with several calls in flight, issue 18).
 void Engine::verify_phase(std::vector<Lane> & lanes) {
-    std::vector<Lane *> group;
-    int32_t used = 0;
-    for (Lane & lane : lanes) {
-        if (lane.ended) {
-            continue;
+    const bool by_length = target_recurrent_ && !replay_;
+    auto need = [](const Lane & lane) { return static_cast<int32_t>(lane.g->replay.size()) + lane.k + 1; };
+    std::vector<int32_t> lengths;
+    for (const Lane & lane : lanes) {
+        if (!lane.ended && (lengths.empty() || by_length)) {
+            lengths.push_back(need(lane));
         }
-        const int32_t need = static_cast<int32_t>(lane.g->replay.size()) + lane.k + 1;
-        if (!group.empty() && used + need > n_batch_) {
-            verify_group(group);
-            group.clear();
-            used = 0;
-        }
-        group.push_back(&lane);
-        used += need;
     }
-    if (!group.empty()) {
-        verify_group(group);
+    std::sort(lengths.begin(), lengths.end());
+    lengths.erase(std::unique(lengths.begin(), lengths.end()), lengths.end());
+    for (const int32_t length : lengths) {
+        std::vector<Lane *> group;
+        int32_t used = 0;
+        for (Lane & lane : lanes) {
+            if (lane.ended || (by_length && need(lane) != length)) {
+                continue;
+            }
+            if (!group.empty() && used + need(lane) > n_batch_) {
+                verify_group(group);
+                group.clear();
+                used = 0;
+            }
+            group.push_back(&lane);
+            used += need(lane);
+        }
+        if (!group.empty()) {
+            verify_group(group);
+        }
     }
 }
 

@@ -133,7 +133,10 @@ async def check_schedule(model: mtpstream.Model, path: Path, plain: Plain, s: Sc
             raise AssertionError(f"{where}: differs from plain decoding at token {first}")
         # random weights: a verify batch may break a near-tie the other way
         assert len(ids) == len(want) or terminal is None, where
-        assert_plain_greedy_modulo_near_ties(path, call.prompt, ids)
+        try:
+            assert_plain_greedy_modulo_near_ties(path, call.prompt, ids)
+        except AssertionError as exc:
+            raise AssertionError(f"{where}: {exc}") from None
 
 
 MODELS = {

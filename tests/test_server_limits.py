@@ -470,13 +470,15 @@ def test_max_queue_bounds_every_endpoint(queue_server: Server, expected: tuple[s
 
 # ------------------------------------------------------------------ 9. shutdown, key sources
 def test_sigterm_ends_streams_with_an_error_event(model_path: Path) -> None:
-    s = Server(model_path, "--n-seq", "2", "--shutdown-grace", "0.5", env={"MTPSTREAM_API_KEY": KEY})
+    # a context long enough that the stream cannot end by itself within the grace period
+    flags = ("--n-seq", "2", "--n-ctx", "30000", "--shutdown-grace", "0.5")
+    s = Server(model_path, *flags, env={"MTPSTREAM_API_KEY": KEY})
     try:
         assert s.post("/v1/models", {}).status_code == 405
         assert httpx.get(s.url + "/v1/models", headers=s.headers).status_code == 200
         assert_openai_error(httpx.get(s.url + "/v1/models", timeout=5), 401)
         events: list[str] = []
-        body = {"prompt": "we walked", "max_tokens": 150_000, "stream": True}
+        body = {"prompt": "we walked", "max_tokens": 29_000, "stream": True}
         with httpx.stream("POST", s.url + "/v1/completions", json=body, headers=s.headers, timeout=30) as r:
             for line in r.iter_lines():
                 if line.startswith("data: "):

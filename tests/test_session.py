@@ -77,7 +77,7 @@ async def test_cancel_scope_and_timeout_then_next_call_is_clean(oracle: mtpstrea
             assert ids == ref, f"after cancel at {stop_at}"
         # a timeout far below one decode step fires before any event arrives
         with pytest.raises(TimeoutError):
-            await collect(mtp, PROMPT, max_tokens=400, timeout=1e-6)
+            await collect(mtp, PROMPT, max_tokens=400, timeout=0.001)
         ids, _ = await collect(mtp, PROMPT, max_tokens=48)
         assert ids == ref
 
