@@ -205,11 +205,7 @@ NB_MODULE(_native, m) {
         .def("meta", [](const ModelHandle & h, const std::string & k) { return h.p->meta(k); }, "key"_a)
         .def("is_eog", [](const ModelHandle & h, int t) { return h.p->is_eog(t); }, "token"_a)
         .def("tokenize", [](const ModelHandle & h, const std::string & text, bool add_special, bool parse_special) {
-            // the text is a C++ copy and the model is held here: long prompts tokenize
-            // without holding the GIL (the server's event loop keeps running)
-            const std::shared_ptr<Model> model = h.p;
-            ReleaseGil release;
-            return model->tokenize(text, add_special, parse_special);
+            return h.p->tokenize(text, add_special, parse_special);
         }, "text"_a, "add_special"_a, "parse_special"_a)
         .def("detokenize", [](const ModelHandle & h, const std::vector<llama_token> & ids) {
             const std::string text = h.p->detokenize(ids);
