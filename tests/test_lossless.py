@@ -155,9 +155,6 @@ async def test_auto_draft_is_lossless_and_adapts(models: Models, name: str) -> N
     assert done.usage.drafts_generated >= 7
 
 
-@pytest.mark.xfail(
-    strict=False, reason="how often 'auto' switches depends on measured timings (one loaded CI run: 4 < 6)"
-)
 @pytest.mark.asyncio
 async def test_auto_draft_moves_to_plain_context_and_back_losslessly() -> None:
     """When drafting never pays, "auto" decodes on a snapshot-free context; every
@@ -174,7 +171,9 @@ async def test_auto_draft_moves_to_plain_context_and_back_losslessly() -> None:
                 assert ids == base, f"diverged at {_first_diff(ids, base)}"
                 assert isinstance(done, mtpstream.DoneEvent)
             stats = mtp.stats()
-            # per call: in after the first plain iterations, then out and back in
-            # around the probes at every 128th iteration
-            assert stats.context_switches >= 6
+            # in after the first plain iterations, then out and back in around the
+            # probes; how many probes run on the plain context depends on measured
+            # timings (a loaded CI machine saw 4 switches), so only "there and back"
+            # is certain
+            assert stats.context_switches >= 2
             assert stats.rollback_fallbacks == 0

@@ -175,26 +175,21 @@ async def test_randomized_schedules_equal_plain_decoding(subject: Any) -> None:
 async def test_many_more_randomized_schedules(subject: Any) -> None:
     """The default rollback (replay) on 201 more schedules."""
     kind, model, path, plain = subject
-    if kind == "random-moe":
-        # schedule 2161 gives the same token (477, plain: 1966, 0.25 behind) under both
-        # rollbacks: a near-tie in the expert router flips an expert, which the final
-        # logits' near-tie check cannot see; until the check looks at the router too
-        pytest.xfail("MoE router near-ties (schedule 2161) are not recognised by the check yet")
     for seed in seeds(kind, SLOW_SCHEDULES // len(MODELS), 100):
         s = draw(seed, model.n_vocab, rollback="replay")
         await check_schedule(model, path, plain, s, exact=kind == "oracle")
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 18, open: rollback='snapshots' still gives wrong tokens in rare schedules "
-    "(e.g. 2161 on random-moe: n_seq 7, n_draft 1) after the fix for unequal verify lengths",
-)
 @pytest.mark.asyncio
 async def test_many_more_randomized_schedules_with_snapshots(subject: Any) -> None:
+    """The other rollback on the same schedules' first 20 per model, and on 2161: its
+    call 9 leaves plain single-token decoding at token 25 under both rollbacks because
+    llama.cpp's own batched decode does (an MoE router near-tie, 3e-4 between the 2nd
+    and 3rd expert of layer 2, flipped by batch rounding): the check must see that."""
     kind, model, path, plain = subject
-    for seed in seeds(kind, 10, 100):
+    regressions = {"random-moe": [2161]}.get(kind, [])
+    for seed in seeds(kind, 20, 100) + regressions:
         s = draw(seed, model.n_vocab, rollback="snapshots")
         await check_schedule(model, path, plain, s, exact=kind == "oracle")
 
