@@ -13,8 +13,10 @@ event loop.
   :data:`TRIAL_STEPS` tokens each (a random allowed token, the longest, the shortest);
   every step applies the grammar over the whole vocabulary and accepts one token.
 * Refused (:class:`InvalidOptionError`, the field the grammar came from): the trial
-  took longer than ``budget`` seconds in all, one step longer than ``step_budget``, or
-  the child died (the memory cap).
+  used more than ``budget`` CPU seconds in all (the child's ``RLIMIT_CPU``, whole
+  seconds, ends it; a wall-clock deadline of :data:`WALL_FACTOR` times that backs it
+  up), one step more than ``step_budget``, or the child died (the memory cap). CPU
+  time, not wall time: a loaded machine does not make a fine grammar fail.
 * Verdicts are cached by (vocabulary file, budgets, SHA-256 of the grammar): a grammar
   is tried once per process; a cache hit costs a hash and needs no thread.
 * One trial at a time per checker; at most :data:`MAX_WAITING` more wait, beyond that
@@ -59,6 +61,9 @@ MAX_WAITING = 8
 """Trials that may wait for a busy checker; more raise :class:`SessionBusyError`."""
 MEMORY_BYTES = 4 * 2**30
 """The child's address-space cap (``RLIMIT_AS``)."""
+WALL_FACTOR, WALL_EXTRA_S = 4.0, 10.0
+"""Past ``WALL_FACTOR * budget + WALL_EXTRA_S`` wall-clock seconds a trial is killed too
+(the budget itself is CPU time: the child's ``RLIMIT_CPU``)."""
 START_TIMEOUT_S = 120.0
 """Loading the vocabulary in the child may take this long."""
 _CACHE_SIZE = 1024
@@ -134,13 +139,15 @@ class _Child:
             raise _ChildDied from None
         return self.read_line(deadline)
 
-    def kill(self) -> None:
+    def kill(self) -> int:
+        """End the child; its exit code (negative: the signal that ended it)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
+        code = self.proc.wait()
         for pipe in (self.proc.stdin, self.proc.stdout):
             if pipe is not None:
                 pipe.close()
+        return code
 
 
 class GrammarChecker:
@@ -213,14 +220,20 @@ class GrammarChecker:
         if self._child is None:
             self._child = _Child(self._path, self._memory)
         self.trials += 1
-        request = {"grammar": grammar, "steps": TRIAL_STEPS, "paths": TRIAL_PATHS, "seed": 0}
+        request = {
+            "grammar": grammar,
+            "steps": TRIAL_STEPS,
+            "paths": TRIAL_PATHS,
+            "seed": 0,
+            "budget": self.budget,
+        }
         try:
-            res = self._child.ask(request, time.monotonic() + self.budget)
+            res = self._child.ask(request, time.monotonic() + WALL_FACTOR * self.budget + WALL_EXTRA_S)
         except (TimeoutError, _ChildDied) as exc:
-            self._child.kill()
+            code = self._child.kill()
             self._child = None
             self.restarts += 1
-            if isinstance(exc, TimeoutError):
+            if isinstance(exc, TimeoutError) or code == -signal.SIGXCPU:
                 return (
                     f"the grammar is too costly: building it and applying it to {TRIAL_STEPS} tokens "
                     f"took more than the grammar budget of {self.budget:g} s"

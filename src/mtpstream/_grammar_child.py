@@ -4,14 +4,16 @@ It loads the model's vocabulary only (llama.cpp's ``vocab_only``, through
 llama-cpp-python's low-level API, the same libllama the engine uses), caps its own
 address space at ``MEMORY`` bytes, prints one JSON line ``{"ready": n_vocab}`` and then
 answers one JSON line per request line. A request ``{"grammar": text, "steps": k,
-"paths": p, "seed": s}`` builds the grammar the way the engine does
+"paths": p, "seed": s, "budget": b}`` builds the grammar the way the engine does
 (``llama_sampler_init_grammar``), then plays ``p`` generations of up to ``k`` tokens:
 each step applies the grammar over the whole vocabulary and accepts one allowed token
 (path 0 picks at random, path 1 the longest allowed token, path 2 the shortest). The
 answer is ``{"parsed": bool, "build_s": s, "step_s": [...], "tokens": n}``.
 
-The parent (:mod:`._grammar_check`) enforces the time budget by killing this process;
-nothing here needs to be careful about time. A grammar that exhausts the memory cap
+Times are CPU seconds of this (single-threaded) work, so that a loaded machine does
+not make a grammar look costlier. Each trial sets ``RLIMIT_CPU`` to the CPU used so far
+plus the request's ``budget``: the kernel ends this process with SIGXCPU when a trial
+outruns it; the parent also kills it past a wall-clock deadline. A grammar that exhausts the memory cap
 ends the process (llama.cpp's ``std::bad_alloc`` crosses the C API and aborts).
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import math
 import random
 import resource
 import signal
@@ -33,6 +36,7 @@ __all__ = ["main"]
 def _limit_memory(limit: int) -> None:
     if limit > 0:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGXCPU would dump core
     with contextlib.suppress(AttributeError, OSError):  # die with the parent, even mid-grammar (Linux)
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
@@ -87,10 +91,10 @@ class _Vocab:
         L = self.L
         out: dict[str, Any] = {"parsed": True, "build_s": 0.0, "step_s": [], "tokens": 0}
         for path in range(max(1, paths)):
-            t = time.perf_counter()
+            t = time.thread_time()
             smpl = L.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
             if path == 0:
-                out["build_s"] = time.perf_counter() - t
+                out["build_s"] = time.thread_time() - t
             if not smpl:
                 out["parsed"] = False
                 return out
@@ -102,10 +106,10 @@ class _Vocab:
 
     def _play(self, smpl: Any, steps: int, path: int, rng: random.Random, out: dict[str, Any]) -> None:
         for _ in range(steps):
-            t = time.perf_counter()
+            t = time.thread_time()
             ids = self.allowed(smpl)
             if len(ids) == 0:
-                out["step_s"].append(time.perf_counter() - t)
+                out["step_s"].append(time.thread_time() - t)
                 return
             if path == 0:
                 tok = int(ids[rng.randrange(len(ids))])
@@ -113,8 +117,23 @@ class _Vocab:
                 lengths = self.length[ids]
                 tok = int(ids[int(lengths.argmax() if path == 1 else lengths.argmin())])
             self.L.llama_sampler_accept(smpl, tok)
-            out["step_s"].append(time.perf_counter() - t)
+            out["step_s"].append(time.thread_time() - t)
             out["tokens"] += 1
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _limit_cpu(budget: float) -> None:
+    """SIGXCPU (which ends this process) once this trial has used ``budget`` more CPU
+    seconds (rounded up to whole seconds: the kernel counts in seconds)."""
+    soft = math.ceil(_cpu_s() + budget)
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    resource.setrlimit(
+        resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard)
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -128,6 +147,7 @@ def main(argv: list[str]) -> int:
     print(json.dumps({"ready": vocab.n_vocab}), flush=True)
     for line in sys.stdin:
         req = json.loads(line)
+        _limit_cpu(float(req["budget"]))
         res = vocab.check(str(req["grammar"]), int(req["steps"]), int(req["paths"]), int(req["seed"]))
         print(json.dumps(res), flush=True)
     return 0

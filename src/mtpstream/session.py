@@ -492,6 +492,11 @@ class _EventStream:
         state = "finished" if self._finished else "open" if self._job is not None else "not started"
         return f"<mtpstream stream of {len(self._prompt)} prompt tokens, {state}>"
 
+    async def _checked_start(self) -> None:
+        """:meth:`_start`, after the grammar's trial (:mod:`._grammar_check`)."""
+        await _grammar_check.check_options(self._session._grammar_checker, self._opts)
+        self._start()
+
     def _start(self) -> None:
         session = self._session
         engine = session._live
@@ -536,8 +541,7 @@ class _EventStream:
         self._last_read = time.monotonic()
         try:
             if self._job is None:
-                await _grammar_check.check_options(self._session._grammar_checker, self._opts)
-                self._start()
+                await self._checked_start()
             try:
                 while not self._buffer:
                     self._buffer.extend(self._job.drain())
@@ -803,7 +807,7 @@ class _ChatStream(_ChunkStream):
         if not self._started and not self._done:
             # submit first, so that a refused call (busy, context overflow) raises here
             if self._events._job is None and not self._events._finished:
-                self._events._start()
+                await self._events._checked_start()
             self._started = True
             return self._chunk(ChatCompletionDelta(role="assistant", content=""))
         chunk: ChatCompletionChunk = await super().__anext__()
@@ -945,7 +949,7 @@ def _native_options(
     s.penalty_freq = o.penalty_freq
     s.penalty_present = o.penalty_present
     s.grammar = o.grammar or ""
-    s.grammar_step_budget_us = round(step_budget * 1e6) if step_budget else 0
+    s.grammar_step_budget_us = max(1, round(step_budget * 1e6)) if step_budget else 0
     n.sampling = s
     return n
 
