@@ -12,6 +12,7 @@ in a subprocess with a watchdog.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -30,6 +31,8 @@ from conftest import run_python
 BUDGET_S = 2.0
 BOUND_S = 30.0  # a refusal over the budget ends well within this, even on 2 loaded cores
 ISSUE_PATTERN = "^(a{0,1000}){0,1000}$"
+# the trial ends the bomb at the budget, or sees one of its steps finish over the step budget
+REFUSAL_RE = rf"grammar is too costly: .*(grammar budget of {BUDGET_S:g} s|grammar step budget is 1 s)"
 
 
 def converted(pattern: str) -> str:
@@ -83,13 +86,14 @@ def test_a_grammar_over_the_budget_is_refused_and_the_session_goes_on() -> None:
     assert proc.returncode == 0, proc.stdout[-1000:] + proc.stderr[-3000:]
     report = json.loads(proc.stdout.splitlines()[-1])
     rows = {r[0]: r[1:] for r in report["rows"]}
-    kind, message, field, seconds, _, restarts = rows["bomb"]
+    kind, message, field, seconds, trials, restarts = rows["bomb"]
     assert (kind, field) == ("InvalidOptionError", "grammar"), rows["bomb"]
-    assert f"more than the grammar budget of {BUDGET_S:g} s" in message
-    assert seconds < BOUND_S and restarts == 1
+    assert re.search(REFUSAL_RE, message), message
+    assert seconds < BOUND_S and trials == 1
+    assert restarts == (1 if "grammar budget of" in message else 0)  # killed at the budget
     # the verdict is cached: no second trial, no second kill
-    assert rows["again"][0] == "InvalidOptionError" and rows["again"][4:] == [1, 1]
-    # a fine grammar passes after the killed child (a new one starts), once
+    assert rows["again"][0] == "InvalidOptionError" and rows["again"][4:] == [1, restarts]
+    # a fine grammar passes afterwards (in a new child if the old one was killed), once
     assert rows["json"][0] == "ok" and rows["json"][4] == 2
     assert rows["json-cached"][0] == "ok" and rows["json-cached"][4] == 2
     assert report["same"]
@@ -194,8 +198,8 @@ def test_the_issue_bombs_get_400_while_the_server_stays_responsive(server: Serve
     cases: list[tuple[str, dict[str, Any], str]] = [
         ("response_format", {"response_format": fmt}, "limit"),
         ("grammar", {"grammar": converted(ISSUE_PATTERN)}, "too costly"),
-        ("grammar", {"grammar": decoyed_bomb()}, f"grammar budget of {BUDGET_S:g} s"),
-        ("grammar", {"grammar": decoyed_bomb()}, f"grammar budget of {BUDGET_S:g} s"),  # cached
+        ("grammar", {"grammar": decoyed_bomb()}, REFUSAL_RE),
+        ("grammar", {"grammar": decoyed_bomb()}, REFUSAL_RE),  # cached
     ]
     with HealthWatch(server):
         for path in ("/v1/chat/completions", "/v1/completions"):
@@ -210,7 +214,7 @@ def test_the_issue_bombs_get_400_while_the_server_stays_responsive(server: Serve
                     r = server.post(path, {**body, "stream": stream}, timeout=BOUND_S)
                     assert r.status_code == 400, (path, field, match, stream, r.text)
                     err = assert_openai_error(r, 400)
-                    assert err["param"] == field and match in err["message"], err
+                    assert err["param"] == field and re.search(match, err["message"]), err
                     assert time.monotonic() - t < BOUND_S
     server.idle()
     assert_exact(server, expected)

@@ -76,6 +76,7 @@ class _Vocab:
             max(0, L.llama_token_to_piece(self.vocab, t, buf, 256, 0, True)) for t in range(self.n_vocab)
         ]
         self.length = np.array(lengths, dtype=np.int32)
+        self.stop_at = 0.0  # CPU time after which a trial starts no more steps
         self.eog = np.array([bool(L.llama_vocab_is_eog(self.vocab, t)) for t in range(self.n_vocab)])
 
     def allowed(self, smpl: Any) -> Any:
@@ -87,9 +88,13 @@ class _Vocab:
         ok = np.isfinite(self.cand["logit"][: self.arr.size]) & ~self.eog[self.cand["id"][: self.arr.size]]
         return self.cand["id"][: self.arr.size][ok]
 
-    def check(self, grammar: str, steps: int, paths: int, seed: int) -> dict[str, Any]:
+    def check(self, grammar: str, steps: int, paths: int, seed: int, budget: float) -> dict[str, Any]:
+        """Build and play (see the module docstring); no step starts once half of
+        ``budget`` CPU seconds is spent (a costly but finite grammar is judged on the
+        steps it got; the other half leaves room for the step in progress)."""
         L = self.L
         out: dict[str, Any] = {"parsed": True, "build_s": 0.0, "step_s": [], "tokens": 0}
+        self.stop_at = _cpu_s() + budget / 2
         for path in range(max(1, paths)):
             t = time.thread_time()
             smpl = L.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
@@ -106,6 +111,8 @@ class _Vocab:
 
     def _play(self, smpl: Any, steps: int, path: int, rng: random.Random, out: dict[str, Any]) -> None:
         for _ in range(steps):
+            if _cpu_s() > self.stop_at:
+                return
             t = time.thread_time()
             ids = self.allowed(smpl)
             if len(ids) == 0:
@@ -148,7 +155,8 @@ def main(argv: list[str]) -> int:
     for line in sys.stdin:
         req = json.loads(line)
         _limit_cpu(float(req["budget"]))
-        res = vocab.check(str(req["grammar"]), int(req["steps"]), int(req["paths"]), int(req["seed"]))
+        budget = float(req["budget"])
+        res = vocab.check(str(req["grammar"]), int(req["steps"]), int(req["paths"]), int(req["seed"]), budget)
         print(json.dumps(res), flush=True)
     return 0
 
