@@ -99,6 +99,46 @@ def test_a_grammar_over_the_budget_is_refused_and_the_session_goes_on() -> None:
     assert report["same"]
 
 
+def test_closing_the_session_cuts_a_running_trial_short() -> None:
+    """close() during a bomb's trial kills the child at once: the call gets
+    SessionClosedError (no verdict is cached) and close() waits for no budget."""
+    proc = run_python(
+        f"""
+        import anyio, json, time, mtpstream
+        from mtpstream.testing import make_model
+        model = mtpstream.load_model(str(make_model()))
+        bomb = {decoyed_bomb()!r}
+        async def main():
+            mtp = mtpstream.init(model, n_draft=3, n_ctx=512, grammar_budget=60.0, grammar_step_budget=60.0)
+            checker = mtp._grammar_checker
+            out = {{}}
+            async def call():
+                try:
+                    await mtp.generate("we walked along", max_tokens=4, grammar=bomb)
+                    out["call"] = "ok"
+                except mtpstream.MTPError as exc:
+                    out["call"] = type(exc).__name__
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call)
+                while checker.trials == 0:
+                    await anyio.sleep(0.05)
+                await anyio.sleep(1.0)  # inside the trial
+                t = time.perf_counter()
+                mtp.close()
+                out["close_s"] = time.perf_counter() - t
+            out["child"] = checker._child is None
+            out["restarts"] = checker.restarts
+            print(json.dumps(out))
+        anyio.run(main)
+        """,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-1000:] + proc.stderr[-3000:]
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["call"] == "SessionClosedError" and out["child"] and out["restarts"] == 0, out
+    assert out["close_s"] < BOUND_S, out
+
+
 def test_a_response_format_grammar_over_the_budget_names_response_format(oracle: mtpstream.Model) -> None:
     """The field of the refusal is the option the grammar came from (a schema whose
     grammar is refused by a step budget below any real step: a checker refusal

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 
-from .errors import GenerationError, InvalidOptionError, SessionBusyError
+from .errors import GenerationError, InvalidOptionError, SessionBusyError, SessionClosedError
 
 if TYPE_CHECKING:
     from .options import GenerationOptions, SessionOptions
@@ -191,6 +191,7 @@ class GrammarChecker:
         Raises:
             InvalidOptionError: the grammar is too costly (``field`` names the option).
             SessionBusyError: more than :data:`MAX_WAITING` trials are waiting.
+            SessionClosedError: the session was closed before or during the trial.
             GenerationError: the checker could not load the vocabulary.
         """
         key = self._key(grammar)
@@ -216,7 +217,7 @@ class GrammarChecker:
     def _trial(self, grammar: str) -> str | None:
         """Why the grammar is refused, or None (called with the lock held)."""
         if self._closed:
-            raise GenerationError("the grammar checker is closed")
+            raise SessionClosedError("the session was closed")
         if self._child is None:
             self._child = _Child(self._path, self._memory)
         self.trials += 1
@@ -232,6 +233,8 @@ class GrammarChecker:
         except (TimeoutError, _ChildDied) as exc:
             code = self._child.kill()
             self._child = None
+            if self._closed:  # close() killed it: no verdict
+                raise SessionClosedError("the session was closed") from None
             self.restarts += 1
             if isinstance(exc, TimeoutError) or code == -signal.SIGXCPU:
                 return (
@@ -250,9 +253,13 @@ class GrammarChecker:
         return None  # also when llama.cpp cannot parse it: the engine reports that error
 
     def close(self) -> None:
-        """Stop the child (idempotent; waits for a running trial)."""
+        """Stop the child (idempotent). A running trial is cut short (its caller gets
+        :class:`SessionClosedError`), so this waits for nothing costly."""
+        self._closed = True
+        child = self._child
+        if child is not None and child.proc.poll() is None:
+            child.proc.kill()
         with self._lock:
-            self._closed = True
             if self._child is not None:
                 self._child.kill()
                 self._child = None
