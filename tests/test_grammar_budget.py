@@ -275,3 +275,42 @@ def test_serve_rejects_a_bad_budget(model_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode != 0 and "grammar_budget" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_trials_beyond_the_queue_limit_are_busy(model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One trial runs, MAX_WAITING wait, the next is SessionBusyError at once (the
+    trial itself is replaced by one that waits for the test: no child, no CPU)."""
+    import threading
+
+    from mtpstream import _grammar_check as gc
+
+    release = threading.Event()
+    checker = gc.GrammarChecker(model_path, 5.0, 1.0)
+
+    def trial(grammar: str) -> str | None:
+        release.wait(60)
+        return None
+
+    monkeypatch.setattr(checker, "_trial", trial)
+    results: list[str] = []
+
+    def call(i: int) -> None:
+        try:
+            checker.check(f'root ::= "queue-{i}-{time.time_ns()}"', "grammar")
+            results.append("ok")
+        except mtpstream.SessionBusyError:
+            results.append("busy")
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(gc.MAX_WAITING + 1)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while checker._waiting < gc.MAX_WAITING + 1:
+        assert time.monotonic() < deadline, checker._waiting
+        time.sleep(0.01)
+    call(99)  # one more: refused without waiting
+    assert results == ["busy"]
+    release.set()
+    for t in threads:
+        t.join(30)
+    assert results.count("ok") == gc.MAX_WAITING + 1 and results.count("busy") == 1
