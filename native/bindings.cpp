@@ -314,7 +314,8 @@ NB_MODULE(_native, m) {
         .def_rw("penalty_repeat", &SamplingOptions::penalty_repeat)
         .def_rw("penalty_freq", &SamplingOptions::penalty_freq)
         .def_rw("penalty_present", &SamplingOptions::penalty_present)
-        .def_rw("grammar", &SamplingOptions::grammar);
+        .def_rw("grammar", &SamplingOptions::grammar)
+        .def_rw("grammar_step_budget_us", &SamplingOptions::grammar_step_budget_us);
 
     nb::class_<GenerationOptions>(m, "GenerationOptions")
         .def(nb::init<>())

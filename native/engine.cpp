@@ -544,6 +544,10 @@ bool Engine::sample(Generation & g, llama_context * ctx, int32_t idx, llama_toke
     }
     // llama_sampler_sample, with the grammar applied on its own first: when it leaves
     // no token alive, the dist sampler would abort inside llama.cpp
+    if (!g.grammar_error.empty()) {
+        error = g.grammar_error;
+        return false;
+    }
     const float * logits = llama_get_logits_ith(ctx, idx);
     if (logits == nullptr) {
         error = "the target produced no logits";
@@ -554,7 +558,11 @@ bool Engine::sample(Generation & g, llama_context * ctx, int32_t idx, llama_toke
         cand_[static_cast<size_t>(t)] = llama_token_data{t, logits[t], 0.0f};
     }
     llama_token_data_array arr{cand_.data(), cand_.size(), -1, false};
+    const int64_t t_apply = thread_cpu_us();
     llama_sampler_apply(g.grammar.get(), &arr);
+    if (grammar_over_budget(g, t_apply, "applying", error)) {
+        return false;
+    }
     const bool alive = std::any_of(arr.data, arr.data + arr.size,
                                    [](const llama_token_data & d) { return d.logit > -INFINITY; });
     if (!alive) {
@@ -568,8 +576,31 @@ bool Engine::sample(Generation & g, llama_context * ctx, int32_t idx, llama_toke
         return false;
     }
     out = arr.data[arr.selected].id;
+    const int64_t t_accept = thread_cpu_us();
     llama_sampler_accept(g.grammar.get(), out);
+    if (grammar_over_budget(g, t_accept, "accepting a token of", error)) {
+        return false;
+    }
     llama_sampler_accept(g.sampler.get(), out);
+    return true;
+}
+
+// A grammar step (apply over the vocabulary, or accept) that ran over the call's
+// budget ends the call: llama.cpp's grammar code cannot be interrupted, so the step is
+// measured once it returns, and the generation fails from then on (sample() checks
+// grammar_error first) instead of paying the next, likely costlier, step.
+bool Engine::grammar_over_budget(Generation & g, int64_t since, const char * what, std::string & error) {
+    const int64_t budget = g.opts.sampling.grammar_step_budget_us;
+    const int64_t took = thread_cpu_us() - since;  // CPU time: a loaded machine does not fail a call
+    if (budget <= 0 || took <= budget) {
+        return false;
+    }
+    char text[200];
+    std::snprintf(text, sizeof text,
+                  "the grammar is too costly: %s it took %.3f s of CPU time, over the grammar step budget of %.3f s",
+                  what, static_cast<double>(took) / 1e6, static_cast<double>(budget) / 1e6);
+    g.grammar_error = text;
+    error = g.grammar_error;
     return true;
 }
 

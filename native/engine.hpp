@@ -203,8 +203,10 @@ private:
     void apply_row_mode();
     void emit_token(Job & job, llama_token tok, bool & ended);
     // Sample the target at batch index idx with g's grammar and chain (and accept the
-    // token). False, with `error` set, when the grammar admits no token.
+    // token). False, with `error` set, when the grammar admits no token or a grammar
+    // step ran over the call's grammar_step_budget_us.
     bool sample(Generation & g, llama_context * ctx, int32_t idx, llama_token & out, std::string & error);
+    static bool grammar_over_budget(Generation & g, int64_t since, const char * what, std::string & error);
     void finish(Job & job, EventKind kind, const std::string & reason, llama_token tok,
                 const std::string & error = "");
     void fail_decode(Job & job, int32_t rc, const char * which);

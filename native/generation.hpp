@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "auto_draft.hpp"
@@ -25,6 +26,7 @@ struct Generation {
     GenerationOptions opts;
     SamplerPtr sampler;  // the chain after the grammar (penalties, truncation, greedy or dist)
     SamplerPtr grammar;  // null without a grammar; applied first, checked for a live token
+    std::string grammar_error;  // set once a grammar step ran over its budget: every later sample fails
     TextStream text;
     Phase phase = Phase::prefill;
     std::size_t prefill_pos = 0;

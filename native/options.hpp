@@ -52,6 +52,7 @@ struct SamplingOptions {
     float penalty_freq = 0.0f;
     float penalty_present = 0.0f;
     std::string grammar;  // GBNF; empty: none
+    int64_t grammar_step_budget_us = 0;  // a grammar apply/accept taking longer ends the call; 0: none
 };
 
 struct GenerationOptions {

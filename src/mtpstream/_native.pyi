@@ -135,6 +135,7 @@ class SamplingOptions:
     penalty_freq: float
     penalty_present: float
     grammar: str
+    grammar_step_budget_us: int
     def __init__(self) -> None: ...
 
 class GenerationOptions:

@@ -77,8 +77,14 @@ def _session(model: Model, args: argparse.Namespace) -> MTP:
     n_draft = args.n_draft if model.has_mtp else 0
     if n_draft != args.n_draft:
         print(f"note: {model.path.name} has no MTP head; decoding without drafts", file=sys.stderr)
+    budgets = {k: getattr(args, k) for k in ("grammar_budget", "grammar_step_budget") if hasattr(args, k)}
     return init(
-        model, n_draft=n_draft, n_ctx=args.n_ctx, n_seq=getattr(args, "n_seq", 1), rollback=args.rollback
+        model,
+        n_draft=n_draft,
+        n_ctx=args.n_ctx,
+        n_seq=getattr(args, "n_seq", 1),
+        rollback=args.rollback,
+        **budgets,
     )
 
 
@@ -290,6 +296,22 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
             flag, type=float, default=default, metavar="S", help=f"{text} (default {default:g} s)"
         )
     lim.add_argument("--max-connections", type=int, default=256, help="more get 503 (default 256)")
+    lim.add_argument(
+        "--grammar-budget",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="each new grammar is built and tried on a few tokens in a checker process; one that "
+        "takes longer gets 400 (default 5 s)",
+    )
+    lim.add_argument(
+        "--grammar-step-budget",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="a grammar step (build, apply, accept) taking longer refuses the grammar, or ends "
+        "the request during generation (default 1 s)",
+    )
     lim.add_argument(
         "--allow-request-templates",
         action="store_true",

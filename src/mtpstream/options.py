@@ -5,7 +5,15 @@ from __future__ import annotations
 import math
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ._grammar_limits import grammar_problem
 from .errors import InvalidOptionError
@@ -72,6 +80,8 @@ class SessionOptions(_Strict):
     prompt_cache: bool = True
     prompt_cache_checkpoint_bytes: int = Field(default=256 * 2**20, ge=0, le=2**63 - 1)
     rollback: Literal["snapshots", "replay"] = "replay"
+    grammar_budget: float | None = Field(default=5.0, gt=0.0, le=3600.0, allow_inf_nan=False)
+    grammar_step_budget: float | None = Field(default=1.0, gt=0.0, le=3600.0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _context_fits_int32(self) -> SessionOptions:
@@ -113,6 +123,7 @@ class GenerationOptions(_Strict):
     emit_stats_every: int = Field(default=0, ge=0, le=INT32_MAX)
     cache_prompt: bool = True
     timeout: float | None = Field(default=None, ge=MIN_TIMEOUT_S, le=MAX_TIMEOUT_S)
+    _grammar_field: str = PrivateAttr(default="grammar")  # the option the grammar came from
 
     @field_validator("stop", mode="before")
     @classmethod

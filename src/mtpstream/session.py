@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import anyio
 
-from . import _logging, _runtime
+from . import _grammar_check, _logging, _runtime
 from ._loader import _native
 from .chat import _check_messages, chat_prompt, grammar_for_response_format, openai_options, render_messages
 from .completions import (
@@ -79,6 +79,7 @@ class MTP:
         self._allow_request_templates = False
         # streams of this session that started and have not finished, oldest first
         self._open: list[weakref.ref[_EventStream]] = []
+        self._grammar_checker = _grammar_check.for_session(model.path, options)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -423,6 +424,8 @@ class MTP:
             return
         engine.close(_runtime.get())
         self._engine = None
+        if self._grammar_checker is not None:
+            self._grammar_checker.close()
         _logging.flush()
 
     def __enter__(self) -> MTP:
@@ -489,6 +492,11 @@ class _EventStream:
         state = "finished" if self._finished else "open" if self._job is not None else "not started"
         return f"<mtpstream stream of {len(self._prompt)} prompt tokens, {state}>"
 
+    async def _checked_start(self) -> None:
+        """:meth:`_start`, after the grammar's trial (:mod:`._grammar_check`)."""
+        await _grammar_check.check_options(self._session._grammar_checker, self._opts)
+        self._start()
+
     def _start(self) -> None:
         session = self._session
         engine = session._live
@@ -498,7 +506,13 @@ class _EventStream:
         wfd = wsock.detach()
         try:
             self._job = engine.submit(
-                _runtime.get(), _native_options(self._prompt, o, stats=True), wfd, self._wait, _QUEUE_CAPACITY
+                _runtime.get(),
+                _native_options(
+                    self._prompt, o, stats=True, step_budget=session._options.grammar_step_budget
+                ),
+                wfd,
+                self._wait,
+                _QUEUE_CAPACITY,
             )
         except _native.NativeError as exc:
             rsock.close()  # the native side closed the write end
@@ -527,7 +541,7 @@ class _EventStream:
         self._last_read = time.monotonic()
         try:
             if self._job is None:
-                self._start()
+                await self._checked_start()
             try:
                 while not self._buffer:
                     self._buffer.extend(self._job.drain())
@@ -793,7 +807,7 @@ class _ChatStream(_ChunkStream):
         if not self._started and not self._done:
             # submit first, so that a refused call (busy, context overflow) raises here
             if self._events._job is None and not self._events._finished:
-                self._events._start()
+                await self._events._checked_start()
             self._started = True
             return self._chunk(ChatCompletionDelta(role="assistant", content=""))
         chunk: ChatCompletionChunk = await super().__anext__()
@@ -885,6 +899,9 @@ def _generation_options(options: Mapping[str, Any]) -> GenerationOptions:
                     "give either grammar or response_format, not both", field="response_format"
                 )
             options["grammar"] = grammar
+            opts = validate(GenerationOptions, options)
+            opts._grammar_field = "response_format"
+            return opts
     return validate(GenerationOptions, options)
 
 
@@ -911,7 +928,9 @@ def _with_llama_errors(err: MTPError) -> MTPError:
     return type(err)(message)
 
 
-def _native_options(prompt: list[int], o: GenerationOptions, *, stats: bool) -> Any:
+def _native_options(
+    prompt: list[int], o: GenerationOptions, *, stats: bool, step_budget: float | None = None
+) -> Any:
     """The native engine's options for one call (bound struct, fields by name)."""
     n = _native.GenerationOptions()
     n.prompt = prompt
@@ -930,6 +949,7 @@ def _native_options(prompt: list[int], o: GenerationOptions, *, stats: bool) -> 
     s.penalty_freq = o.penalty_freq
     s.penalty_present = o.penalty_present
     s.grammar = o.grammar or ""
+    s.grammar_step_budget_us = max(1, round(step_budget * 1e6)) if step_budget else 0
     n.sampling = s
     return n
 
