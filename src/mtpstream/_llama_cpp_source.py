@@ -166,15 +166,18 @@ def _tree_members(tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
 
 def _extract(archive: Path, dest: Path) -> None:
     """The archive's ``vendor/llama.cpp`` into ``dest``, refusing unsafe members."""
-    with tarfile.open(archive) as tf:
-        if hasattr(tarfile, "data_filter"):
-            tf.extractall(dest, members=_tree_members(tf), filter="data")
-        else:  # pragma: no cover - Python without extraction filters
-            members = list(_tree_members(tf))
-            for m in members:
-                if not (m.isfile() or m.isdir()) or m.name.startswith("/") or ".." in Path(m.name).parts:
-                    raise SourceError(f"unsafe member in {archive.name}: {m.name}")
-            tf.extractall(dest, members=members)
+    try:
+        with tarfile.open(archive) as tf:
+            if hasattr(tarfile, "data_filter"):
+                tf.extractall(dest, members=_tree_members(tf), filter="data")
+            else:  # pragma: no cover - Python without extraction filters
+                members = list(_tree_members(tf))
+                for m in members:
+                    if not (m.isfile() or m.isdir()) or m.name.startswith("/") or ".." in Path(m.name).parts:
+                        raise SourceError(f"unsafe member in {archive.name}: {m.name}")
+                tf.extractall(dest, members=members)
+    except tarfile.TarError as exc:  # FilterError (an unsafe member) included
+        raise SourceError(f"{archive.name}: {exc}") from exc
 
 
 def fetch(root: Path | None = None, index: str | None = None, log: Log = _quiet) -> Path:
