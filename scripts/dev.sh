@@ -37,7 +37,7 @@ setup() {
 fetch_llama_cpp_source() {
     # idempotent: prints the cached tree at once when it is there
     echo "==> llama.cpp source of $LLAMA_CPP_PYTHON (its sdist, ~77 MB, fetched once)"
-    if ! "$PY" -m mtpstream._llama_cpp_source; then
+    if ! "$PY" -m mtpstream.testing.llama_cpp_source; then
         echo "warning: no llama.cpp source: the real-vocabulary tests skip (and fail under CI=true)" >&2
     fi
 }

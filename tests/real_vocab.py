@@ -2,8 +2,8 @@
 (for tests of tokenization with real special tokens).
 
 The files come from the llama.cpp vendored in the pinned llama-cpp-python's sdist
-(:mod:`mtpstream._llama_cpp_source`; ``scripts/dev.sh setup`` fetches it once). A test
-that needs them calls :func:`require`: without them it skips, but under ``CI=true`` it
+(:mod:`mtpstream.testing.llama_cpp_source`; ``scripts/dev.sh setup`` fetches it once).
+A test that needs them calls :func:`require`: without them it skips, but under ``CI=true`` it
 fails, so CI cannot pass with these tests silently skipped."""
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ import gguf
 import numpy as np
 import pytest
 
-from mtpstream import _llama_cpp_source
 from mtpstream._gguf_meta import read_gguf_header
-from mtpstream.testing import make_model
+from mtpstream.testing import llama_cpp_source, make_model
 
-LLAMA_CPP = _llama_cpp_source.find() or Path("/nonexistent/llama.cpp")
+LLAMA_CPP = llama_cpp_source.find() or Path("/nonexistent/llama.cpp")
 VOCAB = LLAMA_CPP / "models" / "ggml-vocab-qwen35.gguf"
 TEMPLATES = LLAMA_CPP / "models" / "templates"
 QWEN35_TEMPLATE = TEMPLATES / "Qwen3.5-4B.jinja"
@@ -38,15 +37,15 @@ def require() -> None:
     if available():
         return
     where = (
-        f"{_llama_cpp_source.SRC_ENV}={os.environ[_llama_cpp_source.SRC_ENV]}"
-        if os.environ.get(_llama_cpp_source.SRC_ENV)
-        else f"the cache ({_llama_cpp_source.cache_root()})"
+        f"{llama_cpp_source.SRC_ENV}={os.environ[llama_cpp_source.SRC_ENV]}"
+        if os.environ.get(llama_cpp_source.SRC_ENV)
+        else f"the cache ({llama_cpp_source.cache_root()})"
     )
     reason = (
         f"llama.cpp's Qwen3.5 vocabulary and template (models/ggml-vocab-qwen35.gguf, "
-        f"models/templates/Qwen3.5-4B.jinja of {_llama_cpp_source.PACKAGE}=={_llama_cpp_source.VERSION}'s "
+        f"models/templates/Qwen3.5-4B.jinja of {llama_cpp_source.PACKAGE}=={llama_cpp_source.VERSION}'s "
         f"sdist) are not in {where}: `bash scripts/dev.sh setup` or "
-        "`python -m mtpstream._llama_cpp_source` fetches them (~77 MB, once)"
+        "`python -m mtpstream.testing.llama_cpp_source` fetches them (~77 MB, once)"
     )
     if in_ci():
         pytest.fail(f"CI=true, so this fails instead of skipping: {reason}", pytrace=False)

@@ -1,4 +1,4 @@
-"""``mtpstream._llama_cpp_source.fetch`` against a real package index on 127.0.0.1
+"""``mtpstream.testing.llama_cpp_source.fetch`` against a real package index on 127.0.0.1
 (PEP 691 JSON and PEP 503 HTML pages, a small sdist): the tree lands whole and once,
 a wrong sha256 or an unsafe member leaves nothing behind."""
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mtpstream import _llama_cpp_source as src
+from mtpstream.testing import llama_cpp_source as src
 
 SDIST = f"llama_cpp_python-{src.VERSION}.tar.gz"
 TOP = f"llama_cpp_python-{src.VERSION}"

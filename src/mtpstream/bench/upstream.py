@@ -2,7 +2,7 @@
 
 Private to :mod:`mtpstream.bench`. Builds ``llama-server`` once from the
 llama.cpp vendored in the llama-cpp-python 0.3.36 sdist (see
-:mod:`mtpstream._llama_cpp_source`: fetched into the cache when absent), then,
+:mod:`mtpstream.testing.llama_cpp_source`: fetched into the cache when absent), then,
 per level and ``n_draft``, runs the same greedy generation on the server and
 on mtpstream, alternating run by run so drift hits both sides alike.
 """
@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import _llama_cpp_source, load_model
+from .. import load_model
+from ..testing import llama_cpp_source
 from .env import paired_ratios, summarize
 from .measure import (
     DraftKey,
@@ -38,8 +39,8 @@ __all__ = ["compare"]
 
 Log = Callable[[str], None]
 
-_PACKAGE = _llama_cpp_source.PACKAGE
-_VERSION = _llama_cpp_source.VERSION
+_PACKAGE = llama_cpp_source.PACKAGE
+_VERSION = llama_cpp_source.VERSION
 _HEALTH_TIMEOUT_S = 180.0
 # side order of each round: 0 llama-server, 1 mtpstream native, 2 mtpstream delivered
 _ORDERS = ((0, 1, 2), (1, 2, 0), (2, 0, 1))
@@ -47,7 +48,7 @@ _PAUSE_S = 0.2
 
 
 def _cache_root() -> Path:
-    return _llama_cpp_source.cache_root()
+    return llama_cpp_source.cache_root()
 
 
 def _run(cmd: Sequence[str], log: Log, cwd: Path | None = None) -> None:
@@ -61,7 +62,7 @@ def _server_binary(root: Path, threads: int, log: Log) -> Path:
     exe = build / "bin" / "llama-server"
     if exe.exists():
         return exe
-    src = _llama_cpp_source.source_dir(lambda m: log(f"  {m}"))
+    src = llama_cpp_source.source_dir(lambda m: log(f"  {m}"))
     log(f"  building llama-server from {src} (once; several minutes)")
     if shutil.which("cmake") is None:
         raise RuntimeError("cmake is required for --with-upstream")

@@ -14,8 +14,8 @@ Where it is, in order:
    extracted with tarfile's ``data`` filter into a temporary directory and renamed
    into the cache in one step, the archive deleted.
 
-``python -m mtpstream._llama_cpp_source`` fetches it when absent (``scripts/dev.sh
-setup`` runs it) and prints where it is. Private: for the tests and the bench.
+``python -m mtpstream.testing.llama_cpp_source`` fetches it when absent
+(``scripts/dev.sh setup`` runs it) and prints where it is. For the tests and the bench.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def _quiet(_: str) -> None:
 
 def cache_root() -> Path:
     """``<mtpstream cache>/upstream`` (what the bench has always used)."""
-    from .testing import default_cache_dir
+    from ._api import default_cache_dir
 
     return default_cache_dir().parent / "upstream"
 
@@ -228,7 +228,7 @@ def fetch(root: Path | None = None, index: str | None = None, log: Log = _quiet)
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args:
-        print("usage: python -m mtpstream._llama_cpp_source", file=sys.stderr)
+        print("usage: python -m mtpstream.testing.llama_cpp_source", file=sys.stderr)
         return 2
     try:
         tree = source_dir(log=lambda m: print(f"   {m}", flush=True))
