@@ -7,8 +7,12 @@
 # Setup makes .venv, installs llama-cpp-python==0.3.36 (compiled from its sdist
 # once; pip's wheel cache makes later runs instant), then builds mtpstream's
 # native extension against it without build isolation, so llama.cpp is never
-# compiled twice. For a GPU build, export llama-cpp-python's CMAKE_ARGS first,
-# e.g. CMAKE_ARGS="-DGGML_CUDA=on" or CMAKE_ARGS="-DGGML_METAL=on".
+# compiled twice. `setup` and `test` also fetch (once, into mtpstream's cache) the
+# llama.cpp source vendored in llama-cpp-python's sdist (~77 MB): its real Qwen3.5
+# vocabulary and chat template are what the tests of special tokens in chat messages
+# use (under CI=true they fail without it rather than skip). For a GPU build,
+# export llama-cpp-python's CMAKE_ARGS first, e.g. CMAKE_ARGS="-DGGML_CUDA=on" or
+# CMAKE_ARGS="-DGGML_METAL=on".
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,6 +34,14 @@ setup() {
     "$PY" -m pip install --quiet --no-build-isolation -e "$ROOT[test]"
 }
 
+fetch_llama_cpp_source() {
+    # idempotent: prints the cached tree at once when it is there
+    echo "==> llama.cpp source of $LLAMA_CPP_PYTHON (its sdist, ~77 MB, fetched once)"
+    if ! "$PY" -m mtpstream.testing.llama_cpp_source; then
+        echo "warning: no llama.cpp source: the real-vocabulary tests skip (and fail under CI=true)" >&2
+    fi
+}
+
 run_tests() {
     cd "$ROOT"
     "$VENV/bin/ruff" check src tests examples
@@ -41,8 +53,8 @@ run_tests() {
 cmd="${1:-setup}"
 shift || true
 case "$cmd" in
-    setup) setup ;;
+    setup) setup && fetch_llama_cpp_source ;;
     demo) setup && "$VENV/bin/mtpstream" demo "$@" ;;
-    test) setup && run_tests "$@" ;;
+    test) setup && fetch_llama_cpp_source && run_tests "$@" ;;
     *) echo "usage: bash scripts/dev.sh {setup|demo|test} [args...]" >&2; exit 2 ;;
 esac

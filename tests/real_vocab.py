@@ -1,24 +1,61 @@
 """A synthetic model carrying llama.cpp's real Qwen3.5 vocabulary and chat template
-(for tests of tokenization with real special tokens)."""
+(for tests of tokenization with real special tokens).
+
+The files come from the llama.cpp vendored in the pinned llama-cpp-python's sdist
+(:mod:`mtpstream.testing.llama_cpp_source`; ``scripts/dev.sh setup`` fetches it once).
+A test that needs them calls :func:`require`: without them it skips, but under ``CI=true`` it
+fails, so CI cannot pass with these tests silently skipped."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import gguf
 import numpy as np
+import pytest
 
 from mtpstream._gguf_meta import read_gguf_header
-from mtpstream.testing import make_model
+from mtpstream.testing import llama_cpp_source, make_model
 
-LLAMA_CPP = Path("/tmp/lcp/llama_cpp_python-0.3.36/vendor/llama.cpp")
+LLAMA_CPP = llama_cpp_source.find() or Path("/nonexistent/llama.cpp")
 VOCAB = LLAMA_CPP / "models" / "ggml-vocab-qwen35.gguf"
 TEMPLATES = LLAMA_CPP / "models" / "templates"
 QWEN35_TEMPLATE = TEMPLATES / "Qwen3.5-4B.jinja"
 
 
 def available() -> bool:
-    return VOCAB.exists() and QWEN35_TEMPLATE.exists()
+    return VOCAB.is_file() and QWEN35_TEMPLATE.is_file()
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require() -> None:
+    """Skip the calling test without the files; fail it instead under ``CI=true``."""
+    if available():
+        return
+    where = (
+        f"{llama_cpp_source.SRC_ENV}={os.environ[llama_cpp_source.SRC_ENV]}"
+        if os.environ.get(llama_cpp_source.SRC_ENV)
+        else f"the cache ({llama_cpp_source.cache_root()})"
+    )
+    reason = (
+        f"llama.cpp's Qwen3.5 vocabulary and template (models/ggml-vocab-qwen35.gguf, "
+        f"models/templates/Qwen3.5-4B.jinja of {llama_cpp_source.PACKAGE}=={llama_cpp_source.VERSION}'s "
+        f"sdist) are not in {where}: `bash scripts/dev.sh setup` or "
+        "`python -m mtpstream.testing.llama_cpp_source` fetches them (~77 MB, once)"
+    )
+    if in_ci():
+        pytest.fail(f"CI=true, so this fails instead of skipping: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def templates() -> list[Path]:
+    """llama.cpp's chat templates; without them the Qwen3.5 one's path alone (whose
+    test then calls :func:`require`)."""
+    return sorted(TEMPLATES.glob("*.jinja")) if available() else [QWEN35_TEMPLATE]
 
 
 def write_real_vocab_model(dst: Path) -> Path:

@@ -469,11 +469,15 @@ def test_max_queue_bounds_every_endpoint(queue_server: Server, expected: tuple[s
 
 
 # ------------------------------------------------------------------ 9. shutdown, key sources
-@pytest.mark.xfail(
-    strict=False, reason="the oracle stream can end by itself (600 tokens) within the grace period"
-)
+# a grammar with no end: EOS is never allowed, so only max_tokens could end the stream
+ENDLESS = "root ::= [a-z ] root"
+
+
 def test_sigterm_ends_streams_with_an_error_event(model_path: Path) -> None:
-    # a context long enough that the stream cannot end by itself within the grace period
+    # The oracle's greedy stream from "we walked" ends by itself after 600 tokens
+    # (" end", then EOS): a fast machine makes them within the 0.5 s grace, and the
+    # stream ended with "stop" and [DONE] instead of the error. Under ENDLESS it can
+    # end only at 29,000 tokens, far beyond what the grace allows.
     flags = ("--n-seq", "2", "--n-ctx", "30000", "--shutdown-grace", "0.5")
     s = Server(model_path, *flags, env={"MTPSTREAM_API_KEY": KEY})
     try:
@@ -481,16 +485,19 @@ def test_sigterm_ends_streams_with_an_error_event(model_path: Path) -> None:
         assert httpx.get(s.url + "/v1/models", headers=s.headers).status_code == 200
         assert_openai_error(httpx.get(s.url + "/v1/models", timeout=5), 401)
         events: list[str] = []
-        body = {"prompt": "we walked", "max_tokens": 29_000, "stream": True}
+        body = {"prompt": "we walked", "max_tokens": 29_000, "stream": True, "grammar": ENDLESS}
         with httpx.stream("POST", s.url + "/v1/completions", json=body, headers=s.headers, timeout=30) as r:
             for line in r.iter_lines():
                 if line.startswith("data: "):
                     events.append(line[6:])
                 if len(events) == 5:
                     s.proc.send_signal(signal.SIGTERM)
-        # the error event ends the stream (a [DONE] line may follow it)
-        errors = [json.loads(e) for e in events if e.startswith("{") and '"error"' in e]
-        assert errors and errors[-1]["error"]["code"] == "shutting_down", events[-3:]
+        # the error event is the stream's last line; no chunk before it finished
+        last = json.loads(events[-1]) if events[-1].startswith("{") else {}
+        assert len(events) > 5 and last.get("error", {}).get("code") == "shutting_down", events[-3:]
+        chunks = [json.loads(e) for e in events[:-1]]
+        assert all(c["choices"][0].get("finish_reason") is None for c in chunks), events[-3:]
+        assert all(set(c["choices"][0]["text"]) <= set("abcdefghijklmnopqrstuvwxyz ") for c in chunks)
     finally:
         code, err = s.stop()
     assert code == 0, err

@@ -31,7 +31,14 @@ CHATS: list[list[dict[str, Any]]] = [
     ],
     [{"role": "user", "content": "naïve café - 東京 🙂 with\ttabs\n\nand lines"}],
 ]
-needs_vocab = pytest.mark.skipif(not real_vocab.available(), reason="llama.cpp's vocab files are not here")
+
+
+@pytest.fixture
+def vocab_files() -> None:
+    real_vocab.require()
+
+
+needs_vocab = pytest.mark.usefixtures("vocab_files")
 
 # hostile templates: each must stop with InvalidOptionError quickly and in little memory
 HOSTILE = {
@@ -110,10 +117,9 @@ def test_hostile_templates_stop_quickly_in_little_memory() -> None:
     assert rss < 2048, rss
 
 
-@pytest.mark.parametrize("path", sorted(real_vocab.TEMPLATES.glob("*.jinja")), ids=lambda p: p.stem)
+@needs_vocab
+@pytest.mark.parametrize("path", real_vocab.templates(), ids=lambda p: p.stem)
 def test_real_templates_render_as_llama_cpp_python_does(path: Path) -> None:
-    if not path.exists():  # pragma: no cover
-        pytest.skip("no templates")
     template = path.read_text()
     for messages in CHATS:
         try:
@@ -125,9 +131,8 @@ def test_real_templates_render_as_llama_cpp_python_does(path: Path) -> None:
         assert render_messages(messages, template, "<s>", "</s>") == expected
 
 
+@needs_vocab
 def test_long_conversation_renders_within_limits() -> None:
-    if not real_vocab.QWEN35_TEMPLATE.exists():  # pragma: no cover
-        pytest.skip("no template")
     template = real_vocab.QWEN35_TEMPLATE.read_text()
     words = "the river runs to the sea and we walk along it " * 200
     messages = [
@@ -143,8 +148,7 @@ def test_long_conversation_renders_within_limits() -> None:
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[mtpstream.Model]:
-    if not real_vocab.available():
-        pytest.skip("llama.cpp's vocab files are not here")
+    real_vocab.require()
     path = real_vocab.write_real_vocab_model(tmp_path_factory.mktemp("real") / "qwen35-real-vocab.gguf")
     with mtpstream.load_model(path) as m:
         yield m

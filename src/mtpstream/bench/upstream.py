@@ -1,23 +1,20 @@
 """Optional comparison with upstream ``llama-server --spec-type draft-mtp``.
 
 Private to :mod:`mtpstream.bench`. Builds ``llama-server`` once from the
-llama.cpp vendored in the llama-cpp-python 0.3.36 sdist (fetched with ``pip
-download`` into the cache when absent), then, per level and ``n_draft``, runs
-the same greedy generation on the server and on mtpstream, alternating run by
-run so drift hits both sides alike.
+llama.cpp vendored in the llama-cpp-python 0.3.36 sdist (see
+:mod:`mtpstream.testing.llama_cpp_source`: fetched into the cache when absent), then,
+per level and ``n_draft``, runs the same greedy generation on the server and
+on mtpstream, alternating run by run so drift hits both sides alike.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import socket
 import statistics
 import subprocess
-import sys
-import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import load_model
+from ..testing import llama_cpp_source
 from .env import paired_ratios, summarize
 from .measure import (
     DraftKey,
@@ -41,10 +39,8 @@ __all__ = ["compare"]
 
 Log = Callable[[str], None]
 
-_PACKAGE = "llama-cpp-python"
-_VERSION = "0.3.36"
-_SRC_ENV = "MTPSTREAM_LLAMA_CPP_SRC"
-"""Optional: an already unpacked llama.cpp source tree to build from."""
+_PACKAGE = llama_cpp_source.PACKAGE
+_VERSION = llama_cpp_source.VERSION
 _HEALTH_TIMEOUT_S = 180.0
 # side order of each round: 0 llama-server, 1 mtpstream native, 2 mtpstream delivered
 _ORDERS = ((0, 1, 2), (1, 2, 0), (2, 0, 1))
@@ -52,56 +48,12 @@ _PAUSE_S = 0.2
 
 
 def _cache_root() -> Path:
-    from ..testing import default_cache_dir
-
-    return default_cache_dir().parent / "upstream"
+    return llama_cpp_source.cache_root()
 
 
 def _run(cmd: Sequence[str], log: Log, cwd: Path | None = None) -> None:
     log("    $ " + " ".join(cmd))
     subprocess.run(list(cmd), cwd=cwd, check=True, stdout=subprocess.DEVNULL)
-
-
-def _extract(archive: Path, dest: Path) -> None:
-    with tarfile.open(archive) as tf:
-        if hasattr(tarfile, "data_filter"):
-            tf.extractall(dest, filter="data")
-        else:  # pragma: no cover - Python without extraction filters
-            for member in tf.getmembers():
-                if member.name.startswith("/") or ".." in Path(member.name).parts:
-                    raise RuntimeError(f"unsafe path in {archive.name}: {member.name}")
-            tf.extractall(dest)
-
-
-def _source_dir(root: Path, log: Log) -> Path:
-    """The vendored llama.cpp tree: ``$MTPSTREAM_LLAMA_CPP_SRC``, the cache, or a fresh sdist."""
-    env = os.environ.get(_SRC_ENV)
-    if env:
-        return Path(env)
-    src = root / f"llama_cpp_python-{_VERSION}" / "vendor" / "llama.cpp"
-    if (src / "CMakeLists.txt").exists():
-        return src
-    sdist = root / "sdist"
-    sdist.mkdir(parents=True, exist_ok=True)
-    log(f"  fetching the {_PACKAGE}=={_VERSION} sdist")
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            f"{_PACKAGE}=={_VERSION}",
-            "-d",
-            str(sdist),
-        ],
-        log,
-    )
-    archive = next(sdist.glob(f"llama_cpp_python-{_VERSION}.tar.gz"))
-    _extract(archive, root)
-    return src
 
 
 def _server_binary(root: Path, threads: int, log: Log) -> Path:
@@ -110,7 +62,7 @@ def _server_binary(root: Path, threads: int, log: Log) -> Path:
     exe = build / "bin" / "llama-server"
     if exe.exists():
         return exe
-    src = _source_dir(root, log)
+    src = llama_cpp_source.source_dir(lambda m: log(f"  {m}"))
     log(f"  building llama-server from {src} (once; several minutes)")
     if shutil.which("cmake") is None:
         raise RuntimeError("cmake is required for --with-upstream")
@@ -336,7 +288,7 @@ def compare(levels: Sequence[Level], settings: Settings, log: Log) -> dict[str, 
     try:
         root.mkdir(parents=True, exist_ok=True)
         exe = _server_binary(root, settings.threads, log)
-    except (OSError, RuntimeError, subprocess.CalledProcessError, StopIteration) as exc:
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
         log(f"  upstream comparison unavailable: {exc}")
         return {**out, "available": False, "reason": str(exc)}
     out.update(available=True, server=str(exe), levels={})
