@@ -266,11 +266,10 @@ async def test_realistic_schemas_pass_and_generate(oracle: mtpstream.Model) -> N
         # and the first grammar starts the session's grammar checker process
         await mtp.generate("we walked along", response_format={"type": "json_object"}, max_tokens=2)
         for name, schema in REALISTIC.items():
-            t = time.perf_counter()
+            # (how long each takes is measured by scripts/grammar_trial_cost.py, not here)
             grammar = grammar_for_response_format(fmt(schema))
             assert grammar, name
             await mtp.generate("we walked along", response_format=fmt(schema), max_tokens=8, temp=0.8, seed=1)
-            assert time.perf_counter() - t < 10, name
         # the plain JSON grammar, and a recursive GBNF grammar
         await mtp.generate("we walked along", response_format={"type": "json_object"}, max_tokens=8)
         await mtp.generate("we walked along", grammar="root ::= [a-z ] root", max_tokens=8)
