@@ -107,6 +107,7 @@ private:
         double best_rate = -1.0;
         double expected = 0.0;  // 1 + p + ... + p^k
         double pk = 1.0;
+        double shorter = 0.0;  // the cost taken for k - 1
         for (int k = 0; k <= max_k_; ++k) {
             expected += pk;
             pk *= p;
@@ -114,6 +115,10 @@ private:
             if (v < 0.0) {
                 v = std::max(icpt + slope * k, 1.0);
             }
+            // verifying more tokens never costs less: a noisy, low estimate for a
+            // longer verify must not make drafting look free when it is not accepted
+            v = std::max(v, shorter);
+            shorter = v;
             const double rate = expected / (d * k + v);
             if (rate > best_rate) {
                 best_rate = rate;
