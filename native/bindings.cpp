@@ -1,6 +1,6 @@
 // Python bindings (nanobind). Thin by design: validation lives in Python
 // (pydantic) and the engine; errors come back as Status values and are raised
-// here as mtpstream._native.NativeError(code, message).
+// here as mtpstream._native.NativeError(code: ErrorCode, message, field).
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/function.h>
 #include <nanobind/stl/optional.h>
@@ -106,7 +106,7 @@ struct JobHandle {
 };
 
 [[noreturn]] void raise_status(const Status & st) {
-    nb::object args = nb::make_tuple(static_cast<int>(st.code), st.message, st.field);
+    nb::object args = nb::make_tuple(nb::cast(st.code), st.message, st.field);
     PyErr_SetObject(native_error_type, args.ptr());
     throw nb::python_error();
 }
@@ -167,6 +167,17 @@ NB_MODULE(_native, m) {
     nb::set_leak_warnings(false);
     native_error_type = PyErr_NewException("mtpstream._native.NativeError", PyExc_RuntimeError, nullptr);
     m.attr("NativeError") = nb::handle(native_error_type);
+    // NativeError(code, message, field): Python maps `code` to its exception class
+    nb::enum_<ErrorCode>(m, "ErrorCode")
+        .value("ok", ErrorCode::ok)
+        .value("invalid_argument", ErrorCode::invalid_argument)
+        .value("model_load", ErrorCode::model_load)
+        .value("no_mtp_head", ErrorCode::no_mtp_head)
+        .value("context", ErrorCode::context)
+        .value("context_overflow", ErrorCode::context_overflow)
+        .value("generation", ErrorCode::generation)
+        .value("closed", ErrorCode::closed)
+        .value("busy", ErrorCode::busy);
     m.attr("LLAMA_DEFAULT_SEED") = static_cast<uint32_t>(LLAMA_DEFAULT_SEED);
 
     m.def("llama_backend_info", [] { return std::string(llama_print_system_info()); });

@@ -1,4 +1,5 @@
-// Errors travel as values inside native code; the bindings raise them in Python.
+// Errors travel as values inside native code; the bindings raise them in Python as
+// NativeError(ErrorCode, message, field), ErrorCode bound as mtpstream._native.ErrorCode.
 #pragma once
 
 #include <string>

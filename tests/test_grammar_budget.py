@@ -75,7 +75,7 @@ def test_a_grammar_over_the_budget_is_refused_and_the_session_goes_on() -> None:
                         out = ["ok", "", None]
                     except mtpstream.MTPError as exc:
                         out = [type(exc).__name__, str(exc), getattr(exc, "field", None)]
-                    checker = mtp._grammar_checker
+                    checker = mtp._grammars
                     rows.append([name, *out, time.perf_counter() - t, checker.trials, checker.restarts])
                 after = await mtp.generate("we walked along", max_tokens=8)
                 print(json.dumps({{"rows": rows, "same": before == after}}))
@@ -110,7 +110,7 @@ def test_closing_the_session_cuts_a_running_trial_short() -> None:
         bomb = {decoyed_bomb()!r}
         async def main():
             mtp = mtpstream.init(model, n_draft=3, n_ctx=512, grammar_budget=60.0, grammar_step_budget=60.0)
-            checker = mtp._grammar_checker
+            checker = mtp._grammars
             out = {{}}
             async def call():
                 try:

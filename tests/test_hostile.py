@@ -15,7 +15,8 @@ import anyio
 import pytest
 
 import mtpstream
-from mtpstream import session as session_module
+from mtpstream import _runtime as runtime_module
+from mtpstream import _stream as stream_module
 from mtpstream.testing import make_model
 
 from conftest import EXACT, Models, collect, run_python
@@ -35,7 +36,7 @@ def open_fds() -> int:
 async def test_a_kept_but_unread_stream_names_itself_to_the_waiting_call(
     oracle: mtpstream.Model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(session_module, "_QUEUED_WARN_S", 0.5)
+    monkeypatch.setattr(stream_module, "_QUEUED_WARN_S", 0.5)
     with mtpstream.init(oracle, n_draft=3, n_ctx=2048) as mtp:
         expected = await mtp.generate(PROMPT, max_tokens=10)
         it = mtp.stream(PROMPT, max_tokens=1500)
@@ -156,7 +157,7 @@ async def test_a_failed_submit_leaks_no_descriptor(
     """An error after the wake-up socket exists but before native code owns it (here a
     conversion error at submit) closes both ends."""
     with mtpstream.init(oracle, n_draft=3, n_ctx=256) as mtp:
-        monkeypatch.setattr(session_module._runtime, "get", lambda: object())
+        monkeypatch.setattr(runtime_module, "get", lambda: object())
         before = open_fds()
         for _ in range(50):
             with pytest.raises(TypeError):

@@ -4,7 +4,19 @@ from collections.abc import Callable, Sequence
 
 LLAMA_DEFAULT_SEED: int
 
-class NativeError(RuntimeError): ...
+class NativeError(RuntimeError):
+    """``args == (code: ErrorCode, message: str, field: str)``."""
+
+class ErrorCode(enum.Enum):
+    ok = 0
+    invalid_argument = 1
+    model_load = 2
+    no_mtp_head = 3
+    context = 4
+    context_overflow = 5
+    generation = 6
+    closed = 7
+    busy = 8
 
 def llama_backend_info() -> str: ...
 def begin_exit(timeout_s: float) -> bool: ...

@@ -6,20 +6,19 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-from typing import Any
 
 from ._loader import _native
 
 _lock = threading.Lock()
-_runtime: Any = None
+_runtime: _native.Runtime | None = None
 # runtimes inherited through fork(): their worker thread did not survive the fork, so
 # they are never used again (and never destroyed before exit, which then leaks them)
-_inherited: list[Any] = []
+_inherited: list[_native.Runtime] = []
 
 _EXIT_WAIT_S = 60.0
 
 
-def get() -> Any:
+def get() -> _native.Runtime:
     """The shared native runtime, started on first use."""
     global _runtime
     with _lock:

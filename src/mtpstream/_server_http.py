@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -182,21 +182,16 @@ def _depth_exceeds(value: Any, max_depth: int) -> bool:
 
 
 # ------------------------------------------------------------------ key and host
-def key_dependency(api_key: str | None) -> Callable[[Request], Awaitable[None]]:
-    """A FastAPI dependency: ``Authorization: Bearer <api_key>`` or 401."""
-    expected = api_key.encode() if api_key is not None else None
-
-    async def require_key(request: Request) -> None:
-        if expected is None:
-            return
-        header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header[:7].lower() == "bearer " else ""
-        if not secrets.compare_digest(token.encode(), expected):
-            raise HTTPError(
-                401, "invalid or missing API key", "invalid_request_error", None, "invalid_api_key"
-            )
-
-    return require_key
+async def require_key(request: Request) -> None:
+    """A FastAPI dependency: ``Authorization: Bearer <app.state.api_key>`` or 401
+    (nothing to check when the app has no key)."""
+    api_key: str | None = request.app.state.api_key
+    if api_key is None:
+        return
+    header = request.headers.get("authorization", "")
+    token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    if not secrets.compare_digest(token.encode(), api_key.encode()):
+        raise HTTPError(401, "invalid or missing API key", "invalid_request_error", None, "invalid_api_key")
 
 
 class HostCheck:

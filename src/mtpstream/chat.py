@@ -1,4 +1,4 @@
-"""Chat messages and OpenAI-style options.
+"""Chat messages, their templates and ``response_format``.
 
 The prompt of a chat call is the model's ``tokenizer.chat_template`` rendered as
 llama-cpp-python's Jinja formatter (``llama_cpp.llama_chat_format.Jinja2ChatFormatter``)
@@ -9,29 +9,8 @@ renders it: Jinja's immutable sandbox with ``bos_token``, ``eos_token``,
 a GBNF grammar through llama-cpp-python's JSON-schema converter
 (``llama_cpp.llama_grammar``).
 
-OpenAI parameter names map onto :meth:`mtpstream.MTP.generate`'s options:
-
-=====================  =================
-OpenAI / llama-cpp     mtpstream
-=====================  =================
-temperature            temp
-top_p                  top_p
-max_tokens             max_tokens
-max_completion_tokens  max_tokens
-stop                   stop
-seed                   seed
-frequency_penalty      penalty_freq
-presence_penalty       penalty_present
-repeat_penalty         penalty_repeat
-top_k                  top_k
-min_p                  min_p
-grammar                grammar
-response_format        grammar (converted)
-n                      only 1
-=====================  =================
-
-Our own names are accepted too. The default is greedy (``temperature=0``), as
-everywhere in mtpstream, not OpenAI's 1.0.
+The calls take OpenAI's option names besides mtpstream's own: the table is in
+:mod:`mtpstream._openai`, which maps them (once per call).
 """
 
 from __future__ import annotations
@@ -48,43 +27,7 @@ from ._templates import TemplateLimitError, render_template
 from .errors import InvalidOptionError
 from .options import check_text
 
-__all__ = ["chat_prompt", "grammar_for_response_format", "openai_options", "render_messages"]
-
-_OPENAI_NAMES: dict[str, str] = {
-    "temperature": "temp",
-    "max_completion_tokens": "max_tokens",
-    "frequency_penalty": "penalty_freq",
-    "presence_penalty": "penalty_present",
-    "repeat_penalty": "penalty_repeat",
-}
-# accepted and ignored: they change nothing in a single local completion
-_IGNORED = frozenset({"model", "user", "stream", "logit_bias", "logprobs", "top_logprobs", "stream_options"})
-
-
-def openai_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """OpenAI-named options as mtpstream's (see the module docstring for the table).
-
-    Raises:
-        InvalidOptionError: ``n`` other than 1, both ``max_tokens`` and
-            ``max_completion_tokens``, or an option under two names.
-    """
-    out: dict[str, Any] = {}
-    for name, value in options.items():
-        if name in _IGNORED:
-            continue
-        if name == "n":
-            if value not in (None, 1) or isinstance(value, bool):
-                raise InvalidOptionError(
-                    f"invalid option 'n': only n=1 is supported (got {value!r})", field="n"
-                )
-            continue
-        ours = _OPENAI_NAMES.get(name, name)
-        if ours in out:
-            raise InvalidOptionError(f"option '{ours}' was given twice (as '{name}' too)", field=name)
-        if value is None:
-            continue  # JSON clients send explicit nulls for "default"
-        out[ours] = value
-    return out
+__all__ = ["chat_prompt", "check_messages", "grammar_for_response_format", "render_messages"]
 
 
 def grammar_for_response_format(response_format: Any) -> str | None:
@@ -147,7 +90,13 @@ def _schema_grammar(schema_json: str) -> str:
     return schema_to_grammar(schema_json, "response_format")
 
 
-def _check_messages(messages: Any) -> list[dict[str, Any]]:
+def check_messages(messages: Any) -> list[dict[str, Any]]:
+    """``messages`` as a list of dicts, text content parts joined.
+
+    Raises:
+        InvalidOptionError: not a non-empty list of ``{"role", "content"}`` dicts
+            (``field="messages"``).
+    """
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
         raise InvalidOptionError(
             "messages must be a non-empty list of {'role': ..., 'content': ...} dicts", field="messages"
@@ -231,7 +180,7 @@ def render_messages(messages: Any, template: str | None, bos_token: str, eos_tok
             a template that fails to render (its ``raise_exception`` included) or goes
             over a time or size limit.
     """
-    msgs = _check_messages(messages)
+    msgs = check_messages(messages)
     return str(_renderer(template, bos_token, eos_token, _text_chars(msgs))(msgs))
 
 
@@ -251,6 +200,6 @@ def chat_prompt(
         InvalidOptionError: as :func:`render_messages`; special-token text in a message
             that the template moves or cuts (``field="messages"``).
     """
-    msgs = _check_messages(messages)
+    msgs = check_messages(messages)
     render = _renderer(template, bos_token, eos_token, _text_chars(msgs))
     return chat_tokens(msgs, render, tokenize, token_text, bos_token)

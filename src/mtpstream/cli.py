@@ -139,7 +139,7 @@ def _cmd_make_model(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ generate / chat
 async def _generate(mtp: MTP, prompt: str, options: dict[str, Any]) -> None:
     events = mtp.stream_events(prompt, **options)
-    async with contextlib.aclosing(events):  # type: ignore[type-var]
+    async with contextlib.aclosing(events):
         async for ev in events:
             if isinstance(ev, TokenEvent):
                 sys.stdout.write(ev.text)

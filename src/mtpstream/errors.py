@@ -48,29 +48,3 @@ class SessionClosedError(MTPError):
 
 class SessionBusyError(MTPError):
     """The session is already generating and ``wait=False`` was given."""
-
-
-# codes of mtpstream._native.NativeError (native/status.hpp)
-_BY_CODE: dict[int, type[MTPError]] = {
-    1: InvalidOptionError,
-    2: ModelLoadError,
-    3: NoMTPHeadError,
-    4: MTPError,
-    5: ContextOverflowError,
-    6: GenerationError,
-    7: SessionClosedError,
-    8: SessionBusyError,
-}
-
-
-def from_native(exc: BaseException) -> MTPError:
-    """Translate a ``NativeError(code, message)`` into the matching typed error."""
-    args: tuple[object, ...] = tuple(getattr(exc, "args", ()))
-    if len(args) in (2, 3) and isinstance(args[0], int):
-        code, message = args[0], str(args[1])
-        field = str(args[2]) if len(args) == 3 and args[2] else None
-        cls = _BY_CODE.get(code, MTPError)
-        if cls is InvalidOptionError:
-            return InvalidOptionError(message, field=field)
-        return cls(message)
-    return MTPError(str(exc))

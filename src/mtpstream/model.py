@@ -10,11 +10,10 @@ from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any
 
-from . import _logging
+from . import _bridge
 from ._gguf_checks import check_hyperparameters
 from ._gguf_meta import GGUFFormatError, read_gguf_header
-from ._loader import _native
-from .errors import ModelLoadError, SessionClosedError, from_native
+from .errors import ModelLoadError, SessionClosedError
 
 __all__ = ["Model", "load_model"]
 
@@ -118,8 +117,8 @@ class Model:
     until they are closed.
     """
 
-    def __init__(self, native: Any, info: _FileInfo, path: Path, uses_mmap: bool) -> None:
-        self._native: Any = native
+    def __init__(self, native: _bridge.NativeModel, info: _FileInfo, path: Path, uses_mmap: bool) -> None:
+        self._native: _bridge.NativeModel | None = native
         self._info = info
         self._path = path
         self._uses_mmap = uses_mmap
@@ -149,7 +148,9 @@ class Model:
         return f"<mtpstream.Model {self._info.arch} '{self._path.name}' {state}>"
 
     @property
-    def _handle(self) -> Any:
+    def native(self) -> _bridge.NativeModel:
+        """The native model (mtpstream's own layers use it; sessions hold it, so the
+        weights outlive :meth:`close`). Raises :class:`SessionClosedError` once closed."""
         native = self._native
         if native is None:
             raise SessionClosedError("the model is closed")
@@ -169,7 +170,7 @@ class Model:
     @property
     def repack(self) -> bool:
         """Whether llama.cpp's extra weight buffers (repacked layouts, AMX) are in use."""
-        return bool(self._handle.repack)
+        return bool(self.native.repack)
 
     @property
     def arch(self) -> str:
@@ -179,47 +180,47 @@ class Model:
     @property
     def description(self) -> str:
         """llama.cpp's one-line description (type, size, quantization)."""
-        return str(self._handle.description)
+        return str(self.native.description)
 
     @property
     def size_bytes(self) -> int:
         """Total size of the tensors in bytes."""
-        return int(self._handle.size_bytes)
+        return int(self.native.size_bytes)
 
     @property
     def n_params(self) -> int:
         """Number of parameters."""
-        return int(self._handle.n_params)
+        return int(self.native.n_params)
 
     @property
     def n_ctx_train(self) -> int:
         """Context length the model was trained with."""
-        return int(self._handle.n_ctx_train)
+        return int(self.native.n_ctx_train)
 
     @property
     def n_embd(self) -> int:
         """Hidden width."""
-        return int(self._handle.n_embd)
+        return int(self.native.n_embd)
 
     @property
     def n_vocab(self) -> int:
         """Vocabulary size."""
-        return int(self._handle.n_vocab)
+        return int(self.native.n_vocab)
 
     @property
     def n_layer(self) -> int:
         """Number of blocks, including NextN (MTP) blocks."""
-        return int(self._handle.n_layer)
+        return int(self.native.n_layer)
 
     @property
     def n_layer_nextn(self) -> int:
         """NextN (MTP) layers the file declares."""
-        return int(self._handle.n_layer_nextn)
+        return int(self.native.n_layer_nextn)
 
     @property
     def load_mtp(self) -> bool:
         """Whether the MTP layers were requested at load time."""
-        return bool(self._handle.load_mtp)
+        return bool(self.native.load_mtp)
 
     @property
     def has_mtp(self) -> bool:
@@ -243,7 +244,7 @@ class Model:
     @property
     def chat_template(self) -> str | None:
         """The Jinja chat template stored in the file, if any."""
-        tmpl = str(self._handle.chat_template)
+        tmpl = str(self.native.chat_template)
         return tmpl or None
 
     @property
@@ -251,25 +252,25 @@ class Model:
         """All GGUF key/values as llama.cpp renders them (long arrays are abbreviated)."""
         with self._lock:
             if self._metadata is None:
-                self._metadata = MappingProxyType(dict(self._handle.metadata()))
+                self._metadata = MappingProxyType(dict(self.native.metadata()))
             return self._metadata
 
     @property
     def bos(self) -> int | None:
         """Beginning-of-sequence token id (None if the vocabulary has none)."""
-        t = int(self._handle.bos)
+        t = int(self.native.bos)
         return t if t >= 0 else None
 
     @property
     def eos(self) -> int | None:
         """End-of-sequence token id (None if the vocabulary has none)."""
-        t = int(self._handle.eos)
+        t = int(self.native.eos)
         return t if t >= 0 else None
 
     def is_eog(self, token_id: int) -> bool:
         """Whether ``token_id`` ends generation (EOS, EOT, ...)."""
         self._check_token(token_id)
-        return bool(self._handle.is_eog(token_id))
+        return bool(self.native.is_eog(token_id))
 
     # ------------------------------------------------------------------ vocabulary
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
@@ -281,24 +282,24 @@ class Model:
         """
         if not isinstance(text, str):
             raise TypeError(f"text must be str, not {type(text).__name__}")
-        return list(self._handle.tokenize(text, add_special, parse_special))
+        return list(self.native.tokenize(text, add_special, parse_special))
 
     def detokenize(self, ids: Sequence[int]) -> str:
         """Text of a token sequence (invalid UTF-8 is replaced)."""
         ids = list(ids)
         for t in ids:
             self._check_token(t)
-        return bytes(self._handle.detokenize(ids)).decode("utf-8", errors="replace")
+        return bytes(self.native.detokenize(ids)).decode("utf-8", errors="replace")
 
     def token_text(self, token_id: int) -> str:
         """The vocabulary's text of a token, special tokens included (``"<|im_end|>"``)."""
         self._check_token(token_id)
-        return str(self._handle.token_text(token_id))
+        return str(self.native.token_text(token_id))
 
     def token_to_piece(self, token_id: int) -> bytes:
         """The raw bytes of one token as generation renders it."""
         self._check_token(token_id)
-        return bytes(self._handle.token_to_piece(token_id))
+        return bytes(self.native.token_to_piece(token_id))
 
     def _check_token(self, token_id: object) -> None:
         if isinstance(token_id, bool) or not isinstance(token_id, int):
@@ -311,7 +312,7 @@ class Model:
 def cpu_offers_amx_buffer() -> bool:
     """Whether llama.cpp offers its AMX weight buffer here (built with AMX, on a CPU
     that has it): where it does, ``load_model(repack=None)`` leaves repacking off."""
-    return bool(_native.cpu_offers_amx_buffer())
+    return _bridge.cpu_offers_amx_buffer()
 
 
 def load_model(
@@ -330,9 +331,7 @@ def load_model(
     and llama-server) maps the file, ``False`` reads the weights into memory,
     ``None`` ("auto") reads them in when the file takes at most half of the
     available memory and maps it otherwise (:attr:`Model.uses_mmap` tells which).
-    Neither is faster everywhere: on the bench model, weights in memory decoded
-    3% faster at ``n_draft=0`` but 8.5% slower at ``n_draft=1`` (2-token verify
-    batches) and the same at ``n_draft=2, 3`` (README, "Performance").
+    Neither is faster everywhere (measurements: README, "Performance").
     ``repack`` is llama-server's ``--repack``/``--no-repack``: llama.cpp's extra
     weight buffers (weights repacked for the CPU's SIMD kernels, Intel AMX tiles).
     ``None`` (the default) turns them on except on a CPU where llama.cpp offers its
@@ -351,12 +350,5 @@ def load_model(
     p = Path(os.fspath(path)).expanduser()
     info = _inspect_file(p)
     mmap = _choose_mmap(info.file_bytes, _available_memory_bytes()) if use_mmap is None else use_mmap
-    _logging.sync_level()
-    try:
-        native = _native.Model.load(str(p), n_gpu_layers, bool(load_mtp), mmap, repack, progress)
-    except _native.NativeError as exc:
-        err = from_native(exc)
-        message = _logging.with_errors(f"{err} [architecture '{info.arch}']", _logging.flush())
-        raise ModelLoadError(message) from None
-    _logging.flush()
+    native = _bridge.load_model(str(p), n_gpu_layers, bool(load_mtp), mmap, repack, progress, info.arch)
     return Model(native, info, p, mmap)

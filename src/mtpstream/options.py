@@ -33,9 +33,9 @@ __all__ = [
 INT32_MAX = 2**31 - 1
 """Every integer that reaches llama.cpp is an int32."""
 MAX_THREADS = 512
+"""ggml's own limit on the threads of one computation (GGML_MAX_N_THREADS)."""
 MAX_SEQUENCES = 64
 """The most sequences one session decodes together (``n_seq``)."""
-"""ggml's own limit on the threads of one computation (GGML_MAX_N_THREADS)."""
 MAX_TEMP = 100.0
 """The highest temperature (above ~10 sampling is already uniform; 1e308 overflows float32)."""
 MAX_PENALTY = 100.0
@@ -72,6 +72,7 @@ class SessionOptions(_Strict):
     n_threads: int | None = Field(default=None, ge=1, le=MAX_THREADS)
     n_threads_batch: int | None = Field(default=None, ge=1, le=MAX_THREADS)
     n_batch: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    """None: ``min(n_ctx * n_seq, max(512, n_seq * (n_draft + 1)))`` (``_bridge.default_n_batch``)."""
     n_ubatch: int | None = Field(default=None, ge=1, le=INT32_MAX)
     flash_attn: bool | None = None
     type_k: KVType | None = None

@@ -15,26 +15,33 @@ Needs the ``server`` extra (``pip install 'mtpstream[server]'``: FastAPI, uvicor
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
-from .chat import openai_options
-from .completions import ChatCompletion, ChatCompletionChoice, ChatCompletionChunk, ChatCompletionMessage
-from .errors import InvalidOptionError
+from ._openai import (
+    ChatBody,
+    CompletionBody,
+    CompletionStream,
+    PreparingChatStream,
+    RequestBody,
+    collect_chat,
+)
+from .completions import ChatCompletion, ChatCompletionChunk, Completion
 from .server_limits import ServerLimits
 from .session import MTP
 
 try:  # the server extra
-    from fastapi import Depends, FastAPI, Request
+    from fastapi import APIRouter, Depends, FastAPI, Request
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
     from ._server_calls import Admission, Lifecycle, SSEResponse, whole
-    from ._server_http import HostCheck, install_error_handlers, key_dependency, mapped, read_json
+    from ._server_http import HostCheck, install_error_handlers, mapped, read_json, require_key
 except ImportError:  # pragma: no cover - depends on the environment
     FastAPI = None  # type: ignore[assignment,misc]
 
@@ -43,6 +50,10 @@ __all__ = ["ServerLimits", "create_app"]
 _CHAT = "/v1/chat/completions"
 _COMPLETIONS = "/v1/completions"
 _PREPARE_THREADS = 2  # concurrent templating/tokenization, off the event loop
+
+Chunks = PreparingChatStream | CompletionStream
+Result = ChatCompletion | Completion
+_Body = TypeVar("_Body", bound=RequestBody)
 
 
 def create_app(
@@ -69,126 +80,40 @@ def create_app(
     limits = limits or ServerLimits()
     if max_queue is not None:
         limits = replace(limits, max_queue=max_queue)
-    server = _Server(mtp, model_alias or mtp.model_name, limits)
+    state = ServerState(mtp, model_alias or mtp.model_name, limits)
     app = FastAPI(title="mtpstream", version=_version(), docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.lifecycle = server.lifecycle
-    install_error_handlers(app, lambda request, err: server.metrics.count(request.url.path, err.status))
+    app.state.server = state
+    app.state.lifecycle = state.lifecycle
+    app.state.api_key = api_key
+    install_error_handlers(app, lambda request, err: state.metrics.count(request.url.path, err.status))
     if api_key is None:
         app.add_middleware(HostCheck, allowed=frozenset(h.lower() for h in limits.allowed_hosts))
-    _add_routes(app, server, Depends(key_dependency(api_key)))
+    app.include_router(router)
     return app
 
 
-def _add_routes(app: Any, server: _Server, key: Any) -> None:
-    app.get("/health")(server.health)
-    app.get("/metrics")(server.metrics_text)
-    app.get("/v1/models", dependencies=[key])(server.models)
-    app.post(_CHAT, dependencies=[key])(server.chat_completions)
-    app.post(_COMPLETIONS, dependencies=[key])(server.completions)
-
-
-class _Server:
-    """The routes' state: the session, the limits, the calls and the metrics."""
+class ServerState:
+    """What the routes share (``app.state.server``): the session, the limits, the
+    calls and the metrics."""
 
     def __init__(self, mtp: MTP, alias: str, limits: ServerLimits) -> None:
         self.mtp, self.alias, self.limits = mtp, alias, limits
         self.metrics = _Metrics()
         self.lifecycle = Lifecycle()
         self.admission = Admission(mtp.n_seq, limits.max_queue, self.lifecycle)
-        self._limiter: anyio.CapacityLimiter | None = None
+        self.prepare_limiter: anyio.CapacityLimiter | None = None
 
-    async def health(self) -> Any:
-        if self.mtp.closed:
-            return JSONResponse({"status": "closed"}, status_code=503)
-        if self.lifecycle.draining:
-            return JSONResponse({"status": "shutting down"}, status_code=503)
-        return {"status": "ok"}
+    def limiter(self) -> anyio.CapacityLimiter:
+        if self.prepare_limiter is None:
+            self.prepare_limiter = anyio.CapacityLimiter(_PREPARE_THREADS)
+        return self.prepare_limiter
 
-    async def metrics_text(self) -> Any:
-        return PlainTextResponse(self.metrics.render(self.mtp), media_type="text/plain; version=0.0.4")
-
-    async def models(self) -> Any:
-        created = int(self.metrics.started)
-        return {
-            "object": "list",
-            "data": [{"id": self.alias, "object": "model", "created": created, "owned_by": "mtpstream"}],
-        }
-
-    async def chat_completions(self, request: Request) -> Response:
-        async def prepare() -> tuple[bool, Callable[[], Any]]:
-            body = await read_json(request, self.limits)
-            messages: Any = body.get("messages")
-            template = body.get("chat_template")
-            opts = _options(body, ("messages", "chat_template", "stream"))
-            mtp, alias = self.mtp, self.alias
-            return _stream_flag(body), lambda: mtp.stream_chat(
-                messages, chat_template=template, model=alias, **opts
-            )
-
-        return await self._endpoint(_CHAT, request, prepare, _collect_chat)
-
-    async def completions(self, request: Request) -> Response:
-        async def prepare() -> tuple[bool, Callable[[], Any]]:
-            body = await read_json(request, self.limits)
-            prompt = _prompt_of(body.get("prompt"))
-            dropped = ("prompt", "echo", "suffix", "best_of", "model", "stream")
-            opts = {k: v for k, v in body.items() if k not in dropped}
-            mtp, alias = self.mtp, self.alias
-            return _stream_flag(body), lambda: mtp._stream_completion(prompt, alias, **opts)
-
-        async def collect(chunks: Any) -> Any:
-            return await chunks.collect()
-
-        return await self._endpoint(_COMPLETIONS, request, prepare, collect)
-
-    async def _endpoint(
-        self,
-        endpoint: str,
-        request: Request,
-        prepare: Callable[[], Awaitable[tuple[bool, Callable[[], Any]]]],
-        collect: Callable[[Any], Awaitable[Any]],
-    ) -> Response:
-        """A generation call: the body, then admission (atomic), then the chunk stream
-        made off the event loop (templating, tokenization), then SSE or a whole result."""
-        try:
-            stream, make = await prepare()
-            self.admission.take()
-        except Exception as exc:
-            return self._error(endpoint, exc)
-        handed_over = False
-        try:
-            chunks = await anyio.to_thread.run_sync(make, limiter=self._prepare_limiter())
-            if stream:
-                first = await whole(request, self.lifecycle, lambda: _first(chunks))
-                handed_over = True
-                return SSEResponse(chunks, first, self._render, self.lifecycle, self._ended(endpoint))
-            result = await whole(request, self.lifecycle, lambda: collect(chunks))
-            self.metrics.count(endpoint, 200)
-            return JSONResponse(self._public(result.model_dump(exclude_none=True)))
-        except Exception as exc:
-            return self._error(endpoint, exc)
-        finally:
-            if not handed_over:
-                self.admission.give_back()
-
-    def _ended(self, endpoint: str) -> Callable[[int], None]:
-        def done(status: int) -> None:
-            self.admission.give_back()
-            self.metrics.count(endpoint, status)
-
-        return done
-
-    def _error(self, endpoint: str, exc: Exception) -> Response:
+    def error(self, endpoint: str, exc: Exception) -> Response:
         err = mapped(exc)
         self.metrics.count(endpoint, err.status)
         return err.response()
 
-    def _prepare_limiter(self) -> anyio.CapacityLimiter:
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(_PREPARE_THREADS)
-        return self._limiter
-
-    def _public(self, result: dict[str, Any]) -> dict[str, Any]:
+    def public(self, result: dict[str, Any]) -> dict[str, Any]:
         """``result`` as clients see it: ``cached_tokens`` only with ``report_cached_tokens``
         (the prompt cache is shared by all clients)."""
         usage = result.get("usage")
@@ -196,38 +121,113 @@ class _Server:
             usage.pop("prompt_tokens_details", None)
         return result
 
-    def _render(self, chunk: Any) -> str:
+    def render(self, chunk: ChatCompletionChunk | Completion) -> str:
         if chunk.usage is None:
             return str(chunk.model_dump_json(exclude_none=True))
         return json.dumps(
-            self._public(chunk.model_dump(exclude_none=True)), separators=(",", ":"), ensure_ascii=False
+            self.public(chunk.model_dump(exclude_none=True)), separators=(",", ":"), ensure_ascii=False
         )
 
 
-async def _collect_chat(chunks: Any) -> ChatCompletion:
-    """The whole answer of a chat chunk stream (what :meth:`MTP.chat` returns)."""
-    parts: list[str] = []
-    final: ChatCompletionChunk | None = None
-    async with chunks:
-        async for chunk in chunks:
-            if chunk.choices[0].delta.content:
-                parts.append(chunk.choices[0].delta.content)
-            final = chunk
-    assert final is not None and final.usage is not None and final.mtp is not None
-    reason = final.choices[0].finish_reason
-    assert reason is not None
-    message = ChatCompletionMessage(content="".join(parts))
-    return ChatCompletion(
-        id=final.id,
-        created=final.created,
-        model=final.model,
-        choices=[ChatCompletionChoice(message=message, finish_reason=reason)],
-        usage=final.usage,
-        mtp=final.mtp,
+def _state(request: Request) -> ServerState:
+    state = request.app.state.server
+    assert isinstance(state, ServerState)
+    return state
+
+
+# ------------------------------------------------------------------ routes
+if FastAPI is not None:
+    router = APIRouter()
+    _key = [Depends(require_key)]
+
+    @router.get("/health")
+    async def health(request: Request) -> Any:
+        state = _state(request)
+        if state.mtp.closed:
+            return JSONResponse({"status": "closed"}, status_code=503)
+        if state.lifecycle.draining:
+            return JSONResponse({"status": "shutting down"}, status_code=503)
+        return {"status": "ok"}
+
+    @router.get("/metrics")
+    async def metrics(request: Request) -> Any:
+        state = _state(request)
+        return PlainTextResponse(state.metrics.render(state.mtp), media_type="text/plain; version=0.0.4")
+
+    @router.get("/v1/models", dependencies=_key)
+    async def models(request: Request) -> Any:
+        state = _state(request)
+        created = int(state.metrics.started)
+        return {
+            "object": "list",
+            "data": [{"id": state.alias, "object": "model", "created": created, "owned_by": "mtpstream"}],
+        }
+
+    @router.post(_CHAT, dependencies=_key)
+    async def chat_completions(request: Request) -> Response:
+        return await _endpoint(request, _CHAT, ChatBody.of, _chat_chunks)
+
+    @router.post(_COMPLETIONS, dependencies=_key)
+    async def completions(request: Request) -> Response:
+        return await _endpoint(request, _COMPLETIONS, CompletionBody.of, _completion_chunks)
+
+
+def _chat_chunks(state: ServerState, body: ChatBody) -> PreparingChatStream:
+    return state.mtp.stream_chat(
+        body.messages, chat_template=body.chat_template, model=state.alias, **body.options
     )
 
 
-async def _first(stream: Any) -> Any:
+def _completion_chunks(state: ServerState, body: CompletionBody) -> CompletionStream:
+    return CompletionStream(state.mtp.stream_events(body.prompt, **body.options), state.alias)
+
+
+async def _collect(chunks: Chunks) -> Result:
+    if isinstance(chunks, CompletionStream):
+        return await chunks.collect()
+    return await collect_chat(chunks)
+
+
+async def _endpoint(
+    request: Request,
+    endpoint: str,
+    parse: Callable[[dict[str, Any]], _Body],
+    make: Callable[[ServerState, _Body], Chunks],
+) -> Response:
+    """A generation call: the body, then admission (atomic), then the chunk stream
+    made off the event loop (templating, tokenization), then SSE or a whole result."""
+    state = _state(request)
+    try:
+        body = parse(await read_json(request, state.limits))
+        state.admission.take()
+    except Exception as exc:
+        return state.error(endpoint, exc)
+    handed_over = False
+    try:
+        chunks = await anyio.to_thread.run_sync(functools.partial(make, state, body), limiter=state.limiter())
+        if body.stream:
+            first = await whole(request, state.lifecycle, lambda: _first(chunks))
+            handed_over = True
+            return SSEResponse(chunks, first, state.render, state.lifecycle, _ended(state, endpoint))
+        result = await whole(request, state.lifecycle, lambda: _collect(chunks))
+        state.metrics.count(endpoint, 200)
+        return JSONResponse(state.public(result.model_dump(exclude_none=True)))
+    except Exception as exc:
+        return state.error(endpoint, exc)
+    finally:
+        if not handed_over:
+            state.admission.give_back()
+
+
+def _ended(state: ServerState, endpoint: str) -> Callable[[int], None]:
+    def done(status: int) -> None:
+        state.admission.give_back()
+        state.metrics.count(endpoint, status)
+
+    return done
+
+
+async def _first(stream: Chunks) -> ChatCompletionChunk | Completion:
     """The first item of a stream, so that a refused call (busy, bad prompt) is an HTTP
     error rather than an event inside a 200 response; the stream is closed on failure."""
     try:
@@ -236,33 +236,6 @@ async def _first(stream: Any) -> Any:
         with anyio.CancelScope(shield=True):
             await stream.aclose()
         raise
-
-
-def _stream_flag(body: dict[str, Any]) -> bool:
-    stream = body.get("stream")
-    if stream is None:
-        return False
-    if not isinstance(stream, bool):
-        raise InvalidOptionError(
-            f"invalid option 'stream': must be true or false (got {type(stream).__name__})", field="stream"
-        )
-    return stream
-
-
-def _options(body: dict[str, Any], exclude: tuple[str, ...]) -> dict[str, Any]:
-    return openai_options({k: v for k, v in body.items() if k not in exclude})
-
-
-def _prompt_of(prompt: Any) -> str | list[int]:
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        return prompt
-    raise InvalidOptionError(
-        "prompt must be a string, a list of one string, or a list of token ids", field="prompt"
-    )
 
 
 class _Metrics:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import IO, Any
+from typing import IO
 
 from pydantic import BaseModel, ConfigDict
 
@@ -68,44 +68,6 @@ class MTPStats(BaseModel):
     """Calls waiting for a free sequence."""
     state_bytes: int = 0
     """KV cache and recurrent state of the session's contexts, in bytes."""
-
-    @classmethod
-    def _from_native(cls, s: Any, calls: int, counts: Any, n_seq: int, state_bytes: int) -> MTPStats:
-        """From the engine's bound snapshot (iters and draft counters read together)."""
-        t_tot = s.t_total_us
-        other = max(0, t_tot - s.t_draft_us - s.t_verify_us - s.t_sample_us - s.t_ckpt_us)
-        decoded = max(0, s.tokens_emitted - calls)
-        timing = TimingUs.model_construct(
-            draft=s.t_draft_us,
-            verify=s.t_verify_us,
-            sample=s.t_sample_us,
-            ckpt=s.t_ckpt_us,
-            other=other,
-            total=t_tot,
-            prefill=s.t_prefill_us,
-        )
-        gen, acc = s.drafts_generated, s.drafts_accepted
-        return cls.model_construct(
-            iters=s.iters,
-            drafts_generated=gen,
-            drafts_accepted=acc,
-            acceptance_rate=acc / gen if gen else 0.0,
-            tokens_emitted=s.tokens_emitted,
-            tokens_per_sec=decoded / (t_tot / 1e6) if t_tot else 0.0,
-            timing_us=timing,
-            n_draft=s.n_draft,
-            prompt_tokens=s.prompt_tokens,
-            prompt_tokens_cached=s.prompt_tokens_cached,
-            checkpoints=s.checkpoints,
-            checkpoint_bytes=s.checkpoint_bytes,
-            rollback_fallbacks=s.rollback_fallbacks,
-            replayed_tokens=s.replayed_tokens,
-            context_switches=s.context_switches,
-            n_seq=n_seq,
-            active_sequences=counts.active,
-            queued=counts.queued,
-            state_bytes=state_bytes,
-        )
 
     def format(self) -> str:
         """A multi-line, human-readable summary (what ``print_stats`` prints)."""

@@ -1,0 +1,291 @@
+"""Every conversion between Python and the native extension, typed from ``_native.pyi``.
+
+Option structs (:func:`context_options`, :func:`generation_options`), events, usage
+and stats snapshots, the batch limits llama.cpp would abort on, and the one mapping
+of native errors (:class:`~mtpstream._native.ErrorCode`) to :class:`MTPError`
+subclasses, with llama.cpp's own error lines appended and ``.field`` kept.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+from . import _logging, _runtime, errors
+from ._loader import _native
+from .errors import GenerationError, InvalidOptionError, ModelLoadError, MTPError, SessionClosedError
+from .events import DoneEvent, EogEvent, Event, StatsEvent, TokenEvent
+from .options import GGML_TYPES, GenerationOptions, SessionOptions
+from .stats import MTPStats, TimingUs, Usage
+
+NativeError = _native.NativeError
+NativeModel = _native.Model
+NativeEngine = _native.Engine
+NativeJob = _native.Job
+NativeEvent = _native.Event
+EventKind = _native.EventKind
+ErrorCode = _native.ErrorCode
+
+# the one mapping of native error codes (native/status.hpp) to exception classes
+_ERRORS: dict[_native.ErrorCode, type[MTPError]] = {
+    ErrorCode.invalid_argument: errors.InvalidOptionError,
+    ErrorCode.model_load: errors.ModelLoadError,
+    ErrorCode.no_mtp_head: errors.NoMTPHeadError,
+    ErrorCode.context: errors.MTPError,
+    ErrorCode.context_overflow: errors.ContextOverflowError,
+    ErrorCode.generation: errors.GenerationError,
+    ErrorCode.closed: errors.SessionClosedError,
+    ErrorCode.busy: errors.SessionBusyError,
+}
+
+
+# ------------------------------------------------------------------ errors
+def error(exc: BaseException, *, llama_lines: bool = True, suffix: str = "") -> MTPError:
+    """The typed error of a ``NativeError(code, message, field)``: the class by its
+    :class:`ErrorCode`, the message with ``suffix`` and (``llama_lines``) llama.cpp's
+    own error lines logged meanwhile (e.g. a grammar parse error), ``.field`` kept."""
+    args: tuple[object, ...] = tuple(getattr(exc, "args", ()))
+    if len(args) == 3 and isinstance(args[0], ErrorCode):
+        cls = _ERRORS.get(args[0], MTPError)
+        message, field = str(args[1]) + suffix, str(args[2]) or None
+    else:
+        cls, message, field = MTPError, str(exc) + suffix, None
+    if llama_lines:
+        message = _logging.with_errors(message, _logging.flush())
+    if cls is InvalidOptionError:
+        return InvalidOptionError(message, field=field)
+    return cls(message)
+
+
+# ------------------------------------------------------------------ models and engines
+def load_model(
+    path: str,
+    n_gpu_layers: int | None,
+    load_mtp: bool,
+    use_mmap: bool,
+    repack: bool | None,
+    progress: Callable[[float], object] | None,
+    arch: str,
+) -> _native.Model:
+    """A native model; every failure a :class:`ModelLoadError` naming the architecture."""
+    _logging.sync_level()
+    try:
+        native = _native.Model.load(path, n_gpu_layers, load_mtp, use_mmap, repack, progress)
+    except _native.NativeError as exc:
+        raise ModelLoadError(str(error(exc, suffix=f" [architecture '{arch}']"))) from None
+    _logging.flush()
+    return native
+
+
+def create_engine(
+    model: _native.Model, draft: _native.Model | None, n_draft: int, auto: bool, opts: SessionOptions
+) -> _native.Engine:
+    """A native engine for a validated session (errors mapped, ``.field`` kept)."""
+    _logging.sync_level()
+    try:
+        engine = _native.Engine.create(model, draft, n_draft, auto, context_options(opts))
+    except _native.NativeError as exc:
+        raise error(exc) from None
+    _logging.flush()
+    return engine
+
+
+def submit(
+    engine: _native.Engine,
+    prompt: list[int],
+    opts: GenerationOptions,
+    wake_fd: int,
+    wait: bool,
+    capacity: int,
+    grammar_step_budget: float | None = None,
+) -> _native.Job:
+    """Submit one call; native code owns ``wake_fd`` once this returns or raises
+    :class:`MTPError` (a conversion error before that leaves it to the caller)."""
+    try:
+        native = generation_options(prompt, opts, stats=True, step_budget=grammar_step_budget)
+        return engine.submit(_runtime.get(), native, wake_fd, wait, capacity)
+    except _native.NativeError as exc:
+        raise error(exc) from None
+
+
+def cpu_offers_amx_buffer() -> bool:
+    return _native.cpu_offers_amx_buffer()
+
+
+def close_engine(engine: _native.Engine) -> None:
+    """Cancel the engine's calls, wait for the worker to let go, free its contexts."""
+    engine.close(_runtime.get())
+    _logging.flush()
+
+
+def tokenize(model: _native.Model, text: str, add_special: bool) -> list[int]:
+    """Token ids of ``text`` with special tokens parsed."""
+    return list(model.tokenize(text, add_special, True))
+
+
+# ------------------------------------------------------------------ options
+def generation_options(
+    prompt: list[int], o: GenerationOptions, *, stats: bool, step_budget: float | None = None
+) -> _native.GenerationOptions:
+    """The native engine's options for one call (bound struct, fields by name)."""
+    n = _native.GenerationOptions()
+    n.prompt = prompt
+    n.max_tokens = o.max_tokens
+    n.stop = list(o.stop)
+    n.emit_stats_every = o.emit_stats_every if stats else 0
+    n.cache_prompt = o.cache_prompt
+    s = _native.SamplingOptions()
+    s.temp = o.temp
+    s.top_k = o.top_k
+    s.top_p = o.top_p
+    s.min_p = o.min_p
+    s.seed = o.seed if o.seed is not None else int(_native.LLAMA_DEFAULT_SEED)
+    s.penalty_last_n = o.penalty_last_n
+    s.penalty_repeat = o.penalty_repeat
+    s.penalty_freq = o.penalty_freq
+    s.penalty_present = o.penalty_present
+    s.grammar = o.grammar or ""
+    # the engine's CPU-time budget per grammar step (0: none)
+    s.grammar_step_budget_us = max(1, round(step_budget * 1e6)) if step_budget else 0
+    n.sampling = s
+    return n
+
+
+def context_options(opts: SessionOptions) -> _native.ContextOptions:
+    """The native context options of a validated session (0 or -1: llama.cpp's default)."""
+    c = _native.ContextOptions()
+    c.n_ctx = opts.n_ctx
+    c.n_seq = opts.n_seq
+    c.n_batch = opts.n_batch or 0
+    c.n_ubatch = opts.n_ubatch or 0
+    c.n_threads = opts.n_threads or (os.cpu_count() or 1)
+    c.n_threads_batch = opts.n_threads_batch or opts.n_threads or (os.cpu_count() or 1)
+    c.flash_attn = -1 if opts.flash_attn is None else int(opts.flash_attn)
+    c.type_k = -1 if opts.type_k is None else GGML_TYPES[opts.type_k]
+    c.type_v = -1 if opts.type_v is None else GGML_TYPES[opts.type_v]
+    c.offload_kqv = -1 if opts.offload_kqv is None else int(opts.offload_kqv)
+    c.prompt_cache = opts.prompt_cache
+    c.checkpoint_bytes = opts.prompt_cache_checkpoint_bytes
+    c.rollback = _native.Rollback.replay if opts.rollback == "replay" else _native.Rollback.snapshots
+    return c
+
+
+def default_n_batch(n_ctx: int, n_seq: int, n_draft: int) -> int:
+    """``n_batch`` when not given: ``min(n_ctx * n_seq, max(512, n_seq * (n_draft + 1)))``
+    (as native ``Engine::create`` computes it)."""
+    return min(n_ctx * n_seq, max(512, n_seq * (n_draft + 1)))
+
+
+def check_batch(opts: SessionOptions, n_draft: int) -> None:
+    """The batch limits llama.cpp would abort on, named after the option to change."""
+    per_round = opts.n_seq * (n_draft + 1)  # every sequence's draft step in one MTP batch
+    n_batch = opts.n_batch or default_n_batch(opts.n_ctx, opts.n_seq, n_draft)
+    n_ubatch = opts.n_ubatch or n_batch
+    batch_field = "n_batch" if opts.n_batch else "n_ctx"
+    ubatch_field = "n_ubatch" if opts.n_ubatch else batch_field
+    if n_ubatch > n_batch:
+        raise InvalidOptionError(
+            f"n_ubatch ({n_ubatch}) must not exceed n_batch ({n_batch})", field=ubatch_field
+        )
+    if n_batch < n_draft + 1:
+        default = (
+            ""
+            if opts.n_batch
+            else " (n_batch defaults to min(n_ctx * n_seq, max(512, n_seq * (n_draft + 1)))"
+            f" with n_ctx={opts.n_ctx})"
+        )
+        raise InvalidOptionError(
+            f"n_batch ({n_batch}) must be at least n_draft + 1 ({n_draft + 1}){default}", field=batch_field
+        )
+    if n_draft > 0 and opts.n_seq > 1 and n_batch < per_round:
+        raise InvalidOptionError(
+            f"n_batch ({n_batch}) must be at least n_seq * (n_draft + 1) ({per_round}) so that every "
+            "sequence's draft step fits one batch",
+            field=batch_field,
+        )
+    if n_draft > 0 and n_ubatch < n_draft + 2:
+        raise InvalidOptionError(
+            f"n_ubatch ({n_ubatch}) must be at least n_draft + 2 ({n_draft + 2}) for recurrent-state "
+            "rollback; raise n_ubatch/n_ctx or lower n_draft",
+            field=ubatch_field,
+        )
+
+
+# ------------------------------------------------------------------ results
+def usage(u: _native.Usage) -> Usage:
+    return Usage(
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
+        drafts_generated=u.drafts_generated,
+        drafts_accepted=u.drafts_accepted,
+        cached_tokens=u.cached_tokens,
+    )
+
+
+def stats(engine: _native.Engine, calls: int) -> MTPStats:
+    """The engine's counters as one consistent :class:`MTPStats` (lock-free)."""
+    s = engine.stats()
+    counts = engine.sequences(_runtime.get())
+    t_tot = s.t_total_us
+    other = max(0, t_tot - s.t_draft_us - s.t_verify_us - s.t_sample_us - s.t_ckpt_us)
+    decoded = max(0, s.tokens_emitted - calls)
+    timing = TimingUs.model_construct(
+        draft=s.t_draft_us,
+        verify=s.t_verify_us,
+        sample=s.t_sample_us,
+        ckpt=s.t_ckpt_us,
+        other=other,
+        total=t_tot,
+        prefill=s.t_prefill_us,
+    )
+    gen, acc = s.drafts_generated, s.drafts_accepted
+    return MTPStats.model_construct(
+        iters=s.iters,
+        drafts_generated=gen,
+        drafts_accepted=acc,
+        acceptance_rate=acc / gen if gen else 0.0,
+        tokens_emitted=s.tokens_emitted,
+        tokens_per_sec=decoded / (t_tot / 1e6) if t_tot else 0.0,
+        timing_us=timing,
+        n_draft=s.n_draft,
+        prompt_tokens=s.prompt_tokens,
+        prompt_tokens_cached=s.prompt_tokens_cached,
+        checkpoints=s.checkpoints,
+        checkpoint_bytes=s.checkpoint_bytes,
+        rollback_fallbacks=s.rollback_fallbacks,
+        replayed_tokens=s.replayed_tokens,
+        context_switches=s.context_switches,
+        n_seq=engine.n_seq,
+        active_sequences=counts.active,
+        queued=counts.queued,
+        state_bytes=engine.state_bytes,
+    )
+
+
+def is_terminal(ev: _native.Event) -> bool:
+    return ev.kind not in (EventKind.token, EventKind.stats)
+
+
+def is_cancelled(ev: _native.Event) -> bool:
+    return ev.kind == EventKind.cancelled
+
+
+def event(ev: _native.Event, stats_now: Callable[[], MTPStats]) -> Event:
+    """The Python event of a native one; an error or a cancellation raises."""
+    kind = ev.kind
+    if kind == EventKind.token:
+        return TokenEvent(ev.token, ev.text.decode("utf-8"))
+    if kind == EventKind.stats:
+        return StatsEvent(stats_now())
+    if kind == EventKind.cancelled:
+        # only reachable if someone else cancelled this job (e.g. session.close())
+        raise SessionClosedError("the generation was cancelled because the session was closed")
+    if kind == EventKind.error:
+        raise GenerationError(ev.error or "generation failed")
+    if kind == EventKind.eog:
+        return EogEvent(stats_now(), usage(ev.usage), ev.token, ev.text.decode("utf-8"))
+    return DoneEvent(stats_now(), usage(ev.usage), ev.finish_reason, ev.text.decode("utf-8"))  # type: ignore[arg-type]
+
+
+def drain(job: _native.Job) -> Sequence[_native.Event]:
+    return job.drain()
