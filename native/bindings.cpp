@@ -34,10 +34,13 @@ PyObject * native_error_type = nullptr;
 
 // Interpreter exit. A thread that takes the GIL back once the interpreter is
 // finalizing (a daemon thread still inside a native call at exit) is
-// pthread_exit()ed by Python; that unwind through C++ frames ends in std::terminate
-// (SIGABRT). So once exit has begun (begin_exit(), from an atexit handler, before
-// finalization), a thread leaving a native call parks instead of taking the GIL
-// back, and begin_exit() waits until no thread is inside llama.cpp any more.
+// pthread_exit()ed by Python; that unwind through C++ frames (ours, nanobind's
+// catch (...)) ends in std::terminate (SIGABRT). So exit begins with begin_exit()
+// (from an atexit handler, before finalization), which waits, GIL released, until no
+// thread is inside a native call. A thread stays counted in g_in_native until it
+// holds the GIL again, so that wait also covers a thread already on its way back
+// to the GIL; once exit has begun, a thread parks instead of entering llama.cpp or
+// taking the GIL back.
 std::atomic<bool> g_exiting{false};
 std::atomic<int> g_in_native{0};
 
@@ -57,19 +60,29 @@ bool exiting() { return g_exiting.load() || interpreter_finalizing(); }
     }
 }
 
-// nb::gil_scoped_release that never takes the GIL back once exit has begun.
+// nb::gil_scoped_release for calls into llama.cpp that never starts one once exit
+// has begun and never takes the GIL back where finalization could kill the thread.
 class ReleaseGil {
 public:
     ReleaseGil() {
+        // begin_exit() sets g_exiting holding the GIL, as this thread does now, so
+        // this check cannot race with it
+        if (g_exiting.load()) {
+            (void) PyEval_SaveThread();
+            park_forever();
+        }
         g_in_native.fetch_add(1);
         state_ = PyEval_SaveThread();
     }
     ~ReleaseGil() {
-        g_in_native.fetch_sub(1);
         if (exiting()) {
+            g_in_native.fetch_sub(1);
             park_forever();
         }
+        // still counted: a begin_exit() that starts now waits (GIL released) until
+        // this thread has the GIL back, so finalization cannot catch it in take_gil
         PyEval_RestoreThread(state_);
+        g_in_native.fetch_sub(1);
     }
     ReleaseGil(const ReleaseGil &) = delete;
     ReleaseGil & operator=(const ReleaseGil &) = delete;
@@ -79,7 +92,7 @@ private:
 };
 
 // Start exiting and wait (GIL released, at most timeout_s) until no other thread is
-// inside a native call; true if none is.
+// inside a native call or on its way back to the GIL; true if none is.
 bool begin_exit(double timeout_s) {
     g_exiting.store(true);
     PyThreadState * st = PyEval_SaveThread();
@@ -119,6 +132,9 @@ ModelHandle load_model(const std::string & path, std::optional<int> n_gpu_layers
     opts.use_mmap = use_mmap;
     opts.repack = repack;
     std::optional<nb::python_error> callback_error;
+    // a load in progress when the interpreter exits stops at the next progress report,
+    // so begin_exit() never waits long for it
+    opts.progress = [](float) { return !exiting(); };
     if (progress.has_value()) {
         nb::callable cb = *progress;
         opts.progress = [cb, &callback_error](float p) -> bool {
@@ -216,7 +232,11 @@ NB_MODULE(_native, m) {
         .def("meta", [](const ModelHandle & h, const std::string & k) { return h.p->meta(k); }, "key"_a)
         .def("is_eog", [](const ModelHandle & h, int t) { return h.p->is_eog(t); }, "token"_a)
         .def("tokenize", [](const ModelHandle & h, const std::string & text, bool add_special, bool parse_special) {
-            return h.p->tokenize(text, add_special, parse_special);
+            // the text is a C++ copy and the model is held here: long prompts tokenize
+            // without holding the GIL (the server's event loop keeps running)
+            const std::shared_ptr<Model> model = h.p;
+            ReleaseGil release;
+            return model->tokenize(text, add_special, parse_special);
         }, "text"_a, "add_special"_a, "parse_special"_a)
         .def("detokenize", [](const ModelHandle & h, const std::vector<llama_token> & ids) {
             const std::string text = h.p->detokenize(ids);

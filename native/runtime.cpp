@@ -83,6 +83,9 @@ void Runtime::cancel_and_wait(const Engine * engine) {
     }
     sched_->work.notify_all();
     sched_->idle.wait(lock, [&] {
+        if (sched_->worker_done) {
+            return true;  // nothing will end them any more
+        }
         for (const auto & job : sched_->jobs) {
             if (job->engine_id() == engine) {
                 return false;
@@ -150,14 +153,15 @@ void Runtime::loop() {
     for (;;) {
         {
             std::unique_lock<std::mutex> lock(sched_->mutex);
+            // after stop, the jobs left (all cancelled by shutdown()) are stepped once
+            // more, which ends each with its cancelled event and frees its sequence
             sched_->work.wait(lock, [&] {
-                if (sched_->stop) {
-                    return true;
-                }
                 picked = pick_locked();
-                return !picked.empty();
+                return !picked.empty() || sched_->stop;
             });
-            if (sched_->stop) {
+            if (picked.empty()) {
+                sched_->worker_done = true;
+                sched_->idle.notify_all();
                 return;
             }
             const uint64_t tick = ++sched_->tick;

@@ -31,6 +31,7 @@ struct Scheduler {
     std::list<std::shared_ptr<Job>> jobs;
     uint64_t tick = 0;
     bool stop = false;
+    bool worker_done = false;  // the worker has returned (after stop)
 };
 
 class Runtime {
