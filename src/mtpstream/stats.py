@@ -3,11 +3,43 @@
 from __future__ import annotations
 
 import sys
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
+from ._loader import _native
+
 __all__ = ["MTPStats", "TimingUs", "Usage"]
+
+
+class StatsField(NamedTuple):
+    """One session counter of the native engine (``native/stats.hpp``'s field list).
+
+    ``kind`` is ``"counter"`` (only grows), ``"gauge"`` (a current value) or ``"time"``
+    (microseconds of a phase, only grows, in :attr:`MTPStats.timing_us`); ``metric``
+    is its ``/metrics`` series (after ``mtpstream_``).
+    """
+
+    name: str
+    kind: str
+    metric: str
+    help: str
+
+    @property
+    def timing_key(self) -> str:
+        """The :class:`TimingUs` field of a ``"time"`` counter (``t_draft_us``: ``draft``)."""
+        return self.name.removeprefix("t_").removesuffix("_us")
+
+    def value(self, stats: MTPStats) -> int:
+        """This counter's value in ``stats``."""
+        if self.kind == "time":
+            return int(getattr(stats.timing_us, self.timing_key))
+        return int(getattr(stats, self.name))
+
+
+STATS_FIELDS: tuple[StatsField, ...] = tuple(StatsField(*f) for f in _native.STATS_FIELDS)
+"""The native counters, in the engine's order: what :meth:`MTPStats._from_native`
+copies and the server's ``/metrics`` exports."""
 
 
 class TimingUs(BaseModel):
@@ -72,35 +104,24 @@ class MTPStats(BaseModel):
     @classmethod
     def _from_native(cls, s: Any, calls: int, counts: Any, n_seq: int, state_bytes: int) -> MTPStats:
         """From the engine's bound snapshot (iters and draft counters read together)."""
-        t_tot = s.t_total_us
-        other = max(0, t_tot - s.t_draft_us - s.t_verify_us - s.t_sample_us - s.t_ckpt_us)
-        decoded = max(0, s.tokens_emitted - calls)
-        timing = TimingUs.model_construct(
-            draft=s.t_draft_us,
-            verify=s.t_verify_us,
-            sample=s.t_sample_us,
-            ckpt=s.t_ckpt_us,
-            other=other,
-            total=t_tot,
-            prefill=s.t_prefill_us,
+        values: dict[str, Any] = {}
+        timing: dict[str, Any] = {}
+        for f in STATS_FIELDS:
+            if f.kind == "time":
+                timing[f.timing_key] = int(getattr(s, f.name))
+            else:
+                values[f.name] = int(getattr(s, f.name))
+        t_tot = timing["total"]
+        timing["other"] = max(
+            0, t_tot - timing["draft"] - timing["verify"] - timing["sample"] - timing["ckpt"]
         )
-        gen, acc = s.drafts_generated, s.drafts_accepted
+        decoded = max(0, values["tokens_emitted"] - calls)
+        gen, acc = values["drafts_generated"], values["drafts_accepted"]
         return cls.model_construct(
-            iters=s.iters,
-            drafts_generated=gen,
-            drafts_accepted=acc,
+            **values,
             acceptance_rate=acc / gen if gen else 0.0,
-            tokens_emitted=s.tokens_emitted,
             tokens_per_sec=decoded / (t_tot / 1e6) if t_tot else 0.0,
-            timing_us=timing,
-            n_draft=s.n_draft,
-            prompt_tokens=s.prompt_tokens,
-            prompt_tokens_cached=s.prompt_tokens_cached,
-            checkpoints=s.checkpoints,
-            checkpoint_bytes=s.checkpoint_bytes,
-            rollback_fallbacks=s.rollback_fallbacks,
-            replayed_tokens=s.replayed_tokens,
-            context_switches=s.context_switches,
+            timing_us=TimingUs.model_construct(**timing),
             n_seq=n_seq,
             active_sequences=counts.active,
             queued=counts.queued,
