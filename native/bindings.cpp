@@ -23,6 +23,7 @@
 #include "log_bridge.hpp"
 #include "model.hpp"
 #include "runtime.hpp"
+#include "stats.hpp"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -174,6 +175,20 @@ ModelHandle load_model(const std::string & path, std::optional<int> n_gpu_layers
 
 std::vector<Event> drain_job(JobHandle & job) { return job.p->drain(); }
 
+// StatsSnapshot, one read-only attribute per field of stats.hpp's list, and the list
+// itself as STATS_FIELDS: (name, kind, metric, help) tuples in the list's order.
+void bind_stats(nb::module_ & m) {
+    nb::class_<StatsSnapshot> cls(m, "StatsSnapshot");
+#define MTPSTREAM_STATS_BIND(name, type, kind, metric, help) cls.def_ro(#name, &StatsSnapshot::name);
+    MTPSTREAM_STATS_FIELDS(MTPSTREAM_STATS_BIND)
+#undef MTPSTREAM_STATS_BIND
+    nb::list fields;
+    for (const StatsField & f : kStatsFields) {
+        fields.append(nb::make_tuple(f.name, f.kind, f.metric, f.help));
+    }
+    m.attr("STATS_FIELDS") = nb::tuple(fields);
+}
+
 }  // namespace
 
 NB_MODULE(_native, m) {
@@ -196,13 +211,7 @@ NB_MODULE(_native, m) {
         .value("busy", ErrorCode::busy);
     m.attr("LLAMA_DEFAULT_SEED") = static_cast<uint32_t>(LLAMA_DEFAULT_SEED);
 
-    m.def("llama_backend_info", [] { return std::string(llama_print_system_info()); });
     m.def("cpu_offers_amx_buffer", &cpu_offers_amx_buffer);
-    m.def("llama_supports_gpu_offload", [] { return llama_supports_gpu_offload(); });
-    m.def("llama_max_devices", [] { return static_cast<int64_t>(llama_max_devices()); });
-    m.def("llama_model_load_from_file_address",
-          [] { return reinterpret_cast<uintptr_t>(&llama_model_load_from_file); },
-          "Address of llama_model_load_from_file in the libllama this module uses.");
 
     nb::class_<LogBridge>(m, "LogBridge")
         .def(nb::init<>())
@@ -218,7 +227,6 @@ NB_MODULE(_native, m) {
         .def_prop_ro("repack", [](const ModelHandle & h) { return h.p->repack(); })
         .def_prop_ro("n_vocab", [](const ModelHandle & h) { return h.p->n_vocab(); })
         .def_prop_ro("n_embd", [](const ModelHandle & h) { return h.p->n_embd(); })
-        .def_prop_ro("n_embd_out", [](const ModelHandle & h) { return h.p->n_embd_out(); })
         .def_prop_ro("n_layer", [](const ModelHandle & h) { return h.p->n_layer(); })
         .def_prop_ro("n_layer_nextn", [](const ModelHandle & h) { return h.p->n_layer_nextn(); })
         .def_prop_ro("n_ctx_train", [](const ModelHandle & h) { return h.p->n_ctx_train(); })
@@ -229,7 +237,6 @@ NB_MODULE(_native, m) {
         .def_prop_ro("bos", [](const ModelHandle & h) { return h.p->bos(); })
         .def_prop_ro("eos", [](const ModelHandle & h) { return h.p->eos(); })
         .def("metadata", [](const ModelHandle & h) { return h.p->metadata(); })
-        .def("meta", [](const ModelHandle & h, const std::string & k) { return h.p->meta(k); }, "key"_a)
         .def("is_eog", [](const ModelHandle & h, int t) { return h.p->is_eog(t); }, "token"_a)
         .def("tokenize", [](const ModelHandle & h, const std::string & text, bool add_special, bool parse_special) {
             // the text is a C++ copy and the model is held here: long prompts tokenize
@@ -250,7 +257,6 @@ NB_MODULE(_native, m) {
 
     nb::class_<Runtime>(m, "Runtime")
         .def(nb::init<>())
-        .def("pending", [](const Runtime & rt, const EngineHandle & e) { return rt.pending(e.p.get()); })
         .def("shutdown", [](Runtime & rt) {
             nb::gil_scoped_release release;  // from the atexit handler, before begin_exit()
             rt.shutdown();
@@ -294,25 +300,7 @@ NB_MODULE(_native, m) {
         .def_ro("usage", &Event::usage)
         .def_ro("error", &Event::error);
 
-    nb::class_<StatsSnapshot>(m, "StatsSnapshot")
-        .def_ro("iters", &StatsSnapshot::iters)
-        .def_ro("drafts_generated", &StatsSnapshot::drafts_generated)
-        .def_ro("drafts_accepted", &StatsSnapshot::drafts_accepted)
-        .def_ro("tokens_emitted", &StatsSnapshot::tokens_emitted)
-        .def_ro("prompt_tokens", &StatsSnapshot::prompt_tokens)
-        .def_ro("prompt_tokens_cached", &StatsSnapshot::prompt_tokens_cached)
-        .def_ro("checkpoints", &StatsSnapshot::checkpoints)
-        .def_ro("checkpoint_bytes", &StatsSnapshot::checkpoint_bytes)
-        .def_ro("rollback_fallbacks", &StatsSnapshot::rollback_fallbacks)
-        .def_ro("replayed_tokens", &StatsSnapshot::replayed_tokens)
-        .def_ro("context_switches", &StatsSnapshot::context_switches)
-        .def_ro("t_draft_us", &StatsSnapshot::t_draft_us)
-        .def_ro("t_verify_us", &StatsSnapshot::t_verify_us)
-        .def_ro("t_sample_us", &StatsSnapshot::t_sample_us)
-        .def_ro("t_ckpt_us", &StatsSnapshot::t_ckpt_us)
-        .def_ro("t_prefill_us", &StatsSnapshot::t_prefill_us)
-        .def_ro("t_total_us", &StatsSnapshot::t_total_us)
-        .def_ro("n_draft", &StatsSnapshot::n_draft);
+    bind_stats(m);
 
     nb::class_<Runtime::Counts>(m, "SequenceCounts")
         .def_ro("active", &Runtime::Counts::active)
@@ -407,8 +395,8 @@ NB_MODULE(_native, m) {
                     }
                     raise_status(st);
                 }
-                auto job = std::make_shared<Job>(self, rt.scheduler(), std::move(gen), wake_fd,
-                                                 static_cast<std::size_t>(capacity));
+                auto job = std::make_shared<Job>(self, std::move(gen), wake_fd, static_cast<std::size_t>(capacity),
+                                                 self->events_per_step(), rt.worker_waker());
                 st = rt.submit(job, wait);
                 if (!st.ok()) {
                     raise_status(st);

@@ -24,18 +24,6 @@ namespace mtpstream {
 
 namespace {
 
-llama_token argmax(const float * logits, int32_t n) {
-    llama_token best = 0;
-    float best_v = logits[0];
-    for (int32_t i = 1; i < n; ++i) {
-        if (logits[i] > best_v) {
-            best_v = logits[i];
-            best = i;
-        }
-    }
-    return best;
-}
-
 template <typename Pred>
 std::vector<Lane *> select(std::vector<Lane> & lanes, Pred pred) {
     std::vector<Lane *> out;
@@ -111,11 +99,11 @@ bool Engine::move_for_auto(Lane & lane) {
         SessionStats::add(stats_.context_switches, 1);
     } else if (!ok) {
         SessionStats::add(stats_.rollback_fallbacks, 1);
-        ok = rebuild_memory(*lane.g);
+        ok = rebuild_memory(*lane.job);
     }
     SessionStats::add(stats_.t_ckpt_us, elapsed(t0));
     if (!ok) {
-        finish(*lane.job, EventKind::error, "", -1, "could not move the sequence back to the target context");
+        end_rebuilt(*lane.job, "could not move the sequence back to the target context");
     }
     return ok;
 }
@@ -128,7 +116,7 @@ bool Engine::draft_catch_up(std::vector<Lane> & lanes) {
     auto need = [&](const Lane * l) { return static_cast<int64_t>(l->g->pending_tok.size()) + 1; };
     int64_t total = 0;
     for (Lane * lane : speculating) {
-        if (static_cast<int32_t>(lane->g->pending_tok.size()) + n_draft_ + 2 > n_batch_ && !flush_pending(*lane->g)) {
+        if (static_cast<int32_t>(lane->g->pending_tok.size()) + n_draft_ + 2 > n_batch_ && !flush_pending(*lane->job)) {
             fail_lanes({lane}, -1, "draft");
             return false;
         }
@@ -145,7 +133,7 @@ bool Engine::draft_catch_up(std::vector<Lane> & lanes) {
             break;  // nothing left to flush (n_batch >= n_seq * (n_draft + 1) is checked at creation)
         }
         total -= need(largest) - 1;
-        if (!flush_pending(*largest->g)) {
+        if (!flush_pending(*largest->job)) {
             fail_lanes({largest}, -1, "draft");
             return false;
         }
@@ -177,45 +165,13 @@ void Engine::draft_phase(std::vector<Lane> & lanes) {
         k_most = std::max(k_most, lane->k);
     }
     for (int32_t j = 0; j < k_most; ++j) {
-        const int32_t rc = decode(ctx_dft_.get(), *batch_dft_, true, jobs_of(drafting));
-        if (rc != 0) {
-            fail_lanes(drafting, rc, "draft");
-            drafting.clear();
-            break;
-        }
-        batch_dft_->clear();
-        for (Lane * lane : drafting) {
-            Generation & g = *lane->g;
-            if (j == 0) {
-                g.pending_tok.clear();
-                g.pending_h.clear();
-                g.pending_pos = g.n_past + 1;
-            }
-            if (j >= lane->k) {
-                continue;
-            }
-            const float * logits = llama_get_logits_ith(ctx_dft_.get(), lane->draft_idx);
-            const float * h = llama_get_embeddings_nextn_ith(ctx_dft_.get(), lane->draft_idx);
-            if (logits == nullptr || h == nullptr) {
-                finish(*lane->job, EventKind::error, "", -1, "the MTP head produced no output");
-                lane->ended = true;
-                continue;
-            }
-            const llama_token d = argmax(logits, n_vocab_);
-            lane->drafts.push_back(d);
-            if (j + 1 < lane->k) {
-                lane->draft_idx = batch_dft_->add(d, g.n_past + 1 + j, g.seq, true, h);
-            }
-        }
-        drafting.erase(std::remove_if(drafting.begin(), drafting.end(), [](const Lane * l) { return l->ended; }),
-                       drafting.end());
-        if (batch_dft_->size() == 0) {
+        if (!draft_step(drafting, j)) {
             break;
         }
     }
     for (Lane * lane : drafting) {
         if (lane->k >= 2 && !llama_memory_seq_rm(llama_get_memory(ctx_dft_.get()), lane->g->seq, lane->g->n_past + 1, -1)) {
-            finish(*lane->job, EventKind::error, "", -1, "could not remove draft cells from the MTP context");
+            fail(*lane->job, "could not remove draft cells from the MTP context");
             lane->ended = true;
         }
     }
@@ -224,6 +180,45 @@ void Engine::draft_phase(std::vector<Lane> & lanes) {
     for (Lane * lane : drafting) {
         lane->t_draft_us = static_cast<double>(t_draft);
     }
+}
+
+// Draft step j: decode the batch prepared for it (the catch-up pairs too at j == 0),
+// take every drafting lane's next draft and queue its next step. Lanes that end
+// leave `drafting` (all of them when the decode fails). False: no step follows.
+bool Engine::draft_step(std::vector<Lane *> & drafting, int32_t j) {
+    const int32_t rc = decode(ctx_dft_.get(), *batch_dft_, true, jobs_of(drafting));
+    if (rc != 0) {
+        fail_lanes(drafting, rc, "draft");
+        drafting.clear();
+        return false;
+    }
+    batch_dft_->clear();
+    for (Lane * lane : drafting) {
+        Generation & g = *lane->g;
+        if (j == 0) {
+            g.pending_tok.clear();
+            g.pending_h.clear();
+            g.pending_pos = g.n_past + 1;
+        }
+        if (j >= lane->k) {
+            continue;
+        }
+        const float * logits = Sampler::logits(ctx_dft_.get(), lane->draft_idx);
+        const float * h = llama_get_embeddings_nextn_ith(ctx_dft_.get(), lane->draft_idx);
+        if (logits == nullptr || h == nullptr) {
+            fail(*lane->job, "the MTP head produced no output");
+            lane->ended = true;
+            continue;
+        }
+        const llama_token d = greedy_token(logits, n_vocab_);
+        lane->drafts.push_back(d);
+        if (j + 1 < lane->k) {
+            lane->draft_idx = batch_dft_->add(d, g.n_past + 1 + j, g.seq, true, h);
+        }
+    }
+    drafting.erase(std::remove_if(drafting.begin(), drafting.end(), [](const Lane * l) { return l->ended; }),
+                   drafting.end());
+    return batch_dft_->size() > 0;
 }
 
 // The verify batches: lanes in order, as many per target decode as n_batch holds.
@@ -329,7 +324,7 @@ bool Engine::accept_lane(Lane & lane) {
         llama_token tok = -1;
         if (!sample(g, tgt, lane.verify_idx + i, tok, error)) {
             if (i == 0) {
-                finish(*lane.job, EventKind::error, "", -1, error);
+                fail(*lane.job, error);
                 return false;
             }
             // the drafts before i were accepted: the last of them becomes the target's
@@ -359,7 +354,7 @@ bool Engine::accept_lane(Lane & lane) {
     for (int32_t i = 0; i <= n_acc; ++i) {
         const float * h = llama_get_embeddings_nextn_ith(tgt, lane.verify_idx + i);
         if (h == nullptr) {
-            finish(*lane.job, EventKind::error, "", -1, "the target exported no hidden row");
+            fail(*lane.job, "the target exported no hidden row");
             return false;
         }
         if (i < n_acc) {
@@ -391,8 +386,8 @@ bool Engine::rollback_lane(Lane & lane) {
         return true;
     }
     SessionStats::add(stats_.rollback_fallbacks, 1);
-    if (!rebuild_memory(g)) {
-        finish(*lane.job, EventKind::error, "", -1, "could not rebuild the context after a failed rollback");
+    if (!rebuild_memory(*lane.job)) {
+        end_rebuilt(*lane.job, "could not rebuild the context after a failed rollback");
         return false;
     }
     return true;

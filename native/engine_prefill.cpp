@@ -1,6 +1,8 @@
 // Prompt processing: a new call claims a sequence, then reads its prompt one
 // n_batch chunk per step (so cancellation and the other sequences get a turn
-// between chunks), feeding the target and the MTP draft context.
+// between chunks), feeding the target and the MTP draft context. Also the other
+// catch-up decodes of a sequence: the draft context's pending pairs, the tokens
+// Rollback::replay left to decode again, and a memory rebuilt from the history.
 #include <algorithm>
 #include <cstring>
 
@@ -13,19 +15,16 @@ namespace mtpstream {
 
 void Engine::begin(Job & job) {
     Generation & g = job.generation();
-    if (!claim_seq(g)) {
+    if (!pool_->claim(g)) {
         // the runtime never runs more than n_seq jobs of a session at once
-        finish(job, EventKind::error, "", -1, "no free sequence slot (internal error)");
+        fail(job, "no free sequence slot (internal error)");
         return;
     }
     if (plain_) {
         // a reused state lives on the main target context
         plain_->begin(g.cached == 0);
     }
-    llama_sampler_reset(g.sampler.get());
-    if (g.grammar) {
-        llama_sampler_reset(g.grammar.get());
-    }
+    g.sampler->reset();
     g.t_start_us = now_us();
     SessionStats::add(stats_.prompt_tokens, g.opts.prompt.size());
     if (g.cached == 0) {
@@ -36,24 +35,29 @@ void Engine::begin(Job & job) {
     // MTP context has caught up on the pairs the last call left
     SessionStats::add(stats_.prompt_tokens_cached, static_cast<uint64_t>(g.cached));
     g.prefill_pos = static_cast<size_t>(g.cached);
-    if (ctx_dft_ && !g.pending_tok.empty() && !flush_pending(g)) {
-        finish(job, EventKind::error, "", -1, "llama_decode failed on the draft context");
+    if (ctx_dft_ && !g.pending_tok.empty() && !flush_pending(job)) {
+        if (job.cancel_requested()) {
+            finish_cancelled(job);
+        } else {
+            fail(job, "llama_decode failed on the draft context");
+        }
         return;
     }
-    if (checkpoint_position(g) == g.cached) {
-        take_checkpoint(g);
+    if (pool_->checkpoint_position(g) == g.cached) {
+        pool_->take_checkpoint(g, live());
     }
 }
 
-bool Engine::prefill_tokens(Generation & g, const llama_token * tokens, int32_t n, int32_t pos0,
-                            bool want_logits, bool defer_draft) {
+bool Engine::prefill_tokens(Job & job, const llama_token * tokens, int32_t n, int32_t pos0, bool want_logits,
+                            bool defer_draft) {
+    Generation & g = job.generation();
     for (int32_t off = 0; off < n; off += n_batch_) {
         const int32_t m = std::min(n_batch_, n - off);
         batch_tgt_->clear();
         for (int32_t i = 0; i < m; ++i) {
             batch_tgt_->add(tokens[off + i], pos0 + off + i, g.seq, want_logits && off + i == n - 1);
         }
-        if (llama_decode(live(), batch_tgt_->view(false)) != 0) {
+        if (decode(live(), *batch_tgt_, false, {&job}) != 0) {
             return false;
         }
         if (!ctx_dft_) {
@@ -81,7 +85,7 @@ bool Engine::prefill_tokens(Generation & g, const llama_token * tokens, int32_t 
             for (int32_t i = 0; i < m; ++i) {
                 batch_dft_->add(tokens[off + i], pos0 + off + i, g.seq, false, row(i));
             }
-            if (llama_decode(ctx_dft_.get(), batch_dft_->view(true)) != 0) {
+            if (decode(ctx_dft_.get(), *batch_dft_, true, {&job}) != 0) {
                 return false;
             }
         }
@@ -96,7 +100,7 @@ void Engine::prefill_step(Job & job) {
     const auto n_prompt = static_cast<int32_t>(g.opts.prompt.size());
     const int64_t t0 = now_us();
     const int32_t pos = static_cast<int32_t>(g.prefill_pos);
-    const int32_t at = checkpoint_position(g);
+    const int32_t at = pool_->checkpoint_position(g);
     int32_t m = std::min(n_batch_, n_prompt - pos);
     if (pos < at && at < pos + m) {
         m = at - pos;  // the chunk ends at the checkpoint
@@ -104,22 +108,20 @@ void Engine::prefill_step(Job & job) {
     const bool last_chunk = pos + m == n_prompt;
     // the last chunk's draft-context work waits until the first token is out
     // (time to first token stays that of plain decoding)
-    abort_flags_.assign(1, &job.cancel_flag());
-    const bool ok = prefill_tokens(g, g.opts.prompt.data() + pos, m, pos, last_chunk, last_chunk);
-    abort_flags_.clear();
+    const bool ok = prefill_tokens(job, g.opts.prompt.data() + pos, m, pos, last_chunk, last_chunk);
     SessionStats::add(stats_.t_prefill_us, elapsed(t0));
     if (!ok) {
         if (job.cancel_requested()) {
             finish_cancelled(job);
         } else {
-            finish(job, EventKind::error, "", -1, "llama_decode failed while processing the prompt");
+            fail(job, "llama_decode failed while processing the prompt");
         }
         return;
     }
     g.prefill_pos += static_cast<size_t>(m);
     if (!last_chunk) {
-        if (static_cast<int32_t>(g.prefill_pos) == at || boundary_checkpoint(g)) {
-            take_checkpoint(g);
+        if (static_cast<int32_t>(g.prefill_pos) == at || pool_->boundary_checkpoint(g)) {
+            pool_->take_checkpoint(g, live());
         }
         return;
     }
@@ -129,7 +131,7 @@ void Engine::prefill_step(Job & job) {
     const bool sampled = sample(g, live(), m - 1, first, error);
     SessionStats::add(stats_.t_sample_us, elapsed(ts));
     if (!sampled) {
-        finish(job, EventKind::error, "", -1, error);
+        fail(job, error);
         return;
     }
     g.history = g.opts.prompt;
@@ -143,7 +145,9 @@ void Engine::prefill_step(Job & job) {
     emit_token(job, first, ended);
 }
 
-bool Engine::flush_pending(Generation & g) {
+// Feed the (token, hidden row) pairs the MTP context has not seen yet.
+bool Engine::flush_pending(Job & job) {
+    Generation & g = job.generation();
     const auto n = static_cast<int32_t>(g.pending_tok.size());
     for (int32_t off = 0; off < n; off += n_batch_) {
         const int32_t m = std::min(n_batch_, n - off);
@@ -152,7 +156,7 @@ bool Engine::flush_pending(Generation & g) {
             batch_dft_->add(g.pending_tok[static_cast<size_t>(off + i)], g.pending_pos + off + i, g.seq, false,
                             &g.pending_h[static_cast<size_t>(off + i) * n_embd_]);
         }
-        if (llama_decode(ctx_dft_.get(), batch_dft_->view(true)) != 0) {
+        if (decode(ctx_dft_.get(), *batch_dft_, true, {&job}) != 0) {
             return false;
         }
     }
@@ -173,30 +177,39 @@ void Engine::add_replay(Generation & g) {
 }
 
 // Decode them on their own (before the memory is kept for the next call).
-bool Engine::flush_replay(Generation & g) {
+bool Engine::flush_replay(Job & job) {
+    Generation & g = job.generation();
     if (g.replay.empty()) {
         return true;
     }
     batch_tgt_->clear();
     add_replay(g);
-    if (llama_decode(ctx_tgt_.get(), batch_tgt_->view(false)) != 0) {
+    if (decode(ctx_tgt_.get(), *batch_tgt_, false, {&job}) != 0) {
         return false;
     }
     g.replay.clear();
     return true;
 }
 
-bool Engine::rebuild_memory(Generation & g) {
+// Read the sequence's whole history again into cleared memory (a rollback or a
+// context move that failed). False: the memory is lost, checkpoints included.
+bool Engine::rebuild_memory(Job & job) {
+    Generation & g = job.generation();
     if (plain_) {
         plain_->deactivate();  // the plain context is cleared whenever the sequence moves there
     }
-    clear_seq(g.seq);
+    pool_->clear_seq(g.seq);
     g.replay.clear();
     std::fill(g.carry.begin(), g.carry.end(), 0.0f);
     g.pending_tok.clear();
     g.pending_h.clear();
     g.pending_pos = g.n_past;
-    return prefill_tokens(g, g.history.data(), g.n_past, 0, false, false);
+    if (prefill_tokens(job, g.history.data(), g.n_past, 0, false, false)) {
+        return true;
+    }
+    // (aborted by a cancel, or failed): a checkpoint's attention KV is gone too
+    pool_->drop_checkpoints(g.seq);
+    return false;
 }
 
 }  // namespace mtpstream

@@ -11,22 +11,16 @@
 #include "auto_draft.hpp"
 #include "llama.h"
 #include "options.hpp"
+#include "sampler.hpp"
 #include "text_stream.hpp"
 
 namespace mtpstream {
-
-struct SamplerDeleter {
-    void operator()(llama_sampler * s) const { llama_sampler_free(s); }
-};
-using SamplerPtr = std::unique_ptr<llama_sampler, SamplerDeleter>;
 
 struct Generation {
     enum class Phase { prefill, decode, finished };
 
     GenerationOptions opts;
-    SamplerPtr sampler;  // the chain after the grammar (penalties, truncation, greedy or dist)
-    SamplerPtr grammar;  // null without a grammar; applied first, checked for a live token
-    std::string grammar_error;  // set once a grammar step ran over its budget: every later sample fails
+    std::unique_ptr<Sampler> sampler;  // the grammar (if any) and the chain
     TextStream text;
     Phase phase = Phase::prefill;
     std::size_t prefill_pos = 0;

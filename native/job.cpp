@@ -5,8 +5,6 @@
 
 #include <chrono>
 
-#include "engine.hpp"
-#include "runtime.hpp"
 
 namespace mtpstream {
 
@@ -24,15 +22,14 @@ int64_t steady_us() {
 
 }  // namespace
 
-Job::Job(std::shared_ptr<Engine> engine, std::shared_ptr<Scheduler> scheduler,
-         std::unique_ptr<Generation> generation, int wake_fd, std::size_t capacity)
+Job::Job(std::shared_ptr<Engine> engine, std::unique_ptr<Generation> generation, int wake_fd,
+         std::size_t capacity, std::size_t reserve, std::function<void()> wake_worker)
     : engine_(std::move(engine)),
-      scheduler_(std::move(scheduler)),
       generation_(std::move(generation)),
+      wake_worker_(std::move(wake_worker)),
       wake_fd_(wake_fd),
       capacity_(capacity),
-      // one iteration may emit n_draft + 1 tokens, as many stats events and a terminal one
-      reserve_(2 * static_cast<std::size_t>(engine_->n_draft()) + 4) {}
+      reserve_(reserve) {}
 
 Job::~Job() {
     if (wake_fd_ >= 0) {
@@ -107,16 +104,14 @@ std::vector<Event> Job::drain() {
         wake_pending_ = false;  // everything queued is being delivered now
     }
     if (was_full) {
-        { std::lock_guard<std::mutex> lock(scheduler_->mutex); }
-        scheduler_->work.notify_all();
+        wake_worker_();
     }
     return out;
 }
 
 void Job::request_cancel() {
     cancel_.store(true);
-    { std::lock_guard<std::mutex> lock(scheduler_->mutex); }
-    scheduler_->work.notify_all();
+    wake_worker_();
 }
 
 }  // namespace mtpstream

@@ -1,11 +1,15 @@
 // One generation request: its private state, the bounded event queue the worker
-// fills and Python drains, the wake-up socket, and the cancel flag.
+// fills and Python drains, the wake-up socket, and the cancel flag. A job knows
+// nothing of the engine or the runtime above it: it keeps its engine only as the
+// one it belongs to (for the runtime), and is handed at construction the one thing
+// it asks of the runtime, waking the worker.
 #pragma once
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -16,21 +20,23 @@
 namespace mtpstream {
 
 class Engine;
-struct Scheduler;
 
 class Job {
 public:
-    Job(std::shared_ptr<Engine> engine, std::shared_ptr<Scheduler> scheduler,
-        std::unique_ptr<Generation> generation, int wake_fd, std::size_t capacity);
+    // capacity: the event queue's bound; reserve: the most events one step may queue
+    // (the job is runnable only with that much room); wake_worker: tells the worker
+    // that a job may run again (called without any lock held).
+    Job(std::shared_ptr<Engine> engine, std::unique_ptr<Generation> generation, int wake_fd,
+        std::size_t capacity, std::size_t reserve, std::function<void()> wake_worker);
     ~Job();
     Job(const Job &) = delete;
     Job & operator=(const Job &) = delete;
 
     // --- consumer side (Python thread) ---
     std::vector<Event> drain();
-    // Ask the worker to stop this job and wake it (must not hold the scheduler mutex).
+    // Ask the worker to stop this job and wake it (must not hold the runtime's lock).
     void request_cancel();
-    // Set the cancel flag only (for callers that hold the scheduler mutex and notify).
+    // Set the cancel flag only (for callers that hold the runtime's lock and notify).
     void cancel() { cancel_.store(true); }
     bool finished() const { return finished_.load(); }
 
@@ -51,14 +57,14 @@ public:
     Engine & engine() { return *engine_; }
     const Engine * engine_id() const { return engine_.get(); }
     Generation & generation() { return *generation_; }
-    uint64_t last_step = 0;  // scheduler bookkeeping (guarded by the scheduler mutex)
+    uint64_t last_step = 0;  // the runtime's bookkeeping (guarded by its lock)
 
 private:
     void wake();
 
     std::shared_ptr<Engine> engine_;
-    std::shared_ptr<Scheduler> scheduler_;
     std::unique_ptr<Generation> generation_;
+    std::function<void()> wake_worker_;
     int wake_fd_;
     std::size_t capacity_;
     std::size_t reserve_;

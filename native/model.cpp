@@ -80,19 +80,6 @@ std::string Model::chat_template() const {
     return tmpl != nullptr ? tmpl : "";
 }
 
-std::optional<std::string> Model::meta(const std::string & key) const {
-    std::vector<char> buf(256);
-    int n = llama_model_meta_val_str(model_, key.c_str(), buf.data(), buf.size());
-    if (n < 0) {
-        return std::nullopt;
-    }
-    if (static_cast<size_t>(n) >= buf.size()) {
-        buf.resize(static_cast<size_t>(n) + 1);
-        n = llama_model_meta_val_str(model_, key.c_str(), buf.data(), buf.size());
-    }
-    return std::string(buf.data(), static_cast<size_t>(n));
-}
-
 std::vector<std::pair<std::string, std::string>> Model::metadata() const {
     std::vector<std::pair<std::string, std::string>> out;
     const int32_t count = llama_model_meta_count(model_);

@@ -60,7 +60,6 @@ public:
     // The vocabulary's text of a token, special tokens included ("<|im_end|>").
     std::string token_text(llama_token id) const;
     std::vector<std::pair<std::string, std::string>> metadata() const;
-    std::optional<std::string> meta(const std::string & key) const;
 
     llama_token bos() const { return llama_vocab_bos(vocab_); }
     llama_token eos() const { return llama_vocab_eos(vocab_); }

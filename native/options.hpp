@@ -36,7 +36,7 @@ struct ContextOptions {
     int32_t type_v = -1;
     int32_t offload_kqv = -1;     // -1 default, 0 off, 1 on
     bool prompt_cache = true;     // keep each sequence's state for a call that extends it
-    // bytes the prompt cache's checkpoints (see engine.hpp) may take, all sequences together
+    // bytes the prompt cache's checkpoints (see sequence_pool.hpp) may take, all sequences together
     int64_t checkpoint_bytes = 256ll << 20;
     Rollback rollback = Rollback::snapshots;  // recurrent/hybrid targets only
 };

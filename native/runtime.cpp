@@ -65,15 +65,6 @@ Status Runtime::submit(const std::shared_ptr<Job> & job, bool wait) {
     return Status::ok_status();
 }
 
-int Runtime::pending(const Engine * engine) const {
-    std::lock_guard<std::mutex> lock(sched_->mutex);
-    int n = 0;
-    for (const auto & job : sched_->jobs) {
-        n += job->engine_id() == engine ? 1 : 0;
-    }
-    return n;
-}
-
 void Runtime::cancel_and_wait(const Engine * engine) {
     std::unique_lock<std::mutex> lock(sched_->mutex);
     for (auto & job : sched_->jobs) {

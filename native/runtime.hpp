@@ -9,6 +9,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -41,15 +42,20 @@ public:
     Runtime(const Runtime &) = delete;
     Runtime & operator=(const Runtime &) = delete;
 
-    std::shared_ptr<Scheduler> scheduler() const { return sched_; }
+    // What a job calls to wake the worker (it keeps the scheduler alive).
+    std::function<void()> worker_waker() const {
+        return [sched = sched_] {
+            { std::lock_guard<std::mutex> lock(sched->mutex); }
+            sched->work.notify_all();
+        };
+    }
     // Queue a job behind the session's earlier ones; with wait=false, refuse if
     // all of the session's n_seq sequences are busy.
     Status submit(const std::shared_ptr<Job> & job, bool wait);
     // Cancel every job of `engine` and block until none is left.
     void cancel_and_wait(const Engine * engine);
-    // Jobs (running or queued) of `engine`.
-    int pending(const Engine * engine) const;
-    // Of those, how many hold a sequence (active) and how many wait for one (queued).
+    // Of the jobs (running or queued) of `engine`, how many hold a sequence (active)
+    // and how many wait for one (queued).
     struct Counts {
         int active = 0;
         int queued = 0;

@@ -1,5 +1,11 @@
 // Session counters: written by the worker with relaxed atomics, read lock-free
 // from any thread (Python's stats() never waits for the worker).
+//
+// MTPSTREAM_STATS_FIELDS is the one list of them: it declares the atomics, the
+// snapshot, its Python bindings (with kStatsFields, bound as STATS_FIELDS) and,
+// through that, the MTPStats fields Python fills and the server's /metrics series.
+// A new counter is one line here (plus MTPStats' field and the .pyi entry, which
+// tests/test_stats_fields.py checks against this list).
 #pragma once
 
 #include <atomic>
@@ -8,28 +14,41 @@
 
 namespace mtpstream {
 
+// X(name, type, kind, metric, help)
+//   kind: counter (only grows), gauge (a current value) or time (microseconds of a
+//   phase, only grows; MTPStats.timing_us.<name without t_ and _us>);
+//   metric: the /metrics series (prefixed with mtpstream_).
+#define MTPSTREAM_STATS_FIELDS(X)                                                                                   \
+    X(tokens_emitted, uint64_t, counter, "tokens_total", "Tokens generated.")                                       \
+    X(prompt_tokens, uint64_t, counter, "prompt_tokens_total", "Prompt tokens of every call.")                      \
+    X(drafts_generated, uint64_t, counter, "drafts_generated_total", "Draft tokens the MTP head proposed.")          \
+    X(drafts_accepted, uint64_t, counter, "drafts_accepted_total", "Draft tokens the target accepted.")             \
+    X(iters, uint64_t, counter, "iterations_total", "Decode iterations, one per sequence per round.")               \
+    X(prompt_tokens_cached, uint64_t, counter, "prompt_tokens_cached_total",                                        \
+      "Prompt tokens reused from a sequence's memory (prompt cache).")                                              \
+    X(checkpoints, uint64_t, gauge, "checkpoints", "Prompt-cache checkpoints held now.")                            \
+    X(checkpoint_bytes, uint64_t, gauge, "checkpoint_bytes", "Bytes the prompt-cache checkpoints take.")            \
+    X(rollback_fallbacks, uint64_t, counter, "rollback_fallbacks_total",                                            \
+      "Rollbacks that rebuilt a sequence's memory from its tokens.")                                                \
+    X(replayed_tokens, uint64_t, counter, "replayed_tokens_total",                                                  \
+      "rollback=replay: accepted tokens decoded a second time.")                                                    \
+    X(context_switches, uint64_t, counter, "context_switches_total",                                                \
+      "n_draft=auto: moves between the snapshot and the snapshot-free target context.")                             \
+    X(t_draft_us, uint64_t, time, "draft_microseconds_total", "Time spent drafting.")                               \
+    X(t_verify_us, uint64_t, time, "verify_microseconds_total", "Time spent in verify decodes.")                    \
+    X(t_sample_us, uint64_t, time, "sample_microseconds_total", "Time spent sampling and emitting.")                \
+    X(t_ckpt_us, uint64_t, time, "ckpt_microseconds_total", "Time spent rolling back and switching contexts.")      \
+    X(t_prefill_us, uint64_t, time, "prefill_microseconds_total", "Time spent reading prompts.")                    \
+    X(t_total_us, uint64_t, time, "total_microseconds_total", "Decode-phase wall time (prompts excluded).")         \
+    X(n_draft, int32_t, gauge, "n_draft", "Draft length in use (changes under n_draft=auto).")
+
 struct SessionStats {
     // iters, drafts_generated and drafts_accepted change together (add_round) and are
     // read together (snapshot), so a snapshot never shows more accepted than generated
     mutable std::mutex round_mutex;
-    std::atomic<uint64_t> iters{0};
-    std::atomic<uint64_t> drafts_generated{0};
-    std::atomic<uint64_t> drafts_accepted{0};
-    std::atomic<uint64_t> tokens_emitted{0};
-    std::atomic<uint64_t> prompt_tokens{0};
-    std::atomic<uint64_t> prompt_tokens_cached{0};
-    std::atomic<uint64_t> checkpoints{0};       // prompt-cache checkpoints held now
-    std::atomic<uint64_t> checkpoint_bytes{0};  // and the bytes they take
-    std::atomic<uint64_t> rollback_fallbacks{0};
-    std::atomic<uint64_t> context_switches{0};  // "auto": moves between target contexts
-    std::atomic<uint64_t> replayed_tokens{0};   // Rollback::replay: tokens decoded again
-    std::atomic<uint64_t> t_draft_us{0};
-    std::atomic<uint64_t> t_verify_us{0};
-    std::atomic<uint64_t> t_sample_us{0};
-    std::atomic<uint64_t> t_ckpt_us{0};
-    std::atomic<uint64_t> t_prefill_us{0};
-    std::atomic<uint64_t> t_total_us{0};  // decode phase wall time (excludes prefill)
-    std::atomic<int32_t> n_draft{0};       // draft length in use (changes under "auto")
+#define MTPSTREAM_STATS_ATOMIC(name, type, kind, metric, help) std::atomic<type> name{0};
+    MTPSTREAM_STATS_FIELDS(MTPSTREAM_STATS_ATOMIC)
+#undef MTPSTREAM_STATS_ATOMIC
 
     static void add(std::atomic<uint64_t> & counter, uint64_t v) {
         counter.fetch_add(v, std::memory_order_relaxed);
@@ -46,36 +65,32 @@ struct SessionStats {
 };
 
 struct StatsSnapshot {
-    uint64_t iters, drafts_generated, drafts_accepted, tokens_emitted, prompt_tokens,
-        rollback_fallbacks, context_switches, replayed_tokens;
-    uint64_t prompt_tokens_cached, checkpoints, checkpoint_bytes;
-    uint64_t t_draft_us, t_verify_us, t_sample_us, t_ckpt_us, t_prefill_us, t_total_us;
-    int32_t n_draft;
+#define MTPSTREAM_STATS_VALUE(name, type, kind, metric, help) type name = 0;
+    MTPSTREAM_STATS_FIELDS(MTPSTREAM_STATS_VALUE)
+#undef MTPSTREAM_STATS_VALUE
 };
 
 inline StatsSnapshot snapshot(const SessionStats & s) {
-    auto ld = [](const std::atomic<uint64_t> & a) { return a.load(std::memory_order_relaxed); };
     std::lock_guard<std::mutex> lock(s.round_mutex);
-    StatsSnapshot out{};
-    out.iters = ld(s.iters);
-    out.drafts_generated = ld(s.drafts_generated);
-    out.drafts_accepted = ld(s.drafts_accepted);
-    out.tokens_emitted = ld(s.tokens_emitted);
-    out.prompt_tokens = ld(s.prompt_tokens);
-    out.rollback_fallbacks = ld(s.rollback_fallbacks);
-    out.context_switches = ld(s.context_switches);
-    out.replayed_tokens = ld(s.replayed_tokens);
-    out.prompt_tokens_cached = ld(s.prompt_tokens_cached);
-    out.checkpoints = ld(s.checkpoints);
-    out.checkpoint_bytes = ld(s.checkpoint_bytes);
-    out.t_draft_us = ld(s.t_draft_us);
-    out.t_verify_us = ld(s.t_verify_us);
-    out.t_sample_us = ld(s.t_sample_us);
-    out.t_ckpt_us = ld(s.t_ckpt_us);
-    out.t_prefill_us = ld(s.t_prefill_us);
-    out.t_total_us = ld(s.t_total_us);
-    out.n_draft = s.n_draft.load(std::memory_order_relaxed);
+    StatsSnapshot out;
+#define MTPSTREAM_STATS_LOAD(name, type, kind, metric, help) out.name = s.name.load(std::memory_order_relaxed);
+    MTPSTREAM_STATS_FIELDS(MTPSTREAM_STATS_LOAD)
+#undef MTPSTREAM_STATS_LOAD
     return out;
 }
+
+// The list as data: what the bindings export as STATS_FIELDS.
+struct StatsField {
+    const char * name;
+    const char * kind;
+    const char * metric;
+    const char * help;
+};
+
+inline constexpr StatsField kStatsFields[] = {
+#define MTPSTREAM_STATS_DESCRIBE(name, type, kind, metric, help) {#name, #kind, metric, help},
+    MTPSTREAM_STATS_FIELDS(MTPSTREAM_STATS_DESCRIBE)
+#undef MTPSTREAM_STATS_DESCRIBE
+};
 
 }  // namespace mtpstream

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import _logging, _runtime, errors
 from ._loader import _native
 from .errors import GenerationError, InvalidOptionError, ModelLoadError, MTPError, SessionClosedError
 from .events import DoneEvent, EogEvent, Event, StatsEvent, TokenEvent
 from .options import GGML_TYPES, GenerationOptions, SessionOptions
-from .stats import MTPStats, TimingUs, Usage
+from .stats import STATS_FIELDS, MTPStats, TimingUs, Usage
 
 NativeError = _native.NativeError
 NativeModel = _native.Model
@@ -223,38 +224,26 @@ def usage(u: _native.Usage) -> Usage:
 
 
 def stats(engine: _native.Engine, calls: int) -> MTPStats:
-    """The engine's counters as one consistent :class:`MTPStats` (lock-free)."""
+    """The engine's counters as one consistent :class:`MTPStats` (lock-free), copied
+    field by field from the native field list (:data:`STATS_FIELDS`)."""
     s = engine.stats()
     counts = engine.sequences(_runtime.get())
-    t_tot = s.t_total_us
-    other = max(0, t_tot - s.t_draft_us - s.t_verify_us - s.t_sample_us - s.t_ckpt_us)
-    decoded = max(0, s.tokens_emitted - calls)
-    timing = TimingUs.model_construct(
-        draft=s.t_draft_us,
-        verify=s.t_verify_us,
-        sample=s.t_sample_us,
-        ckpt=s.t_ckpt_us,
-        other=other,
-        total=t_tot,
-        prefill=s.t_prefill_us,
-    )
-    gen, acc = s.drafts_generated, s.drafts_accepted
+    values: dict[str, Any] = {}  # ints (Any: model_construct takes **kwargs)
+    timing: dict[str, Any] = {}
+    for f in STATS_FIELDS:
+        if f.kind == "time":
+            timing[f.timing_key] = int(getattr(s, f.name))
+        else:
+            values[f.name] = int(getattr(s, f.name))
+    t_tot = timing["total"]
+    timing["other"] = max(0, t_tot - timing["draft"] - timing["verify"] - timing["sample"] - timing["ckpt"])
+    decoded = max(0, values["tokens_emitted"] - calls)
+    gen, acc = values["drafts_generated"], values["drafts_accepted"]
     return MTPStats.model_construct(
-        iters=s.iters,
-        drafts_generated=gen,
-        drafts_accepted=acc,
+        **values,
         acceptance_rate=acc / gen if gen else 0.0,
-        tokens_emitted=s.tokens_emitted,
         tokens_per_sec=decoded / (t_tot / 1e6) if t_tot else 0.0,
-        timing_us=timing,
-        n_draft=s.n_draft,
-        prompt_tokens=s.prompt_tokens,
-        prompt_tokens_cached=s.prompt_tokens_cached,
-        checkpoints=s.checkpoints,
-        checkpoint_bytes=s.checkpoint_bytes,
-        rollback_fallbacks=s.rollback_fallbacks,
-        replayed_tokens=s.replayed_tokens,
-        context_switches=s.context_switches,
+        timing_us=TimingUs.model_construct(**timing),
         n_seq=engine.n_seq,
         active_sequences=counts.active,
         queued=counts.queued,

@@ -3,6 +3,9 @@ import enum
 from collections.abc import Callable, Sequence
 
 LLAMA_DEFAULT_SEED: int
+# native/stats.hpp's field list: (name, kind, metric, help); kind is "counter",
+# "gauge" or "time"
+STATS_FIELDS: tuple[tuple[str, str, str, str], ...]
 
 class NativeError(RuntimeError):
     """``args == (code: ErrorCode, message: str, field: str)``."""
@@ -18,12 +21,8 @@ class ErrorCode(enum.Enum):
     closed = 7
     busy = 8
 
-def llama_backend_info() -> str: ...
 def begin_exit(timeout_s: float) -> bool: ...
-def llama_supports_gpu_offload() -> bool: ...
 def cpu_offers_amx_buffer() -> bool: ...
-def llama_max_devices() -> int: ...
-def llama_model_load_from_file_address() -> int: ...
 
 class LogBridge:
     def __init__(self) -> None: ...
@@ -46,7 +45,6 @@ class Model:
     repack: bool
     n_vocab: int
     n_embd: int
-    n_embd_out: int
     n_layer: int
     n_layer_nextn: int
     n_ctx_train: int
@@ -57,7 +55,6 @@ class Model:
     bos: int
     eos: int
     def metadata(self) -> list[tuple[str, str]]: ...
-    def meta(self, key: str) -> str | None: ...
     def is_eog(self, token: int) -> bool: ...
     def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]: ...
     def detokenize(self, ids: Sequence[int]) -> bytes: ...
@@ -66,7 +63,6 @@ class Model:
 
 class Runtime:
     def __init__(self) -> None: ...
-    def pending(self, engine: Engine) -> int: ...
     def shutdown(self) -> None: ...
 
 class EventKind(enum.Enum):
@@ -96,12 +92,12 @@ class Event:
     usage: Usage
     error: str
 
-class StatsSnapshot:
-    iters: int
-    drafts_generated: int
-    drafts_accepted: int
+class StatsSnapshot:  # one attribute per STATS_FIELDS entry, in its order
     tokens_emitted: int
     prompt_tokens: int
+    drafts_generated: int
+    drafts_accepted: int
+    iters: int
     prompt_tokens_cached: int
     checkpoints: int
     checkpoint_bytes: int

@@ -35,6 +35,7 @@ from ._openai import (
 from .completions import ChatCompletion, ChatCompletionChunk, Completion
 from .server_limits import ServerLimits
 from .session import MTP
+from .stats import STATS_FIELDS
 
 try:  # the server extra
     from fastapi import APIRouter, Depends, FastAPI, Request
@@ -249,11 +250,10 @@ class _Metrics:
 
     def render(self, mtp: MTP) -> str:
         st = mtp.stats()
-        series = [
-            ("tokens_total", "counter", "Tokens generated.", st.tokens_emitted),
-            ("prompt_tokens_total", "counter", "Prompt tokens processed.", st.prompt_tokens),
-            ("drafts_generated_total", "counter", "Draft tokens the MTP head proposed.", st.drafts_generated),
-            ("drafts_accepted_total", "counter", "Draft tokens the target accepted.", st.drafts_accepted),
+        series: list[tuple[str, str, str, object]] = [
+            (f.metric, "gauge" if f.kind == "gauge" else "counter", f.help, f.value(st)) for f in STATS_FIELDS
+        ]
+        series += [
             ("acceptance_rate", "gauge", "Accepted over generated drafts.", f"{st.acceptance_rate:.6f}"),
             ("tokens_per_second", "gauge", "Decode throughput since start.", f"{st.tokens_per_sec:.3f}"),
             ("active_sequences", "gauge", "Calls holding a sequence.", st.active_sequences),

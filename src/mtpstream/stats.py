@@ -3,11 +3,43 @@
 from __future__ import annotations
 
 import sys
-from typing import IO
+from typing import IO, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
+from ._loader import _native
+
 __all__ = ["MTPStats", "TimingUs", "Usage"]
+
+
+class StatsField(NamedTuple):
+    """One session counter of the native engine (``native/stats.hpp``'s field list).
+
+    ``kind`` is ``"counter"`` (only grows), ``"gauge"`` (a current value) or ``"time"``
+    (microseconds of a phase, only grows, in :attr:`MTPStats.timing_us`); ``metric``
+    is its ``/metrics`` series (after ``mtpstream_``).
+    """
+
+    name: str
+    kind: str
+    metric: str
+    help: str
+
+    @property
+    def timing_key(self) -> str:
+        """The :class:`TimingUs` field of a ``"time"`` counter (``t_draft_us``: ``draft``)."""
+        return self.name.removeprefix("t_").removesuffix("_us")
+
+    def value(self, stats: MTPStats) -> int:
+        """This counter's value in ``stats``."""
+        if self.kind == "time":
+            return int(getattr(stats.timing_us, self.timing_key))
+        return int(getattr(stats, self.name))
+
+
+STATS_FIELDS: tuple[StatsField, ...] = tuple(StatsField(*f) for f in _native.STATS_FIELDS)
+"""The native counters, in the engine's order: what ``_bridge.stats`` copies and the
+server's ``/metrics`` exports."""
 
 
 class TimingUs(BaseModel):
@@ -68,6 +100,7 @@ class MTPStats(BaseModel):
     """Calls waiting for a free sequence."""
     state_bytes: int = 0
     """KV cache and recurrent state of the session's contexts, in bytes."""
+
 
     def format(self) -> str:
         """A multi-line, human-readable summary (what ``print_stats`` prints)."""

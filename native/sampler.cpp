@@ -1,0 +1,189 @@
+#include "sampler.hpp"
+
+#include "clock.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <mutex>
+
+namespace mtpstream {
+
+namespace {
+
+// llama.cpp prints a grammar's parse error with fprintf(stderr) instead of its log
+// callback. This runs `fn` with file descriptor 2 pointed at a temporary file and
+// returns what was written there (the user gets it in the exception instead).
+template <typename Fn>
+std::string capture_stderr(Fn && fn) {
+    static std::mutex mutex;
+    std::lock_guard<std::mutex> lock(mutex);
+    std::FILE * tmp = std::tmpfile();
+    const int saved = tmp != nullptr ? ::dup(2) : -1;
+    if (saved < 0) {
+        if (tmp != nullptr) {
+            std::fclose(tmp);
+        }
+        fn();
+        return "";
+    }
+    std::fflush(stderr);
+    ::dup2(::fileno(tmp), 2);
+    fn();
+    std::fflush(stderr);
+    ::dup2(saved, 2);
+    ::close(saved);
+    std::string out;
+    std::rewind(tmp);
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, tmp)) > 0 && out.size() < 16384) {
+        out.append(buf, n);
+    }
+    std::fclose(tmp);
+    return out;
+}
+
+// The first line of llama.cpp's grammar parse error ("parse: error parsing grammar: ...").
+std::string parse_error_line(const std::string & text) {
+    const size_t at = text.find("error parsing grammar");
+    if (at == std::string::npos) {
+        return "";
+    }
+    const size_t end = text.find('\n', at);
+    return text.substr(at, end == std::string::npos ? std::string::npos : end - at);
+}
+
+SamplerPtr make_chain(const SamplingOptions & s, int32_t n_vocab) {
+    SamplerPtr chain(llama_sampler_chain_init(llama_sampler_chain_default_params()));
+    if (s.penalty_repeat != 1.0f || s.penalty_freq != 0.0f || s.penalty_present != 0.0f) {
+        llama_sampler_chain_add(chain.get(), llama_sampler_init_penalties(n_vocab, s.penalty_last_n, s.penalty_repeat,
+                                                                          s.penalty_freq, s.penalty_present));
+    }
+    if (s.temp <= 0.0f) {
+        llama_sampler_chain_add(chain.get(), llama_sampler_init_greedy());
+        return chain;
+    }
+    if (s.top_k > 0) {
+        llama_sampler_chain_add(chain.get(), llama_sampler_init_top_k(s.top_k));
+    }
+    if (s.top_p < 1.0f) {
+        llama_sampler_chain_add(chain.get(), llama_sampler_init_top_p(s.top_p, 1));
+    }
+    if (s.min_p > 0.0f) {
+        llama_sampler_chain_add(chain.get(), llama_sampler_init_min_p(s.min_p, 1));
+    }
+    llama_sampler_chain_add(chain.get(), llama_sampler_init_temp(s.temp));
+    llama_sampler_chain_add(chain.get(), llama_sampler_init_dist(s.seed));
+    return chain;
+}
+
+}  // namespace
+
+std::unique_ptr<Sampler> Sampler::create(const SamplingOptions & opts, const llama_vocab * vocab, int32_t n_vocab,
+                                         Status & status) {
+    SamplerPtr grammar;
+    if (!opts.grammar.empty()) {
+        const std::string printed = capture_stderr(
+            [&] { grammar.reset(llama_sampler_init_grammar(vocab, opts.grammar.c_str(), "root")); });
+        if (!grammar) {
+            const std::string detail = parse_error_line(printed);
+            status = Status::error(ErrorCode::invalid_argument,
+                                   "grammar could not be parsed (GBNF with a 'root' rule expected)" +
+                                       (detail.empty() ? std::string() : ": " + detail),
+                                   "grammar");
+            return nullptr;
+        }
+    }
+    return std::unique_ptr<Sampler>(
+        new Sampler(make_chain(opts, n_vocab), std::move(grammar), n_vocab, opts.grammar_step_budget_us));
+}
+
+void Sampler::reset() {
+    grammar_error_.clear();
+    llama_sampler_reset(chain_.get());
+    if (grammar_) {
+        llama_sampler_reset(grammar_.get());
+    }
+}
+
+llama_token_data_array Sampler::candidates(const float * logits) {
+    cand_.resize(static_cast<size_t>(n_vocab_));
+    for (llama_token t = 0; t < n_vocab_; ++t) {
+        cand_[static_cast<size_t>(t)] = llama_token_data{t, logits[t], 0.0f};
+    }
+    return llama_token_data_array{cand_.data(), cand_.size(), -1, false};
+}
+
+bool Sampler::sample(llama_context * ctx, int32_t idx, int32_t n_generated, llama_token & out, std::string & error) {
+    if (!grammar_) {
+        out = llama_sampler_sample(chain_.get(), ctx, idx);
+        return true;
+    }
+    // llama_sampler_sample, with the grammar applied on its own first
+    if (!grammar_error_.empty()) {
+        error = grammar_error_;
+        return false;
+    }
+    const float * row = logits(ctx, idx);
+    if (row == nullptr) {
+        error = "the target produced no logits";
+        return false;
+    }
+    llama_token_data_array arr = candidates(row);
+    const int64_t t_apply = thread_cpu_us();
+    llama_sampler_apply(grammar_.get(), &arr);
+    if (over_budget(t_apply, "applying", error)) {
+        return false;
+    }
+    const bool alive = std::any_of(arr.data, arr.data + arr.size,
+                                   [](const llama_token_data & d) { return d.logit > -INFINITY; });
+    if (!alive) {
+        error = "the grammar admits no token after " + std::to_string(n_generated) +
+                " generated tokens (no token of the vocabulary can continue it)";
+        return false;
+    }
+    llama_sampler_apply(chain_.get(), &arr);
+    if (arr.selected < 0 || arr.selected >= static_cast<int64_t>(arr.size)) {
+        error = "sampling selected no token (the logits are not finite)";
+        return false;
+    }
+    out = arr.data[arr.selected].id;
+    const int64_t t_accept = thread_cpu_us();
+    llama_sampler_accept(grammar_.get(), out);
+    if (over_budget(t_accept, "accepting a token of", error)) {
+        return false;
+    }
+    llama_sampler_accept(chain_.get(), out);
+    return true;
+}
+
+bool Sampler::over_budget(int64_t since, const char * what, std::string & error) {
+    const int64_t took = thread_cpu_us() - since;  // CPU time: a loaded machine does not fail a call
+    if (step_budget_us_ <= 0 || took <= step_budget_us_) {
+        return false;
+    }
+    char text[200];
+    std::snprintf(text, sizeof text,
+                  "the grammar is too costly: %s it took %.3f s of CPU time, over the grammar step budget of %.3f s",
+                  what, static_cast<double>(took) / 1e6, static_cast<double>(step_budget_us_) / 1e6);
+    grammar_error_ = text;
+    error = grammar_error_;
+    return true;
+}
+
+llama_token greedy_token(const float * logits, int32_t n_vocab) {
+    llama_token best = 0;
+    float best_v = logits[0];
+    for (int32_t i = 1; i < n_vocab; ++i) {
+        if (logits[i] > best_v) {
+            best_v = logits[i];
+            best = i;
+        }
+    }
+    return best;
+}
+
+}  // namespace mtpstream
