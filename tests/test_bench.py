@@ -195,7 +195,7 @@ def test_upstream_rows_are_judged_and_tabulated() -> None:
     is judged per n_draft on the pooled rounds: a K falls short only when the 95%
     bootstrap interval of its median ratio lies wholly below 1. Acceptance must match
     the server's within 0.02, and "auto" must beat the server's defaults by 5%."""
-    from mtpstream.bench import report
+    from mtpstream.bench import report, targets
 
     def cell(ours: list[float], up: list[float], acc: tuple[float, float] | None = None) -> dict[str, Any]:
         ratios = [o / u for o, u in zip(ours, up, strict=True)]
@@ -221,27 +221,27 @@ def test_upstream_rows_are_judged_and_tabulated() -> None:
         },
     }
     result = {"upstream": up}
-    verdict = report._t_upstream(result)
+    verdict = targets._t_upstream(result)
     assert verdict["pass"] is True  # k=0 straddles 1, k=3 above
     assert verdict["measured"]["3"] == pytest.approx(1.02)
     assert "auto" not in verdict["measured"]
     # one round above 1: the interval reaches 1, within noise
     up["levels"]["hidden-a1.00"]["0"] = cell([29.5, 30.5, 29.7], [30, 30, 30])
-    assert report._t_upstream(result)["pass"] is True
+    assert targets._t_upstream(result)["pass"] is True
     # every round below 1: the interval lies below 1
     up["levels"]["hidden-a1.00"]["0"] = cell([29, 29.5, 29.9], [30, 30, 30])
-    verdict = report._t_upstream(result)
+    verdict = targets._t_upstream(result)
     assert verdict["pass"] is False
     assert "K wholly below 1: 0" in verdict["note"]
-    assert report._t_upstream({"upstream": {"enabled": False}})["pass"] is None
+    assert targets._t_upstream({"upstream": {"enabled": False}})["pass"] is None
 
-    assert report._t_upstream_acceptance(result)["pass"] is True
+    assert targets._t_upstream_acceptance(result)["pass"] is True
     up["levels"]["hidden-a1.00"]["3"] = cell([50, 52, 51], [50, 50, 50], (0.87, 0.9))
-    assert report._t_upstream_acceptance(result)["pass"] is False
-    assert report._t_auto_upstream(result)["measured"] == {"hidden-a1.00": 1.22}
-    assert report._t_auto_upstream(result)["pass"] is True
+    assert targets._t_upstream_acceptance(result)["pass"] is False
+    assert targets._t_auto_upstream(result)["measured"] == {"hidden-a1.00": 1.22}
+    assert targets._t_auto_upstream(result)["pass"] is True
     up["levels"]["hidden-a1.00"]["auto"] = cell([51, 52, 53], [50, 50, 50])
-    assert report._t_auto_upstream(result)["pass"] is False
+    assert targets._t_auto_upstream(result)["pass"] is False
 
     table = report._md_upstream(up)
     assert any(line.startswith("| hidden-a1.00 | 3 | 50.0 | 51.0 | 1.020 (1.000-1.040) |") for line in table)
