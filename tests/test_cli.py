@@ -122,8 +122,19 @@ def test_chat_in_a_pseudo_terminal(model_paths: dict[str, Path]) -> None:
 
 
 def test_demo_reports_a_paired_ratio(model_paths: dict[str, Path]) -> None:
-    p = run("demo", "--max-tokens", "24", "--rounds", "3")
+    """The README's demo on its default model (the 0.6B bench size, written once into
+    the cache): identical output and a paired ratio (how fast is the benchmark's job)."""
+    p = run("demo", "--max-tokens", "24", "--rounds", "3", timeout=600)
     assert p.returncode == 0, p.stderr
+    assert "qwen35-bench-oracle" in p.stdout and "n_embd=1024 n_layer=24" in p.stdout
     assert "median of 3 paired, interleaved rounds" in p.stdout
     assert "plain decoding (n_draft=0)" in p.stdout
     assert "identical to plain greedy decoding: yes" in p.stdout
+    assert "note: on a model this small" not in p.stdout
+
+
+def test_demo_on_the_tiny_model_says_why_it_is_not_faster(model_paths: dict[str, Path]) -> None:
+    p = run("demo", "--size", "tiny", "--max-tokens", "24", "--rounds", "3")
+    assert p.returncode == 0, p.stderr
+    assert "identical to plain greedy decoding: yes" in p.stdout
+    assert "note: on a model this small" in p.stdout
