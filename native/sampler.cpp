@@ -56,9 +56,13 @@ std::string parse_error_line(const std::string & text) {
     return text.substr(at, end == std::string::npos ? std::string::npos : end - at);
 }
 
+bool has_penalties(const SamplingOptions & s) {
+    return s.penalty_repeat != 1.0f || s.penalty_freq != 0.0f || s.penalty_present != 0.0f;
+}
+
 SamplerPtr make_chain(const SamplingOptions & s, int32_t n_vocab) {
     SamplerPtr chain(llama_sampler_chain_init(llama_sampler_chain_default_params()));
-    if (s.penalty_repeat != 1.0f || s.penalty_freq != 0.0f || s.penalty_present != 0.0f) {
+    if (has_penalties(s)) {
         llama_sampler_chain_add(chain.get(), llama_sampler_init_penalties(n_vocab, s.penalty_last_n, s.penalty_repeat,
                                                                           s.penalty_freq, s.penalty_present));
     }
@@ -80,6 +84,11 @@ SamplerPtr make_chain(const SamplingOptions & s, int32_t n_vocab) {
     return chain;
 }
 
+// The chain make_chain builds for these options is the greedy sampler alone.
+bool is_argmax(const SamplingOptions & s) {
+    return s.temp <= 0.0f && !has_penalties(s);
+}
+
 }  // namespace
 
 std::unique_ptr<Sampler> Sampler::create(const SamplingOptions & opts, const llama_vocab * vocab, int32_t n_vocab,
@@ -98,7 +107,7 @@ std::unique_ptr<Sampler> Sampler::create(const SamplingOptions & opts, const lla
         }
     }
     return std::unique_ptr<Sampler>(
-        new Sampler(make_chain(opts, n_vocab), std::move(grammar), n_vocab, opts.grammar_step_budget_us));
+        new Sampler(make_chain(opts, n_vocab), std::move(grammar), n_vocab, opts.grammar_step_budget_us, is_argmax(opts)));
 }
 
 void Sampler::reset() {
@@ -118,6 +127,15 @@ llama_token_data_array Sampler::candidates(const float * logits) {
 }
 
 bool Sampler::sample(llama_context * ctx, int32_t idx, int32_t n_generated, llama_token & out, std::string & error) {
+    if (argmax_) {
+        const float * row = logits(ctx, idx);
+        if (row == nullptr) {
+            error = "the target produced no logits";
+            return false;
+        }
+        out = greedy_token(row, n_vocab_);
+        return true;
+    }
     if (!grammar_) {
         out = llama_sampler_sample(chain_.get(), ctx, idx);
         return true;

@@ -46,8 +46,12 @@ public:
     llama_token_data_array candidates(const float * logits);
 
 private:
-    Sampler(SamplerPtr chain, SamplerPtr grammar, int32_t n_vocab, int64_t step_budget_us)
-        : chain_(std::move(chain)), grammar_(std::move(grammar)), n_vocab_(n_vocab), step_budget_us_(step_budget_us) {}
+    Sampler(SamplerPtr chain, SamplerPtr grammar, int32_t n_vocab, int64_t step_budget_us, bool argmax)
+        : chain_(std::move(chain)),
+          grammar_(std::move(grammar)),
+          n_vocab_(n_vocab),
+          step_budget_us_(step_budget_us),
+          argmax_(argmax && grammar_ == nullptr) {}
 
     // A grammar step (apply over the vocabulary, or accept) over the call's budget
     // (CPU time) sets grammar_error_: llama.cpp's grammar code cannot be interrupted,
@@ -58,6 +62,10 @@ private:
     SamplerPtr chain_;
     SamplerPtr grammar_;  // null without a grammar
     int32_t n_vocab_;
+    // the chain is llama.cpp's greedy sampler alone (temperature 0, no penalties) and
+    // there is no grammar: the token is the logits' argmax (first of equals, as the
+    // greedy sampler picks it), read without building the candidate array
+    bool argmax_;
     int64_t step_budget_us_ = 0;  // 0: none
     std::string grammar_error_;
     std::vector<llama_token_data> cand_;
