@@ -283,7 +283,8 @@ NB_MODULE(_native, m) {
 
     nb::enum_<Rollback>(m, "Rollback")
         .value("snapshots", Rollback::snapshots)
-        .value("replay", Rollback::replay);
+        .value("replay", Rollback::replay)
+        .value("automatic", Rollback::automatic);
 
     nb::class_<Usage>(m, "Usage")
         .def_ro("prompt_tokens", &Usage::prompt_tokens)
@@ -365,6 +366,8 @@ NB_MODULE(_native, m) {
             "target"_a, "draft"_a.none(), "n_draft"_a, "auto_draft"_a, "options"_a)
         .def_prop_ro("n_draft", [](const EngineHandle & h) { return h.p->n_draft(); })
         .def_prop_ro("auto_draft", [](const EngineHandle & h) { return h.p->auto_draft(); })
+        .def_prop_ro("rollback", [](const EngineHandle & h) { return std::string(h.p->rollback()); })
+        .def_prop_ro("verify_cost_ratio", [](const EngineHandle & h) { return h.p->verify_cost_ratio(); })
         .def_prop_ro("n_ctx", [](const EngineHandle & h) { return h.p->n_ctx(); })
         .def_prop_ro("n_seq", [](const EngineHandle & h) { return h.p->n_seq(); })
         .def_prop_ro("n_batch", [](const EngineHandle & h) { return h.p->n_batch(); })

@@ -8,6 +8,7 @@
 
 #include "job.hpp"
 #include "llama_staging.h"
+#include "rollback_choice.hpp"
 
 namespace mtpstream {
 
@@ -30,7 +31,9 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> target,
     }
     e->target_recurrent_ = llama_model_is_recurrent(e->target_->get()) || llama_model_is_hybrid(e->target_->get());
     // replay only makes sense where the memory cannot be cut back and drafts exist
-    e->replay_ = copts.rollback == Rollback::replay && e->target_recurrent_ && n_draft > 0;
+    if (e->target_recurrent_ && n_draft > 0) {
+        e->pick_rollback(copts);
+    }
     if (!e->create_contexts(copts, status)) {
         return nullptr;
     }
@@ -95,6 +98,16 @@ llama_context_params target_params(const ContextOptions & copts) {
 }
 
 }  // namespace
+
+void Engine::pick_rollback(const ContextOptions & copts) {
+    if (copts.rollback != Rollback::automatic) {
+        replay_ = copts.rollback == Rollback::replay;
+        return;
+    }
+    const RollbackChoice choice = choose_rollback(target_->get(), target_params(copts), n_seq_, n_draft_);
+    replay_ = choice.replay;
+    verify_cost_ratio_ = choice.verify_cost_ratio;
+}
 
 bool Engine::create_contexts(const ContextOptions & copts, Status & status) {
     const bool speculative = n_draft_ > 0;

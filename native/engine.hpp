@@ -78,6 +78,13 @@ public:
     const SessionStats & stats() const { return stats_; }
     int32_t n_draft() const { return n_draft_; }
     bool auto_draft() const { return auto_draft_; }
+    // the rollback in effect: "replay", "snapshots", or "" (no recurrent memory to
+    // roll back, or no drafts)
+    const char * rollback() const {
+        return replay_ ? "replay" : (target_recurrent_ && n_draft_ > 0 ? "snapshots" : "");
+    }
+    // Rollback::automatic with several sequences: what its choice measured (0 otherwise)
+    double verify_cost_ratio() const { return verify_cost_ratio_; }
     int32_t n_ctx() const { return n_ctx_; }
     int32_t n_seq() const { return n_seq_; }
     int32_t n_batch() const { return n_batch_; }
@@ -93,6 +100,7 @@ public:
 private:
     Engine() = default;
     bool check_sizes(const ContextOptions & copts, Status & status);
+    void pick_rollback(const ContextOptions & copts);
     bool create_contexts(const ContextOptions & copts, Status & status);
     void create_draft_context(const llama_context_params & cp, Status & status);
 
@@ -169,6 +177,7 @@ private:
     uint64_t state_bytes_ = 0;
     bool target_recurrent_ = false;   // the target's memory cannot be cut back (recurrent state)
     bool replay_ = false;             // Rollback::replay in effect (see options.hpp)
+    double verify_cost_ratio_ = 0.0;   // see rollback_choice.hpp
     // Rollback::replay: the spare sequence id holding seq's state during a verify
     llama_seq_id backup_of(llama_seq_id seq) const { return n_seq_ + seq; }
     std::unique_ptr<Batch> batch_tgt_;

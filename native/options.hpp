@@ -22,6 +22,9 @@ enum class Rollback : int32_t {
     // the accepted tokens are decoded again in front of the next verify, in place
     // of as many drafts. Cheaper verifies, paid for at every rejection.
     replay,
+    // one of the two per session, from the measured cost of its decodes (see
+    // rollback_choice.hpp)
+    automatic,
 };
 
 struct ContextOptions {
@@ -38,7 +41,7 @@ struct ContextOptions {
     bool prompt_cache = true;     // keep each sequence's state for a call that extends it
     // bytes the prompt cache's checkpoints (see sequence_pool.hpp) may take, all sequences together
     int64_t checkpoint_bytes = 256ll << 20;
-    Rollback rollback = Rollback::snapshots;  // recurrent/hybrid targets only
+    Rollback rollback = Rollback::automatic;  // recurrent/hybrid targets only
 };
 
 struct SamplingOptions {

@@ -19,6 +19,12 @@ from .events import DoneEvent, EogEvent, Event, StatsEvent, TokenEvent
 from .options import GGML_TYPES, GenerationOptions, SessionOptions
 from .stats import STATS_FIELDS, MTPStats, TimingUs, Usage
 
+_ROLLBACKS = {
+    "auto": _native.Rollback.automatic,
+    "snapshots": _native.Rollback.snapshots,
+    "replay": _native.Rollback.replay,
+}
+
 NativeError = _native.NativeError
 NativeModel = _native.Model
 NativeEngine = _native.Engine
@@ -167,7 +173,7 @@ def context_options(opts: SessionOptions) -> _native.ContextOptions:
     c.offload_kqv = -1 if opts.offload_kqv is None else int(opts.offload_kqv)
     c.prompt_cache = opts.prompt_cache
     c.checkpoint_bytes = opts.prompt_cache_checkpoint_bytes
-    c.rollback = _native.Rollback.replay if opts.rollback == "replay" else _native.Rollback.snapshots
+    c.rollback = _ROLLBACKS[opts.rollback]
     return c
 
 

@@ -76,6 +76,7 @@ class EventKind(enum.Enum):
 class Rollback(enum.Enum):
     snapshots = 0
     replay = 1
+    automatic = 2
 
 class Usage:
     prompt_tokens: int
@@ -172,6 +173,8 @@ class Engine:
     ) -> Engine: ...
     n_draft: int
     auto_draft: bool
+    rollback: str
+    verify_cost_ratio: float
     n_ctx: int
     n_seq: int
     n_batch: int

@@ -423,8 +423,8 @@ def _add_session_args(p: argparse.ArgumentParser, with_sampling: bool = True) ->
     p.add_argument("--n-ctx", type=int, default=4096, help="context size per sequence (default 4096)")
     p.add_argument(
         "--rollback",
-        choices=("snapshots", "replay"),
-        default="replay",
+        choices=("auto", "snapshots", "replay"),
+        default="auto",
         help="how hybrid models drop rejected drafts (default: %(default)s; see README)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")

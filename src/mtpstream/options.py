@@ -80,7 +80,7 @@ class SessionOptions(_Strict):
     offload_kqv: bool | None = None
     prompt_cache: bool = True
     prompt_cache_checkpoint_bytes: int = Field(default=256 * 2**20, ge=0, le=2**63 - 1)
-    rollback: Literal["snapshots", "replay"] = "replay"
+    rollback: Literal["auto", "snapshots", "replay"] = "auto"
     grammar_budget: float | None = Field(default=5.0, gt=0.0, le=3600.0, allow_inf_nan=False)
     grammar_step_budget: float | None = Field(default=1.0, gt=0.0, le=3600.0, allow_inf_nan=False)
 

@@ -6,7 +6,7 @@ import contextlib
 import functools
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import anyio
 
@@ -65,6 +65,25 @@ class MTP:
     def auto_draft(self) -> bool:
         """True if the draft length adapts (``n_draft="auto"``); see ``stats().n_draft``."""
         return bool(self._live.auto_draft)
+
+    @property
+    def rollback(self) -> Literal["snapshots", "replay"] | None:
+        """The rollback in effect for a recurrent or hybrid target (with ``rollback="auto"``,
+        the one :func:`init` chose); None when there is nothing to roll back (an
+        attention-only target, or ``n_draft=0``)."""
+        name = self._live.rollback
+        if name == "replay":
+            return "replay"
+        return "snapshots" if name == "snapshots" else None
+
+    @property
+    def rollback_verify_cost_ratio(self) -> float:
+        """What ``rollback="auto"`` measured to choose, with several sequences (0.0 when
+        it measured nothing): the time of a replay verify (no snapshots, its graph
+        rebuilt) over that of a snapshot verify (its graph reused), each of ``n_seq``
+        sequences of ``n_draft + 1`` tokens on a scratch context of the target. Replay
+        is chosen below 0.95."""
+        return float(self._live.verify_cost_ratio)
 
     @property
     def n_ctx(self) -> int:
@@ -476,8 +495,14 @@ def init(
     type_k, type_v, offload_kqv``.
 
     ``rollback`` is how a recurrent or hybrid target (Qwen3.5/3.6-style Gated DeltaNet)
-    drops rejected drafts, whose state cannot be cut back: ``"replay"`` (the default)
-    shares each sequence's state with a spare sequence id before a verify and, after a
+    drops rejected drafts, whose state cannot be cut back. ``"auto"`` (the default)
+    picks one of the two below per session (:attr:`MTP.rollback`): snapshots with one
+    sequence; with several, :func:`init` times both kinds of verify on two small
+    scratch contexts (a few decodes) and takes replay only when its verify is clearly
+    cheaper (:attr:`MTP.rollback_verify_cost_ratio`): on a model whose decodes cost
+    their arithmetic the snapshot writes grow with the sequences, while on one whose
+    decodes cost their per-iteration overheads a replayed verify, whose batch shape
+    changes, makes llama.cpp rebuild its graph every time. ``"replay"`` shares each sequence's state with a spare sequence id before a verify and, after a
     rejection, restores it and decodes the accepted tokens again in front of the next
     verify (``stats().replayed_tokens``), in place of as many drafts; ``"snapshots"``
     has llama.cpp keep the state after each of a verify's last ``n_draft + 1`` tokens,

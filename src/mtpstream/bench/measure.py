@@ -149,7 +149,7 @@ def long_prompt(level: Level, model: Model, n_tokens: int) -> list[int]:
     return tokens[:n_tokens]
 
 
-def open_session(model: Model, k: DraftKey, settings: Settings, rollback: str = "replay") -> MTP:
+def open_session(model: Model, k: DraftKey, settings: Settings, rollback: str = "auto") -> MTP:
     """An MTP session with the benchmark's context options."""
     return init(
         model,

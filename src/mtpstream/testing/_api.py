@@ -312,7 +312,7 @@ def expected_acceptance(
     prompt_tokens: Sequence[int],
     n_draft: int,
     n_tokens: int,
-    rollback: Literal["snapshots", "replay"] = "replay",
+    rollback: Literal["snapshots", "replay"] = "snapshots",
 ) -> AcceptanceResult:
     """Simulate MTP speculative decoding of an oracle model exactly.
 
@@ -327,9 +327,11 @@ def expected_acceptance(
     towards ``n_tokens`` (the engine sends no TokenEvent for it). A draft equal
     to EOS is not counted as accepted: EOS is the target's token.
 
-    ``rollback`` is the session's (:func:`mtpstream.init`): with ``"replay"`` (the
-    default there and here), an iteration after a rejection drafts as many tokens
-    fewer as it decodes again; ``"snapshots"`` always drafts ``n_draft``.
+    ``rollback`` is the one the session uses (:attr:`mtpstream.MTP.rollback`; with
+    ``rollback="auto"`` at :func:`mtpstream.init` that is ``"snapshots"`` with one
+    sequence and a measured choice with several): ``"snapshots"`` (the default here)
+    always drafts ``n_draft``; with ``"replay"`` an iteration after a rejection
+    drafts as many tokens fewer as it decodes again.
 
     Raises:
         ValueError: no MTP head, an empty prompt, a token out of range, a

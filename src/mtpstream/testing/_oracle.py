@@ -307,7 +307,7 @@ def simulate_acceptance(
     prompt_tokens: Sequence[int],
     n_draft: int,
     n_tokens: int,
-    rollback: Literal["snapshots", "replay"] = "replay",
+    rollback: Literal["snapshots", "replay"] = "snapshots",
 ) -> AcceptanceResult:
     """Simulate the engine rule on ``spec`` (see :func:`expected_acceptance`)."""
     if rollback not in ("snapshots", "replay"):
