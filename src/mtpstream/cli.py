@@ -461,7 +461,7 @@ def _parser() -> argparse.ArgumentParser:
 
     mk = sub.add_parser("make-model", help="write (or find in the cache) a synthetic model; print its path")
     mk.add_argument("--arch", choices=("qwen35", "qwen35moe"), default="qwen35")
-    mk.add_argument("--weights", choices=("oracle", "random"), default="oracle")
+    mk.add_argument("--weights", choices=("oracle", "random", "soft"), default="oracle")
     mk.add_argument("--size", choices=("tiny", "small", "bench"), default="tiny")
     mk.add_argument("--head", choices=("hidden", "kv", "kv2", "token"), default="hidden")
     mk.add_argument("--kind", choices=("mtp", "plain", "sidecar"), default="mtp")

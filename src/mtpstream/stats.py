@@ -92,6 +92,17 @@ class MTPStats(BaseModel):
     """``n_draft="auto"`` with ``n_seq=1`` only: how often the sequence moved between
     the target context that keeps recurrent-state snapshots (needed to roll drafts
     back) and a snapshot-free one that decodes faster while drafting does not pay."""
+    rejection_iters: int = 0
+    """``verify="rejection"``: iterations (verifies) whose drafts were sampled from the
+    head and verified by rejection sampling (part of ``iters``)."""
+    rejection_drafts: int = 0
+    """``verify="rejection"``: drafts those iterations proposed (part of ``drafts_generated``)."""
+    rejection_accepted: int = 0
+    """``verify="rejection"``: drafts of those the target kept (part of ``drafts_accepted``)."""
+    verify_fallbacks: int = 0
+    """Calls that asked for ``verify="rejection"`` at temperature > 0 and ran ``"match"``
+    instead: a grammar, or repetition/frequency/presence penalties, make the target's
+    distribution incomparable with the head's."""
     n_seq: int = 1
     """Sequences the session decodes together."""
     active_sequences: int = 0
