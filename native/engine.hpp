@@ -47,7 +47,6 @@ struct Lane {
     int32_t draft_idx = -1;  // batch index of this lane's output in the current MTP decode
     int32_t verify_idx = 0;  // batch index of `last` in its verify decode
     std::vector<llama_token> drafts;
-    std::vector<TokenDist> q;      // verify="rejection": the distribution each draft was drawn from
     std::vector<llama_token> out;  // tokens the target produced, in order
     int32_t n_acc = 0;
     double t_draft_us = 0.0;  // the draft phase this lane drafted in

@@ -163,7 +163,9 @@ void Engine::draft_phase(std::vector<Lane> & lanes) {
         }
         lane->draft_idx = batch_dft_->add(g.last, g.n_past, g.seq, true, g.carry.data());
         lane->drafts.clear();
-        lane->q.assign(g.sampler->rejection() ? static_cast<size_t>(lane->k) : 0, TokenDist());
+        if (g.sampler->rejection() && g.draft_q.size() < static_cast<size_t>(lane->k)) {
+            g.draft_q.resize(static_cast<size_t>(lane->k));
+        }
         k_most = std::max(k_most, lane->k);
     }
     for (int32_t j = 0; j < k_most; ++j) {
@@ -212,7 +214,7 @@ bool Engine::draft_step(std::vector<Lane *> & drafting, int32_t j) {
             lane->ended = true;
             continue;
         }
-        const llama_token d = g.sampler->rejection() ? g.sampler->draft_token(logits, lane->q[static_cast<size_t>(j)])
+        const llama_token d = g.sampler->rejection() ? g.sampler->draft_token(logits, g.draft_q[static_cast<size_t>(j)])
                                                       : greedy_token(logits, n_vocab_);
         if (d < 0) {
             fail(*lane->job, "the MTP head produced no finite logit");

@@ -57,7 +57,7 @@ bool Engine::verify_rejection(Lane & lane, llama_context * tgt, std::string & er
             break;
         }
         const llama_token d = lane.drafts[static_cast<size_t>(i)];
-        const TokenDist & q = lane.q[static_cast<size_t>(i)];
+        const TokenDist & q = lane.g->draft_q[static_cast<size_t>(i)];
         if (!s.accept_draft(d, p_, q)) {
             lane.out.push_back(s.residual_token(p_, q));
             break;

@@ -225,3 +225,36 @@ def test_soft_spec_formula() -> None:
         assert p == pytest.approx([0.5, 0.3, 0.2], abs=0.01)
     with pytest.raises(ValueError, match="head='token'"):
         make_model(weights="soft", head="hidden")
+
+
+# ------------------------------------------------------------------ the server
+def test_server_requests_take_verify(soft: tuple[mtpstream.Model, SoftSpec]) -> None:
+    """A real server on 127.0.0.1: ``verify`` in a request body (OpenAI client's
+    extra_body) gives the in-process call's tokens, a bad one an OpenAI-shaped 400
+    naming it, and /metrics the rejection counters."""
+    import openai
+
+    from test_server import Server
+
+    model, spec = soft
+    prompt = model.detokenize(soft_prompt(spec))
+    opts: dict[str, Any] = {"max_tokens": 20, "temperature": 0.8, "seed": 3}
+
+    async def ours() -> str:
+        with mtpstream.init(model, n_draft=3, n_ctx=512) as mtp:
+            return await mtp.generate(prompt, max_tokens=20, temp=0.8, seed=3, verify="rejection")
+
+    expected = anyio.run(ours)
+    server = Server(model.path, "--api-key", "sk-rej", "--n-ctx", "512")
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-rej", max_retries=0, timeout=60)
+        r = client.completions.create(model="m", prompt=prompt, extra_body={"verify": "rejection"}, **opts)
+        assert r.choices[0].text == expected
+        with pytest.raises(openai.BadRequestError) as info:
+            client.completions.create(model="m", prompt=prompt, extra_body={"verify": "bogus"}, **opts)
+        assert info.value.status_code == 400 and "verify" in str(info.value)
+        metrics = server.metrics()
+        assert metrics["mtpstream_rejection_iterations_total"] > 0
+        assert metrics["mtpstream_verify_fallbacks_total"] == 0
+    finally:
+        assert server.stop() == 0

@@ -117,7 +117,10 @@ class MTP:
         ``prompt`` is text (tokenized with special tokens parsed) or token ids. Options:
         ``max_tokens, temp, top_k, top_p, min_p, seed, penalty_last_n, penalty_repeat,
         penalty_freq, penalty_present, grammar, response_format, stop, emit_stats_every,
-        timeout``. ``response_format`` is OpenAI's (``{"type": "json_object"}`` or
+        timeout, verify``. ``verify="rejection"`` verifies sampled drafts by rejection
+        sampling at ``temp > 0`` (the output keeps plain sampling's distribution); the
+        default ``"match"`` keeps a greedy draft when the target samples the same token.
+        ``response_format`` is OpenAI's (``{"type": "json_object"}`` or
         ``{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}``) and
         becomes a grammar through llama-cpp-python's JSON-schema converter.
         ``wait=False`` raises :class:`SessionBusyError` instead of queueing behind

@@ -128,6 +128,15 @@ class MTPStats(BaseModel):
             f"({self.drafts_accepted} accepted / {self.drafts_generated} generated), "
             f"{per_iter:.2f} tokens/iteration",
             f"mtp: decode speed = {self.tokens_per_sec:.2f} tokens/s",
+        ]
+        if self.rejection_iters or self.verify_fallbacks:
+            per_verify = self.rejection_accepted / self.rejection_iters if self.rejection_iters else 0.0
+            lines.append(
+                f"mtp: verify=rejection: {self.rejection_accepted} accepted / {self.rejection_drafts} drafts "
+                f"in {self.rejection_iters} iterations ({per_verify:.2f} accepted/verify), "
+                f"{self.verify_fallbacks} calls fell back to match"
+            )
+        lines += [
             f"mtp: prompt cache = {self.prompt_tokens_cached} of {self.prompt_tokens} prompt tokens reused, "
             f"{self.checkpoints} checkpoints ({self.checkpoint_bytes / 2**20:.2f} MiB)",
             f"mtp: prefill {ms(t.prefill)}",
