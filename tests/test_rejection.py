@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -258,3 +259,40 @@ def test_server_requests_take_verify(soft: tuple[mtpstream.Model, SoftSpec]) -> 
         assert metrics["mtpstream_verify_fallbacks_total"] == 0
     finally:
         assert server.stop() == 0
+
+
+def test_soft_oracle_from_the_command_lines(tmp_path: Path) -> None:
+    """Both CLIs write a soft oracle; ``info`` describes its spec."""
+    import json
+    import subprocess
+    import sys
+
+    def run(*args: str) -> str:
+        return subprocess.run([sys.executable, *args], check=True, capture_output=True, text=True).stdout
+
+    path = run(
+        "-m",
+        "mtpstream.testing",
+        "make",
+        "--weights",
+        "soft",
+        "--mtp-error-rate",
+        "0.5",
+        "--cache-dir",
+        str(tmp_path),
+    ).strip()
+    info = json.loads(run("-m", "mtpstream.testing", "info", path))
+    assert info["soft"]["rejection_acceptance_t1"] == pytest.approx(1 - 0.6 * 0.5, abs=0.01)
+    assert info["soft"]["match_acceptance_t1"] == pytest.approx(0.2, abs=0.01)  # argmax q: the third
+    cli = run(
+        "-m",
+        "mtpstream",
+        "make-model",
+        "--weights",
+        "soft",
+        "--mtp-error-rate",
+        "0.5",
+        "--cache-dir",
+        str(tmp_path),
+    )
+    assert cli.strip() == path
