@@ -134,7 +134,7 @@ class MTPStats(BaseModel):
             lines.append(
                 f"mtp: verify=rejection: {self.rejection_accepted} accepted / {self.rejection_drafts} drafts "
                 f"in {self.rejection_iters} iterations ({per_verify:.2f} accepted/verify), "
-                f"{self.verify_fallbacks} calls fell back to match"
+                f"fallbacks to match: {self.verify_fallbacks}"
             )
         lines += [
             f"mtp: prompt cache = {self.prompt_tokens_cached} of {self.prompt_tokens} prompt tokens reused, "
