@@ -286,6 +286,10 @@ NB_MODULE(_native, m) {
         .value("replay", Rollback::replay)
         .value("automatic", Rollback::automatic);
 
+    nb::enum_<Verify>(m, "Verify")
+        .value("match", Verify::match)
+        .value("rejection", Verify::rejection);
+
     nb::class_<Usage>(m, "Usage")
         .def_ro("prompt_tokens", &Usage::prompt_tokens)
         .def_ro("completion_tokens", &Usage::completion_tokens)
@@ -335,7 +339,8 @@ NB_MODULE(_native, m) {
         .def_rw("penalty_freq", &SamplingOptions::penalty_freq)
         .def_rw("penalty_present", &SamplingOptions::penalty_present)
         .def_rw("grammar", &SamplingOptions::grammar)
-        .def_rw("grammar_step_budget_us", &SamplingOptions::grammar_step_budget_us);
+        .def_rw("grammar_step_budget_us", &SamplingOptions::grammar_step_budget_us)
+        .def_rw("verify", &SamplingOptions::verify);
 
     nb::class_<GenerationOptions>(m, "GenerationOptions")
         .def(nb::init<>())

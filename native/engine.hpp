@@ -126,6 +126,10 @@ private:
     void verify_phase(std::vector<Lane> & lanes);
     void verify_group(std::vector<Lane *> & group);
     bool accept_lane(Lane & lane);
+    // --- verifying a lane's drafts (engine_verify.cpp): fill lane.out and lane.n_acc;
+    // false, with `error` set, when the call cannot go on
+    bool verify_match(Lane & lane, llama_context * tgt, std::string & error);
+    bool verify_rejection(Lane & lane, llama_context * tgt, std::string & error);
     bool rollback_lane(Lane & lane);
     bool replay_rollback(Lane & lane);
     void emit_lane(Lane & lane);
@@ -182,6 +186,7 @@ private:
     llama_seq_id backup_of(llama_seq_id seq) const { return n_seq_ + seq; }
     std::unique_ptr<Batch> batch_tgt_;
     std::unique_ptr<Batch> batch_dft_;
+    TokenDist p_;  // verify="rejection": the target's distribution at the position being verified
     SessionStats stats_;
     std::atomic<bool> closed_{false};
     std::atomic<Fault> fault_{Fault::none};

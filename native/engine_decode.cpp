@@ -4,7 +4,8 @@
 //            first step also feeds each lane's accepted tokens, the catch-up);
 //   verify   [last, d1..dk] of every lane in one target decode (split only where
 //            n_batch forces it);
-//   accept   per lane: sample the target at its own output rows, in order;
+//   accept   per lane: verify the drafts at its own output rows, in order (match:
+//            sample the target, keep a draft if equal; rejection: see sampler.hpp);
 //   rollback per lane: drop rejected positions (recurrent models: llama.cpp's
 //            per-sequence snapshots, or with Rollback::replay the state from before
 //            the verify and the accepted tokens to decode again), carry the hidden
@@ -162,6 +163,9 @@ void Engine::draft_phase(std::vector<Lane> & lanes) {
         }
         lane->draft_idx = batch_dft_->add(g.last, g.n_past, g.seq, true, g.carry.data());
         lane->drafts.clear();
+        if (g.sampler->rejection() && g.draft_q.size() < static_cast<size_t>(lane->k)) {
+            g.draft_q.resize(static_cast<size_t>(lane->k));
+        }
         k_most = std::max(k_most, lane->k);
     }
     for (int32_t j = 0; j < k_most; ++j) {
@@ -210,7 +214,13 @@ bool Engine::draft_step(std::vector<Lane *> & drafting, int32_t j) {
             lane->ended = true;
             continue;
         }
-        const llama_token d = greedy_token(logits, n_vocab_);
+        const llama_token d = g.sampler->rejection() ? g.sampler->draft_token(logits, g.draft_q[static_cast<size_t>(j)])
+                                                      : greedy_token(logits, n_vocab_);
+        if (d < 0) {
+            fail(*lane->job, "the MTP head produced no finite logit");
+            lane->ended = true;
+            continue;
+        }
         lane->drafts.push_back(d);
         if (j + 1 < lane->k) {
             lane->draft_idx = batch_dft_->add(d, g.n_past + 1 + j, g.seq, true, h);
@@ -311,8 +321,9 @@ void Engine::verify_group(std::vector<Lane *> & group) {
     SessionStats::add(stats_.t_sample_us, elapsed(t_e));
 }
 
-// Sample the target at the lane's rows in order, count the accepted drafts and take
-// the hidden rows the MTP context needs (the accepted tokens' pairs and the carry).
+// Verify the lane's drafts against the target's rows (engine_verify.cpp), count the
+// accepted ones and take the hidden rows the MTP context needs (the accepted
+// tokens' pairs and the carry).
 bool Engine::accept_lane(Lane & lane) {
     Generation & g = *lane.g;
     llama_context * tgt = live();
@@ -320,27 +331,13 @@ bool Engine::accept_lane(Lane & lane) {
     lane.out.clear();
     lane.n_acc = 0;
     std::string error;
-    for (int32_t i = 0; i <= k; ++i) {
-        llama_token tok = -1;
-        if (!sample(g, tgt, lane.verify_idx + i, tok, error)) {
-            if (i == 0) {
-                fail(*lane.job, error);
-                return false;
-            }
-            // the drafts before i were accepted: the last of them becomes the target's
-            // token of this round, and the next round meets the dead end at i == 0
-            --lane.n_acc;
-            break;
-        }
-        lane.out.push_back(tok);
-        if (i < k && tok == lane.drafts[static_cast<size_t>(i)] && !target_->is_eog(tok)) {
-            ++lane.n_acc;
-            continue;
-        }
-        break;
+    const bool rejection = g.sampler->rejection();
+    if (!(rejection ? verify_rejection(lane, tgt, error) : verify_match(lane, tgt, error))) {
+        fail(*lane.job, error);
+        return false;
     }
     const int32_t n_acc = lane.n_acc;
-    stats_.add_round(static_cast<uint64_t>(k), static_cast<uint64_t>(n_acc));
+    stats_.add_round(static_cast<uint64_t>(k), static_cast<uint64_t>(n_acc), rejection);
     g.drafts += k;
     g.accepted += n_acc;
     if (!ctx_dft_) {

@@ -25,6 +25,9 @@ void Engine::begin(Job & job) {
         plain_->begin(g.cached == 0);
     }
     g.sampler->reset();
+    if (g.sampler->verify_fell_back()) {
+        SessionStats::add(stats_.verify_fallbacks, 1);
+    }
     g.t_start_us = now_us();
     SessionStats::add(stats_.prompt_tokens, g.opts.prompt.size());
     if (g.cached == 0) {

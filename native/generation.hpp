@@ -42,6 +42,9 @@ struct Generation {
     // which the target's memory does not hold (a rejection restored the state from
     // before them); the next verify decodes them first
     std::vector<llama_token> replay;
+    // verify="rejection": the distribution each draft of the current round was drawn
+    // from (kept here so that their storage is reused round after round)
+    std::vector<TokenDist> draft_q;
     // tokens at positions 0..n_past-1 (to rebuild memory if a rollback fails)
     std::vector<llama_token> history;
 

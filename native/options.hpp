@@ -44,6 +44,16 @@ struct ContextOptions {
     Rollback rollback = Rollback::automatic;  // recurrent/hybrid targets only
 };
 
+// How a call's drafts are verified (see sampler.hpp).
+enum class Verify : int32_t {
+    // greedy drafts; the target samples its own token and a draft is kept if equal
+    match,
+    // speculative sampling: drafts sampled from the head's distribution q, each kept
+    // with probability min(1, p/q), the first rejected one resampled from
+    // norm(max(0, p - q)); temp 0, a grammar or penalties fall back to match
+    rejection,
+};
+
 struct SamplingOptions {
     float temp = 0.0f;
     int32_t top_k = 0;
@@ -56,6 +66,7 @@ struct SamplingOptions {
     float penalty_present = 0.0f;
     std::string grammar;  // GBNF; empty: none
     int64_t grammar_step_budget_us = 0;  // a grammar apply/accept taking longer ends the call; 0: none
+    Verify verify = Verify::match;
 };
 
 struct GenerationOptions {

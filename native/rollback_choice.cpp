@@ -1,7 +1,6 @@
 #include "rollback_choice.hpp"
 
 #include <algorithm>
-#include <vector>
 
 #include "batch.hpp"
 #include "clock.hpp"
@@ -12,6 +11,9 @@ namespace mtpstream {
 namespace {
 
 constexpr int timed_runs = 5;
+// A verify slower than this costs its arithmetic: a graph rebuild (a few ms on a
+// CPU) cannot matter beside it, while the snapshot writes grow with it.
+constexpr double compute_bound_us = 100e3;
 
 // A scratch context for n_seq verify batches of per_seq tokens.
 ContextPtr scratch_context(llama_model * model, llama_context_params cp, int32_t n_seq, int32_t per_seq,
@@ -27,32 +29,22 @@ ContextPtr scratch_context(llama_model * model, llama_context_params cp, int32_t
     return ContextPtr(llama_init_from_model(model, cp));
 }
 
-// Median time of decodes of per_seq tokens in each of n_seq sequences from position
-// 0 (the memory cleared first). rebuild: every other decode leaves one row per
-// sequence without output, so no decode can reuse the previous one's graph (what a
-// replayed verify does); otherwise every decode has one shape and reuses it.
-double time_verifies(llama_context * ctx, int32_t n_seq, int32_t per_seq, bool rebuild) {
-    Batch batch(n_seq * per_seq, 0);
-    std::vector<double> times;
-    for (int run = 0; run <= timed_runs; ++run) {
-        llama_memory_clear(llama_get_memory(ctx), true);
-        batch.clear();
-        const bool fewer_outputs = rebuild && run % 2 == 1;
-        for (int32_t s = 0; s < n_seq; ++s) {
-            for (int32_t i = 0; i < per_seq; ++i) {
-                batch.add(1 + i, i, s, !(fewer_outputs && i == 0));
-            }
-        }
-        const int64_t t0 = now_us();
-        if (llama_decode(ctx, batch.view(false)) != 0) {
-            return -1.0;
-        }
-        if (run > 0) {  // the first builds the graph and allocates its buffers
-            times.push_back(static_cast<double>(elapsed(t0)));
+// One decode of per_seq tokens in each of n_seq sequences from position 0 (the
+// memory cleared first); its time in us, or -1 if it failed. fewer_outputs: the
+// first row of every sequence has no output (a replayed verify's shape).
+double time_verify(llama_context * ctx, Batch & batch, int32_t n_seq, int32_t per_seq, bool fewer_outputs) {
+    llama_memory_clear(llama_get_memory(ctx), true);
+    batch.clear();
+    for (int32_t s = 0; s < n_seq; ++s) {
+        for (int32_t i = 0; i < per_seq; ++i) {
+            batch.add(1 + i, i, s, !(fewer_outputs && i == 0));
         }
     }
-    std::sort(times.begin(), times.end());
-    return times[times.size() / 2];
+    const int64_t t0 = now_us();
+    if (llama_decode(ctx, batch.view(false)) != 0) {
+        return -1.0;
+    }
+    return static_cast<double>(elapsed(t0));
 }
 
 }  // namespace
@@ -63,22 +55,33 @@ RollbackChoice choose_rollback(llama_model * model, llama_context_params base, i
         return choice;  // snapshots
     }
     const int32_t per_seq = n_draft + 1;
-    double snapshots_us = -1.0;
-    double replay_us = -1.0;
-    {
-        ContextPtr ctx = scratch_context(model, base, n_seq, per_seq, static_cast<uint32_t>(n_draft));
-        if (ctx) {
-            snapshots_us = time_verifies(ctx.get(), n_seq, per_seq, false);
-        }
-    }
-    {
-        ContextPtr ctx = scratch_context(model, base, n_seq, per_seq, 0);
-        if (ctx) {
-            replay_us = time_verifies(ctx.get(), n_seq, per_seq, true);
-        }
-    }
-    if (snapshots_us <= 0.0 || replay_us <= 0.0) {
+    ContextPtr snap = scratch_context(model, base, n_seq, per_seq, static_cast<uint32_t>(n_draft));
+    ContextPtr plain = scratch_context(model, base, n_seq, per_seq, 0);
+    if (!snap || !plain) {
         return choice;
+    }
+    Batch batch(n_seq * per_seq, 0);
+    // interleaved, fastest of a few (a busy machine only ever adds time): the
+    // snapshot verify with its graph reused; the plain one alternating its shape, so
+    // every decode rebuilds the graph, as replayed verifies do. The first of each
+    // builds its graph and buffers and is not counted.
+    double snapshots_us = 0.0;
+    double replay_us = 0.0;
+    for (int run = 0; run <= timed_runs; ++run) {
+        const double s_us = time_verify(snap.get(), batch, n_seq, per_seq, false);
+        const double r_us = time_verify(plain.get(), batch, n_seq, per_seq, run % 2 == 1);
+        if (s_us < 0.0 || r_us < 0.0) {
+            return choice;
+        }
+        if (run == 1 || (run > 1 && s_us < snapshots_us)) {
+            snapshots_us = s_us;
+        }
+        if (run == 1 || (run > 1 && r_us < replay_us)) {
+            replay_us = r_us;
+        }
+        if (run == 1 && std::min(s_us, r_us) > compute_bound_us) {
+            break;  // compute-bound: more decodes would only slow init down
+        }
     }
     choice.verify_cost_ratio = replay_us / snapshots_us;
     choice.replay = choice.verify_cost_ratio < replay_below;

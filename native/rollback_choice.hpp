@@ -8,8 +8,9 @@
 // whose decode costs its arithmetic (the snapshot writes grow with the sequences) and
 // loses on a per-iteration-bound one, where rebuilding the graph for every verify
 // costs more than the snapshots. So both verifies are timed on two small scratch
-// contexts of the target model (a few decodes each): the snapshot context's verify
-// with its graph reused, and a snapshot-free verify whose graph is rebuilt each time.
+// contexts of the target model (a few decodes each, interleaved, the fastest taken;
+// one each when a verify takes over 100 ms): the snapshot context's verify with its
+// graph reused, and a snapshot-free verify whose graph is rebuilt each time.
 // Replay is chosen when its verify is clearly cheaper: by more than the drafts it
 // gives up after a rejection (it drafts as many fewer as it replays) cost.
 #pragma once

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <mutex>
+#include <random>
 
 namespace mtpstream {
 
@@ -60,6 +61,20 @@ bool has_penalties(const SamplingOptions & s) {
     return s.penalty_repeat != 1.0f || s.penalty_freq != 0.0f || s.penalty_present != 0.0f;
 }
 
+// The transforms of a sampled call, in the chain's order: top-k, top-p, min-p, temperature.
+void add_transforms(llama_sampler * chain, const SamplingOptions & s) {
+    if (s.top_k > 0) {
+        llama_sampler_chain_add(chain, llama_sampler_init_top_k(s.top_k));
+    }
+    if (s.top_p < 1.0f) {
+        llama_sampler_chain_add(chain, llama_sampler_init_top_p(s.top_p, 1));
+    }
+    if (s.min_p > 0.0f) {
+        llama_sampler_chain_add(chain, llama_sampler_init_min_p(s.min_p, 1));
+    }
+    llama_sampler_chain_add(chain, llama_sampler_init_temp(s.temp));
+}
+
 SamplerPtr make_chain(const SamplingOptions & s, int32_t n_vocab) {
     SamplerPtr chain(llama_sampler_chain_init(llama_sampler_chain_default_params()));
     if (has_penalties(s)) {
@@ -70,16 +85,7 @@ SamplerPtr make_chain(const SamplingOptions & s, int32_t n_vocab) {
         llama_sampler_chain_add(chain.get(), llama_sampler_init_greedy());
         return chain;
     }
-    if (s.top_k > 0) {
-        llama_sampler_chain_add(chain.get(), llama_sampler_init_top_k(s.top_k));
-    }
-    if (s.top_p < 1.0f) {
-        llama_sampler_chain_add(chain.get(), llama_sampler_init_top_p(s.top_p, 1));
-    }
-    if (s.min_p > 0.0f) {
-        llama_sampler_chain_add(chain.get(), llama_sampler_init_min_p(s.min_p, 1));
-    }
-    llama_sampler_chain_add(chain.get(), llama_sampler_init_temp(s.temp));
+    add_transforms(chain.get(), s);
     llama_sampler_chain_add(chain.get(), llama_sampler_init_dist(s.seed));
     return chain;
 }
@@ -87,6 +93,37 @@ SamplerPtr make_chain(const SamplingOptions & s, int32_t n_vocab) {
 // The chain make_chain builds for these options is the greedy sampler alone.
 bool is_argmax(const SamplingOptions & s) {
     return s.temp <= 0.0f && !has_penalties(s);
+}
+
+// The probability of token t in a sparse distribution (0 when absent).
+float prob_of(const TokenDist & dist, llama_token t) {
+    for (const llama_token_data & d : dist) {
+        if (d.id == t) {
+            return d.p;
+        }
+    }
+    return 0.0f;
+}
+
+// Softmax over the logits in place (.p), as llama.cpp's dist sampler computes it;
+// false when no logit is finite.
+bool softmax(TokenDist & dist) {
+    float max_l = -INFINITY;
+    for (const llama_token_data & d : dist) {
+        max_l = std::max(max_l, d.logit);
+    }
+    if (!std::isfinite(max_l)) {
+        return false;
+    }
+    double sum = 0.0;
+    for (llama_token_data & d : dist) {
+        d.p = std::exp(d.logit - max_l);
+        sum += d.p;
+    }
+    for (llama_token_data & d : dist) {
+        d.p = static_cast<float>(d.p / sum);
+    }
+    return true;
 }
 
 }  // namespace
@@ -106,11 +143,38 @@ std::unique_ptr<Sampler> Sampler::create(const SamplingOptions & opts, const lla
             return nullptr;
         }
     }
-    return std::unique_ptr<Sampler>(
+    std::unique_ptr<Sampler> sampler(
         new Sampler(make_chain(opts, n_vocab), std::move(grammar), n_vocab, opts.grammar_step_budget_us, is_argmax(opts)));
+    sampler->enable_rejection(opts);
+    return sampler;
+}
+
+void Sampler::enable_rejection(const SamplingOptions & opts) {
+    if (opts.verify != Verify::rejection || opts.temp <= 0.0f) {
+        return;  // at temperature 0 rejection sampling is the greedy path itself
+    }
+    if (grammar_ || has_penalties(opts)) {
+        fell_back_ = true;  // p (penalized, masked) and the head's q would not be comparable
+        return;
+    }
+    transform_.reset(llama_sampler_chain_init(llama_sampler_chain_default_params()));
+    add_transforms(transform_.get(), opts);
+    // a stream of its own: seeded like the chain's dist sampler, its draws would
+    // repeat the ones that chose the call's first token
+    seed_ = opts.seed == LLAMA_DEFAULT_SEED ? std::random_device{}() : opts.seed;
+    dense_.assign(static_cast<size_t>(n_vocab_), 0.0f);
+    reseed();
+}
+
+void Sampler::reseed() {
+    std::seed_seq seq{seed_, 0x72656a65u};  // "reje": not the chain's stream
+    rng_.seed(seq);
 }
 
 void Sampler::reset() {
+    if (transform_) {
+        reseed();
+    }
     grammar_error_.clear();
     llama_sampler_reset(chain_.get());
     if (grammar_) {
@@ -190,6 +254,60 @@ bool Sampler::over_budget(int64_t since, const char * what, std::string & error)
     grammar_error_ = text;
     error = grammar_error_;
     return true;
+}
+
+void Sampler::distribution(const float * logits, TokenDist & out) {
+    llama_token_data_array arr = candidates(logits);
+    llama_sampler_apply(transform_.get(), &arr);
+    out.assign(arr.data, arr.data + arr.size);
+    if (!softmax(out)) {
+        out.clear();
+    }
+}
+
+llama_token Sampler::draw(const TokenDist & dist) {
+    double total = 0.0;
+    for (const llama_token_data & d : dist) {
+        total += d.p;
+    }
+    const double target = std::uniform_real_distribution<double>(0.0, 1.0)(rng_) * total;
+    double run = 0.0;
+    for (const llama_token_data & d : dist) {
+        run += d.p;
+        if (run > target) {
+            return d.id;
+        }
+    }
+    return dist.empty() ? -1 : dist.back().id;
+}
+
+llama_token Sampler::draft_token(const float * logits, TokenDist & q) {
+    distribution(logits, q);
+    return draw(q);
+}
+
+bool Sampler::accept_draft(llama_token d, const TokenDist & p, const TokenDist & q) {
+    const double pd = prob_of(p, d);
+    const double qd = prob_of(q, d);
+    const double u = std::uniform_real_distribution<double>(0.0, 1.0)(rng_);
+    return u * qd < pd;
+}
+
+llama_token Sampler::residual_token(const TokenDist & p, const TokenDist & q) {
+    for (const llama_token_data & d : q) {
+        dense_[static_cast<size_t>(d.id)] = d.p;
+    }
+    residual_.clear();
+    for (const llama_token_data & d : p) {
+        const float r = d.p - dense_[static_cast<size_t>(d.id)];
+        if (r > 0.0f) {
+            residual_.push_back(llama_token_data{d.id, d.logit, r});
+        }
+    }
+    for (const llama_token_data & d : q) {
+        dense_[static_cast<size_t>(d.id)] = 0.0f;
+    }
+    return residual_.empty() ? draw(p) : draw(residual_);
 }
 
 llama_token greedy_token(const float * logits, int32_t n_vocab) {

@@ -3,11 +3,23 @@
 // for a live token (with no token left, the dist sampler would abort inside
 // llama.cpp). It also gives access to a decode's logits and to the candidates
 // built from them, which is what sampled drafts and per-token probabilities need.
+//
+// With verify="rejection" (speculative sampling, Leviathan et al. 2023 / Chen et
+// al. 2023) it also draws the call's drafts from the MTP head's distribution q
+// after the same transforms the chain applies to the target (top-k, top-p, min-p,
+// temperature), keeps a draft d with probability min(1, p(d)/q(d)) against the
+// target's distribution p at its position, and resamples the first rejected
+// position from norm(max(0, p - q)); each emitted token is then distributed as
+// plain sampling from p. Rejection runs only where p and q are comparable: at
+// temperature 0 it is the greedy path; a grammar or repetition/frequency/presence
+// penalties (stateful, applied to the target only) make the call fall back to
+// match (verify_fell_back()).
 // One sampler per call, used on the worker thread only (built on the caller's).
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -21,6 +33,10 @@ struct SamplerDeleter {
     void operator()(llama_sampler * s) const { llama_sampler_free(s); }
 };
 using SamplerPtr = std::unique_ptr<llama_sampler, SamplerDeleter>;
+
+// A sparse distribution over the vocabulary: the tokens a call's transforms leave,
+// with their probabilities in .p (summing to 1), in no particular order.
+using TokenDist = std::vector<llama_token_data>;
 
 class Sampler {
 public:
@@ -45,6 +61,30 @@ public:
     // next call on this sampler).
     llama_token_data_array candidates(const float * logits);
 
+    // --- speculative sampling (verify="rejection")
+    // True when this call verifies by rejection sampling (asked for, temp > 0, no
+    // grammar, no penalties).
+    bool rejection() const { return transform_ != nullptr; }
+    // True when the call asked for verify="rejection" at temp > 0 and runs "match"
+    // because of a grammar or penalties.
+    bool verify_fell_back() const { return fell_back_; }
+    // The distribution of a row of logits after the chain's transforms (top-k,
+    // top-p, min-p, temperature), as the chain's dist sampler would draw from it.
+    // Empty when no token has a finite logit.
+    void distribution(const float * logits, TokenDist & out);
+    // A draft drawn from the head's row of logits; `q` receives its distribution.
+    // -1 when the row has no finite logit.
+    llama_token draft_token(const float * logits, TokenDist & q);
+    // Keep draft d (drawn from q) with probability min(1, p(d) / q(d)).
+    bool accept_draft(llama_token d, const TokenDist & p, const TokenDist & q);
+    // The token of a rejected position: drawn from norm(max(0, p - q)), or from p
+    // where that has no mass left (p == q up to rounding).
+    llama_token residual_token(const TokenDist & p, const TokenDist & q);
+    // A token drawn from `dist` (weights need not be normalized).
+    llama_token draw(const TokenDist & dist);
+    // Record a token the call emitted by rejection sampling in the chain's state.
+    void accept(llama_token t) { llama_sampler_accept(chain_.get(), t); }
+
 private:
     Sampler(SamplerPtr chain, SamplerPtr grammar, int32_t n_vocab, int64_t step_budget_us, bool argmax)
         : chain_(std::move(chain)),
@@ -67,8 +107,19 @@ private:
     // greedy sampler picks it), read without building the candidate array
     bool argmax_;
     int64_t step_budget_us_ = 0;  // 0: none
+    // verify="rejection": the chain's transforms without its final draw (null: match)
+    void enable_rejection(const SamplingOptions & opts);
+    void reseed();
+
     std::string grammar_error_;
     std::vector<llama_token_data> cand_;
+    // verify="rejection" only
+    SamplerPtr transform_;
+    bool fell_back_ = false;
+    uint32_t seed_ = 0;
+    std::mt19937 rng_;
+    std::vector<float> dense_;  // q by token id while a residual is computed (zero otherwise)
+    TokenDist residual_;
 };
 
 // The most likely token of a row of logits (the lowest id on a tie): a greedy draft.

@@ -34,6 +34,14 @@ namespace mtpstream {
       "rollback=replay: accepted tokens decoded a second time.")                                                    \
     X(context_switches, uint64_t, counter, "context_switches_total",                                                \
       "n_draft=auto: moves between the snapshot and the snapshot-free target context.")                             \
+    X(rejection_iters, uint64_t, counter, "rejection_iterations_total",                                             \
+      "verify=rejection: iterations whose drafts were sampled and verified by rejection sampling.")                 \
+    X(rejection_drafts, uint64_t, counter, "rejection_drafts_generated_total",                                      \
+      "verify=rejection: drafts sampled from the head's distribution.")                                             \
+    X(rejection_accepted, uint64_t, counter, "rejection_drafts_accepted_total",                                     \
+      "verify=rejection: sampled drafts the target kept.")                                                          \
+    X(verify_fallbacks, uint64_t, counter, "verify_fallbacks_total",                                                \
+      "Calls that asked for verify=rejection at temperature > 0 and ran match (a grammar or penalties).")           \
     X(t_draft_us, uint64_t, time, "draft_microseconds_total", "Time spent drafting.")                               \
     X(t_verify_us, uint64_t, time, "verify_microseconds_total", "Time spent in verify decodes.")                    \
     X(t_sample_us, uint64_t, time, "sample_microseconds_total", "Time spent sampling and emitting.")                \
@@ -43,7 +51,7 @@ namespace mtpstream {
     X(n_draft, int32_t, gauge, "n_draft", "Draft length in use (changes under n_draft=auto).")
 
 struct SessionStats {
-    // iters, drafts_generated and drafts_accepted change together (add_round) and are
+    // iters, drafts_generated and drafts_accepted (and the rejection_ ones) change together (add_round) and are
     // read together (snapshot), so a snapshot never shows more accepted than generated
     mutable std::mutex round_mutex;
 #define MTPSTREAM_STATS_ATOMIC(name, type, kind, metric, help) std::atomic<type> name{0};
@@ -56,11 +64,16 @@ struct SessionStats {
     static void sub(std::atomic<uint64_t> & counter, uint64_t v) {
         counter.fetch_sub(v, std::memory_order_relaxed);
     }
-    void add_round(uint64_t generated, uint64_t accepted) {
+    void add_round(uint64_t generated, uint64_t accepted, bool rejection) {
         std::lock_guard<std::mutex> lock(round_mutex);
         add(iters, 1);
         add(drafts_generated, generated);
         add(drafts_accepted, accepted);
+        if (rejection) {
+            add(rejection_iters, 1);
+            add(rejection_drafts, generated);
+            add(rejection_accepted, accepted);
+        }
     }
 };
 

@@ -154,6 +154,7 @@ def generation_options(
     s.grammar = o.grammar or ""
     # the engine's CPU-time budget per grammar step (0: none)
     s.grammar_step_budget_us = max(1, round(step_budget * 1e6)) if step_budget else 0
+    s.verify = _native.Verify.rejection if o.verify == "rejection" else _native.Verify.match
     n.sampling = s
     return n
 

@@ -78,6 +78,10 @@ class Rollback(enum.Enum):
     replay = 1
     automatic = 2
 
+class Verify(enum.Enum):
+    match = 0
+    rejection = 1
+
 class Usage:
     prompt_tokens: int
     completion_tokens: int
@@ -105,6 +109,10 @@ class StatsSnapshot:  # one attribute per STATS_FIELDS entry, in its order
     rollback_fallbacks: int
     replayed_tokens: int
     context_switches: int
+    rejection_iters: int
+    rejection_drafts: int
+    rejection_accepted: int
+    verify_fallbacks: int
     t_draft_us: int
     t_verify_us: int
     t_sample_us: int
@@ -145,6 +153,7 @@ class SamplingOptions:
     penalty_present: float
     grammar: str
     grammar_step_budget_us: int
+    verify: Verify
     def __init__(self) -> None: ...
 
 class GenerationOptions:

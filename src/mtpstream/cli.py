@@ -127,7 +127,7 @@ def _cmd_make_model(args: argparse.Namespace) -> int:
         weights=args.weights,
         size=args.size,
         mtp_error_rate=args.mtp_error_rate,
-        head=args.head,
+        head=args.head or ("token" if args.weights == "soft" else "hidden"),
         kind=args.kind,
         seed=args.seed,
         cache_dir=args.cache_dir,
@@ -461,9 +461,11 @@ def _parser() -> argparse.ArgumentParser:
 
     mk = sub.add_parser("make-model", help="write (or find in the cache) a synthetic model; print its path")
     mk.add_argument("--arch", choices=("qwen35", "qwen35moe"), default="qwen35")
-    mk.add_argument("--weights", choices=("oracle", "random"), default="oracle")
+    mk.add_argument("--weights", choices=("oracle", "random", "soft"), default="oracle")
     mk.add_argument("--size", choices=("tiny", "small", "bench"), default="tiny")
-    mk.add_argument("--head", choices=("hidden", "kv", "kv2", "token"), default="hidden")
+    mk.add_argument(
+        "--head", choices=("hidden", "kv", "kv2", "token"), default=None, help="default: hidden (soft: token)"
+    )
     mk.add_argument("--kind", choices=("mtp", "plain", "sidecar"), default="mtp")
     mk.add_argument("--mtp-error-rate", type=float, default=0.25)
     mk.add_argument("--seed", type=int, default=0)

@@ -123,6 +123,12 @@ class GenerationOptions(_Strict):
     stop: tuple[str, ...] = ()
     emit_stats_every: int = Field(default=0, ge=0, le=INT32_MAX)
     cache_prompt: bool = True
+    verify: Literal["match", "rejection"] = "match"
+    """How drafts are verified at temperature > 0: ``"match"`` (greedy drafts, kept when
+    the target samples the same token) or ``"rejection"`` (drafts sampled from the
+    head, kept with probability min(1, p/q); see the README). Temperature 0 is the
+    greedy path either way; a grammar or penalties make ``"rejection"`` run as
+    ``"match"`` (counted in :attr:`MTPStats.verify_fallbacks`)."""
     timeout: float | None = Field(default=None, ge=MIN_TIMEOUT_S, le=MAX_TIMEOUT_S)
     _grammar_field: str = PrivateAttr(default="grammar")  # the option the grammar came from
 

@@ -136,7 +136,10 @@ class MTP:
         ``prompt`` is text (tokenized with special tokens parsed) or token ids. Options:
         ``max_tokens, temp, top_k, top_p, min_p, seed, penalty_last_n, penalty_repeat,
         penalty_freq, penalty_present, grammar, response_format, stop, emit_stats_every,
-        timeout``. ``response_format`` is OpenAI's (``{"type": "json_object"}`` or
+        timeout, verify``. ``verify="rejection"`` verifies sampled drafts by rejection
+        sampling at ``temp > 0`` (the output keeps plain sampling's distribution); the
+        default ``"match"`` keeps a greedy draft when the target samples the same token.
+        ``response_format`` is OpenAI's (``{"type": "json_object"}`` or
         ``{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}``) and
         becomes a grammar through llama-cpp-python's JSON-schema converter.
         ``wait=False`` raises :class:`SessionBusyError` instead of queueing behind
@@ -502,7 +505,10 @@ def init(
     cheaper (:attr:`MTP.rollback_verify_cost_ratio`): on a model whose decodes cost
     their arithmetic the snapshot writes grow with the sequences, while on one whose
     decodes cost their per-iteration overheads a replayed verify, whose batch shape
-    changes, makes llama.cpp rebuild its graph every time. ``"replay"`` shares each sequence's state with a spare sequence id before a verify and, after a
+    changes, makes llama.cpp rebuild its graph every time.
+
+    ``"replay"`` shares each sequence's state with a spare sequence id before a
+    verify and, after a
     rejection, restores it and decodes the accepted tokens again in front of the next
     verify (``stats().replayed_tokens``), in place of as many drafts; ``"snapshots"``
     has llama.cpp keep the state after each of a verify's last ``n_draft + 1`` tokens,

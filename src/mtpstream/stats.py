@@ -92,6 +92,17 @@ class MTPStats(BaseModel):
     """``n_draft="auto"`` with ``n_seq=1`` only: how often the sequence moved between
     the target context that keeps recurrent-state snapshots (needed to roll drafts
     back) and a snapshot-free one that decodes faster while drafting does not pay."""
+    rejection_iters: int = 0
+    """``verify="rejection"``: iterations (verifies) whose drafts were sampled from the
+    head and verified by rejection sampling (part of ``iters``)."""
+    rejection_drafts: int = 0
+    """``verify="rejection"``: drafts those iterations proposed (part of ``drafts_generated``)."""
+    rejection_accepted: int = 0
+    """``verify="rejection"``: drafts of those the target kept (part of ``drafts_accepted``)."""
+    verify_fallbacks: int = 0
+    """Calls that asked for ``verify="rejection"`` at temperature > 0 and ran ``"match"``
+    instead: a grammar, or repetition/frequency/presence penalties, make the target's
+    distribution incomparable with the head's."""
     n_seq: int = 1
     """Sequences the session decodes together."""
     active_sequences: int = 0
@@ -117,6 +128,15 @@ class MTPStats(BaseModel):
             f"({self.drafts_accepted} accepted / {self.drafts_generated} generated), "
             f"{per_iter:.2f} tokens/iteration",
             f"mtp: decode speed = {self.tokens_per_sec:.2f} tokens/s",
+        ]
+        if self.rejection_iters or self.verify_fallbacks:
+            per_verify = self.rejection_accepted / self.rejection_iters if self.rejection_iters else 0.0
+            lines.append(
+                f"mtp: verify=rejection: {self.rejection_accepted} accepted / {self.rejection_drafts} drafts "
+                f"in {self.rejection_iters} iterations ({per_verify:.2f} accepted/verify), "
+                f"fallbacks to match: {self.verify_fallbacks}"
+            )
+        lines += [
             f"mtp: prompt cache = {self.prompt_tokens_cached} of {self.prompt_tokens} prompt tokens reused, "
             f"{self.checkpoints} checkpoints ({self.checkpoint_bytes / 2**20:.2f} MiB)",
             f"mtp: prefill {ms(t.prefill)}",

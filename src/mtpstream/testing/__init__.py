@@ -11,6 +11,12 @@ own KV entry at the previous position (``"kv"``) or two back (``"kv2"``);
 :func:`inject_fault` puts a
 known engine bug back so a test can see the acceptance drop.
 
+With ``weights="soft"`` target and head share a known next-token distribution
+(0.5 / 0.3 / 0.2 over three successors at temperature 1; the head's is moved
+towards 0.1 / 0.1 / 0.8 by ``mtp_error_rate``), so acceptance at temperature > 0
+is known: :func:`load_soft_spec` gives the :class:`SoftSpec`, whose
+``rejection_acceptance(temp, ...)`` is ``sum_x min(p(x), q(x))`` per draft.
+
 Example::
 
     from mtpstream.testing import make_model, load_spec, expected_acceptance
@@ -29,6 +35,7 @@ from ._api import (
     describe,
     expected_acceptance,
     load_model,
+    load_soft_spec,
     load_spec,
     make_model,
     oracle_margins,
@@ -47,6 +54,7 @@ from ._config import (
 )
 from ._faults import FAULTS, Fault, inject_fault
 from ._oracle import HEAD_MODES, STOP_WORD, AcceptanceResult, HeadMode, OracleSpec, analytic_acceptance
+from ._soft import HEAD_SKEW, TARGET_PROBS, SoftSpec, accepted_per_verify
 from ._writer import FORMAT_VERSION
 
 __all__ = [
@@ -55,9 +63,11 @@ __all__ = [
     "FAULTS",
     "FORMAT_VERSION",
     "HEAD_MODES",
+    "HEAD_SKEW",
     "KINDS",
     "SIZES",
     "STOP_WORD",
+    "TARGET_PROBS",
     "WEIGHTS",
     "AcceptanceResult",
     "Arch",
@@ -67,8 +77,10 @@ __all__ = [
     "ModelConfig",
     "OracleSpec",
     "Size",
+    "SoftSpec",
     "SyntheticModel",
     "Weights",
+    "accepted_per_verify",
     "analytic_acceptance",
     "build_spec",
     "default_cache_dir",
@@ -76,6 +88,7 @@ __all__ = [
     "expected_acceptance",
     "inject_fault",
     "load_model",
+    "load_soft_spec",
     "load_spec",
     "make_model",
     "model_config",

@@ -63,6 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "eos_token_id": m.spec.eos_token_id,
                 "n_error_tokens": len(m.spec.error_tokens),
             }
+        if m.soft is not None:
+            d["soft"] = {
+                "target_logits": m.soft.target_logits,
+                "head_logits": m.soft.head_logits,
+                "rejection_acceptance_t1": m.soft.rejection_acceptance(1.0),
+                "match_acceptance_t1": m.soft.match_acceptance(1.0),
+            }
     json.dump(d, sys.stdout, indent=2, default=str)
     print()
     return 0

@@ -36,6 +36,7 @@ from ._oracle import (
     oracle_layout,
     simulate_acceptance,
 )
+from ._soft import SoftSpec
 from ._tokenizer import build_vocab
 from ._writer import FORMAT_VERSION, META_PREFIX, ModelRequest, write_model
 
@@ -70,6 +71,8 @@ def _normalize(
     rate = float(mtp_error_rate)
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"mtp_error_rate must be in [0, 1], got {mtp_error_rate!r}")
+    if weights == "soft" and head != "token":
+        raise ValueError(f"weights='soft' drafts from the input token only (head='token'), not {head!r}")
     if weights == "random" or kind == "plain":
         rate = 0.0  # irrelevant for these models; one file serves all values
         head = "token"
@@ -96,7 +99,7 @@ def _file_name(req: ModelRequest) -> str:
         "head": req.head,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    rate = f"-e{req.mtp_error_rate:g}" if req.weights == "oracle" and req.kind != "plain" else ""
+    rate = f"-e{req.mtp_error_rate:g}" if req.weights != "random" and req.kind != "plain" else ""
     head = "" if req.head == "token" else f"-{req.head}"
     stem = f"{req.cfg.arch}-{req.cfg.size}-{req.weights}-{req.kind}{head}{rate}-s{req.seed}"
     return f"{stem}-v{FORMAT_VERSION}-{digest}.gguf"
@@ -133,12 +136,20 @@ def make_model(
     Args:
         arch: ``"qwen35"`` (dense hybrid Gated-DeltaNet / attention) or
             ``"qwen35moe"`` (same hybrid with MoE FFN and a shared expert).
-        weights: ``"random"`` (seeded normal weights) or ``"oracle"`` (known
+        weights: ``"random"`` (seeded normal weights), ``"oracle"`` (known
             greedy successor map, MTP head wrong on ``mtp_error_rate`` of the
-            word classes; see :func:`load_spec`).
-        size: ``"tiny"`` (a few MB) or ``"bench"`` (~0.6B parameters, Q8_0).
-        mtp_error_rate: fraction of word classes on which the oracle MTP head
-            predicts a wrong token (ignored for random weights and plain models).
+            word classes; see :func:`load_spec`) or ``"soft"`` (target and head
+            share a known next-token distribution, 0.5 / 0.3 / 0.2 over three
+            successors at temperature 1, so acceptance at temperature > 0 has a
+            known expectation; see :func:`load_soft_spec` and
+            :class:`SoftSpec`; ``head="token"`` only).
+        size: ``"tiny"`` (a few MB), ``"small"`` (the tiny shapes 32 layers deep)
+            or ``"bench"`` (~0.6B parameters, Q8_0).
+        mtp_error_rate: oracle: fraction of word classes on which the MTP head
+            predicts a wrong token; soft: how far the head's distribution is from
+            the target's, ``q = (1 - e) * (0.5, 0.3, 0.2) + e * (0.1, 0.1, 0.8)``
+            (a draft is then kept with probability ``1 - 0.6 e`` at temperature 1
+            under ``verify="rejection"``). Ignored for random weights and plain models.
         seed: seed of every random choice.
         kind: ``"mtp"`` (trunk + one NextN block), ``"plain"`` (no NextN
             block) or ``"sidecar"`` (MTP-only GGUF: embeddings, output norm,
@@ -202,7 +213,9 @@ class SyntheticModel:
     head: str
     """What the oracle MTP head reads: ``"token"``, ``"hidden"``, ``"kv"`` or ``"kv2"``."""
     spec: OracleSpec | None
-    """Oracle behaviour (``None`` for random weights)."""
+    """Oracle behaviour (``None`` for random and soft weights)."""
+    soft: SoftSpec | None = None
+    """Soft-oracle behaviour (``None`` unless ``weights="soft"``)."""
 
     @property
     def config(self) -> ModelConfig:
@@ -242,6 +255,7 @@ def load_model(path: str | os.PathLike[str]) -> SyntheticModel:
             head_mode=str(kv.get(m + "head", "token")),
         )
     return SyntheticModel(
+        soft=_soft_spec(kv),
         path=p,
         arch=arch,  # type: ignore[arg-type]
         size=str(kv[m + "size"]),  # type: ignore[arg-type]
@@ -259,11 +273,39 @@ def load_model(path: str | os.PathLike[str]) -> SyntheticModel:
     )
 
 
+def _soft_spec(kv: dict[str, Any]) -> SoftSpec | None:
+    m = META_PREFIX
+    if m + "soft_token_class" not in kv:
+        return None
+    succ = [int(x) for x in kv[m + "soft_successors"]]
+    tl = [float(x) for x in kv[m + "soft_target_logits"]]
+    hl = [float(x) for x in kv[m + "soft_head_logits"]]
+    return SoftSpec(
+        token_class=tuple(int(x) for x in kv[m + "soft_token_class"]),
+        successors=tuple((succ[i], succ[i + 1], succ[i + 2]) for i in range(0, len(succ), 3)),
+        target_logits=(tl[0], tl[1], tl[2]),
+        head_logits=(hl[0], hl[1], hl[2]),
+        mtp_error_rate=float(kv[m + "mtp_error_rate"]),
+    )
+
+
+def load_soft_spec(path: str | os.PathLike[str]) -> SoftSpec:
+    """The :class:`SoftSpec` stored in a soft-oracle model file (``weights="soft"``).
+
+    Raises:
+        ValueError: the file has other weights, or was not written by mtpstream.testing.
+    """
+    spec = load_model(path).soft
+    if spec is None:
+        raise ValueError(f"{path} does not have soft-oracle weights (make_model(weights='soft'))")
+    return spec
+
+
 def load_spec(path: str | os.PathLike[str]) -> OracleSpec:
     """The :class:`OracleSpec` stored in an oracle model file."""
     spec = load_model(path).spec
     if spec is None:
-        raise ValueError(f"{path} has random weights; it has no oracle spec")
+        raise ValueError(f"{path} has no oracle spec (random or soft weights)")
     return spec
 
 

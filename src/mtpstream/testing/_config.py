@@ -8,12 +8,12 @@ from typing import Literal
 Arch = Literal["qwen35", "qwen35moe"]
 Size = Literal["tiny", "small", "bench"]
 Kind = Literal["mtp", "plain", "sidecar"]
-Weights = Literal["random", "oracle"]
+Weights = Literal["random", "oracle", "soft"]
 
 ARCHS: tuple[Arch, ...] = ("qwen35", "qwen35moe")
 SIZES: tuple[Size, ...] = ("tiny", "small", "bench")
 KINDS: tuple[Kind, ...] = ("mtp", "plain", "sidecar")
-WEIGHTS: tuple[Weights, ...] = ("random", "oracle")
+WEIGHTS: tuple[Weights, ...] = ("random", "oracle", "soft")
 
 
 @dataclass(frozen=True)

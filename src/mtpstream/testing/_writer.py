@@ -13,6 +13,7 @@ import numpy as np
 
 from ._config import Kind, ModelConfig, Weights
 from ._oracle import HEAD_LAG, HeadMode, OracleLayout, oracle_layout, rng_for
+from ._soft import SoftLayout, SoftSpec, soft_layout
 from ._tokenizer import CHAT_TEMPLATE, Vocab, build_vocab
 
 FORMAT_VERSION = 2
@@ -83,9 +84,13 @@ class _Builder:
         self.req = req
         self.cfg = req.cfg
         self.vocab = vocab
-        self.oracle = req.weights == "oracle"
+        # oracle and soft weights: zero output projections, the hidden state is the embedding
+        self.oracle = req.weights != "random"
         self.layout: OracleLayout | None = (
-            oracle_layout(vocab, req.seed, req.mtp_error_rate) if self.oracle else None
+            oracle_layout(vocab, req.seed, req.mtp_error_rate) if req.weights == "oracle" else None
+        )
+        self.soft: SoftLayout | None = (
+            soft_layout(vocab, req.seed, self.cfg.n_embd) if req.weights == "soft" else None
         )
         self._class_vectors: np.ndarray | None = None
 
@@ -101,6 +106,10 @@ class _Builder:
                 self.req.seed, self.cfg.n_embd, const_dim=self.req.head in _KV_HEADS
             )
         return self._class_vectors
+
+    def soft_spec(self) -> SoftSpec:
+        assert self.soft is not None
+        return self.soft.spec(self.cfg.n_embd, self.cfg.quantized, self.req.mtp_error_rate)
 
     @property
     def slot(self) -> int:
@@ -153,6 +162,9 @@ class _Builder:
             return TensorPlan(name, shape, self.matrix_type(), self.normal(name, shape, 1.0))
 
         def make() -> np.ndarray:
+            if self.soft is not None:
+                soft_rows: np.ndarray = self.soft.vectors[self.soft.token_class]
+                return soft_rows
             assert self.layout is not None
             rows: np.ndarray = self.class_vectors()[self.layout.token_class]
             return rows
@@ -170,6 +182,9 @@ class _Builder:
             )
 
         def make() -> np.ndarray:
+            if self.soft is not None:
+                spec = self.soft_spec()
+                return self.soft.lm_head(self.vocab.n_vocab, spec.head_logits if head else spec.target_logits)
             assert self.layout is not None
             rows = self.layout.class_head if head else self.layout.class_succ
             w = np.zeros(shape, dtype=np.float32)
@@ -397,6 +412,14 @@ class _Builder:
         return out
 
 
+def _add_soft_metadata(w: gguf.GGUFWriter, spec: SoftSpec) -> None:
+    m = META_PREFIX
+    w.add_array(m + "soft_token_class", list(spec.token_class))
+    w.add_array(m + "soft_successors", [t for succ in spec.successors for t in succ])
+    w.add_array(m + "soft_target_logits", list(spec.target_logits))
+    w.add_array(m + "soft_head_logits", list(spec.head_logits))
+
+
 def _add_metadata(w: gguf.GGUFWriter, req: ModelRequest, vocab: Vocab, layout: OracleLayout | None) -> None:
     c = req.cfg
     a = c.arch
@@ -483,6 +506,8 @@ def write_model(req: ModelRequest, path: str | os.PathLike[str]) -> None:
     w = gguf.GGUFWriter(path, req.cfg.arch)
     try:
         _add_metadata(w, req, vocab, builder.layout)
+        if builder.soft is not None:
+            _add_soft_metadata(w, builder.soft_spec())
         for p in plans:
             w.add_tensor_info(p.name, p.shape, np.dtype(np.float32), p.nbytes, raw_dtype=_GGML_TYPES[p.qtype])
         w.write_header_to_file()
