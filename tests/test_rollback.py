@@ -241,3 +241,35 @@ def test_rollback_is_validated(rm: OracleModels, bad: object) -> None:
     with pytest.raises(mtpstream.InvalidOptionError) as info:
         mtpstream.init(rm.get("qwen35"), n_draft=3, rollback=bad)
     assert info.value.field == "rollback"
+
+
+def test_auto_takes_snapshots_with_one_sequence(rm: OracleModels) -> None:
+    """The default: with one sequence snapshots are never far behind (measured) and
+    nothing is timed."""
+    with mtpstream.init(rm.get("qwen35"), n_draft=3, n_ctx=256) as mtp:
+        assert (mtp.rollback, mtp.rollback_verify_cost_ratio) == ("snapshots", 0.0)
+    with mtpstream.init(rm.get("qwen35"), n_draft=0, n_ctx=256) as plain:
+        assert plain.rollback is None  # no drafts: nothing to roll back
+    for explicit in ("replay", "snapshots"):
+        with mtpstream.init(rm.get("qwen35"), n_draft=3, n_ctx=256, n_seq=2, rollback=explicit) as mtp:
+            assert (mtp.rollback, mtp.rollback_verify_cost_ratio) == (explicit, 0.0)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("arch", ARCHS)
+async def test_auto_with_several_sequences_measures_and_stays_exact(rm: OracleModels, arch: str) -> None:
+    """With several sequences init times both verifies and picks by the ratio; whichever
+    it picks (it depends on the machine), every stream equals plain decoding and its
+    acceptance is the simulation's for that rollback."""
+    model, spec = rm.get(arch), rm.spec(arch)
+    prompts = prompts_for(model, spec)
+    with mtpstream.init(model, n_draft=3, n_ctx=512, n_seq=4, **EXACT) as mtp:
+        ratio, chosen = mtp.rollback_verify_cost_ratio, mtp.rollback
+        assert ratio > 0.0
+        assert chosen == ("replay" if ratio < 0.95 else "snapshots")
+        got = await together(mtp, [(p, {"max_tokens": 80}) for p in prompts])
+    for prompt, (ids, done) in zip(prompts, got, strict=True):
+        exp = expected_acceptance(spec, prompt, n_draft=3, n_tokens=80, rollback=chosen)
+        assert ids == [t for t in exp.tokens if t != spec.eos_token_id]
+        usage = done.usage
+        assert (usage.drafts_accepted, usage.drafts_generated) == (exp.drafts_accepted, exp.drafts_generated)
