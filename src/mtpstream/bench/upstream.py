@@ -236,7 +236,8 @@ def _cell(exe: Path, level: Level, k: DraftKey, settings: Settings, log: Log) ->
                         our_accepted += sample.drafts_accepted
                         our_ms.append((sample.timing_us["prefill"] + sample.timing_us["total"]) / 1000)
         # the head's acceptance on llama-server's schedule (k drafts every iteration;
-        # the default rollback="replay" drafts fewer after a rejection): one greedy run
+        # rollback="replay", which "auto" may pick with several sequences, drafts fewer
+        # after a rejection): one greedy run
         snap_rate = None
         if k not in (0, "auto"):
             with open_session(model, k, settings, rollback="snapshots") as snap:
