@@ -110,20 +110,25 @@ def _missing(obj: dict[str, Any], keys: set[str]) -> set[str]:
     return keys - obj.keys()
 
 
-def _shape(result: dict[str, Any]) -> Any:
-    """The result's key tree; the targets (judged by :mod:`.targets`, whose notes come
-    and go with the figures) only by name."""
-    tree = key_tree(result)
-    if "targets" in tree:
-        tree["targets"] = sorted(tree["targets"])
+# by name only: the targets (judged by .targets, whose notes come and go with the
+# figures), the machine and the versions (what the host offers, e.g. /proc/loadavg)
+_NAMES_ONLY = ("targets", "machine", "versions")
+
+
+def _names_only(tree: Any) -> Any:
+    for key in _NAMES_ONLY:
+        if key in tree:
+            tree[key] = sorted(tree[key])
     return tree
 
 
+def _shape(result: dict[str, Any]) -> Any:
+    """The result's key tree, the sections of _NAMES_ONLY reduced to their keys."""
+    return _names_only(key_tree(result))
+
+
 def _saved_shape(name: str) -> Any:
-    saved = json.loads((KEYS_DIR / f"bench-keys-{name}.json").read_text())
-    if "targets" in saved:
-        saved["targets"] = sorted(saved["targets"])
-    return saved
+    return _names_only(json.loads((KEYS_DIR / f"bench-keys-{name}.json").read_text()))
 
 
 @pytest.fixture(scope="module")
