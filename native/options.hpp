@@ -30,7 +30,8 @@ enum class Rollback : int32_t {
 struct ContextOptions {
     int32_t n_ctx = 2048;         // per sequence
     int32_t n_seq = 1;            // sequences decoded together (1..64)
-    int32_t n_batch = 0;          // 0: min(n_ctx, 512)
+    // 0: min(n_ctx * n_seq, max(512, n_seq * (n_draft + 1))), as Engine::check_sizes fills it in
+    int32_t n_batch = 0;
     int32_t n_ubatch = 0;         // 0: n_batch
     int32_t n_threads = 0;        // 0: llama.cpp default
     int32_t n_threads_batch = 0;  // 0: llama.cpp default

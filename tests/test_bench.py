@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench_keys import key_tree
 from mtpstream import bench
+
+KEYS_DIR = Path(__file__).parent / "data"
 
 TOP_KEYS = {
     "schema",
@@ -105,6 +110,27 @@ def _missing(obj: dict[str, Any], keys: set[str]) -> set[str]:
     return keys - obj.keys()
 
 
+# by name only: the targets (judged by .targets, whose notes come and go with the
+# figures), the machine and the versions (what the host offers, e.g. /proc/loadavg)
+_NAMES_ONLY = ("targets", "machine", "versions")
+
+
+def _names_only(tree: Any) -> Any:
+    for key in _NAMES_ONLY:
+        if key in tree:
+            tree[key] = sorted(tree[key])
+    return tree
+
+
+def _shape(result: dict[str, Any]) -> Any:
+    """The result's key tree, the sections of _NAMES_ONLY reduced to their keys."""
+    return _names_only(key_tree(result))
+
+
+def _saved_shape(name: str) -> Any:
+    return _names_only(json.loads((KEYS_DIR / f"bench-keys-{name}.json").read_text()))
+
+
 @pytest.fixture(scope="module")
 def quick_result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     out = tmp_path_factory.mktemp("bench")
@@ -165,6 +191,117 @@ def test_reference_measurements(quick_result: tuple[dict[str, Any], Path]) -> No
     assert set(r["company"]["ratio_vs_alone"]) == {"0", "1", "3"}
     for section in ("ttft", "async_layer", "stats_latency", "company"):
         assert {"foreign_cpu_cores", "steal_cores"} <= r[section]["machine_load"].keys(), section
+
+
+def test_json_keys_are_those_of_the_dict_era(quick_result: tuple[dict[str, Any], Path]) -> None:
+    """The results became dataclasses; the JSON they write has the same keys at every
+    depth as a --quick result written before (tests/data/bench-keys-quick.json)."""
+    r, _ = quick_result
+    assert _shape(r) == _saved_shape("quick")
+
+
+def test_progress_goes_to_stderr_stamped(capsys: pytest.CaptureFixture[str]) -> None:
+    """The bench logs through ``logging``; the CLI prints those lines on stderr exactly
+    as before (``[   12.3s] message``), and nowhere else (not to the root logger)."""
+    seen: list[str] = []
+
+    class Root(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    root = Root()
+    logging.getLogger().addHandler(root)
+    try:
+        with bench.progress_on_stderr():
+            logging.getLogger("mtpstream.bench.measure").info("    round 1/3  tok/s k=0:1.0")
+        logging.getLogger("mtpstream.bench.measure").warning("after: not printed")
+    finally:
+        logging.getLogger().removeHandler(root)
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"\[ {4}\d\.\ds\]     round 1/3  tok/s k=0:1\.0\n", err), err
+    assert seen == ["after: not printed"]  # propagation is back after the block, and only then
+    assert not logging.getLogger("mtpstream.bench").handlers
+
+
+def test_chat_and_upstream_results_keep_their_keys() -> None:
+    """The scenarios the quick run does not reach: their dataclasses write the keys the
+    dicts had (chat's turns and summary, one llama-server comparison cell)."""
+    from mtpstream.bench.chat import ChatResult, ChatTurn
+    from mtpstream.bench.upstream import UpstreamCell
+
+    turn = ChatTurn(0, 1500, 1400, 5.0, 50.0, 10.0, True)
+    chat = ChatResult("a0.75", 3, 30, 2000, [turn], {"checkpoints": 1}).as_json()
+    assert set(chat) == {"level", "n_draft", "turn_tokens", "history_tokens", "turns", "at_1500", "divergent"}
+    assert set(chat["turns"][0]) == {
+        "turn",
+        "prompt_tokens",
+        "cached_tokens",
+        "ttft_warm_ms",
+        "ttft_cold_ms",
+        "cold_over_warm",
+        "same_answer",
+    }
+    assert chat["at_1500"] == {
+        "turns": [0],
+        "ttft_warm_ms": 5.0,
+        "ttft_cold_ms": 50.0,
+        "cold_over_warm": 10.0,
+    }
+    cell = UpstreamCell(
+        upstream_tps=[50.0, 50.0],
+        ours_tps=[51.0, 52.0],
+        delivered_tps=[49.0, 50.0],
+        upstream_ms=[100.0, 100.0],
+        ours_ms=[90.0, 95.0],
+        upstream_drafts=10,
+        upstream_accepted=9,
+        ours_drafts=0,
+    ).as_json()
+    assert set(cell) == {
+        "upstream_tokens_per_sec",
+        "upstream_acceptance_rate",
+        "mtpstream_acceptance_rate",
+        "mtpstream_snapshots_acceptance_rate",
+        "expected_acceptance_rate",
+        "mtpstream_uses_mmap",
+        "mtpstream_tokens_per_sec",
+        "mtpstream_over_upstream",
+        "mtpstream_over_upstream_rounds",
+        "mtpstream_delivered_tokens_per_sec",
+        "delivered_over_upstream_rounds",
+        "upstream_request_ms",
+        "mtpstream_request_ms",
+        "request_speed_over_upstream_rounds",
+    }
+    assert cell["upstream_acceptance_rate"] == 0.9 and cell["mtpstream_acceptance_rate"] is None
+    assert cell["mtpstream_over_upstream"] == pytest.approx(1.03)
+
+
+def test_chat_scenario_on_a_short_conversation() -> None:
+    """The chat scenario end to end, on a conversation short enough for a test: warm
+    turns reuse the history, and the section has the keys the dict version wrote."""
+    from mtpstream.bench import chat, measure
+    from mtpstream.testing import make_model
+
+    path = make_model(arch="qwen35", weights="oracle", size="tiny", mtp_error_rate=0.25)
+    settings = measure.Settings(
+        n_drafts=(0, 3),
+        runs=1,
+        warmup=0,
+        tokens=8,
+        threads=2,
+        n_ctx=512,
+        ttft_prompt_tokens=64,
+        ref_n_draft=3,
+    )
+    level = measure.Level(name="a0.75", weights="oracle", path=path)
+    out = chat.run(level, settings, history_tokens=130, turn_tokens=30, k=3).as_json()
+    assert set(out) == {"level", "n_draft", "turn_tokens", "history_tokens", "turns", "at_1500", "divergent"}
+    turns = out["turns"]
+    assert len(turns) >= 2 and [t["turn"] for t in turns] == list(range(len(turns)))
+    assert turns[0]["cached_tokens"] == 0 and turns[1]["cached_tokens"] > 0
+    assert out["at_1500"] is None  # no turn near 1,500 tokens
+    assert set(out["divergent"]) == {"regenerate", "edit_reply", "checkpoints", "checkpoint_bytes"}
 
 
 def test_targets_have_flags(quick_result: tuple[dict[str, Any], Path]) -> None:
@@ -287,6 +424,7 @@ def test_streams_scenario_writes_its_figures(tmp_path: Path) -> None:
     )
     (path,) = tmp_path.glob("bench-*-streams.json")
     data = json.loads(path.read_text())
+    assert _shape(data) == _saved_shape("streams")  # the keys of the dict era
     cell = data["streams"]["levels"]["hidden-a1.00"]["2"]
     for side in ("batched", "batched_snapshots", "single"):
         assert cell[side]["aggregate_tokens_per_sec"]["median"] > 0

@@ -161,3 +161,15 @@ async def test_injected_fault_shows_as_lost_acceptance(
         assert acc / gen < 0.8 * ok_acc / ok_gen
     else:
         assert acc == gen
+
+
+def test_inject_fault_refuses_a_bad_fault_and_a_closed_session(heads: OracleModels) -> None:
+    """The documented errors of ``inject_fault`` (it reaches the engine through
+    ``session.native_engine``, which refuses a closed session)."""
+    mtp = mtpstream.init(heads.get("qwen35", "token", 0.0), n_draft=1, n_ctx=256)
+    with pytest.raises(ValueError, match="fault must be one of"):
+        inject_fault(mtp, "wrong_rows")  # type: ignore[arg-type]
+    inject_fault(mtp, "skip_draft_catch_up")
+    mtp.close()
+    with pytest.raises(mtpstream.SessionClosedError):
+        inject_fault(mtp, "none")

@@ -125,6 +125,16 @@ def close_engine(engine: _native.Engine) -> None:
     _logging.flush()
 
 
+def set_fault(engine: _native.Engine, fault: str) -> None:
+    """Make ``engine`` misbehave on purpose (test only): ``fault`` names a member of
+    the native ``Fault`` enum (``"none"`` restores the real engine).
+
+    Raises:
+        AttributeError: ``fault`` is not a member of ``Fault``.
+    """
+    engine.fault = getattr(_native.Fault, fault)
+
+
 def tokenize(model: _native.Model, text: str, add_special: bool) -> list[int]:
     """Token ids of ``text`` with special tokens parsed."""
     return list(model.tokenize(text, add_special, True))

@@ -131,38 +131,14 @@ class Rules:
                 self.rules[cur] = alts
                 return
             if c == '"':
-                self.pos += 1
-                while self.pos < n and s[self.pos] != '"':
-                    v = self.char()
-                    alt.append(("t", False, ((v, v),)))
-                if self.pos >= n:
-                    raise GrammarSyntaxError("unexpected end of input")
-                self.pos += 1
+                self.literal(alt)
             elif c == "[":
-                self.pos += 1
-                neg = s[self.pos : self.pos + 1] == "^"
-                self.pos += neg
-                ranges = []
-                while self.pos < n and s[self.pos] != "]":
-                    lo = self.char()
-                    hi = lo
-                    if s[self.pos : self.pos + 1] == "-" and s[self.pos + 1 : self.pos + 2] not in ("]", ""):
-                        self.pos += 1
-                        hi = self.char()
-                    ranges.append((lo, hi))
-                if self.pos >= n:
-                    raise GrammarSyntaxError("unexpected end of input")
-                self.pos += 1
-                alt.append(("t", neg, tuple(ranges)))
+                self.char_class(alt)
             elif c == ".":
                 self.pos += 1
                 alt.append(("t", True, ()))
             elif c in "<!":
-                end = s.find(">", self.pos)
-                if end < 0:
-                    raise GrammarSyntaxError("expecting '>'")
-                self.pos = end + 1
-                alt.append(("k",))
+                self.token_ref(alt)
             elif c.isascii() and (c.isalnum() or c == "-"):
                 alt.append(("r", self.rule_id(self.name())))
             elif c == "(":
@@ -193,10 +169,51 @@ class Rules:
             else:
                 raise GrammarSyntaxError(f"unexpected {c!r}")
             last[0] = start
-            self.elements += len(alt) - start
-            if self.elements > self.max_elements:
-                raise TooCostly(f"the grammar has more than {self.max_elements} elements")
+            self.count_elements(len(alt) - start)
             self.space(nested)
+
+    def token_ref(self, alt: Alt) -> None:
+        """Read a token reference ``<...>`` / ``!<...>`` (at its first character)."""
+        end = self.src.find(">", self.pos)
+        if end < 0:
+            raise GrammarSyntaxError("expecting '>'")
+        self.pos = end + 1
+        alt.append(("k",))
+
+    def count_elements(self, added: int) -> None:
+        self.elements += added
+        if self.elements > self.max_elements:
+            raise TooCostly(f"the grammar has more than {self.max_elements} elements")
+
+    def literal(self, alt: Alt) -> None:
+        """Read ``"..."`` (at its opening quote): one terminal per character."""
+        s, n = self.src, len(self.src)
+        self.pos += 1
+        while self.pos < n and s[self.pos] != '"':
+            v = self.char()
+            alt.append(("t", False, ((v, v),)))
+        if self.pos >= n:
+            raise GrammarSyntaxError("unexpected end of input")
+        self.pos += 1
+
+    def char_class(self, alt: Alt) -> None:
+        """Read ``[...]`` / ``[^...]`` (at its ``[``): one terminal of ranges."""
+        s, n = self.src, len(self.src)
+        self.pos += 1
+        neg = s[self.pos : self.pos + 1] == "^"
+        self.pos += neg
+        ranges = []
+        while self.pos < n and s[self.pos] != "]":
+            lo = self.char()
+            hi = lo
+            if s[self.pos : self.pos + 1] == "-" and s[self.pos + 1 : self.pos + 2] not in ("]", ""):
+                self.pos += 1
+                hi = self.char()
+            ranges.append((lo, hi))
+        if self.pos >= n:
+            raise GrammarSyntaxError("unexpected end of input")
+        self.pos += 1
+        alt.append(("t", neg, tuple(ranges)))
 
     def repetition(self, alt: Alt, start: int) -> None:
         s = self.src

@@ -26,18 +26,20 @@ def _scalar_int(v: Any) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
-def check_hyperparameters(name: str, field: Callable[[str], Any], arch: str) -> None:
-    """Raise :class:`ModelLoadError` for metadata llama.cpp would abort on.
+class _Keys:
+    """One file's metadata as the checks read it: ``field(key)`` (None when absent)."""
 
-    ``field(key)`` returns a key's value (None when absent); ``name`` is the file's
-    name for the messages.
-    """
+    def __init__(self, name: str, field: Callable[[str], Any]) -> None:
+        self.name = name
+        self.field = field
 
-    def bad(key: str, why: str) -> ModelLoadError:
-        return ModelLoadError(f"'{name}' has an invalid '{key}': {why}")
+    def bad(self, key: str, why: str) -> ModelLoadError:
+        return ModelLoadError(f"'{self.name}' has an invalid '{key}': {why}")
 
-    def int_in(key: str, lo: int, hi: int) -> int | None:
-        v = field(key)
+    def int_in(self, key: str, lo: int, hi: int) -> int | None:
+        """The key's integer in ``[lo, hi]`` (None when absent or an array, whose every
+        value is checked)."""
+        v = self.field(key)
         if v is None:
             return None
         iv = _scalar_int(v)
@@ -46,58 +48,83 @@ def check_hyperparameters(name: str, field: Callable[[str], Any], arch: str) -> 
                 for x in v:
                     xi = _scalar_int(x)
                     if xi is None or not lo <= xi <= hi:
-                        raise bad(key, f"every value must be an integer in [{lo}, {hi}], got {x!r}")
+                        raise self.bad(key, f"every value must be an integer in [{lo}, {hi}], got {x!r}")
                 return None
-            raise bad(key, f"expected an integer, got {v!r}")
+            raise self.bad(key, f"expected an integer, got {v!r}")
         if not lo <= iv <= hi:
-            raise bad(key, f"must be in [{lo}, {hi}], got {iv}")
+            raise self.bad(key, f"must be in [{lo}, {hi}], got {iv}")
         return iv
 
+    def positive_float(self, key: str) -> None:
+        v = self.field(key)
+        if v is not None and (not isinstance(v, float) or not math.isfinite(v) or v <= 0.0):
+            raise self.bad(key, f"must be a finite number > 0, got {v!r}")
+
+
+def check_hyperparameters(name: str, field: Callable[[str], Any], arch: str) -> None:
+    """Raise :class:`ModelLoadError` for metadata llama.cpp would abort on.
+
+    ``field(key)`` returns a key's value (None when absent); ``name`` is the file's
+    name for the messages.
+    """
+    k = _Keys(name, field)
     a = arch
-    n_layer = int_in(f"{a}.block_count", 1, MAX_LAYERS)
-    int_in(f"{a}.nextn_predict_layers", 0, n_layer if n_layer is not None else MAX_LAYERS)
-    int_in(f"{a}.embedding_length", 1, MAX_WIDTH)
-    int_in(f"{a}.feed_forward_length", 0, 1 << 24)
-    n_head = int_in(f"{a}.attention.head_count", 0, 1 << 14)
-    n_head_kv = int_in(f"{a}.attention.head_count_kv", 0, 1 << 14)
+    n_layer = k.int_in(f"{a}.block_count", 1, MAX_LAYERS)
+    k.int_in(f"{a}.nextn_predict_layers", 0, n_layer if n_layer is not None else MAX_LAYERS)
+    k.int_in(f"{a}.embedding_length", 1, MAX_WIDTH)
+    k.int_in(f"{a}.feed_forward_length", 0, 1 << 24)
+    head_k = _check_attention(k, a)
+    _check_rope(k, a, head_k)
+    n_expert = k.int_in(f"{a}.expert_count", 0, MAX_EXPERTS)
+    used = k.int_in(f"{a}.expert_used_count", 0, MAX_EXPERTS)
+    if n_expert is not None and used is not None and used > n_expert:
+        raise k.bad(f"{a}.expert_used_count", f"{used} exceeds expert_count {n_expert}")
+    for key in (f"{a}.attention.layer_norm_rms_epsilon", f"{a}.attention.layer_norm_epsilon"):
+        k.positive_float(key)
+    k.positive_float(f"{a}.rope.freq_base")
+    if arch in _GATED_DELTA_NET:
+        _check_ssm(k, a)
+    _check_vocab(field, k.bad)
+
+
+def _check_attention(k: _Keys, a: str) -> int | None:
+    """Head counts and lengths; returns ``attention.key_length`` (None when absent)."""
+    n_head = k.int_in(f"{a}.attention.head_count", 0, 1 << 14)
+    n_head_kv = k.int_in(f"{a}.attention.head_count_kv", 0, 1 << 14)
     if n_head and n_head_kv and n_head % n_head_kv != 0:
-        raise bad(f"{a}.attention.head_count_kv", f"{n_head_kv} does not divide head_count {n_head}")
-    head_k = int_in(f"{a}.attention.key_length", 0, 1 << 16)
-    int_in(f"{a}.attention.value_length", 0, 1 << 16)
-    n_rot = int_in(f"{a}.rope.dimension_count", 0, head_k if head_k else 1 << 16)
+        raise k.bad(f"{a}.attention.head_count_kv", f"{n_head_kv} does not divide head_count {n_head}")
+    head_k = k.int_in(f"{a}.attention.key_length", 0, 1 << 16)
+    k.int_in(f"{a}.attention.value_length", 0, 1 << 16)
+    return head_k
+
+
+def _check_rope(k: _Keys, a: str, head_k: int | None) -> None:
+    n_rot = k.int_in(f"{a}.rope.dimension_count", 0, head_k if head_k else 1 << 16)
     if n_rot is not None and n_rot % 2:
-        raise bad(f"{a}.rope.dimension_count", f"must be even (rotary dimensions come in pairs), got {n_rot}")
-    sections = field(f"{a}.rope.dimension_sections")
+        raise k.bad(
+            f"{a}.rope.dimension_count", f"must be even (rotary dimensions come in pairs), got {n_rot}"
+        )
+    sections = k.field(f"{a}.rope.dimension_sections")
     if (
         isinstance(sections, list)
         and n_rot is not None
         and (any(_scalar_int(x) is None or x < 0 for x in sections) or sum(sections) > n_rot // 2)
     ):
-        raise bad(
+        raise k.bad(
             f"{a}.rope.dimension_sections",
             f"{sections} must be counts >= 0 summing to at most rope.dimension_count / 2 ({n_rot // 2})",
         )
-    n_expert = int_in(f"{a}.expert_count", 0, MAX_EXPERTS)
-    used = int_in(f"{a}.expert_used_count", 0, MAX_EXPERTS)
-    if n_expert is not None and used is not None and used > n_expert:
-        raise bad(f"{a}.expert_used_count", f"{used} exceeds expert_count {n_expert}")
-    for key in (f"{a}.attention.layer_norm_rms_epsilon", f"{a}.attention.layer_norm_epsilon"):
-        eps = field(key)
-        if eps is not None and (not isinstance(eps, float) or not math.isfinite(eps) or eps <= 0.0):
-            raise bad(key, f"must be a finite number > 0, got {eps!r}")
-    base = field(f"{a}.rope.freq_base")
-    if base is not None and (not isinstance(base, float) or not math.isfinite(base) or base <= 0.0):
-        raise bad(f"{a}.rope.freq_base", f"must be a finite number > 0, got {base!r}")
-    if arch in _GATED_DELTA_NET:
-        inner = int_in(f"{a}.ssm.inner_size", 0, MAX_WIDTH)
-        state = int_in(f"{a}.ssm.state_size", 0, MAX_WIDTH)
-        rank = int_in(f"{a}.ssm.time_step_rank", 0, MAX_WIDTH)
-        int_in(f"{a}.ssm.group_count", 0, MAX_WIDTH)
-        int_in(f"{a}.ssm.conv_kernel", 0, 1 << 10)
-        if inner is not None and state is not None and rank is not None and inner != state * rank:
-            expected = state * rank
-            raise bad(f"{a}.ssm.inner_size", f"{inner} != ssm.state_size * ssm.time_step_rank ({expected})")
-    _check_vocab(field, bad)
+
+
+def _check_ssm(k: _Keys, a: str) -> None:
+    inner = k.int_in(f"{a}.ssm.inner_size", 0, MAX_WIDTH)
+    state = k.int_in(f"{a}.ssm.state_size", 0, MAX_WIDTH)
+    rank = k.int_in(f"{a}.ssm.time_step_rank", 0, MAX_WIDTH)
+    k.int_in(f"{a}.ssm.group_count", 0, MAX_WIDTH)
+    k.int_in(f"{a}.ssm.conv_kernel", 0, 1 << 10)
+    if inner is not None and state is not None and rank is not None and inner != state * rank:
+        expected = state * rank
+        raise k.bad(f"{a}.ssm.inner_size", f"{inner} != ssm.state_size * ssm.time_step_rank ({expected})")
 
 
 # llama.cpp's default BOS/EOS/SEP ids per tokenizer model (used when the key is absent)

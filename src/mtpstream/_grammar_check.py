@@ -281,4 +281,4 @@ def for_session(model_path: Path, options: SessionOptions) -> GrammarChecker | N
 async def check_options(checker: GrammarChecker | None, opts: GenerationOptions) -> None:
     """Try the call's grammar, if any (see :meth:`GrammarChecker.check`)."""
     if checker is not None and opts.grammar:
-        await checker.check_async(opts.grammar, opts._grammar_field)
+        await checker.check_async(opts.grammar, opts.grammar_field)

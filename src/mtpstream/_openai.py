@@ -123,9 +123,7 @@ def generation_options(options: Mapping[str, Any]) -> GenerationOptions:
                     "give either grammar or response_format, not both", field="response_format"
                 )
             options["grammar"] = grammar
-            opts = validate(GenerationOptions, options)
-            opts._grammar_field = "response_format"  # what a refused grammar names
-            return opts
+            return validate(GenerationOptions, options).grammar_from("response_format")
     return validate(GenerationOptions, options)
 
 

@@ -43,9 +43,9 @@ def _available_memory_bytes() -> int | None:
 def _choose_mmap(file_bytes: int, available_bytes: int | None) -> bool:
     """The ``use_mmap=None`` ("auto") policy: map the file unless it fits in memory with room.
 
-    Weights read into private memory decode a few percent faster on CPU than
-    weights mapped from the page cache (README, "Performance"), so a
-    file that takes at most half of the available memory is read in; a larger one,
+    Neither way decodes faster everywhere (README, "Performance"). A file that
+    takes at most half of the available memory is read in (no page faults while
+    decoding); a larger one,
     or any file when the available memory is unknown, is mapped (llama.cpp's
     default), which lets models larger than memory run and shares the pages
     between processes.

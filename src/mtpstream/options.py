@@ -132,6 +132,18 @@ class GenerationOptions(_Strict):
     timeout: float | None = Field(default=None, ge=MIN_TIMEOUT_S, le=MAX_TIMEOUT_S)
     _grammar_field: str = PrivateAttr(default="grammar")  # the option the grammar came from
 
+    @property
+    def grammar_field(self) -> str:
+        """The option a refused grammar is reported under (``InvalidOptionError.field``):
+        ``"grammar"``, or what :meth:`grammar_from` set (``"response_format"``)."""
+        return self._grammar_field
+
+    def grammar_from(self, field: str) -> GenerationOptions:
+        """Record that the grammar came from option ``field`` (e.g. ``response_format``);
+        returns ``self``."""
+        self._grammar_field = field
+        return self
+
     @field_validator("stop", mode="before")
     @classmethod
     def _stop(cls, v: Any) -> Any:

@@ -411,6 +411,16 @@ class MTP:
         )
 
 
+def native_engine(mtp: MTP) -> _bridge.NativeEngine:
+    """The live native engine behind ``mtp``, for mtpstream's own modules only (the
+    test-only fault injection of :mod:`mtpstream.testing` sets its ``fault``).
+
+    Raises:
+        SessionClosedError: the session is closed.
+    """
+    return mtp._live
+
+
 def _no_running_loop(method: str) -> None:
     try:
         import sniffio

@@ -14,9 +14,12 @@ session restarts them from the checkpoint its last prompt left.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -24,7 +27,7 @@ import anyio
 from .. import MTP, DoneEvent, EogEvent, Model, TokenEvent, init, load_model
 from .measure import Level, Settings
 
-Log = Callable[[str], None]
+_log = logging.getLogger(__name__)
 
 _FILLER = (
     "the river ran past the old mill and the road went on over the hill where the town "
@@ -49,12 +52,77 @@ async def _turn(mtp: MTP, prompt: list[int], tokens: int) -> tuple[float, list[i
     return ttft, ids, cached
 
 
-def run(
-    level: Level, settings: Settings, history_tokens: int, turn_tokens: int, k: int, log: Log
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ChatTurn:
+    """One turn, warm and cold (the JSON's ``turns`` rows, field for field)."""
+
+    turn: int
+    prompt_tokens: int
+    cached_tokens: int
+    ttft_warm_ms: float
+    ttft_cold_ms: float
+    cold_over_warm: float | None
+    same_answer: bool
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """The conversation, its divergent prompts and the warm session's checkpoints."""
+
+    level: str
+    n_draft: int
+    turn_tokens: int
+    history_tokens: int
+    turns: list[ChatTurn]
+    divergent: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        """The ``chat`` section."""
+        turns = [dataclasses.asdict(t) for t in self.turns]
+        return {
+            "level": self.level,
+            "n_draft": self.n_draft,
+            "turn_tokens": self.turn_tokens,
+            "history_tokens": self.history_tokens,
+            "turns": turns,
+            "at_1500": _near(turns, 1500),
+            "divergent": self.divergent,
+        }
+
+
+def _one_turn(
+    warm: MTP, cold: MTP, turn: int, prompt: list[int], turn_tokens: int
+) -> tuple[ChatTurn, list[int]]:
+    """Both sessions on one turn's prompt (which goes first alternates); the row and
+    the warm session's answer."""
+    order = (warm, cold) if turn % 2 == 0 else (cold, warm)
+    out: dict[int, tuple[float, list[int], int]] = {}
+    for mtp in order:
+        out[id(mtp)] = anyio.run(_turn, mtp, prompt, turn_tokens, backend="asyncio")
+    w, c = out[id(warm)], out[id(cold)]
+    if w[1] != c[1]:
+        _log.info(f"    turn {turn}: warm and cold answers differ (float near-tie?)")
+    row = ChatTurn(
+        turn=turn,
+        prompt_tokens=len(prompt),
+        cached_tokens=w[2],
+        ttft_warm_ms=round(w[0] * 1000, 2),
+        ttft_cold_ms=round(c[0] * 1000, 2),
+        cold_over_warm=round(c[0] / w[0], 2) if w[0] > 0 else None,
+        same_answer=w[1] == c[1],
+    )
+    if turn % 5 == 0:
+        _log.info(
+            f"    turn {turn}: {row.prompt_tokens} prompt tokens ({row.cached_tokens} cached), "
+            f"TTFT warm {row.ttft_warm_ms} ms, cold {row.ttft_cold_ms} ms"
+        )
+    return row, w[1]
+
+
+def run(level: Level, settings: Settings, history_tokens: int, turn_tokens: int, k: int) -> ChatResult:
     """One conversation up to ``history_tokens``, warm and cold turn by turn."""
     model: Model = load_model(level.path)
-    rows: list[dict[str, Any]] = []
+    rows: list[ChatTurn] = []
     try:
         filler = model.tokenize(_FILLER * 4, add_special=False)
         n_ctx = history_tokens + 4 * turn_tokens + 64
@@ -65,45 +133,15 @@ def run(
             while len(history) + turn_tokens <= history_tokens:
                 start = (turn * turn_tokens) % (len(filler) - turn_tokens)
                 prompt = [*history, *filler[start : start + turn_tokens]]
-                order = (warm, cold) if turn % 2 == 0 else (cold, warm)
-                out: dict[int, tuple[float, list[int], int]] = {}
-                for mtp in order:
-                    out[id(mtp)] = anyio.run(_turn, mtp, prompt, turn_tokens, backend="asyncio")
-                w, c = out[id(warm)], out[id(cold)]
-                if w[1] != c[1]:
-                    log(f"    turn {turn}: warm and cold answers differ (float near-tie?)")
-                rows.append(
-                    {
-                        "turn": turn,
-                        "prompt_tokens": len(prompt),
-                        "cached_tokens": w[2],
-                        "ttft_warm_ms": round(w[0] * 1000, 2),
-                        "ttft_cold_ms": round(c[0] * 1000, 2),
-                        "cold_over_warm": round(c[0] / w[0], 2) if w[0] > 0 else None,
-                        "same_answer": w[1] == c[1],
-                    }
-                )
-                if turn % 5 == 0:
-                    r = rows[-1]
-                    log(
-                        f"    turn {turn}: {r['prompt_tokens']} prompt tokens ({r['cached_tokens']} cached), "
-                        f"TTFT warm {r['ttft_warm_ms']} ms, cold {r['ttft_cold_ms']} ms"
-                    )
-                history = [*prompt, *w[1]]
+                row, answer = _one_turn(warm, cold, turn, prompt, turn_tokens)
+                rows.append(row)
+                history = [*prompt, *answer]
                 last_prompt = prompt
                 turn += 1
             divergent = _divergent(warm, cold, last_prompt, filler, turn_tokens) if rows else {}
     finally:
         model.close()
-    return {
-        "level": level.name,
-        "n_draft": k,
-        "turn_tokens": turn_tokens,
-        "history_tokens": history_tokens,
-        "turns": rows,
-        "at_1500": _near(rows, 1500),
-        "divergent": divergent,
-    }
+    return ChatResult(level.name, k, turn_tokens, history_tokens, rows, divergent)
 
 
 def _divergent(

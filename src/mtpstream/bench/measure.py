@@ -1,18 +1,19 @@
-"""Benchmark measurements: the n_draft grid, time to first token, the async layer,
-``stats()`` latency and the cost of idle sessions.
+"""Benchmark measurements: settings, levels, one timed generation and the n_draft grid
+(the other measurements of the reference level are in :mod:`.reference`).
 
-Private to :mod:`mtpstream.bench`. Every function here measures and returns raw
-figures; deriving speedups, ideal bounds and verdicts is :mod:`.report`'s job.
+Private to :mod:`mtpstream.bench`. Every function here measures and returns its raw
+figures as a dataclass whose ``as_json()`` is the result's JSON section; deriving
+speedups, ideal bounds and verdicts is :mod:`.report`'s job. Progress lines go to
+this module's logger (``mtpstream bench`` prints them on stderr).
 """
 
 from __future__ import annotations
 
+import logging
 import statistics
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -21,9 +22,7 @@ import anyio
 from .. import MTP, DoneEvent, EogEvent, Model, MTPError, MTPStats, TokenEvent, Usage, init
 from .env import (
     CpuSnapshot,
-    paired_ratios,
     peak_rss_bytes,
-    percentiles_us,
     reset_peak_rss,
     summarize,
 )
@@ -31,25 +30,24 @@ from .env import (
 __all__ = [
     "DraftKey",
     "Level",
-    "Log",
     "RunSample",
     "Settings",
-    "async_layer",
-    "company_cost",
+    "delivered_decode_tps",
     "draft_label",
     "generation_prompt",
     "grid",
     "long_prompt",
     "open_session",
+    "rotated",
     "row_summary",
-    "stats_latency",
-    "ttft_grid",
+    "run_engine",
+    "run_once",
 ]
 
 DraftKey = Union[int, Literal["auto"]]  # noqa: UP007
 """An ``n_draft`` value: a draft length or ``"auto"``."""
 
-Log = Callable[[str], None]
+_log = logging.getLogger(__name__)
 
 _TIMING_FIELDS = ("draft", "verify", "sample", "ckpt", "other", "total", "prefill")
 _TEXT = (
@@ -245,7 +243,7 @@ def run_engine(mtp: MTP, prompt: Sequence[int], tokens: int) -> RunSample:
     )
 
 
-def _rotated(items: Sequence[Any], shift: int) -> list[Any]:
+def rotated(items: Sequence[Any], shift: int) -> list[Any]:
     """``items`` rotated left by ``shift`` (so each item takes every position in turn)."""
     if not items:
         return []
@@ -255,17 +253,17 @@ def _rotated(items: Sequence[Any], shift: int) -> list[Any]:
 
 # --------------------------------------------------------------------- the grid
 def grid(
-    sessions: dict[DraftKey, MTP], prompt: Sequence[int], settings: Settings, log: Log
+    sessions: dict[DraftKey, MTP], prompt: Sequence[int], settings: Settings
 ) -> dict[DraftKey, list[RunSample]]:
     """``runs`` interleaved rounds over every (warm) session, the order rotated per round."""
     keys = list(sessions)
     samples: dict[DraftKey, list[RunSample]] = {k: [] for k in keys}
     for r in range(settings.runs):
-        for k in _rotated(keys, r):
+        for k in rotated(keys, r):
             samples[k].append(run_engine(sessions[k], prompt, settings.tokens))
         last = "  ".join(f"k={draft_label(k)}:{samples[k][-1].decode_tokens_per_sec:.1f}" for k in keys)
         busy = max(samples[k][-1].foreign_cpu_cores for k in keys)
-        log(f"    round {r + 1}/{settings.runs}  tok/s {last}  (other processes: {busy:.2f} cores)")
+        _log.info(f"    round {r + 1}/{settings.runs}  tok/s {last}  (other processes: {busy:.2f} cores)")
     return samples
 
 
@@ -317,69 +315,6 @@ def _round(v: float | None) -> float | None:
     return None if v is None else round(v, 1)
 
 
-# --------------------------------------------------------------------- first token
-async def _first_token(mtp: MTP, prompt: Sequence[int]) -> float:
-    t0 = time.perf_counter()
-    first: float | None = None
-    async for ev in mtp.stream_events(list(prompt), max_tokens=1):
-        if isinstance(ev, TokenEvent) and first is None:
-            first = time.perf_counter() - t0
-    if first is None:
-        raise MTPError("the generation produced no token")
-    return first
-
-
-def ttft_once(mtp: MTP, prompt: Sequence[int]) -> tuple[float, int]:
-    """Seconds to the first TokenEvent under asyncio, and the engine's prefill time (µs)."""
-    before = mtp.stats().timing_us.prefill
-    reset_peak_rss()
-    s = anyio.run(_first_token, mtp, prompt, backend="asyncio")
-    return s, mtp.stats().timing_us.prefill - before
-
-
-def ttft_grid(
-    sessions: dict[DraftKey, MTP], prompt: Sequence[int], settings: Settings, log: Log
-) -> dict[str, Any]:
-    """Time to first token on a long prompt for every session, interleaved."""
-    keys = list(sessions)
-    for k in keys:
-        for _ in range(settings.warmup):
-            ttft_once(sessions[k], prompt)
-    ttft: dict[DraftKey, list[float]] = {k: [] for k in keys}
-    prefill: dict[DraftKey, list[float]] = {k: [] for k in keys}
-    rss: dict[DraftKey, int] = {k: 0 for k in keys}
-    for r in range(settings.runs):
-        for k in _rotated(keys, r):
-            s, p_us = ttft_once(sessions[k], prompt)
-            ttft[k].append(s * 1000)
-            prefill[k].append(p_us / 1000)
-            rss[k] = max(rss[k], peak_rss_bytes())
-    log("    ttft ms " + "  ".join(f"k={draft_label(k)}:{statistics.median(ttft[k]):.0f}" for k in keys))
-    return {
-        "prompt_tokens": len(prompt),
-        "by_n_draft": {
-            draft_label(k): {
-                "ttft_ms": summarize(ttft[k], 2),
-                "engine_prefill_ms": summarize(prefill[k], 2),
-                "peak_rss_bytes": rss[k],
-            }
-            for k in keys
-        },
-    }
-
-
-# --------------------------------------------------------------------- async layer
-async def _consume(mtp: MTP, prompt: Sequence[int], tokens: int) -> tuple[float, int]:
-    t0 = time.perf_counter()
-    n = 0
-    async for ev in mtp.stream_events(list(prompt), max_tokens=tokens):
-        if isinstance(ev, TokenEvent):
-            n += 1
-        elif isinstance(ev, (DoneEvent, EogEvent)):
-            n = ev.usage.completion_tokens
-    return time.perf_counter() - t0, n
-
-
 async def _delivered(mtp: MTP, prompt: Sequence[int], tokens: int) -> tuple[float, int]:
     t_first: float | None = None
     n = 0
@@ -398,163 +333,3 @@ def delivered_decode_tps(mtp: MTP, prompt: Sequence[int], tokens: int) -> float:
     the first token to the end of the stream (the first token's prefill excluded)."""
     wall, n = anyio.run(_delivered, mtp, prompt, tokens, backend="asyncio")
     return (n - 1) / wall
-
-
-def _consume_once(mtp: MTP, prompt: Sequence[int], tokens: int, mode: str) -> tuple[float, int]:
-    """Wall seconds and completion tokens of one generation consumed in ``mode``."""
-    if mode == "native":
-        # the engine's own time for the call: prompt processing and the decode loop
-        before = mtp.stats().timing_us
-        usage, _ = run_once(mtp, prompt, tokens)
-        after = mtp.stats().timing_us
-        engine_us = (after.prefill - before.prefill) + (after.total - before.total)
-        return engine_us / 1e6, usage.completion_tokens
-    return anyio.run(_consume, mtp, prompt, tokens, backend=mode)
-
-
-def async_layer(mtp: MTP, prompt: Sequence[int], settings: Settings, log: Log) -> dict[str, Any]:
-    """The same generation timed by the engine ("native") and as consumed under asyncio
-    and under trio (wall time of the call), interleaved."""
-    modes = ("native", "asyncio", "trio")
-    for mode in modes:
-        for _ in range(settings.warmup):
-            _consume_once(mtp, prompt, settings.tokens, mode)
-    tps: dict[str, list[float]] = {m: [] for m in modes}
-    counts: dict[str, set[int]] = {m: set() for m in modes}
-    for r in range(settings.runs):
-        for mode in _rotated(modes, r):
-            wall, n = _consume_once(mtp, prompt, settings.tokens, mode)
-            tps[mode].append(n / wall)
-            counts[mode].add(n)
-    med = {m: statistics.median(tps[m]) for m in modes}
-    log("    async tok/s " + "  ".join(f"{m}:{med[m]:.1f}" for m in modes))
-    return {
-        "n_draft": mtp.n_draft,
-        "metric": "completion tokens / seconds of the whole call (prefill included): the engine's own "
-        "time for native, the consumer's wall time for asyncio and trio",
-        "modes": {
-            m: {"tokens_per_sec": summarize(tps[m], 2), "completion_tokens": sorted(counts[m])} for m in modes
-        },
-        "asyncio_over_native_paired": paired_ratios(tps["asyncio"], tps["native"]),
-        "trio_over_native_paired": paired_ratios(tps["trio"], tps["native"]),
-        "asyncio_over_native": paired_ratios(tps["asyncio"], tps["native"])["median"],
-        "trio_over_native": paired_ratios(tps["trio"], tps["native"])["median"],
-        "ratio_note": "median over rounds of the ratio within a round (runs interleaved)",
-    }
-
-
-# --------------------------------------------------------------------- stats() latency
-def _timed_stats(mtp: MTP) -> int:
-    t0 = time.perf_counter_ns()
-    mtp.stats()
-    return time.perf_counter_ns() - t0
-
-
-async def _stream_with_task_poller(
-    mtp: MTP, prompt: Sequence[int], tokens: int, interval: float
-) -> list[int]:
-    samples: list[int] = []
-    done = anyio.Event()
-
-    async def poll() -> None:
-        while not done.is_set():
-            samples.append(_timed_stats(mtp))
-            await anyio.sleep(interval)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(poll)
-        await _consume(mtp, prompt, tokens)
-        done.set()
-    return samples
-
-
-@contextmanager
-def _thread_poller(mtp: MTP, interval: float) -> Iterator[list[int]]:
-    samples: list[int] = []
-    stop = threading.Event()
-
-    def poll() -> None:
-        while not stop.is_set():
-            samples.append(_timed_stats(mtp))
-            time.sleep(interval)
-
-    th = threading.Thread(target=poll, name="bench-stats-poller", daemon=True)
-    th.start()
-    try:
-        yield samples
-    finally:
-        stop.set()
-        th.join()
-
-
-def stats_latency(mtp: MTP, prompt: Sequence[int], settings: Settings, log: Log) -> dict[str, Any]:
-    """``stats()`` latency while an asyncio stream runs: from another task, another thread."""
-    task: list[int] = []
-    thread: list[int] = []
-    interval = settings.stats_interval_s
-    for _ in range(max(1, settings.runs // 2)):
-        task += anyio.run(_stream_with_task_poller, mtp, prompt, settings.tokens, interval)
-        with _thread_poller(mtp, interval) as samples:
-            anyio.run(_consume, mtp, prompt, settings.tokens, backend="asyncio")
-        thread += samples
-    out: dict[str, Any] = {
-        "n_draft": mtp.n_draft,
-        "poll_interval_s": interval,
-        "from_task": percentiles_us(task),
-        "from_thread": percentiles_us(thread),
-    }
-    log(f"    stats() p99: task {out['from_task']['p99_us']} us, thread {out['from_thread']['p99_us']} us")
-    return out
-
-
-# --------------------------------------------------------------------- idle company
-@dataclass
-class _Company:
-    """Idle sessions kept alive next to the measured one."""
-
-    model: Model
-    k: DraftKey
-    settings: Settings
-    prompt: Sequence[int]
-    alive: list[MTP] = field(default_factory=list)
-
-    def __enter__(self) -> _Company:
-        return self
-
-    def grow(self, n: int) -> None:
-        """Open ``n`` sessions, run each once (so its contexts are warm), leave them idle."""
-        for _ in range(n):
-            s = open_session(self.model, self.k, self.settings)
-            self.alive.append(s)
-            run_once(s, self.prompt, 4)
-
-    def __exit__(self, *exc: object) -> None:
-        for s in self.alive:
-            s.close()
-        self.alive.clear()
-
-
-def company_cost(model: Model, prompt: Sequence[int], settings: Settings, log: Log) -> dict[str, Any]:
-    """Decode speed of one session with 0, 1, 3... other sessions alive but idle."""
-    k = settings.ref_n_draft
-    counts = settings.company
-    tps: dict[int, list[float]] = {n: [] for n in counts}
-    with open_session(model, k, settings) as main:
-        for _ in range(settings.warmup):
-            run_engine(main, prompt, settings.tokens)
-        for r in range(settings.runs):
-            for n in _rotated(counts, r):
-                with _Company(model, k, settings, prompt) as company:
-                    company.grow(n)
-                    tps[n].append(run_engine(main, prompt, settings.tokens).decode_tokens_per_sec)
-    paired = {n: paired_ratios(tps[n], tps[counts[0]]) for n in counts}
-    log("    company tok/s " + "  ".join(f"{n} idle:{statistics.median(tps[n]):.1f}" for n in counts))
-    return {
-        "n_draft": k,
-        "by_idle_sessions": {
-            str(n): {"tokens_per_sec": summarize(tps[n], 2), f"over_{counts[0]}_paired": paired[n]}
-            for n in counts
-        },
-        "ratio_vs_alone": {str(n): paired[n]["median"] for n in counts},
-        "ratio_note": "median over rounds of the ratio within a round (runs interleaved)",
-    }

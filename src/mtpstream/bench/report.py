@@ -7,7 +7,7 @@ Private to :mod:`mtpstream.bench`. The analysis (derived figures, targets) lives
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ __all__ = [
     "upstream_pooled",
     "write_json",
 ]
+
+_log = logging.getLogger(__name__)
 
 
 def _md_chat(chat: dict[str, Any]) -> list[str]:
@@ -283,12 +285,12 @@ def _import_pyplot() -> Any:
     return plt
 
 
-def plot(result: dict[str, Any], path: Path, log: Callable[[str], None]) -> Path | None:
+def plot(result: dict[str, Any], path: Path) -> Path | None:
     """Speedup vs n_draft, one line per acceptance level, the ideal bound dashed."""
     try:
         plt = _import_pyplot()
     except ImportError:
-        log("note: matplotlib is not installed; skipping the plot (pip install matplotlib)")
+        _log.info("note: matplotlib is not installed; skipping the plot (pip install matplotlib)")
         return None
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for i, lv in enumerate(result["levels"]):

@@ -26,19 +26,22 @@ runs of 48 tokens): it shows the JSON is complete, not how fast anything is.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .. import MTP, InvalidOptionError, Model, MTPError, load_model
 from . import env, report
 from . import measure as meas
+from . import reference as ref_meas
 
-__all__ = ["BenchConfig", "main", "run"]
+__all__ = ["BenchConfig", "main", "progress_on_stderr", "run"]
 
 # (level name, weights, mtp_error_rate): per-token draft agreement 1.0, 0.75, 0.5, random.
 # Oracle levels use heads that read what real heads read (--head, default "hidden");
@@ -84,14 +87,41 @@ class BenchConfig:
     chat: bool = False
 
 
-class _Logger:
-    """Progress lines on stderr, stamped with the seconds since the start."""
+_log = logging.getLogger(__name__)
+
+
+class _Elapsed(logging.Formatter):
+    """A progress line stamped with the seconds since the formatter was made."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.t0 = time.perf_counter()
 
-    def __call__(self, msg: str) -> None:
-        print(f"[{time.perf_counter() - self.t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+    def format(self, record: logging.LogRecord) -> str:
+        return f"[{time.perf_counter() - self.t0:7.1f}s] {record.getMessage()}"
+
+
+@contextlib.contextmanager
+def progress_on_stderr() -> Iterator[None]:
+    """Print the bench's progress (the ``mtpstream.bench`` loggers, INFO and up) on
+    stderr, stamped with the seconds since entry; only there, not to the root logger."""
+    logger = logging.getLogger(__package__ or "mtpstream.bench")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Elapsed())
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+class _Measured(Protocol):
+    def as_json(self) -> dict[str, Any]: ...
 
 
 # --------------------------------------------------------------------- levels
@@ -113,7 +143,7 @@ def _synthetic_level(name: str, path: Path) -> meas.Level:
     )
 
 
-def _default_levels(cfg: BenchConfig, log: _Logger) -> list[meas.Level]:
+def _default_levels(cfg: BenchConfig) -> list[meas.Level]:
     """Write (or find in the cache) the synthetic models of every default level."""
     from ..testing import make_model
 
@@ -128,7 +158,7 @@ def _default_levels(cfg: BenchConfig, log: _Logger) -> list[meas.Level]:
             mtp_error_rate=rate,
             head=cfg.head,  # type: ignore[arg-type]
         )
-        log(f"model {name}: {path.name} ({time.perf_counter() - t0:.1f} s)")
+        _log.info(f"model {name}: {path.name} ({time.perf_counter() - t0:.1f} s)")
         levels.append(_synthetic_level(name, path))
     return levels
 
@@ -183,17 +213,17 @@ def _open_sessions(
     return sessions, auto, rss
 
 
-def _with_load(fn: Callable[[], dict[str, Any]], level: meas.Level) -> dict[str, Any]:
-    """Run one measurement; tag its result with the level and the machine's load meanwhile."""
+def _with_load(fn: Callable[[], _Measured], level: meas.Level) -> dict[str, Any]:
+    """Run one measurement; its JSON tagged with the level and the machine's load meanwhile."""
     cpu0 = env.CpuSnapshot.take()
-    out = fn()
+    out = fn().as_json()
     out["level"] = level.name
     out["machine_load"] = env.CpuSnapshot.take().since(cpu0)
     return out
 
 
 def _ref_measurements(
-    model: Model, level: meas.Level, sessions: dict[meas.DraftKey, MTP], cfg: BenchConfig, log: _Logger
+    model: Model, level: meas.Level, sessions: dict[meas.DraftKey, MTP], cfg: BenchConfig
 ) -> dict[str, Any]:
     """TTFT, async layer and stats() latency on the reference level's sessions."""
     s = cfg.settings
@@ -201,19 +231,17 @@ def _ref_measurements(
     long = meas.long_prompt(level, model, s.ttft_prompt_tokens)
     fixed: dict[meas.DraftKey, MTP] = {k: v for k, v in sessions.items() if k != "auto"}
     ref = sessions[s.ref_n_draft]
-    log(f"  time to first token ({s.ttft_prompt_tokens}-token prompt)")
-    ttft = _with_load(lambda: meas.ttft_grid(fixed, long, s, log), level)
+    _log.info(f"  time to first token ({s.ttft_prompt_tokens}-token prompt)")
+    ttft = _with_load(lambda: ref_meas.ttft_grid(fixed, long, s), level)
     report.ttft_ratios(ttft)
-    log(f"  async layer (n_draft={s.ref_n_draft}): native / asyncio / trio")
-    async_layer = _with_load(lambda: meas.async_layer(ref, prompt, s, log), level)
-    log("  stats() latency while streaming")
-    stats = _with_load(lambda: meas.stats_latency(ref, prompt, s, log), level)
+    _log.info(f"  async layer (n_draft={s.ref_n_draft}): native / asyncio / trio")
+    async_layer = _with_load(lambda: ref_meas.async_layer(ref, prompt, s), level)
+    _log.info("  stats() latency while streaming")
+    stats = _with_load(lambda: ref_meas.stats_latency(ref, prompt, s), level)
     return {"ttft": ttft, "async_layer": async_layer, "stats_latency": stats}
 
 
-def _bench_level(
-    level: meas.Level, cfg: BenchConfig, is_ref: bool, log: _Logger
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def _bench_level(level: meas.Level, cfg: BenchConfig, is_ref: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """Grid (and, on the reference level, the other measurements) for one level."""
     t0 = time.perf_counter()
     model = load_model(level.path)
@@ -229,17 +257,17 @@ def _bench_level(
         try:
             keys = ", ".join(meas.draft_label(k) for k in sessions)
             s = cfg.settings
-            log(f"level {level.name}: n_draft {keys}; {s.runs} runs x {s.tokens} tokens")
-            samples = meas.grid(sessions, prompt, cfg.settings, log)
+            _log.info(f"level {level.name}: n_draft {keys}; {s.runs} runs x {s.tokens} tokens")
+            samples = meas.grid(sessions, prompt, cfg.settings)
             out["rows"] = {meas.draft_label(k): meas.row_summary(v) for k, v in samples.items()}
             if is_ref:
-                extra = _ref_measurements(model, level, sessions, cfg, log)
+                extra = _ref_measurements(model, level, sessions, cfg)
         finally:
             for session in sessions.values():
                 session.close()
         if is_ref:
-            log(f"  idle company: {', '.join(map(str, cfg.settings.company))} idle sessions")
-            extra["company"] = _with_load(lambda: meas.company_cost(model, prompt, cfg.settings, log), level)
+            _log.info(f"  idle company: {', '.join(map(str, cfg.settings.company))} idle sessions")
+            extra["company"] = _with_load(lambda: ref_meas.company_cost(model, prompt, cfg.settings), level)
     finally:
         model.close()
     out["machine_load"] = env.CpuSnapshot.take().since(cpu0)
@@ -248,17 +276,20 @@ def _bench_level(
 
 
 # --------------------------------------------------------------------- the run
-def _upstream(cfg: BenchConfig, levels: Sequence[meas.Level], log: _Logger) -> dict[str, Any]:
+def _upstream(cfg: BenchConfig, levels: Sequence[meas.Level]) -> dict[str, Any]:
     if not cfg.with_upstream:
         return {"enabled": False}
     from . import upstream as _bench_upstream
 
-    return _bench_upstream.compare(levels, cfg.settings, log)
+    return _bench_upstream.compare(levels, cfg.settings)
 
 
-def run(cfg: BenchConfig, log: _Logger | None = None) -> dict[str, Any]:
-    """Run every measurement and return the JSON-able result (targets included)."""
-    log = log or _Logger()
+def run(cfg: BenchConfig) -> dict[str, Any]:
+    """Run every measurement and return the JSON-able result (targets included).
+
+    Progress goes to the ``mtpstream.bench`` loggers (INFO); ``mtpstream bench``
+    prints it on stderr (:func:`progress_on_stderr`).
+    """
     started = time.perf_counter()
     cpu0 = env.CpuSnapshot.take()
     result: dict[str, Any] = {
@@ -271,7 +302,7 @@ def run(cfg: BenchConfig, log: _Logger | None = None) -> dict[str, Any]:
         "upstream_only": cfg.upstream_only,
         "ideal_method": report.IDEAL_METHOD,
     }
-    levels = [_user_level(cfg.model)] if cfg.model else _default_levels(cfg, log)
+    levels = [_user_level(cfg.model)] if cfg.model else _default_levels(cfg)
     ref = _ref_level(levels)
     result["reference_level"] = ref.name
     result["levels"] = []
@@ -279,10 +310,10 @@ def run(cfg: BenchConfig, log: _Logger | None = None) -> dict[str, Any]:
         from . import chat as _bench_chat
 
         lv = next((lv for lv in levels if lv.nominal_acceptance == 0.75), levels[0])
-        log(f"chat: a conversation to {_CHAT_HISTORY} tokens in {_CHAT_TURN}-token turns, warm vs cold")
+        _log.info(f"chat: a conversation to {_CHAT_HISTORY} tokens in {_CHAT_TURN}-token turns, warm vs cold")
         result["chat"] = _bench_chat.run(
-            lv, cfg.settings, _CHAT_HISTORY, _CHAT_TURN, cfg.settings.ref_n_draft, log
-        )
+            lv, cfg.settings, _CHAT_HISTORY, _CHAT_TURN, cfg.settings.ref_n_draft
+        ).as_json()
         result["upstream"] = {"enabled": False}
         report.judge(result)
         result["wall_s"] = round(time.perf_counter() - started, 1)
@@ -293,22 +324,22 @@ def run(cfg: BenchConfig, log: _Logger | None = None) -> dict[str, Any]:
         # the two highest oracle levels (or the user's model): where batching is judged
         chosen = [lv for lv in levels if lv.nominal_acceptance in (1.0, 0.75)] or levels[:1]
         result["streams"] = _bench_streams.run(
-            chosen, cfg.settings, cfg.streams, cfg.settings.ref_n_draft, cfg.with_upstream, log
+            chosen, cfg.settings, cfg.streams, cfg.settings.ref_n_draft, cfg.with_upstream
         )
         result["upstream"] = {"enabled": False}
         report.judge(result)
         result["wall_s"] = round(time.perf_counter() - started, 1)
         return result
     for level in levels if not cfg.upstream_only else ():
-        out, extra = _bench_level(level, cfg, level is ref, log)
+        out, extra = _bench_level(level, cfg, level is ref)
         result["levels"].append(out)
         result.update(extra)
-    result["upstream"] = _upstream(cfg, levels, log)
+    result["upstream"] = _upstream(cfg, levels)
     report.judge(result)
     result["machine"]["load_average_end"] = env.load_average()
     result["machine"]["load_during_run"] = load = env.CpuSnapshot.take().since(cpu0)
     if load["foreign_cpu_cores"] > 0.05:
-        log(
+        _log.warning(
             f"warning: other processes used {load['foreign_cpu_cores']:.2f} cores on average "
             "during the run; timings are distorted (re-run on a quiet machine)"
         )
@@ -456,15 +487,15 @@ def _config(args: argparse.Namespace) -> BenchConfig:
     )
 
 
-def _write_outputs(result: dict[str, Any], cfg: BenchConfig, log: _Logger) -> Path:
+def _write_outputs(result: dict[str, Any], cfg: BenchConfig) -> Path:
     stem = "bench-" + time.strftime("%Y%m%d-%H%M%S") + ("-quick" if cfg.quick else "")
     cfg.out.mkdir(parents=True, exist_ok=True)
     stem += "-streams" if cfg.streams else ""
     stem += "-chat" if cfg.chat else ""
-    png = report.plot(result, cfg.out / f"{stem}.png", log) if cfg.plot and result["levels"] else None
+    png = report.plot(result, cfg.out / f"{stem}.png") if cfg.plot and result["levels"] else None
     result["plot"] = str(png) if png else None
     path = report.write_json(result, cfg.out / f"{stem}.json")
-    log(f"wrote {path}" + (f" and {png}" if png else ""))
+    _log.info(f"wrote {path}" + (f" and {png}" if png else ""))
     return path
 
 
@@ -472,33 +503,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mtpstream bench``; returns the process exit code (0 on success;
     with ``--check``, 1 when a target fails; 2 on an error)."""
     args = _parser().parse_args(argv)
-    if args.markdown or args.reanalyze:
-        path = Path(args.markdown or args.reanalyze)
+    with progress_on_stderr():
+        if args.markdown or args.reanalyze:
+            return _saved(args)
         try:
-            result = report.reanalyze(json.loads(path.read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            print(f"mtpstream bench: error: {path} is not a readable result ({exc!r})", file=sys.stderr)
+            cfg = _config(args)
+            result = run(cfg)
+        except MTPError as exc:
+            print(f"mtpstream bench: error: {exc}", file=sys.stderr)
             return 2
-        if args.markdown:
-            print(report.markdown(result))
-            return 0
-        report.write_json(result, path)
-        if result.get("plot"):
-            report.plot(result, path.with_suffix(".png"), _Logger())
-        print(report.format_summary(result))
-        return 1 if args.check and not result["all_targets_pass"] else 0
-    log = _Logger()
-    try:
-        cfg = _config(args)
-        result = run(cfg, log)
-    except MTPError as exc:
-        print(f"mtpstream bench: error: {exc}", file=sys.stderr)
-        return 2
-    result["command"] = ["mtpstream", "bench", *(argv if argv is not None else sys.argv[1:])]
-    _write_outputs(result, cfg, log)
+        result["command"] = ["mtpstream", "bench", *(argv if argv is not None else sys.argv[1:])]
+        _write_outputs(result, cfg)
     print(report.format_summary(result))
     if args.check and not result["all_targets_pass"]:
         failed = [name for name, t in result["targets"].items() if t["pass"] is False]
         print(f"mtpstream bench: targets failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _saved(args: argparse.Namespace) -> int:
+    """``--markdown`` / ``--reanalyze``: a saved result printed, or recomputed in place."""
+    path = Path(args.markdown or args.reanalyze)
+    try:
+        result = report.reanalyze(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"mtpstream bench: error: {path} is not a readable result ({exc!r})", file=sys.stderr)
+        return 2
+    if args.markdown:
+        print(report.markdown(result))
+        return 0
+    report.write_json(result, path)
+    if result.get("plot"):
+        report.plot(result, path.with_suffix(".png"))
+    print(report.format_summary(result))
+    return 1 if args.check and not result["all_targets_pass"] else 0

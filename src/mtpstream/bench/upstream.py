@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 import socket
 import statistics
@@ -18,11 +19,12 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import load_model
+from .. import MTP, Model, load_model
 from ..testing import llama_cpp_source
 from .env import paired_ratios, summarize
 from .measure import (
@@ -37,7 +39,7 @@ from .measure import (
 
 __all__ = ["compare"]
 
-Log = Callable[[str], None]
+_log = logging.getLogger(__name__)
 
 _PACKAGE = llama_cpp_source.PACKAGE
 _VERSION = llama_cpp_source.VERSION
@@ -51,19 +53,19 @@ def _cache_root() -> Path:
     return llama_cpp_source.cache_root()
 
 
-def _run(cmd: Sequence[str], log: Log, cwd: Path | None = None) -> None:
-    log("    $ " + " ".join(cmd))
+def _run(cmd: Sequence[str], cwd: Path | None = None) -> None:
+    _log.info("    $ " + " ".join(cmd))
     subprocess.run(list(cmd), cwd=cwd, check=True, stdout=subprocess.DEVNULL)
 
 
-def _server_binary(root: Path, threads: int, log: Log) -> Path:
+def _server_binary(root: Path, threads: int) -> Path:
     """Build ``llama-server`` (once) and return its path."""
     build = root / "build"
     exe = build / "bin" / "llama-server"
     if exe.exists():
         return exe
-    src = llama_cpp_source.source_dir(lambda m: log(f"  {m}"))
-    log(f"  building llama-server from {src} (once; several minutes)")
+    src = llama_cpp_source.source_dir(lambda m: _log.info(f"  {m}"))
+    _log.info(f"  building llama-server from {src} (once; several minutes)")
     if shutil.which("cmake") is None:
         raise RuntimeError("cmake is required for --with-upstream")
     _run(
@@ -80,9 +82,8 @@ def _server_binary(root: Path, threads: int, log: Log) -> Path:
             "-DLLAMA_CURL=OFF",
             "-DBUILD_SHARED_LIBS=OFF",
         ],
-        log,
     )
-    _run(["cmake", "--build", str(build), "--target", "llama-server", "-j", str(threads)], log)
+    _run(["cmake", "--build", str(build), "--target", "llama-server", "-j", str(threads)])
     return exe
 
 
@@ -113,11 +114,11 @@ def _wait_healthy(proc: subprocess.Popen[bytes], port: int) -> None:
     raise RuntimeError("llama-server did not become healthy in time")
 
 
-def server_binary(settings: Settings, log: Log) -> Path:
+def server_binary(settings: Settings) -> Path:
     """llama-server built from the pinned llama-cpp-python's llama.cpp (built once, cached)."""
     root = _cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    return _server_binary(root, settings.threads, log)
+    return _server_binary(root, settings.threads)
 
 
 @contextlib.contextmanager
@@ -195,84 +196,121 @@ def _expected_acceptance(level: Level, prompt: Sequence[int], k: DraftKey, token
     return round(res.acceptance_rate, 4)
 
 
-def _cell(exe: Path, level: Level, k: DraftKey, settings: Settings, log: Log) -> dict[str, Any]:
+@dataclass
+class UpstreamCell:
+    """Upstream vs mtpstream at one (level, n_draft): every measured run of each side."""
+
+    upstream_tps: list[float] = field(default_factory=list)
+    ours_tps: list[float] = field(default_factory=list)
+    delivered_tps: list[float] = field(default_factory=list)
+    """Ours as an ``async for`` consumer sees it."""
+    upstream_ms: list[float] = field(default_factory=list)
+    """Whole request: prompt + generation."""
+    ours_ms: list[float] = field(default_factory=list)
+    upstream_drafts: int = 0
+    upstream_accepted: int = 0
+    ours_drafts: int = 0
+    ours_accepted: int = 0
+    snapshots_acceptance: float | None = None
+    expected_acceptance: float | None = None
+    uses_mmap: bool | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The cell's JSON (one ``upstream.levels[level][n_draft]``)."""
+        paired = paired_ratios(self.ours_tps, self.upstream_tps)
+        return {
+            "upstream_tokens_per_sec": summarize(self.upstream_tps, 2),
+            "upstream_acceptance_rate": _rate(self.upstream_accepted, self.upstream_drafts),
+            "mtpstream_acceptance_rate": _rate(self.ours_accepted, self.ours_drafts),
+            "mtpstream_snapshots_acceptance_rate": self.snapshots_acceptance,
+            "expected_acceptance_rate": self.expected_acceptance,
+            "mtpstream_uses_mmap": self.uses_mmap,
+            "mtpstream_tokens_per_sec": summarize(self.ours_tps, 2),
+            "mtpstream_over_upstream": paired["median"],
+            "mtpstream_over_upstream_rounds": paired,
+            "mtpstream_delivered_tokens_per_sec": summarize(self.delivered_tps, 2),
+            "delivered_over_upstream_rounds": paired_ratios(self.delivered_tps, self.upstream_tps),
+            "upstream_request_ms": summarize(self.upstream_ms, 1),
+            "mtpstream_request_ms": summarize(self.ours_ms, 1),
+            # speed ratio of the whole request (prompt included): upstream time / ours
+            "request_speed_over_upstream_rounds": paired_ratios(self.upstream_ms, self.ours_ms),
+        }
+
+    def log_line(self, level: str, k: DraftKey) -> str:
+        paired = paired_ratios(self.ours_tps, self.upstream_tps)
+        delivered = paired_ratios(self.delivered_tps, self.upstream_tps)
+        return (
+            f"    {level} k={k}: upstream {statistics.median(self.upstream_tps):.1f} tok/s, "
+            f"mtpstream {statistics.median(self.ours_tps):.1f} tok/s (paired {paired['median']:.3f}x, "
+            f"{paired['min']:.3f}-{paired['max']:.3f}), delivered to asyncio "
+            f"{statistics.median(self.delivered_tps):.1f} tok/s ({delivered['median']:.3f}x)"
+        )
+
+
+def _rate(accepted: int, drafts: int) -> float | None:
+    return round(accepted / drafts, 4) if drafts else None
+
+
+def _measure(cell: UpstreamCell, port: int, ours: MTP, prompt: Sequence[int], settings: Settings) -> None:
+    """Warm both sides up, then ``settings.runs`` rounds of the three sides into ``cell``."""
+    for _ in range(settings.warmup):
+        _complete(port, prompt, settings.tokens)
+        run_engine(ours, prompt, settings.tokens)
+    for _ in range(settings.warmup):
+        delivered_decode_tps(ours, prompt, settings.tokens)
+    for r in range(settings.runs):
+        # rotate the three sides so each is first, middle and last equally often
+        # and none follows itself (a run right after its own kind finds its
+        # threads warm and the other process's still spinning down); pause
+        # between requests so the previous one's threads are idle
+        for side in _ORDERS[r % len(_ORDERS)]:
+            time.sleep(_PAUSE_S)
+            if side == 0:
+                t = _complete(port, prompt, settings.tokens)
+                cell.upstream_tps.append(float(t["predicted_per_second"]))
+                cell.upstream_ms.append(float(t["prompt_ms"]) + float(t["predicted_ms"]))
+                cell.upstream_drafts += int(t.get("draft_n", 0))
+                cell.upstream_accepted += int(t.get("draft_n_accepted", 0))
+            elif side == 2:
+                cell.delivered_tps.append(delivered_decode_tps(ours, prompt, settings.tokens))
+            else:
+                sample = run_engine(ours, prompt, settings.tokens)
+                cell.ours_tps.append(sample.decode_tokens_per_sec)
+                cell.ours_drafts += sample.drafts_generated
+                cell.ours_accepted += sample.drafts_accepted
+                cell.ours_ms.append((sample.timing_us["prefill"] + sample.timing_us["total"]) / 1000)
+
+
+def _snapshots_acceptance(
+    model: Model, k: DraftKey, prompt: Sequence[int], settings: Settings
+) -> float | None:
+    """The head's acceptance on llama-server's schedule (k drafts every iteration;
+    rollback="replay", which "auto" may pick with several sequences, drafts fewer after
+    a rejection): one greedy run."""
+    if k in (0, "auto"):
+        return None
+    with open_session(model, k, settings, rollback="snapshots") as snap:
+        s = run_engine(snap, prompt, settings.tokens)
+    return _rate(s.drafts_accepted, s.drafts_generated)
+
+
+def _cell(exe: Path, level: Level, k: DraftKey, settings: Settings) -> dict[str, Any]:
     """Upstream vs mtpstream at one (level, n_draft), alternating run by run."""
     model = load_model(level.path)
-    uses_mmap = model.uses_mmap
+    cell = UpstreamCell(uses_mmap=model.uses_mmap)
     try:
         prompt = generation_prompt(level, model)
         with open_session(model, k, settings) as ours, server(exe, level.path, k, settings) as port:
-            for _ in range(settings.warmup):
-                _complete(port, prompt, settings.tokens)
-                run_engine(ours, prompt, settings.tokens)
-            up_tps: list[float] = []
-            our_tps: list[float] = []
-            delivered_tps: list[float] = []  # ours as an ``async for`` consumer sees it
-            up_ms: list[float] = []  # whole request: prompt + generation
-            our_ms: list[float] = []
-            drafts = accepted = our_drafts = our_accepted = 0
-            for _ in range(settings.warmup):
-                delivered_decode_tps(ours, prompt, settings.tokens)
-            for r in range(settings.runs):
-                # rotate the three sides so each is first, middle and last equally often
-                # and none follows itself (a run right after its own kind finds its
-                # threads warm and the other process's still spinning down); pause
-                # between requests so the previous one's threads are idle
-                order = _ORDERS[r % len(_ORDERS)]
-                for side in order:
-                    time.sleep(_PAUSE_S)
-                    if side == 0:
-                        t = _complete(port, prompt, settings.tokens)
-                        up_tps.append(float(t["predicted_per_second"]))
-                        up_ms.append(float(t["prompt_ms"]) + float(t["predicted_ms"]))
-                        drafts += int(t.get("draft_n", 0))
-                        accepted += int(t.get("draft_n_accepted", 0))
-                    elif side == 2:
-                        delivered_tps.append(delivered_decode_tps(ours, prompt, settings.tokens))
-                    else:
-                        sample = run_engine(ours, prompt, settings.tokens)
-                        our_tps.append(sample.decode_tokens_per_sec)
-                        our_drafts += sample.drafts_generated
-                        our_accepted += sample.drafts_accepted
-                        our_ms.append((sample.timing_us["prefill"] + sample.timing_us["total"]) / 1000)
-        # the head's acceptance on llama-server's schedule (k drafts every iteration;
-        # rollback="replay", which "auto" may pick with several sequences, drafts fewer
-        # after a rejection): one greedy run
-        snap_rate = None
-        if k not in (0, "auto"):
-            with open_session(model, k, settings, rollback="snapshots") as snap:
-                s = run_engine(snap, prompt, settings.tokens)
-                snap_rate = round(s.drafts_accepted / s.drafts_generated, 4) if s.drafts_generated else None
+            _measure(cell, port, ours, prompt, settings)
+        cell.snapshots_acceptance = _snapshots_acceptance(model, k, prompt, settings)
     finally:
         model.close()
-    paired = paired_ratios(our_tps, up_tps)
-    delivered = paired_ratios(delivered_tps, up_tps)
-    log(
-        f"    {level.name} k={k}: upstream {statistics.median(up_tps):.1f} tok/s, "
-        f"mtpstream {statistics.median(our_tps):.1f} tok/s (paired {paired['median']:.3f}x, "
-        f"{paired['min']:.3f}-{paired['max']:.3f}), delivered to asyncio "
-        f"{statistics.median(delivered_tps):.1f} tok/s ({delivered['median']:.3f}x)"
-    )
-    return {
-        "upstream_tokens_per_sec": summarize(up_tps, 2),
-        "upstream_acceptance_rate": round(accepted / drafts, 4) if drafts else None,
-        "mtpstream_acceptance_rate": round(our_accepted / our_drafts, 4) if our_drafts else None,
-        "mtpstream_snapshots_acceptance_rate": snap_rate,
-        "expected_acceptance_rate": _expected_acceptance(level, prompt, k, settings.tokens),
-        "mtpstream_uses_mmap": uses_mmap,
-        "mtpstream_tokens_per_sec": summarize(our_tps, 2),
-        "mtpstream_over_upstream": paired["median"],
-        "mtpstream_over_upstream_rounds": paired,
-        "mtpstream_delivered_tokens_per_sec": summarize(delivered_tps, 2),
-        "delivered_over_upstream_rounds": delivered,
-        "upstream_request_ms": summarize(up_ms, 1),
-        "mtpstream_request_ms": summarize(our_ms, 1),
-        # speed ratio of the whole request (prompt included): upstream time / ours
-        "request_speed_over_upstream_rounds": paired_ratios(up_ms, our_ms),
-    }
+    cell.expected_acceptance = _expected_acceptance(level, prompt, k, settings.tokens)
+    _log.info(cell.log_line(level.name, k))
+    return cell.as_json()
 
 
-def compare(levels: Sequence[Level], settings: Settings, log: Log) -> dict[str, Any]:
+def compare(levels: Sequence[Level], settings: Settings) -> dict[str, Any]:
     """Upstream llama-server vs mtpstream on every level and n_draft (never raises)."""
     root = _cache_root()
     out: dict[str, Any] = {
@@ -288,18 +326,18 @@ def compare(levels: Sequence[Level], settings: Settings, log: Log) -> dict[str, 
     }
     try:
         root.mkdir(parents=True, exist_ok=True)
-        exe = _server_binary(root, settings.threads, log)
+        exe = _server_binary(root, settings.threads)
     except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
-        log(f"  upstream comparison unavailable: {exc}")
+        _log.warning(f"  upstream comparison unavailable: {exc}")
         return {**out, "available": False, "reason": str(exc)}
     out.update(available=True, server=str(exe), levels={})
-    log("upstream llama-server comparison")
+    _log.info("upstream llama-server comparison")
     for level in levels:
         cells: dict[str, Any] = {}
         keys: list[DraftKey] = [*settings.n_drafts, "auto"]
         for k in keys:
             try:
-                cells[str(k)] = _cell(exe, level, k, settings, log)
+                cells[str(k)] = _cell(exe, level, k, settings)
             except (OSError, RuntimeError, KeyError, ValueError, urllib.error.URLError) as exc:
                 cells[str(k)] = {"error": str(exc)}
         out["levels"][level.name] = cells

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from .._native import Fault as _NativeFault
-from ..session import MTP
+from .. import _bridge
+from ..session import MTP, native_engine
 
 Fault = Literal["none", "masked_draft_rows", "skip_draft_catch_up"]
 FAULTS: tuple[Fault, ...] = ("none", "masked_draft_rows", "skip_draft_catch_up")
@@ -26,4 +26,4 @@ def inject_fault(mtp: MTP, fault: Fault) -> None:
     """
     if fault not in FAULTS:
         raise ValueError(f"fault must be one of {FAULTS}, got {fault!r}")
-    mtp._live.fault = getattr(_NativeFault, fault)
+    _bridge.set_fault(native_engine(mtp), fault)

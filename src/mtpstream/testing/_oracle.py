@@ -310,18 +310,8 @@ def simulate_acceptance(
     rollback: Literal["snapshots", "replay"] = "snapshots",
 ) -> AcceptanceResult:
     """Simulate the engine rule on ``spec`` (see :func:`expected_acceptance`)."""
-    if rollback not in ("snapshots", "replay"):
-        raise ValueError("rollback must be 'snapshots' or 'replay'")
-    if spec.head is None:
-        raise ValueError("this model has no MTP head (kind='plain'); nothing to draft")
-    if not prompt_tokens:
-        raise ValueError("prompt_tokens must not be empty")
-    if n_draft < 0 or n_tokens < 0:
-        raise ValueError("n_draft and n_tokens must be >= 0")
-    succ, head, eos, lag = spec.succ, spec.head, spec.eos_token_id, spec.head_lag
-    for t in prompt_tokens:
-        if not 0 <= t < len(succ):
-            raise ValueError(f"token id {t} out of range")
+    head = _check_simulation(spec, prompt_tokens, n_draft, n_tokens, rollback)
+    succ, eos, lag = spec.succ, spec.eos_token_id, spec.head_lag
     # The engine's rule: the first token comes from the prompt's own logits (no
     # drafting); then each iteration drafts k tokens, verifies them, accepts the
     # prefix that matches the target (an EOS draft is never "accepted": EOS is
@@ -343,13 +333,7 @@ def simulate_acceptance(
         iters += 1
         generated += k
         pos = len(seq) - 1  # position of the last token
-        chain = list(seq)
-        drafts: list[int] = []
-        for j in range(k):
-            src = pos + j - lag
-            d = head[chain[src]] if src >= 0 else -1
-            drafts.append(d)
-            chain.append(d)
+        drafts = _drafts(head, seq, pos, k, lag)
         t = seq[-1]
         n_acc = 0
         for d in drafts:
@@ -374,6 +358,41 @@ def simulate_acceptance(
         tokens=tuple(out),
         stopped_at_eos=stopped,
     )
+
+
+def _check_simulation(
+    spec: OracleSpec, prompt_tokens: Sequence[int], n_draft: int, n_tokens: int, rollback: str
+) -> Sequence[int]:
+    """The arguments of :func:`simulate_acceptance` checked; returns the head's table.
+
+    Raises:
+        ValueError: a bad argument, or a model without an MTP head.
+    """
+    if rollback not in ("snapshots", "replay"):
+        raise ValueError("rollback must be 'snapshots' or 'replay'")
+    if spec.head is None:
+        raise ValueError("this model has no MTP head (kind='plain'); nothing to draft")
+    if not prompt_tokens:
+        raise ValueError("prompt_tokens must not be empty")
+    if n_draft < 0 or n_tokens < 0:
+        raise ValueError("n_draft and n_tokens must be >= 0")
+    for t in prompt_tokens:
+        if not 0 <= t < len(spec.succ):
+            raise ValueError(f"token id {t} out of range")
+    return spec.head
+
+
+def _drafts(head: Sequence[int], seq: Sequence[int], pos: int, k: int, lag: int) -> list[int]:
+    """The k drafts of one iteration: step j feeds the token at ``pos + j`` (the last
+    emitted token, then draft j-1) and predicts ``head[token at pos + j - lag]``."""
+    chain = list(seq)
+    drafts: list[int] = []
+    for j in range(k):
+        src = pos + j - lag
+        d = head[chain[src]] if src >= 0 else -1
+        drafts.append(d)
+        chain.append(d)
+    return drafts
 
 
 def analytic_acceptance(mtp_error_rate: float, n_draft: int) -> float:

@@ -421,6 +421,12 @@ def _add_soft_metadata(w: gguf.GGUFWriter, spec: SoftSpec) -> None:
 
 
 def _add_metadata(w: gguf.GGUFWriter, req: ModelRequest, vocab: Vocab, layout: OracleLayout | None) -> None:
+    _add_hyperparameters(w, req)
+    _add_tokenizer(w, vocab)
+    _add_synthetic_keys(w, req, layout)
+
+
+def _add_hyperparameters(w: gguf.GGUFWriter, req: ModelRequest) -> None:
     c = req.cfg
     a = c.arch
     w.add_string("general.name", f"mtpstream synthetic {a} {c.size} {req.weights} {req.kind}")
@@ -455,6 +461,8 @@ def _add_metadata(w: gguf.GGUFWriter, req: ModelRequest, vocab: Vocab, layout: O
         w.add_uint32(f"{a}.expert_feed_forward_length", c.n_ff_exp)
         w.add_uint32(f"{a}.expert_shared_feed_forward_length", c.n_ff_shexp)
 
+
+def _add_tokenizer(w: gguf.GGUFWriter, vocab: Vocab) -> None:
     w.add_string("tokenizer.ggml.model", "gpt2")
     w.add_string("tokenizer.ggml.pre", "qwen2")
     w.add_array("tokenizer.ggml.tokens", list(vocab.tokens))
@@ -466,6 +474,10 @@ def _add_metadata(w: gguf.GGUFWriter, req: ModelRequest, vocab: Vocab, layout: O
     w.add_bool("tokenizer.ggml.add_bos_token", False)
     w.add_string("tokenizer.chat_template", CHAT_TEMPLATE)
 
+
+def _add_synthetic_keys(w: gguf.GGUFWriter, req: ModelRequest, layout: OracleLayout | None) -> None:
+    """What :mod:`mtpstream.testing` reads back: the request and the oracle's tables."""
+    c = req.cfg
     m = META_PREFIX
     w.add_uint32(m + "format_version", FORMAT_VERSION)
     w.add_string(m + "arch", c.arch)
