@@ -140,7 +140,8 @@ async def test_each_sequence_keeps_its_conversation(cm: OracleModels) -> None:
     a = model.tokenize("we walked along the river")
     b = model.tokenize("the road went on and on")
     with (
-        mtpstream.init(model, n_draft=3, n_ctx=1024, n_seq=2, **EXACT) as warm,
+        # the cold session's rollback (auto would choose by timing with two sequences)
+        mtpstream.init(model, n_draft=3, n_ctx=1024, n_seq=2, rollback="snapshots", **EXACT) as warm,
         mtpstream.init(model, n_draft=3, n_ctx=1024, prompt_cache=False, **EXACT) as cold,
     ):
         for step in range(3):
@@ -336,7 +337,8 @@ async def test_a_diverging_prompt_takes_the_sequence_with_its_checkpoint(cm: Ora
     model = cm.get("qwen35", "kv")
     a, b = _long_prompt(model, 2), _long_prompt(model, 3)
     with (
-        mtpstream.init(model, n_draft=3, n_ctx=1024, n_seq=2, **EXACT) as warm,
+        # the cold session's rollback (auto would choose by timing with two sequences)
+        mtpstream.init(model, n_draft=3, n_ctx=1024, n_seq=2, rollback="snapshots", **EXACT) as warm,
         mtpstream.init(model, n_draft=3, n_ctx=1024, prompt_cache=False, **EXACT) as cold,
     ):
         gen_a, _ = await turn(warm, a, 20)

@@ -173,7 +173,8 @@ async def test_randomized_schedules_equal_plain_decoding(subject: Any) -> None:
 @pytest.mark.slow
 @pytest.mark.asyncio
 async def test_many_more_randomized_schedules(subject: Any) -> None:
-    """The default rollback (replay) on 201 more schedules."""
+    """Replay (what rollback="auto" picks with several sequences where its verify is
+    cheaper) on 201 more schedules."""
     kind, model, path, plain = subject
     for seed in seeds(kind, SLOW_SCHEDULES // len(MODELS), 100):
         s = draw(seed, model.n_vocab, rollback="replay")
