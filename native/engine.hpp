@@ -136,7 +136,8 @@ private:
     bool sample(Generation & g, llama_context * ctx, int32_t idx, llama_token & out, std::string & error);
 
     // --- events (engine_events.cpp)
-    void emit_token(Job & job, llama_token tok, bool & ended);
+    // `sampled`: the token's index among those sampled since g.logprobs was cleared
+    void emit_token(Job & job, llama_token tok, bool & ended, size_t sampled);
     void finish(Job & job, EventKind kind, const std::string & reason, llama_token tok,
                 const std::string & error = "");
     // End the job with an error event.

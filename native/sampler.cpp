@@ -58,6 +58,15 @@ std::string parse_error_line(const std::string & text) {
 
 SamplerPtr make_chain(const SamplingOptions & s, int32_t n_vocab) {
     SamplerPtr chain(llama_sampler_chain_init(llama_sampler_chain_default_params()));
+    if (!s.logit_bias.empty()) {
+        std::vector<llama_logit_bias> bias;
+        bias.reserve(s.logit_bias.size());
+        for (const auto & [token, value] : s.logit_bias) {
+            bias.push_back(llama_logit_bias{token, value});
+        }
+        llama_sampler_chain_add(chain.get(), llama_sampler_init_logit_bias(n_vocab, static_cast<int32_t>(bias.size()),
+                                                                           bias.data()));
+    }
     if (s.penalty_repeat != 1.0f || s.penalty_freq != 0.0f || s.penalty_present != 0.0f) {
         llama_sampler_chain_add(chain.get(), llama_sampler_init_penalties(n_vocab, s.penalty_last_n, s.penalty_repeat,
                                                                           s.penalty_freq, s.penalty_present));

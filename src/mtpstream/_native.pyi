@@ -84,6 +84,11 @@ class Usage:
     drafts_accepted: int
     cached_tokens: int
 
+class TokenProb:
+    token: int
+    logprob: float
+    piece: bytes
+
 class Event:
     kind: EventKind
     token: int
@@ -91,6 +96,7 @@ class Event:
     finish_reason: str
     usage: Usage
     error: str
+    logprobs: list[TokenProb]
 
 class StatsSnapshot:  # one attribute per STATS_FIELDS entry, in its order
     tokens_emitted: int
@@ -142,6 +148,7 @@ class SamplingOptions:
     penalty_repeat: float
     penalty_freq: float
     penalty_present: float
+    logit_bias: list[tuple[int, float]]
     grammar: str
     grammar_step_budget_us: int
     def __init__(self) -> None: ...
@@ -153,6 +160,7 @@ class GenerationOptions:
     stop: list[str]
     emit_stats_every: int
     cache_prompt: bool
+    n_logprobs: int
     def __init__(self) -> None: ...
 
 class Job:
