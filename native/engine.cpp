@@ -206,13 +206,14 @@ std::unique_ptr<Generation> Engine::prepare(GenerationOptions opts, Status & sta
     }
     if (opts.n_logprobs < -1 || opts.n_logprobs > kMaxTopLogprobs) {
         status = Status::error(ErrorCode::invalid_argument,
-                               "logprobs must be from 0 to " + std::to_string(kMaxTopLogprobs), "logprobs");
+                               "invalid option 'logprobs': must be from 0 to " + std::to_string(kMaxTopLogprobs),
+                               "logprobs");
         return nullptr;
     }
     for (const auto & [token, bias] : opts.sampling.logit_bias) {
         if (token < 0 || token >= n_vocab_ || !std::isfinite(bias)) {
             status = Status::error(ErrorCode::invalid_argument,
-                                   "logit_bias: token " + std::to_string(token) +
+                                   "invalid option 'logit_bias': token " + std::to_string(token) +
                                        (std::isfinite(bias) ? " is out of range for a vocabulary of " +
                                                                   std::to_string(n_vocab_) + " tokens"
                                                             : " has a bias that is not finite"),
