@@ -423,7 +423,8 @@ def test_cached_tokens_are_not_reported_across_clients(open_server: Server) -> N
     for _ in range(2):
         usage = s.post("/v1/chat/completions", {"messages": MESSAGES, "max_tokens": 3}).json()["usage"]
         assert "prompt_tokens_details" not in usage and usage["completion_tokens"] == 3
-    r = s.post("/v1/chat/completions", {"messages": MESSAGES, "max_tokens": 3, "stream": True})
+    body = {"messages": MESSAGES, "max_tokens": 3, "stream": True, "stream_options": {"include_usage": True}}
+    r = s.post("/v1/chat/completions", body)
     last = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")][-1]
     assert "prompt_tokens_details" not in last["usage"]
 
