@@ -73,15 +73,27 @@ async def test_chat_logprobs_stop_at_the_stop_string(mtp: mtpstream.MTP) -> None
     content = full.choices[0].message.content
     assert full.choices[0].logprobs is not None and full.choices[0].logprobs.content is not None
     assert "".join(t.token for t in full.choices[0].logprobs.content) == content
-    stop = content[len(content) // 2 : len(content) // 2 + 3]
+    tokens = [t.token for t in full.choices[0].logprobs.content]
+    # a stop string of two whole tokens (the first that occurs nowhere earlier)
+    k = next(
+        k
+        for k in range(len(tokens) // 2, len(tokens) - 1)
+        if tokens[k].strip() and content.index(tokens[k] + tokens[k + 1]) == len("".join(tokens[:k]))
+    )
+    stop = tokens[k] + tokens[k + 1]
     cut = await mtp.chat(MESSAGES, max_tokens=24, logprobs=True, stop=[stop])
     text = cut.choices[0].message.content
-    assert cut.choices[0].finish_reason == "stop" and text == content[: content.index(stop)]
+    assert cut.choices[0].finish_reason == "stop" and text == "".join(tokens[:k])
     assert cut.choices[0].logprobs is not None and cut.choices[0].logprobs.content is not None
-    tokens = [t.token for t in cut.choices[0].logprobs.content]
-    # every token whose text starts in the content, none of the stop string's alone
-    joined = "".join(tokens)
-    assert joined.startswith(text) and len("".join(tokens[:-1])) < len(text) <= len(joined)
+    # the stop string's tokens are not listed
+    assert [t.token for t in cut.choices[0].logprobs.content] == tokens[:k]
+    # one that starts inside a token: that token is listed (its text starts in the content)
+    stop = tokens[k][1:] + tokens[k + 1]
+    if len(tokens[k]) > 1 and content.index(stop) == len("".join(tokens[:k])) + 1:
+        cut = await mtp.chat(MESSAGES, max_tokens=24, logprobs=True, stop=[stop])
+        assert cut.choices[0].message.content == "".join(tokens[:k]) + tokens[k][0]
+        assert cut.choices[0].logprobs is not None and cut.choices[0].logprobs.content is not None
+        assert [t.token for t in cut.choices[0].logprobs.content] == tokens[: k + 1]
 
 
 @pytest.mark.asyncio
