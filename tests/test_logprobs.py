@@ -105,3 +105,35 @@ async def test_logprobs_with_several_sequences(models: Models, name: str, n_draf
     for prompt, events in zip(prompts, got, strict=True):
         assert len(events) == N_TOKENS
         assert_logprobs_match(models.paths[name], prompt, events, _tol(name, n_draft, n_seq=3))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("name", "n_draft"), [("qwen35-random", 0), ("qwen35-oracle", 3)])
+async def test_completion_logprobs_match_llama_cpp_pythons(models: Models, name: str, n_draft: int) -> None:
+    """The legacy completions shape against llama-cpp-python's own implementation of
+    it (``Llama.create_completion(logprobs=n)``, plain decoding): same tokens, same
+    log-probabilities, the same alternatives."""
+    from mtpstream._openai import CompletionStream
+
+    prompt = "we walked along the river"
+    llm = reference_llama(models.paths[name])
+    try:
+        ref = llm.create_completion(prompt, max_tokens=12, temperature=0.0, logprobs=3)
+    finally:
+        llm.close()
+    ref_lp = ref["choices"][0]["logprobs"]  # type: ignore[index]
+    with mtpstream.init(models[name], n_draft=n_draft, n_ctx=256, **EXACT) as mtp:
+        ours = await CompletionStream(mtp.stream_events(prompt, max_tokens=12, logprobs=3), "m").collect()
+    lp = ours.choices[0].logprobs
+    assert lp is not None
+    assert ours.choices[0].text == ref["choices"][0]["text"]  # type: ignore[index]
+    assert lp.tokens == ref_lp["tokens"]
+    assert lp.token_logprobs == pytest.approx(ref_lp["token_logprobs"], abs=TOL)
+    for got, want in zip(lp.top_logprobs, ref_lp["top_logprobs"], strict=True):
+        # the same values; tokens may differ only among exact ties (the oracle's logits
+        # have many), which each side breaks its own way
+        assert sorted(got.values()) == pytest.approx(sorted(want.values()), abs=TOL)
+        for t in set(got) & set(want):
+            assert got[t] == pytest.approx(want[t], abs=TOL)
+        least = min(want.values())
+        assert {t for t in got if got[t] > least + TOL} == {t for t in want if want[t] > least + TOL}
