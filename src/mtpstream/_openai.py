@@ -8,27 +8,27 @@ which tests and users import beside mtpstream.)
 
 OpenAI parameter names map onto :meth:`mtpstream.MTP.generate`'s options:
 
-=====================  =================
-OpenAI / llama-cpp     mtpstream
-=====================  =================
-temperature            temp
-top_p                  top_p
-max_tokens             max_tokens
-max_completion_tokens  max_tokens
-stop                   stop
-seed                   seed
-frequency_penalty      penalty_freq
-presence_penalty       penalty_present
-repeat_penalty         penalty_repeat
-top_k                  top_k
-min_p                  min_p
-grammar                grammar
-response_format        grammar (converted)
-logit_bias             logit_bias
-logprobs (chat)        logprobs: top_logprobs (0 if not given) when true, else None
-logprobs (completions) logprobs
-n, best_of             only 1
-=====================  =================
+======================  ============================================================
+OpenAI / llama-cpp      mtpstream
+======================  ============================================================
+temperature             temp
+top_p                   top_p
+max_tokens              max_tokens
+max_completion_tokens   max_tokens
+stop                    stop
+seed                    seed
+frequency_penalty       penalty_freq
+presence_penalty        penalty_present
+repeat_penalty          penalty_repeat
+top_k                   top_k
+min_p                   min_p
+grammar                 grammar
+response_format         grammar (converted)
+logit_bias              logit_bias
+logprobs (chat)         logprobs: top_logprobs (0 if not given) when true, else None
+logprobs (completions)  logprobs
+n, best_of              only 1
+======================  ============================================================
 
 Parameters with no effect locally (``user``, ``store``, ``metadata``, ...) and the
 refused ones are listed in :mod:`mtpstream._openai_params`.

@@ -6,15 +6,15 @@ dropped silently (an unknown name is refused by :func:`mtpstream.options.validat
 
 Accepted, no effect locally (each still type-checked):
 
-==================  ===============================================================
-``user``            a string; nothing is logged per user
-``safety_identifier`` a string, likewise
-``store``           a bool; nothing is stored, so nothing is listed later
-``metadata``        an object of strings; kept nowhere (only useful with ``store``)
-``service_tier``    a string; there is one tier, the result reports none
-``prompt_cache_key`` a string; the prompt cache matches prefixes by itself
-``modalities``      ``["text"]`` only (``"audio"`` is refused)
-==================  ===============================================================
+=====================  ===============================================================
+``user``               a string; nothing is logged per user
+``safety_identifier``  a string, likewise
+``store``              a bool; nothing is stored, so nothing is listed later
+``metadata``           an object of strings; kept nowhere (only useful with ``store``)
+``service_tier``       a string; there is one tier, the result reports none
+``prompt_cache_key``   a string; the prompt cache matches prefixes by itself
+``modalities``         ``["text"]`` only (``"audio"`` is refused)
+=====================  ===============================================================
 
 Refused with a 400 naming them: ``n`` and ``best_of`` other than 1, ``audio``,
 ``prediction``, ``web_search_options``, ``suffix`` (completions), ``echo`` together
