@@ -80,8 +80,12 @@ def llama_server(model: Path) -> Iterator[int]:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize(("name", "n_draft"), [("qwen35-oracle", 3), ("qwen35-random", 0)])
-async def test_logprobs_match_llama_servers(models: Models, name: str, n_draft: int) -> None:
+# On the random-weight model llama-server's own prompt processing (it batches the
+# prompt differently from llama-cpp-python, which we match to 1e-4) already moves the
+# first row's alternatives by 2.7e-3: batch rounding in the recurrent layers (README,
+# "Exactness"), not a different distribution.
+@pytest.mark.parametrize(("name", "n_draft", "tol"), [("qwen35-oracle", 3, TOL), ("qwen35-random", 0, 1e-2)])
+async def test_logprobs_match_llama_servers(models: Models, name: str, n_draft: int, tol: float) -> None:
     model = models[name]
     prompt = model.tokenize("we walked along the river")
     with llama_server(models.paths[name]) as port:
@@ -95,12 +99,12 @@ async def test_logprobs_match_llama_servers(models: Models, name: str, n_draft: 
             if isinstance(ev, mtpstream.TokenEvent)
         ]
     assert [ev.token_id for ev in events] == [p["id"] for p in probs]
-    for ev, p in zip(events, probs, strict=True):
-        assert ev.logprob is not None
-        assert ev.logprob.logprob == pytest.approx(p["logprob"], abs=TOL)
+    for i, (ev, p) in enumerate(zip(events, probs, strict=True)):
+        assert ev.logprob is not None, i
+        assert ev.logprob.logprob == pytest.approx(p["logprob"], abs=tol)
         want = {t["id"]: t["logprob"] for t in p["top_logprobs"]}
         got = {t.token_id: t.logprob for t in ev.top_logprobs}
         # equal values; the tokens may differ only among exact ties, broken each its own way
-        assert sorted(got.values()) == pytest.approx(sorted(want.values()), abs=TOL)
+        assert sorted(got.values()) == pytest.approx(sorted(want.values()), abs=tol), i
         for t in set(got) & set(want):
-            assert got[t] == pytest.approx(want[t], abs=TOL)
+            assert got[t] == pytest.approx(want[t], abs=tol)
