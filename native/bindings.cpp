@@ -297,13 +297,19 @@ NB_MODULE(_native, m) {
         .def_ro("drafts_accepted", &Usage::drafts_accepted)
         .def_ro("cached_tokens", &Usage::cached_tokens);
 
+    nb::class_<TokenProb>(m, "TokenProb")
+        .def_ro("token", &TokenProb::token)
+        .def_ro("logprob", &TokenProb::logprob)
+        .def_prop_ro("piece", [](const TokenProb & p) { return nb::bytes(p.piece.data(), p.piece.size()); });
+
     nb::class_<Event>(m, "Event")
         .def_ro("kind", &Event::kind)
         .def_ro("token", &Event::token)
         .def_prop_ro("text", [](const Event & e) { return nb::bytes(e.text.data(), e.text.size()); })
         .def_ro("finish_reason", &Event::finish_reason)
         .def_ro("usage", &Event::usage)
-        .def_ro("error", &Event::error);
+        .def_ro("error", &Event::error)
+        .def_ro("logprobs", &Event::logprobs);
 
     bind_stats(m);
 
@@ -338,6 +344,7 @@ NB_MODULE(_native, m) {
         .def_rw("penalty_repeat", &SamplingOptions::penalty_repeat)
         .def_rw("penalty_freq", &SamplingOptions::penalty_freq)
         .def_rw("penalty_present", &SamplingOptions::penalty_present)
+        .def_rw("logit_bias", &SamplingOptions::logit_bias)
         .def_rw("grammar", &SamplingOptions::grammar)
         .def_rw("grammar_step_budget_us", &SamplingOptions::grammar_step_budget_us)
         .def_rw("verify", &SamplingOptions::verify);
@@ -349,7 +356,8 @@ NB_MODULE(_native, m) {
         .def_rw("sampling", &GenerationOptions::sampling)
         .def_rw("stop", &GenerationOptions::stop)
         .def_rw("emit_stats_every", &GenerationOptions::emit_stats_every)
-        .def_rw("cache_prompt", &GenerationOptions::cache_prompt);
+        .def_rw("cache_prompt", &GenerationOptions::cache_prompt)
+        .def_rw("n_logprobs", &GenerationOptions::n_logprobs);
 
     nb::class_<EngineHandle>(m, "Engine")
         .def_static(

@@ -3,10 +3,12 @@
 #include "engine.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <exception>
 #include <string>
 
 #include "job.hpp"
+#include "logprobs.hpp"
 #include "llama_staging.h"
 #include "rollback_choice.hpp"
 
@@ -215,6 +217,23 @@ std::unique_ptr<Generation> Engine::prepare(GenerationOptions opts, Status & sta
         status = Status::error(ErrorCode::invalid_argument, "max_tokens must be >= 1", "max_tokens");
         return nullptr;
     }
+    if (opts.n_logprobs < -1 || opts.n_logprobs > kMaxTopLogprobs) {
+        status = Status::error(ErrorCode::invalid_argument,
+                               "invalid option 'logprobs': must be from 0 to " + std::to_string(kMaxTopLogprobs),
+                               "logprobs");
+        return nullptr;
+    }
+    for (const auto & [token, bias] : opts.sampling.logit_bias) {
+        if (token < 0 || token >= n_vocab_ || !std::isfinite(bias)) {
+            status = Status::error(ErrorCode::invalid_argument,
+                                   "invalid option 'logit_bias': token " + std::to_string(token) +
+                                       (std::isfinite(bias) ? " is out of range for a vocabulary of " +
+                                                                  std::to_string(n_vocab_) + " tokens"
+                                                            : " has a bias that is not finite"),
+                                   "logit_bias");
+            return nullptr;
+        }
+    }
     auto sampler = Sampler::create(opts.sampling, target_->vocab(), n_vocab_, status);
     if (!sampler) {
         return nullptr;
@@ -299,7 +318,20 @@ bool Engine::abort_cb(void * data) {
 }
 
 bool Engine::sample(Generation & g, llama_context * ctx, int32_t idx, llama_token & out, std::string & error) {
-    return g.sampler->sample(ctx, idx, g.emitted, out, error);
+    if (!g.sampler->sample(ctx, idx, g.emitted, out, error)) {
+        return false;
+    }
+    record_logprobs(g, ctx, idx, out);
+    return true;
+}
+
+// logprobs asked for: the target's own row at this position (whatever drafted the
+// token), unchanged by sampling
+void Engine::record_logprobs(Generation & g, llama_context * ctx, int32_t idx, llama_token tok) {
+    if (g.opts.n_logprobs >= 0) {
+        g.logprobs.emplace_back();
+        token_logprobs(Sampler::logits(ctx, idx), n_vocab_, tok, g.opts.n_logprobs, g.logprobs.back());
+    }
 }
 
 }  // namespace mtpstream

@@ -146,9 +146,11 @@ private:
     static bool abort_cb(void * data);
     // Sample the target at batch index idx for g (see Sampler::sample).
     bool sample(Generation & g, llama_context * ctx, int32_t idx, llama_token & out, std::string & error);
+    void record_logprobs(Generation & g, llama_context * ctx, int32_t idx, llama_token tok);
 
     // --- events (engine_events.cpp)
-    void emit_token(Job & job, llama_token tok, bool & ended);
+    // `sampled`: the token's index among those sampled since g.logprobs was cleared
+    void emit_token(Job & job, llama_token tok, bool & ended, size_t sampled);
     void finish(Job & job, EventKind kind, const std::string & reason, llama_token tok,
                 const std::string & error = "");
     // End the job with an error event.

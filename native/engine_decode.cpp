@@ -329,6 +329,7 @@ bool Engine::accept_lane(Lane & lane) {
     llama_context * tgt = live();
     const int32_t k = lane.k;
     lane.out.clear();
+    g.logprobs.clear();
     lane.n_acc = 0;
     std::string error;
     const bool rejection = g.sampler->rejection();
@@ -415,11 +416,8 @@ bool Engine::replay_rollback(Lane & lane) {
 
 void Engine::emit_lane(Lane & lane) {
     bool ended = false;
-    for (const llama_token tok : lane.out) {
-        emit_token(*lane.job, tok, ended);
-        if (ended) {
-            break;
-        }
+    for (size_t i = 0; i < lane.out.size() && !ended; ++i) {
+        emit_token(*lane.job, lane.out[i], ended, i);
     }
     lane.ended = ended;
 }

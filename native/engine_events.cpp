@@ -9,7 +9,7 @@
 
 namespace mtpstream {
 
-void Engine::emit_token(Job & job, llama_token tok, bool & ended) {
+void Engine::emit_token(Job & job, llama_token tok, bool & ended, size_t sampled) {
     Generation & g = job.generation();
     if (target_->is_eog(tok)) {
         finish(job, EventKind::eog, "", tok);
@@ -20,6 +20,12 @@ void Engine::emit_token(Job & job, llama_token tok, bool & ended) {
     ev.kind = EventKind::token;
     ev.token = tok;
     ev.text = g.text.push(target_->token_to_piece(tok));
+    if (sampled < g.logprobs.size()) {
+        ev.logprobs = std::move(g.logprobs[sampled]);
+        for (TokenProb & p : ev.logprobs) {
+            p.piece = target_->token_to_piece(p.token, true);
+        }
+    }
     g.emitted += 1;
     SessionStats::add(stats_.tokens_emitted, 1);
     job.push(std::move(ev));

@@ -131,6 +131,7 @@ void Engine::prefill_step(Job & job) {
     const int64_t ts = now_us();
     llama_token first = -1;
     std::string error;
+    g.logprobs.clear();
     const bool sampled = sample(g, live(), m - 1, first, error);
     SessionStats::add(stats_.t_sample_us, elapsed(ts));
     if (!sampled) {
@@ -145,7 +146,7 @@ void Engine::prefill_step(Job & job) {
     }
     g.phase = Generation::Phase::decode;
     bool ended = false;
-    emit_token(job, first, ended);
+    emit_token(job, first, ended, 0);
 }
 
 // Feed the (token, hidden row) pairs the MTP context has not seen yet.

@@ -68,8 +68,9 @@ bool Engine::verify_rejection(Lane & lane, llama_context * tgt, std::string & er
         }
         ++lane.n_acc;
     }
-    for (const llama_token t : lane.out) {
-        s.accept(t);
+    for (size_t j = 0; j < lane.out.size(); ++j) {
+        s.accept(lane.out[j]);
+        record_logprobs(*lane.g, tgt, lane.verify_idx + static_cast<int32_t>(j), lane.out[j]);
     }
     return true;
 }

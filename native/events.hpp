@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace mtpstream {
 
@@ -23,6 +24,14 @@ struct Usage {
     int32_t cached_tokens = 0;  // prompt tokens reused from the sequence's memory
 };
 
+// A token and its log-probability under the target's distribution (logprobs.hpp);
+// `piece` is its text with special tokens rendered.
+struct TokenProb {
+    int32_t token = -1;
+    float logprob = 0.0f;
+    std::string piece;
+};
+
 struct Event {
     EventKind kind = EventKind::token;
     int32_t token = -1;
@@ -30,6 +39,9 @@ struct Event {
     std::string finish_reason;  // done: "length" or "stop"
     Usage usage;
     std::string error;
+    // token events of a call that asked for logprobs: [the emitted token, its top
+    // alternatives, most likely first]; empty otherwise
+    std::vector<TokenProb> logprobs;
 };
 
 inline bool is_terminal(EventKind k) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "auto_draft.hpp"
+#include "events.hpp"
 #include "llama.h"
 #include "options.hpp"
 #include "sampler.hpp"
@@ -47,6 +48,9 @@ struct Generation {
     std::vector<TokenDist> draft_q;
     // tokens at positions 0..n_past-1 (to rebuild memory if a rollback fails)
     std::vector<llama_token> history;
+    // with opts.n_logprobs >= 0: the log-probabilities of the tokens sampled since
+    // the last emit, in order (cleared before each batch of samples)
+    std::vector<std::vector<TokenProb>> logprobs;
 
     int32_t cached = 0;  // prompt tokens reused from the sequence's memory
     int32_t emitted = 0;

@@ -146,14 +146,14 @@ std::string Model::token_text(llama_token id) const {
     return text != nullptr ? std::string(text) : std::string();
 }
 
-std::string Model::token_to_piece(llama_token id) const {
+std::string Model::token_to_piece(llama_token id, bool special) const {
     char small[64];
-    int32_t n = llama_token_to_piece(vocab_, id, small, sizeof(small), 0, false);
+    int32_t n = llama_token_to_piece(vocab_, id, small, sizeof(small), 0, special);
     if (n >= 0) {
         return std::string(small, static_cast<size_t>(n));
     }
     std::string big(static_cast<size_t>(-n), '\0');
-    n = llama_token_to_piece(vocab_, id, big.data(), static_cast<int32_t>(big.size()), 0, false);
+    n = llama_token_to_piece(vocab_, id, big.data(), static_cast<int32_t>(big.size()), 0, special);
     big.resize(static_cast<size_t>(std::max(n, 0)));
     return big;
 }

@@ -69,8 +69,9 @@ public:
     std::vector<llama_token> tokenize(const std::string & text, bool add_special,
                                       bool parse_special) const;
     std::string detokenize(const std::vector<llama_token> & ids) const;
-    // Bytes of one token as generation renders it (control tokens render empty).
-    std::string token_to_piece(llama_token id) const;
+    // Bytes of one token as generation renders it (control tokens render empty;
+    // with `special`, as their text).
+    std::string token_to_piece(llama_token id, bool special = false) const;
 
 private:
     Model(llama_model * model, std::string path, bool load_mtp, bool repack);

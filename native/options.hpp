@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "llama.h"
@@ -65,6 +66,8 @@ struct SamplingOptions {
     float penalty_repeat = 1.0f;
     float penalty_freq = 0.0f;
     float penalty_present = 0.0f;
+    // added to the logits before anything else samples (llama.cpp's logit-bias sampler)
+    std::vector<std::pair<llama_token, float>> logit_bias;
     std::string grammar;  // GBNF; empty: none
     int64_t grammar_step_budget_us = 0;  // a grammar apply/accept taking longer ends the call; 0: none
     Verify verify = Verify::match;
@@ -77,6 +80,9 @@ struct GenerationOptions {
     std::vector<std::string> stop;
     int32_t emit_stats_every = 0;  // 0: never
     bool cache_prompt = true;      // reuse a cached prefix, and leave this call's state to reuse
+    // -1: no logprobs; n >= 0: every token event carries the emitted token's
+    // log-probability under the target and its n most likely alternatives
+    int32_t n_logprobs = -1;
 };
 
 }  // namespace mtpstream

@@ -77,6 +77,15 @@ void add_transforms(llama_sampler * chain, const SamplingOptions & s) {
 
 SamplerPtr make_chain(const SamplingOptions & s, int32_t n_vocab) {
     SamplerPtr chain(llama_sampler_chain_init(llama_sampler_chain_default_params()));
+    if (!s.logit_bias.empty()) {
+        std::vector<llama_logit_bias> bias;
+        bias.reserve(s.logit_bias.size());
+        for (const auto & [token, value] : s.logit_bias) {
+            bias.push_back(llama_logit_bias{token, value});
+        }
+        llama_sampler_chain_add(chain.get(), llama_sampler_init_logit_bias(n_vocab, static_cast<int32_t>(bias.size()),
+                                                                           bias.data()));
+    }
     if (has_penalties(s)) {
         llama_sampler_chain_add(chain.get(), llama_sampler_init_penalties(n_vocab, s.penalty_last_n, s.penalty_repeat,
                                                                           s.penalty_freq, s.penalty_present));
@@ -92,7 +101,7 @@ SamplerPtr make_chain(const SamplingOptions & s, int32_t n_vocab) {
 
 // The chain make_chain builds for these options is the greedy sampler alone.
 bool is_argmax(const SamplingOptions & s) {
-    return s.temp <= 0.0f && !has_penalties(s);
+    return s.temp <= 0.0f && !has_penalties(s) && s.logit_bias.empty();
 }
 
 // The probability of token t in a sparse distribution (0 when absent).
@@ -153,8 +162,8 @@ void Sampler::enable_rejection(const SamplingOptions & opts) {
     if (opts.verify != Verify::rejection || opts.temp <= 0.0f) {
         return;  // at temperature 0 rejection sampling is the greedy path itself
     }
-    if (grammar_ || has_penalties(opts)) {
-        fell_back_ = true;  // p (penalized, masked) and the head's q would not be comparable
+    if (grammar_ || has_penalties(opts) || !opts.logit_bias.empty()) {
+        fell_back_ = true;  // p (penalized, biased, masked) and the head's q would not be comparable
         return;
     }
     transform_.reset(llama_sampler_chain_init(llama_sampler_chain_default_params()));

@@ -1,5 +1,5 @@
-// A call's sampler: llama.cpp's sampler chain (penalties, truncation, greedy or
-// dist) and, when the call has one, its GBNF grammar, applied first and checked
+// A call's sampler: llama.cpp's sampler chain (logit bias, penalties, truncation,
+// greedy or dist) and, when the call has one, its GBNF grammar, applied first and checked
 // for a live token (with no token left, the dist sampler would abort inside
 // llama.cpp). It also gives access to a decode's logits and to the candidates
 // built from them, which is what sampled drafts and per-token probabilities need.

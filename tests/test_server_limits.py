@@ -423,7 +423,8 @@ def test_cached_tokens_are_not_reported_across_clients(open_server: Server) -> N
     for _ in range(2):
         usage = s.post("/v1/chat/completions", {"messages": MESSAGES, "max_tokens": 3}).json()["usage"]
         assert "prompt_tokens_details" not in usage and usage["completion_tokens"] == 3
-    r = s.post("/v1/chat/completions", {"messages": MESSAGES, "max_tokens": 3, "stream": True})
+    body = {"messages": MESSAGES, "max_tokens": 3, "stream": True, "stream_options": {"include_usage": True}}
+    r = s.post("/v1/chat/completions", body)
     last = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")][-1]
     assert "prompt_tokens_details" not in last["usage"]
 
@@ -561,8 +562,26 @@ _FIELDS = [
     "seed", "stop", "stream", "n", "frequency_penalty", "presence_penalty", "repeat_penalty", "grammar",
     "response_format", "model", "logit_bias", "user", "stream_options", "chat_template", "timeout",
     "unknown_field", "wait", "emit_stats_every", "echo", "suffix", "best_of", "logprobs",
+    "top_logprobs", "store", "metadata", "modalities", "service_tier", "prompt_cache_key",
 ]  # fmt: skip
 _COUNTS = ("max_tokens", "max_completion_tokens")
+# parameters whose values are checked (issue 22): half the time a valid value, so that
+# calls that carry them get through too
+_VALID: dict[str, list[Any]] = {
+    "logit_bias": [{"5": 1.5}, {}, {"7": -100}],
+    "user": ["u"],
+    "logprobs": [None],
+    "top_logprobs": [None],
+    "stream_options": [None],
+    "echo": [False, None],
+    "suffix": [None, ""],
+    "best_of": [1, None],
+    "store": [False, True],
+    "metadata": [{"a": "b"}],
+    "modalities": [["text"]],
+    "service_tier": ["auto"],
+    "prompt_cache_key": ["k"],
+}
 
 
 def fuzz_case(rng: random.Random) -> tuple[str, dict[str, Any]]:
@@ -574,7 +593,7 @@ def fuzz_case(rng: random.Random) -> tuple[str, dict[str, Any]]:
         body["stream"] = True
     for _ in range(rng.randrange(1, 4)):
         field = rng.choice(_FIELDS)
-        value = _mutant(rng)
+        value = rng.choice(_VALID[field]) if field in _VALID and rng.random() < 0.5 else _mutant(rng)
         if field in _COUNTS and (value is None or (type(value) is int and 8 < value < 2**62)):
             value = 8  # a valid but long (or unbounded) generation only slows the fuzz
         body[field] = value

@@ -27,7 +27,7 @@ from .errors import (
     SessionBusyError,
     SessionClosedError,
 )
-from .events import DoneEvent, EogEvent, Event, StatsEvent, TokenEvent
+from .events import DoneEvent, EogEvent, Event, StatsEvent, TokenEvent, TokenLogprob
 from .model import Model, cpu_offers_amx_buffer, load_model
 from .session import MTP, init
 from .stats import MTPStats, TimingUs, Usage
@@ -58,6 +58,7 @@ __all__ = [
     "StatsEvent",
     "TimingUs",
     "TokenEvent",
+    "TokenLogprob",
     "Usage",
     "__version__",
     "cpu_offers_amx_buffer",

@@ -15,7 +15,7 @@ from typing import Any
 from . import _logging, _runtime, errors
 from ._loader import _native
 from .errors import GenerationError, InvalidOptionError, ModelLoadError, MTPError, SessionClosedError
-from .events import DoneEvent, EogEvent, Event, StatsEvent, TokenEvent
+from .events import DoneEvent, EogEvent, Event, StatsEvent, TokenEvent, TokenLogprob
 from .options import GGML_TYPES, GenerationOptions, SessionOptions
 from .stats import STATS_FIELDS, MTPStats, TimingUs, Usage
 
@@ -151,6 +151,7 @@ def generation_options(
     n.stop = list(o.stop)
     n.emit_stats_every = o.emit_stats_every if stats else 0
     n.cache_prompt = o.cache_prompt
+    n.n_logprobs = -1 if o.logprobs is None else o.logprobs
     s = _native.SamplingOptions()
     s.temp = o.temp
     s.top_k = o.top_k
@@ -161,6 +162,7 @@ def generation_options(
     s.penalty_repeat = o.penalty_repeat
     s.penalty_freq = o.penalty_freq
     s.penalty_present = o.penalty_present
+    s.logit_bias = list(o.logit_bias)
     s.grammar = o.grammar or ""
     # the engine's CPU-time budget per grammar step (0: none)
     s.grammar_step_budget_us = max(1, round(step_budget * 1e6)) if step_budget else 0
@@ -280,7 +282,11 @@ def event(ev: _native.Event, stats_now: Callable[[], MTPStats]) -> Event:
     """The Python event of a native one; an error or a cancellation raises."""
     kind = ev.kind
     if kind == EventKind.token:
-        return TokenEvent(ev.token, ev.text.decode("utf-8"))
+        probs = ev.logprobs
+        if not probs:
+            return TokenEvent(ev.token, ev.text.decode("utf-8"))
+        chosen, *top = (TokenLogprob(p.token, p.piece, p.logprob) for p in probs)
+        return TokenEvent(ev.token, ev.text.decode("utf-8"), chosen, tuple(top))
     if kind == EventKind.stats:
         return StatsEvent(stats_now())
     if kind == EventKind.cancelled:

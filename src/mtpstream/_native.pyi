@@ -89,6 +89,11 @@ class Usage:
     drafts_accepted: int
     cached_tokens: int
 
+class TokenProb:
+    token: int
+    logprob: float
+    piece: bytes
+
 class Event:
     kind: EventKind
     token: int
@@ -96,6 +101,7 @@ class Event:
     finish_reason: str
     usage: Usage
     error: str
+    logprobs: list[TokenProb]
 
 class StatsSnapshot:  # one attribute per STATS_FIELDS entry, in its order
     tokens_emitted: int
@@ -151,6 +157,7 @@ class SamplingOptions:
     penalty_repeat: float
     penalty_freq: float
     penalty_present: float
+    logit_bias: list[tuple[int, float]]
     grammar: str
     grammar_step_budget_us: int
     verify: Verify
@@ -163,6 +170,7 @@ class GenerationOptions:
     stop: list[str]
     emit_stats_every: int
     cache_prompt: bool
+    n_logprobs: int
     def __init__(self) -> None: ...
 
 class Job:

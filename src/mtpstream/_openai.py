@@ -8,24 +8,30 @@ which tests and users import beside mtpstream.)
 
 OpenAI parameter names map onto :meth:`mtpstream.MTP.generate`'s options:
 
-=====================  =================
-OpenAI / llama-cpp     mtpstream
-=====================  =================
-temperature            temp
-top_p                  top_p
-max_tokens             max_tokens
-max_completion_tokens  max_tokens
-stop                   stop
-seed                   seed
-frequency_penalty      penalty_freq
-presence_penalty       penalty_present
-repeat_penalty         penalty_repeat
-top_k                  top_k
-min_p                  min_p
-grammar                grammar
-response_format        grammar (converted)
-n                      only 1
-=====================  =================
+======================  ============================================================
+OpenAI / llama-cpp      mtpstream
+======================  ============================================================
+temperature             temp
+top_p                   top_p
+max_tokens              max_tokens
+max_completion_tokens   max_tokens
+stop                    stop
+seed                    seed
+frequency_penalty       penalty_freq
+presence_penalty        penalty_present
+repeat_penalty          penalty_repeat
+top_k                   top_k
+min_p                   min_p
+grammar                 grammar
+response_format         grammar (converted)
+logit_bias              logit_bias
+logprobs (chat)         logprobs: top_logprobs (0 if not given) when true, else None
+logprobs (completions)  logprobs
+n, best_of              only 1
+======================  ============================================================
+
+Parameters with no effect locally (``user``, ``store``, ``metadata``, ...) and the
+refused ones are listed in :mod:`mtpstream._openai_params`.
 
 Our own names are accepted too. The default is greedy (``temperature=0``), as
 everywhere in mtpstream, not OpenAI's 1.0.
@@ -39,7 +45,16 @@ from typing import Any, Generic, TypeVar
 import anyio
 from pydantic import BaseModel, ConfigDict
 
+from ._logprob_chunks import (
+    LogprobTracker,
+    chat_logprobs,
+    completion_logprobs,
+    merge_chat,
+    merge_completion,
+)
+from ._openai_params import Api, include_usage, openai_only
 from ._stream import EventStream, StreamState
+from ._stream_usage import UsageChunks
 from .chat import check_messages, grammar_for_response_format
 from .completions import (
     ChatCompletion,
@@ -48,8 +63,10 @@ from .completions import (
     ChatCompletionChunkChoice,
     ChatCompletionDelta,
     ChatCompletionMessage,
+    ChoiceLogprobs,
     Completion,
     CompletionChoice,
+    CompletionLogprobs,
     FinishReason,
     new_id,
     now,
@@ -81,27 +98,23 @@ _OPENAI_NAMES: dict[str, str] = {
     "presence_penalty": "penalty_present",
     "repeat_penalty": "penalty_repeat",
 }
-# accepted and ignored: they change nothing in a single local completion
-_IGNORED = frozenset({"model", "user", "stream", "logit_bias", "logprobs", "top_logprobs", "stream_options"})
+# the envelope: the request's model name and streaming flag, used by the caller
+_IGNORED = frozenset({"model", "stream"})
 
 
 # ------------------------------------------------------------------ options
-def openai_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """OpenAI-named options as mtpstream's (see the module docstring for the table).
+def openai_options(options: Mapping[str, Any], api: Api = "chat") -> dict[str, Any]:
+    """OpenAI-named options as mtpstream's (see the module docstring for the table,
+    :mod:`mtpstream._openai_params` for the parameters that are not sampling options).
 
     Raises:
         InvalidOptionError: ``n`` other than 1, both ``max_tokens`` and
-            ``max_completion_tokens``, or an option under two names.
+            ``max_completion_tokens``, an option under two names, or a refused
+            parameter.
     """
     out: dict[str, Any] = {}
-    for name, value in options.items():
+    for name, value in openai_only(options, api).items():
         if name in _IGNORED:
-            continue
-        if name == "n":
-            if value not in (None, 1) or isinstance(value, bool):
-                raise InvalidOptionError(
-                    f"invalid option 'n': only n=1 is supported (got {value!r})", field="n"
-                )
             continue
         ours = _OPENAI_NAMES.get(name, name)
         if ours in out:
@@ -155,6 +168,7 @@ class ChatRequest(_Request):
     messages: list[dict[str, Any]]
     model: str | None = None
     wait: bool = True
+    include_usage: bool | None = None  # stream_options.include_usage (None: not given)
     options: GenerationOptions
 
     @classmethod
@@ -167,19 +181,23 @@ class ChatRequest(_Request):
         options = dict(options)
         wait = wait_flag(options.pop("wait", True))
         model = options.pop("model", None)
+        usage = include_usage(options.pop("stream_options", None), stream=True)
         msgs = check_messages(messages)
         return cls(
             messages=msgs,
             model=str(model) if model else None,
             wait=wait,
+            include_usage=usage,
             options=generation_options(openai_options(options)),
         )
 
 
 class RequestBody(_Request):
-    """A server request's body: whether to stream, and the call's options."""
+    """A server request's body: whether to stream (and then whether a last chunk
+    carries the usage), and the call's options."""
 
     stream: bool = False
+    include_usage: bool = False
     options: dict[str, Any]
 
 
@@ -192,11 +210,14 @@ class ChatBody(RequestBody):
 
     @classmethod
     def of(cls, body: Mapping[str, Any]) -> ChatBody:
-        rest = {k: v for k, v in body.items() if k not in ("messages", "chat_template", "stream", "model")}
+        envelope = ("messages", "chat_template", "stream", "model", "stream_options")
+        rest = {k: v for k, v in body.items() if k not in envelope}
+        stream = stream_flag(body.get("stream"))
         return cls(
             messages=body.get("messages"),
             chat_template=body.get("chat_template"),
-            stream=stream_flag(body.get("stream")),
+            stream=stream,
+            include_usage=bool(include_usage(body.get("stream_options"), stream)),
             options=rest,
         )
 
@@ -206,14 +227,31 @@ class CompletionBody(RequestBody):
     names mapped onto ours (once; :meth:`MTP.stream_events` validates them)."""
 
     prompt: str | list[int]
+    echo: bool = False
 
     @classmethod
     def of(cls, body: Mapping[str, Any]) -> CompletionBody:
-        dropped = ("prompt", "echo", "suffix", "best_of", "model", "stream")
+        envelope = ("prompt", "echo", "model", "stream", "stream_options")
+        stream = stream_flag(body.get("stream"))
+        options = openai_options({k: v for k, v in body.items() if k not in envelope}, "completions")
+        echo = body.get("echo")
+        if echo is not None and not isinstance(echo, bool):
+            raise InvalidOptionError(
+                f"invalid option 'echo': must be true or false (got {echo!r:.80})",
+                field="echo",
+            )
+        if echo and options.get("logprobs") is not None:
+            raise InvalidOptionError(
+                "option 'echo' with 'logprobs' is not supported: the prompt's log-probabilities are not "
+                "computed",
+                field="echo",
+            )
         return cls(
             prompt=_prompt_of(body.get("prompt")),
-            stream=stream_flag(body.get("stream")),
-            options=openai_options({k: v for k, v in body.items() if k not in dropped}),
+            stream=stream,
+            include_usage=bool(include_usage(body.get("stream_options"), stream)),
+            echo=bool(echo),
+            options=options,
         )
 
 
@@ -231,45 +269,53 @@ def _prompt_of(prompt: Any) -> str | list[int]:
 
 # ------------------------------------------------------------------ chunk streams
 _C = TypeVar("_C", ChatCompletionChunk, Completion)
+Tokens = list[tuple[int, TokenEvent]] | None  # a chunk's tokens, with logprobs requested
 
 
 class _ChunkStream(Generic[_C]):
     """OpenAI-style chunks of an event stream: a piece per non-empty token text and a
-    last chunk with the finish reason and usage (subclasses shape the chunks)."""
+    last chunk with the finish reason and usage (subclasses shape the chunks). With
+    the ``logprobs`` option each chunk carries its tokens' (``_logprob_chunks``)."""
 
     _prefix = "cmpl"
 
-    def __init__(self, events: EventStream, model: str) -> None:
+    def __init__(self, events: EventStream, model: str, text_offset: int = 0) -> None:
         self._events = events
         self._model = model
         self._id = new_id(self._prefix)
         self._created = now()
         self._done = False
+        self._logprobs = LogprobTracker(text_offset) if events.options.logprobs is not None else None
 
     def __aiter__(self) -> _ChunkStream[_C]:
         return self
 
-    def _piece(self, text: str) -> _C:
+    def _piece(self, text: str, tokens: Tokens) -> _C:
         raise NotImplementedError
 
-    def _last(self, text: str, reason: FinishReason, usage: Usage) -> _C:
+    def _last(self, text: str, reason: FinishReason, usage: Usage, tokens: Tokens) -> _C:
         raise NotImplementedError
 
     async def __anext__(self) -> _C:
         if self._done:
             raise StopAsyncIteration
+        lp = self._logprobs
         while True:
             ev = await self._events.__anext__()
             if isinstance(ev, TokenEvent):
+                if lp is not None:
+                    lp.token(ev)
                 if ev.text:
-                    return self._piece(ev.text)
+                    return self._piece(ev.text, lp.release(ev.text) if lp is not None else None)
                 continue
             if isinstance(ev, (DoneEvent, EogEvent)):
                 self._done = True
                 reason: FinishReason = (
                     "length" if isinstance(ev, DoneEvent) and ev.finish_reason == "length" else "stop"
                 )
-                return self._last(ev.text, reason, ev.usage)
+                stopped = isinstance(ev, DoneEvent) and ev.finish_reason == "stop"
+                tokens = lp.finish(ev.text, stopped) if lp is not None else None
+                return self._last(ev.text, reason, ev.usage, tokens)
 
     async def aclose(self) -> None:
         """Stop the generation and wait until the worker has acknowledged it (idempotent)."""
@@ -293,23 +339,28 @@ class ChatStream(_ChunkStream[ChatCompletionChunk]):
         self._started = False
 
     def _chunk(
-        self, delta: ChatCompletionDelta, reason: FinishReason | None = None, usage: Usage | None = None
+        self,
+        delta: ChatCompletionDelta,
+        reason: FinishReason | None = None,
+        usage: Usage | None = None,
+        tokens: Tokens = None,
     ) -> ChatCompletionChunk:
         cu, mu = usage_of(usage) if usage is not None else (None, None)
+        logprobs = chat_logprobs(tokens) if tokens is not None else None
         return ChatCompletionChunk(
             id=self._id,
             created=self._created,
             model=self._model,
-            choices=[ChatCompletionChunkChoice(delta=delta, finish_reason=reason)],
+            choices=[ChatCompletionChunkChoice(delta=delta, finish_reason=reason, logprobs=logprobs)],
             usage=cu,
             mtp=mu,
         )
 
-    def _piece(self, text: str) -> ChatCompletionChunk:
-        return self._chunk(ChatCompletionDelta(content=text))
+    def _piece(self, text: str, tokens: Tokens) -> ChatCompletionChunk:
+        return self._chunk(ChatCompletionDelta(content=text), tokens=tokens)
 
-    def _last(self, text: str, reason: FinishReason, usage: Usage) -> ChatCompletionChunk:
-        return self._chunk(ChatCompletionDelta(content=text or None), reason, usage)
+    def _last(self, text: str, reason: FinishReason, usage: Usage, tokens: Tokens) -> ChatCompletionChunk:
+        return self._chunk(ChatCompletionDelta(content=text or None), reason, usage, tokens)
 
     async def __anext__(self) -> ChatCompletionChunk:
         if not self._started and not self._done:
@@ -326,9 +377,10 @@ class PreparingChatStream:
     messages in a worker thread at the first ``__anext__`` (``prepare``), then reads
     the :class:`ChatStream` of that prompt."""
 
-    def __init__(self, prepare: Callable[[], ChatStream]) -> None:
+    def __init__(self, prepare: Callable[[], ChatStream], include_usage: bool | None = None) -> None:
         self._prepare: Callable[[], ChatStream] | None = prepare
-        self._inner: ChatStream | None = None
+        self._inner: ChatStream | UsageChunks | None = None
+        self._include_usage = include_usage  # None: usage on the finish chunk
         self._closed = False
 
     def __aiter__(self) -> PreparingChatStream:
@@ -344,8 +396,10 @@ class PreparingChatStream:
             if self._closed:
                 await inner.aclose()
                 raise StopAsyncIteration
-            self._inner = inner
-        return await self._inner.__anext__()
+            self._inner = inner if self._include_usage is None else UsageChunks(inner, self._include_usage)
+        chunk = await self._inner.__anext__()
+        assert isinstance(chunk, ChatCompletionChunk)
+        return chunk
 
     async def aclose(self) -> None:
         """Stop the generation and wait until the worker has acknowledged it (idempotent)."""
@@ -361,58 +415,78 @@ class PreparingChatStream:
 
 
 class CompletionStream(_ChunkStream[Completion]):
-    """Text-completion chunks of one call (the server's ``/v1/completions``)."""
+    """Text-completion chunks of one call (the server's ``/v1/completions``); with
+    ``echo``, that text (the prompt) opens the first chunk."""
 
-    def _chunk(self, text: str, reason: FinishReason | None = None, usage: Usage | None = None) -> Completion:
+    def __init__(self, events: EventStream, model: str, echo: str = "") -> None:
+        super().__init__(events, model, text_offset=len(echo))
+        self._echo = echo
+
+    def _chunk(
+        self, text: str, reason: FinishReason | None = None, usage: Usage | None = None, tokens: Tokens = None
+    ) -> Completion:
         cu, mu = usage_of(usage) if usage is not None else (None, None)
+        text, self._echo = self._echo + text, ""
+        logprobs = completion_logprobs(tokens) if tokens is not None else None
         return Completion(
             id=self._id,
             created=self._created,
             model=self._model,
-            choices=[CompletionChoice(text=text, finish_reason=reason)],
+            choices=[CompletionChoice(text=text, finish_reason=reason, logprobs=logprobs)],
             usage=cu,
             mtp=mu,
         )
 
-    def _piece(self, text: str) -> Completion:
-        return self._chunk(text)
+    def _piece(self, text: str, tokens: Tokens) -> Completion:
+        return self._chunk(text, tokens=tokens)
 
-    def _last(self, text: str, reason: FinishReason, usage: Usage) -> Completion:
-        return self._chunk(text, reason, usage)
+    def _last(self, text: str, reason: FinishReason, usage: Usage, tokens: Tokens) -> Completion:
+        return self._chunk(text, reason, usage, tokens)
 
     async def collect(self) -> Completion:
         """The whole completion (one choice with all the text)."""
         parts: list[str] = []
+        logprobs: list[CompletionLogprobs] = []
         last: Completion | None = None
         try:
             async for chunk in self:
                 parts.append(chunk.choices[0].text)
+                if chunk.choices[0].logprobs is not None:
+                    logprobs.append(chunk.choices[0].logprobs)
                 last = chunk
         finally:
             await self.aclose()
         assert last is not None
-        choice = CompletionChoice(text="".join(parts), finish_reason=last.choices[0].finish_reason)
+        choice = CompletionChoice(
+            text="".join(parts),
+            finish_reason=last.choices[0].finish_reason,
+            logprobs=merge_completion(logprobs) if logprobs else None,
+        )
         return last.model_copy(update={"choices": [choice]})
 
 
 async def collect_chat(chunks: PreparingChatStream) -> ChatCompletion:
     """The whole answer of a chat chunk stream (what :meth:`MTP.chat` returns)."""
     parts: list[str] = []
+    logprobs: list[ChoiceLogprobs] = []
     final: ChatCompletionChunk | None = None
     async with chunks:
         async for chunk in chunks:
             if chunk.choices[0].delta.content:
                 parts.append(chunk.choices[0].delta.content)
+            if chunk.choices[0].logprobs is not None:
+                logprobs.append(chunk.choices[0].logprobs)
             final = chunk
     assert final is not None and final.usage is not None and final.mtp is not None
     reason = final.choices[0].finish_reason
     assert reason is not None
     message = ChatCompletionMessage(content="".join(parts))
+    merged = merge_chat(logprobs) if logprobs else None
     return ChatCompletion(
         id=final.id,
         created=final.created,
         model=final.model,
-        choices=[ChatCompletionChoice(message=message, finish_reason=reason)],
+        choices=[ChatCompletionChoice(message=message, finish_reason=reason, logprobs=merged)],
         usage=final.usage,
         mtp=final.mtp,
     )

@@ -137,6 +137,11 @@ class EventStream:
         return self._state
 
     @property
+    def options(self) -> GenerationOptions:
+        """The call's validated options."""
+        return self._opts
+
+    @property
     def finished(self) -> bool:
         return self._state is StreamState.FINISHED
 

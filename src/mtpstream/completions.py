@@ -19,13 +19,17 @@ __all__ = [
     "ChatCompletionChunkChoice",
     "ChatCompletionDelta",
     "ChatCompletionMessage",
+    "ChatCompletionTokenLogprob",
+    "ChoiceLogprobs",
     "Completion",
     "CompletionChoice",
     "CompletionChunk",
+    "CompletionLogprobs",
     "CompletionUsage",
     "FinishReason",
     "MTPUsage",
     "PromptTokensDetails",
+    "TopLogprob",
 ]
 
 FinishReason = Literal["stop", "length"]
@@ -55,6 +59,40 @@ class MTPUsage(_Frozen):
     acceptance_rate: float
 
 
+class TopLogprob(_Frozen):
+    """One of the most likely tokens at a position (OpenAI's ``top_logprobs`` entry)."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ChatCompletionTokenLogprob(_Frozen):
+    """An emitted token's log-probability under the target and its alternatives."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(_Frozen):
+    """A chat choice's (or chunk's) ``logprobs``: one entry per token of its content."""
+
+    content: list[ChatCompletionTokenLogprob] | None
+    refusal: list[ChatCompletionTokenLogprob] | None = None
+
+
+class CompletionLogprobs(_Frozen):
+    """A text completion's legacy ``logprobs``: per token its text, log-probability,
+    the ``logprobs`` most likely alternatives and its character offset in the text."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class ChatCompletionMessage(_Frozen):
     role: Literal["assistant"] = "assistant"
     content: str
@@ -64,7 +102,7 @@ class ChatCompletionChoice(_Frozen):
     index: int = 0
     message: ChatCompletionMessage
     finish_reason: FinishReason
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(_Frozen):
@@ -88,7 +126,7 @@ class ChatCompletionChunkChoice(_Frozen):
     index: int = 0
     delta: ChatCompletionDelta
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(_Frozen):
@@ -110,7 +148,7 @@ class CompletionChoice(_Frozen):
     index: int = 0
     text: str
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(_Frozen):

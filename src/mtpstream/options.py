@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
 from pydantic import (
@@ -25,6 +26,7 @@ __all__ = [
     "MAX_SEQUENCES",
     "MAX_TEMP",
     "MAX_THREADS",
+    "MAX_TOP_LOGPROBS",
     "GenerationOptions",
     "SessionOptions",
     "check_text",
@@ -40,6 +42,10 @@ MAX_TEMP = 100.0
 """The highest temperature (above ~10 sampling is already uniform; 1e308 overflows float32)."""
 MAX_PENALTY = 100.0
 """The largest repeat/frequency/presence penalty (magnitude)."""
+MAX_TOP_LOGPROBS = 20
+"""The most alternatives per token ``logprobs`` may ask for (OpenAI's top_logprobs limit)."""
+MAX_LOGIT_BIAS = 100.0
+"""A ``logit_bias`` value lies in [-MAX_LOGIT_BIAS, MAX_LOGIT_BIAS] (OpenAI's range)."""
 MIN_TIMEOUT_S = 0.001
 MAX_TIMEOUT_S = 10_000_000.0
 """A call's ``timeout`` lies between these (seconds)."""
@@ -120,6 +126,13 @@ class GenerationOptions(_Strict):
     penalty_freq: float = Field(default=0.0, ge=-MAX_PENALTY, le=MAX_PENALTY, allow_inf_nan=False)
     penalty_present: float = Field(default=0.0, ge=-MAX_PENALTY, le=MAX_PENALTY, allow_inf_nan=False)
     grammar: str | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """(token id, bias) pairs added to the target's logits before sampling; a mapping
+    of token id to bias is accepted. Each bias lies in [-100, 100] (OpenAI's range;
+    -100 bans a token in practice), ids must lie in the vocabulary."""
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    """None: none. n: every :class:`TokenEvent` carries its token's log-probability
+    under the target and the n most likely alternatives (0-20)."""
     stop: tuple[str, ...] = ()
     emit_stats_every: int = Field(default=0, ge=0, le=INT32_MAX)
     cache_prompt: bool = True
@@ -161,6 +174,11 @@ class GenerationOptions(_Strict):
             check_text(s, "stop")
         return v
 
+    @field_validator("logit_bias", mode="before")
+    @classmethod
+    def _logit_bias(cls, v: Any) -> Any:
+        return logit_bias_pairs(v)
+
     @field_validator("grammar")
     @classmethod
     def _grammar(cls, v: str | None) -> str | None:
@@ -179,6 +197,33 @@ class GenerationOptions(_Strict):
         if v is not None and not math.isfinite(v):
             raise ValueError("timeout must be finite")
         return v
+
+
+def logit_bias_pairs(v: Any) -> tuple[tuple[int, float], ...]:
+    """``logit_bias`` as (token id, bias) pairs: from None, a mapping (keys ints, or
+    decimal strings as JSON carries them) or pairs; ``ValueError`` naming the entry
+    that is not an id with a finite bias in range. Token ids are checked against the
+    vocabulary when the call is submitted."""
+    if v is None:
+        return ()
+    items = v.items() if isinstance(v, Mapping) else v
+    if not isinstance(items, (list, tuple)) and not isinstance(v, Mapping):
+        raise ValueError(f"logit_bias must map token ids to biases, not {type(v).__name__}")
+    out: dict[int, float] = {}
+    for item in items:
+        if not isinstance(item, (list, tuple)) or len(item) != 2:
+            raise ValueError(f"logit_bias entries must be (token id, bias) pairs (got {_short(item)})")
+        key, bias = item
+        if isinstance(key, str) and key.strip().lstrip("-").isdigit():
+            key = int(key)
+        if isinstance(key, bool) or not isinstance(key, int) or key < 0 or key > INT32_MAX:
+            raise ValueError(f"logit_bias keys must be token ids (got {_short(key)})")
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias):
+            raise ValueError(f"logit_bias for token {key} must be a finite number (got {_short(bias)})")
+        if abs(bias) > MAX_LOGIT_BIAS:
+            raise ValueError(f"logit_bias for token {key} must lie in [-100, 100] (got {bias})")
+        out[key] = float(bias)
+    return tuple(out.items())
 
 
 def check_text(text: str, field: str) -> None:

@@ -32,6 +32,7 @@ from ._openai import (
     RequestBody,
     collect_chat,
 )
+from ._stream_usage import UsageChunks, openai_chunk
 from .completions import ChatCompletion, ChatCompletionChunk, Completion
 from .server_limits import ServerLimits
 from .session import MTP
@@ -42,7 +43,7 @@ try:  # the server extra
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
     from ._server_calls import Admission, Lifecycle, SSEResponse, whole
-    from ._server_http import HostCheck, install_error_handlers, mapped, read_json, require_key
+    from ._server_http import HostCheck, HTTPError, install_error_handlers, mapped, read_json, require_key
 except ImportError:  # pragma: no cover - depends on the environment
     FastAPI = None  # type: ignore[assignment,misc]
 
@@ -123,11 +124,15 @@ class ServerState:
         return result
 
     def render(self, chunk: ChatCompletionChunk | Completion) -> str:
-        if chunk.usage is None:
-            return str(chunk.model_dump_json(exclude_none=True))
-        return json.dumps(
-            self.public(chunk.model_dump(exclude_none=True)), separators=(",", ":"), ensure_ascii=False
-        )
+        """A chunk's JSON: ``finish_reason`` and ``logprobs`` on every choice (null
+        until set), usage as :meth:`public` shows it."""
+        dumped = self.public(openai_chunk(chunk.model_dump(exclude_none=True)))
+        return json.dumps(dumped, separators=(",", ":"), ensure_ascii=False)
+
+    def model_card(self) -> dict[str, Any]:
+        """The served model as ``GET /v1/models`` lists it."""
+        created = int(self.metrics.started)
+        return {"id": self.alias, "object": "model", "created": created, "owned_by": "mtpstream"}
 
 
 def _state(request: Request) -> ServerState:
@@ -157,12 +162,16 @@ if FastAPI is not None:
 
     @router.get("/v1/models", dependencies=_key)
     async def models(request: Request) -> Any:
+        return {"object": "list", "data": [_state(request).model_card()]}
+
+    @router.get("/v1/models/{model_id:path}", dependencies=_key)
+    async def model(request: Request, model_id: str) -> Any:
         state = _state(request)
-        created = int(state.metrics.started)
-        return {
-            "object": "list",
-            "data": [{"id": state.alias, "object": "model", "created": created, "owned_by": "mtpstream"}],
-        }
+        if model_id != state.alias:
+            message = f"The model '{model_id}' does not exist (this server serves '{state.alias}')"
+            err = HTTPError(404, message, kind="invalid_request_error", param="model", code="model_not_found")
+            return err.response()
+        return state.model_card()
 
     @router.post(_CHAT, dependencies=_key)
     async def chat_completions(request: Request) -> Response:
@@ -180,7 +189,11 @@ def _chat_chunks(state: ServerState, body: ChatBody) -> PreparingChatStream:
 
 
 def _completion_chunks(state: ServerState, body: CompletionBody) -> CompletionStream:
-    return CompletionStream(state.mtp.stream_events(body.prompt, **body.options), state.alias)
+    events = state.mtp.stream_events(body.prompt, **body.options)
+    echo = ""
+    if body.echo:
+        echo = body.prompt if isinstance(body.prompt, str) else state.mtp.model.detokenize(body.prompt)
+    return CompletionStream(events, state.alias, echo=echo)
 
 
 async def _collect(chunks: Chunks) -> Result:
@@ -207,12 +220,13 @@ async def _endpoint(
     try:
         chunks = await anyio.to_thread.run_sync(functools.partial(make, state, body), limiter=state.limiter())
         if body.stream:
-            first = await whole(request, state.lifecycle, lambda: _first(chunks))
+            stream = UsageChunks(chunks, body.include_usage)
+            first = await whole(request, state.lifecycle, lambda: _first(stream))
             handed_over = True
-            return SSEResponse(chunks, first, state.render, state.lifecycle, _ended(state, endpoint))
+            return SSEResponse(stream, first, state.render, state.lifecycle, _ended(state, endpoint))
         result = await whole(request, state.lifecycle, lambda: _collect(chunks))
         state.metrics.count(endpoint, 200)
-        return JSONResponse(state.public(result.model_dump(exclude_none=True)))
+        return JSONResponse(state.public(openai_chunk(result.model_dump(exclude_none=True))))
     except Exception as exc:
         return state.error(endpoint, exc)
     finally:
@@ -228,7 +242,7 @@ def _ended(state: ServerState, endpoint: str) -> Callable[[int], None]:
     return done
 
 
-async def _first(stream: Chunks) -> ChatCompletionChunk | Completion:
+async def _first(stream: UsageChunks) -> ChatCompletionChunk | Completion:
     """The first item of a stream, so that a refused call (busy, bad prompt) is an HTTP
     error rather than an event inside a 200 response; the stream is closed on failure."""
     try:

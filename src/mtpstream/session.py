@@ -12,6 +12,7 @@ import anyio
 
 from . import _bridge, _grammar_check
 from ._openai import ChatRequest, ChatStream, PreparingChatStream, collect_chat, generation_options, wait_flag
+from ._openai_params import include_usage
 from ._stream import EventStream, OpenCalls, TextStream
 from .chat import chat_prompt, check_messages, render_messages
 from .completions import ChatCompletion
@@ -135,10 +136,14 @@ class MTP:
 
         ``prompt`` is text (tokenized with special tokens parsed) or token ids. Options:
         ``max_tokens, temp, top_k, top_p, min_p, seed, penalty_last_n, penalty_repeat,
-        penalty_freq, penalty_present, grammar, response_format, stop, emit_stats_every,
-        timeout, verify``. ``verify="rejection"`` verifies sampled drafts by rejection
-        sampling at ``temp > 0`` (the output keeps plain sampling's distribution); the
-        default ``"match"`` keeps a greedy draft when the target samples the same token.
+        penalty_freq, penalty_present, logit_bias, logprobs, grammar, response_format,
+        stop, emit_stats_every, timeout, verify``. ``logit_bias`` maps token ids to a bias
+        in [-100, 100] added to the target's logits; ``logprobs=n`` (0-20) puts on every
+        :class:`TokenEvent` its token's log-probability under the target and the n most
+        likely tokens (:class:`TokenLogprob`), computed only when asked.
+        ``verify="rejection"`` verifies sampled drafts by rejection sampling at
+        ``temp > 0`` (the output keeps plain sampling's distribution); the default
+        ``"match"`` keeps a greedy draft when the target samples the same token.
         ``response_format`` is OpenAI's (``{"type": "json_object"}`` or
         ``{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}``) and
         becomes a grammar through llama-cpp-python's JSON-schema converter.
@@ -306,15 +311,23 @@ class MTP:
         ``model`` (OpenAI's request field) only sets the ``model`` the result carries
         (default :attr:`model_name`). Options take OpenAI's names (``temperature, top_p, max_tokens`` or
         ``max_completion_tokens, stop, seed, frequency_penalty, presence_penalty,
-        response_format``; ``n`` must be 1) and llama-cpp-python's extras (``top_k,
-        min_p, repeat_penalty, grammar``), besides mtpstream's own (see
-        :mod:`mtpstream._openai`).
+        response_format, logit_bias, logprobs`` (true or false) ``, top_logprobs``;
+        ``n`` must be 1) and llama-cpp-python's extras (``top_k, min_p,
+        repeat_penalty, grammar``), besides mtpstream's own (see
+        :mod:`mtpstream._openai`). ``user, store, metadata, service_tier,
+        prompt_cache_key, safety_identifier`` and ``modalities=["text"]`` are accepted
+        and change nothing locally; ``stream_options`` is refused (nothing streams).
+        With ``logprobs=True`` the choice's ``logprobs.content`` has one entry per
+        token of the content: its log-probability under the target model (the
+        log-softmax of its raw logits, whatever drafted the token) and
+        ``top_logprobs`` alternatives.
 
         Raises:
             InvalidOptionError: bad messages, template or option (``.field`` names it).
             ContextOverflowError, GenerationError, SessionBusyError, SessionClosedError,
             TimeoutError: as :meth:`stream_events`.
         """
+        include_usage(options.get("stream_options"), stream=False)  # refused: nothing streams
         return await collect_chat(self.stream_chat(messages, chat_template=chat_template, **options))
 
     def stream_chat(
@@ -322,7 +335,9 @@ class MTP:
     ) -> PreparingChatStream:
         """:meth:`chat` as a stream of :class:`ChatCompletionChunk`: the first delta
         carries ``role="assistant"``, exactly one chunk (the last) the
-        ``finish_reason``, ``usage`` and ``mtp``. Also an async context manager;
+        ``finish_reason``, ``usage`` and ``mtp``; with ``stream_options`` (OpenAI's
+        way) the finish chunk carries no ``usage``, and ``{"include_usage": true}``
+        adds a last chunk with ``choices=[]`` and the ``usage``. Also an async context manager;
         leaving early cancels the generation at once. Messages and options are
         checked here; the template renders (and the prompt is tokenized) in a worker
         thread when iteration starts, so errors of those come from the first
@@ -338,7 +353,7 @@ class MTP:
             tokens = self._chat_tokens(request.messages, template)
             return ChatStream(self._events(tokens, request.options, request.wait), name)
 
-        return PreparingChatStream(prepare)
+        return PreparingChatStream(prepare, request.include_usage)
 
     @property
     def model_name(self) -> str:
