@@ -137,3 +137,19 @@ async def test_completion_logprobs_match_llama_cpp_pythons(models: Models, name:
             assert got[t] == pytest.approx(want[t], abs=TOL)
         least = min(want.values())
         assert {t for t in got if got[t] > least + TOL} == {t for t in want if want[t] > least + TOL}
+
+
+@pytest.mark.asyncio
+async def test_logprobs_under_rejection_verification(models: Models) -> None:
+    """Tokens that rejection sampling keeps, resamples or draws as the bonus carry the
+    target's log-probabilities at their own rows, as plain decoding of the same tokens
+    gives them."""
+    name = "qwen35-oracle"
+    model = models[name]
+    prompt = model.tokenize("the old man and the sea went")
+    opts = {"max_tokens": N_TOKENS, "logprobs": TOP, "temp": 0.9, "seed": 5, "verify": "rejection"}
+    with mtpstream.init(model, n_draft=3, n_ctx=256, **EXACT) as mtp:
+        events = await _events(mtp, prompt, **opts)
+        assert mtp.stats().rejection_iters > 0
+    assert len(events) == N_TOKENS
+    assert_logprobs_match(models.paths[name], prompt, events, _tol(name, 3))
