@@ -33,13 +33,19 @@ everywhere in mtpstream, not OpenAI's 1.0.
 
 from __future__ import annotations
 
+import json
+import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 import anyio
 from pydantic import BaseModel, ConfigDict
 
+from ._chat_output import ChatOutput, Part
+from ._reasoning import reasoning_format, template_kwargs
 from ._stream import EventStream, StreamState
+from ._tool_options import ToolOptions, tool_options
 from .chat import check_messages, grammar_for_response_format
 from .completions import (
     ChatCompletion,
@@ -51,6 +57,10 @@ from .completions import (
     Completion,
     CompletionChoice,
     FinishReason,
+    FunctionCall,
+    FunctionCallDelta,
+    ToolCall,
+    ToolCallDelta,
     new_id,
     now,
     usage_of,
@@ -59,6 +69,7 @@ from .errors import InvalidOptionError
 from .events import DoneEvent, EogEvent, TokenEvent
 from .options import GenerationOptions, validate
 from .stats import Usage
+from .tool_calls import ParsedCall
 
 __all__ = [
     "ChatBody",
@@ -129,6 +140,15 @@ def generation_options(options: Mapping[str, Any]) -> GenerationOptions:
     return validate(GenerationOptions, options)
 
 
+def forced_grammar_options(options: GenerationOptions, grammar: str) -> GenerationOptions:
+    """``options`` with the grammar of a forced tool call (refusals name ``tools``)."""
+    values = options.model_dump()
+    values["grammar"] = grammar
+    opts = validate(GenerationOptions, values)
+    opts._grammar_field = "tools"
+    return opts
+
+
 def wait_flag(wait: object) -> bool:
     if not isinstance(wait, bool):
         raise InvalidOptionError(f"invalid option 'wait': must be True or False (got {wait!r})", field="wait")
@@ -158,6 +178,9 @@ class ChatRequest(_Request):
     model: str | None = None
     wait: bool = True
     options: GenerationOptions
+    tools: ToolOptions | None = None
+    template_kwargs: dict[str, Any] = {}
+    reasoning_format: str = "parsed"
 
     @classmethod
     def of(cls, messages: object, options: Mapping[str, Any]) -> ChatRequest:
@@ -169,13 +192,33 @@ class ChatRequest(_Request):
         options = dict(options)
         wait = wait_flag(options.pop("wait", True))
         model = options.pop("model", None)
+        pop = options.pop
+        tools = tool_options(pop("tools", None), pop("tool_choice", None), pop("parallel_tool_calls", None))
+        kwargs = template_kwargs(pop("chat_template_kwargs", None), pop("reasoning_effort", None))
+        fmt = reasoning_format(options.pop("reasoning_format", None) or "parsed")
         msgs = check_messages(messages)
+        gen = generation_options(openai_options(options))
+        if tools is not None and tools.forced and gen.grammar is not None:
+            raise InvalidOptionError(
+                "a forced tool_choice ('required' or a function) brings its own grammar: "
+                "give no grammar or response_format with it",
+                field="tool_choice",
+            )
         return cls(
             messages=msgs,
             model=str(model) if model else None,
             wait=wait,
-            options=generation_options(openai_options(options)),
+            options=gen,
+            tools=tools,
+            template_kwargs=kwargs,
+            reasoning_format=fmt,
         )
+
+    def template_vars(self) -> dict[str, Any]:
+        """What the template sees besides the messages: the tools (none with
+        ``tool_choice="none"``) and ``chat_template_kwargs``."""
+        tools = self.tools.tools if self.tools is not None and self.tools.mode != "none" else None
+        return {**self.template_kwargs, "tools": tools or None}
 
 
 class RequestBody(_Request):
@@ -286,13 +329,19 @@ class _ChunkStream(Generic[_C]):
 
 
 class ChatStream(_ChunkStream[ChatCompletionChunk]):
-    """The chunks of one chat call; the first carries ``role="assistant"``."""
+    """The chunks of one chat call; the first carries ``role="assistant"``. With an
+    ``output`` (:class:`ChatOutput`) the text is split into ``content``,
+    ``reasoning_content`` and ``tool_calls`` deltas, the calls streamed the OpenAI way
+    (index, id and name first, then the arguments)."""
 
     _prefix = "chatcmpl"
 
-    def __init__(self, events: EventStream, model: str) -> None:
+    def __init__(self, events: EventStream, model: str, output: ChatOutput | None = None) -> None:
         super().__init__(events, model)
         self._started = False
+        self._output = output
+        self._pending: deque[ChatCompletionChunk] = deque()
+        self._n_calls = 0
 
     def _chunk(
         self, delta: ChatCompletionDelta, reason: FinishReason | None = None, usage: Usage | None = None
@@ -307,20 +356,64 @@ class ChatStream(_ChunkStream[ChatCompletionChunk]):
             mtp=mu,
         )
 
+    def _parts(self, parts: list[Part]) -> None:
+        for part in parts:
+            if isinstance(part, ParsedCall):
+                self._pending.extend(self._call_chunks(part))
+            elif part[0] == "reasoning":
+                self._pending.append(self._chunk(ChatCompletionDelta(reasoning_content=part[1])))
+            else:
+                self._pending.append(self._chunk(ChatCompletionDelta(content=part[1])))
+
+    def _call_chunks(self, call: ParsedCall) -> list[ChatCompletionChunk]:
+        index = self._n_calls
+        self._n_calls += 1
+        name = FunctionCallDelta(name=call.name, arguments="")
+        head = ToolCallDelta(index=index, id=call_id(), type="function", function=name)
+        args = ToolCallDelta(index=index, function=FunctionCallDelta(arguments=arguments_json(call)))
+        return [self._chunk(ChatCompletionDelta(tool_calls=[d])) for d in (head, args)]
+
     def _piece(self, text: str) -> ChatCompletionChunk:
         return self._chunk(ChatCompletionDelta(content=text))
 
     def _last(self, text: str, reason: FinishReason, usage: Usage) -> ChatCompletionChunk:
-        return self._chunk(ChatCompletionDelta(content=text or None), reason, usage)
+        if self._output is None:
+            return self._chunk(ChatCompletionDelta(content=text or None), reason, usage)
+        self._parts(self._output.feed(text) + self._output.finish())
+        if self._n_calls and reason == "stop":
+            reason = "tool_calls"
+        last = self._chunk(ChatCompletionDelta(), reason, usage)
+        if not self._pending:
+            return last
+        self._pending.append(last)
+        return self._pending.popleft()
 
     async def __anext__(self) -> ChatCompletionChunk:
+        if self._pending:
+            return self._pending.popleft()
         if not self._started and not self._done:
             # submit first, so that a refused call (busy, context overflow) raises here
             if self._events.state is StreamState.NEW:
                 await self._events.checked_start()
             self._started = True
             return self._chunk(ChatCompletionDelta(role="assistant", content=""))
-        return await super().__anext__()
+        if self._output is None or self._done:
+            return await super().__anext__()
+        while not self._pending:
+            chunk = await super().__anext__()
+            if self._done:  # the last chunk, or the first of the parts flushed at the end
+                return chunk
+            self._parts(self._output.feed(chunk.choices[0].delta.content or ""))
+        return self._pending.popleft()
+
+
+def call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def arguments_json(call: ParsedCall) -> str:
+    """A call's arguments as OpenAI sends them: a JSON object's text."""
+    return json.dumps(call.arguments, ensure_ascii=False)
 
 
 class PreparingChatStream:
@@ -400,16 +493,32 @@ class CompletionStream(_ChunkStream[Completion]):
 async def collect_chat(chunks: PreparingChatStream) -> ChatCompletion:
     """The whole answer of a chat chunk stream (what :meth:`MTP.chat` returns)."""
     parts: list[str] = []
+    reasoning: list[str] = []
+    calls: list[dict[str, Any]] = []
     final: ChatCompletionChunk | None = None
     async with chunks:
         async for chunk in chunks:
-            if chunk.choices[0].delta.content:
-                parts.append(chunk.choices[0].delta.content)
+            delta = chunk.choices[0].delta
+            if delta.content:
+                parts.append(delta.content)
+            if delta.reasoning_content:
+                reasoning.append(delta.reasoning_content)
+            for d in delta.tool_calls or ():
+                if d.index == len(calls):
+                    calls.append({"id": d.id or call_id(), "name": d.function.name or "", "arguments": ""})
+                calls[d.index]["arguments"] += d.function.arguments or ""
             final = chunk
     assert final is not None and final.usage is not None and final.mtp is not None
     reason = final.choices[0].finish_reason
     assert reason is not None
-    message = ChatCompletionMessage(content="".join(parts))
+    tool_calls = [
+        ToolCall(id=c["id"], function=FunctionCall(name=c["name"], arguments=c["arguments"])) for c in calls
+    ]
+    message = ChatCompletionMessage(
+        content="".join(parts) if parts or not tool_calls else None,
+        reasoning_content="".join(reasoning) if reasoning else None,
+        tool_calls=tool_calls or None,
+    )
     return ChatCompletion(
         id=final.id,
         created=final.created,
