@@ -9,8 +9,8 @@ import json
 from typing import Any
 
 import pytest
-import real_vocab
 
+import real_vocab
 from mtpstream._agent_messages import agent_messages
 from mtpstream._chat_output import chat_plan
 from mtpstream._reasoning import prompt_reasoning
@@ -201,7 +201,7 @@ def test_tool_option_errors() -> None:
         tool_options(None, "required", None)
     with pytest.raises(InvalidOptionError, match="parallel_tool_calls"):
         tool_options(TOOLS, None, "yes")
-    with pytest.raises(InvalidOptionError, match="function.name"):
+    with pytest.raises(InvalidOptionError, match=r"function\.name"):
         tool_options([{"type": "function", "function": {"name": "a b"}}], None, None)
     with pytest.raises(InvalidOptionError, match="arguments is not JSON"):
         agent_messages([{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{"}}]}])

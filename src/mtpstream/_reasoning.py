@@ -16,6 +16,7 @@ __all__ = [
     "prompt_reasoning",
     "reasoning_format",
     "template_kwargs",
+    "with_defaults",
 ]
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -182,3 +183,14 @@ class ReasoningSplitter:
         self._emit(out, "content", self._buf)
         self._buf = ""
         return False
+
+
+def with_defaults(defaults: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    """A call's options over a server's defaults (``reasoning_format``,
+    ``chat_template_kwargs``): the call's own value wins, key by key for the kwargs."""
+    out = {k: v for k, v in defaults.items() if options.get(k) is None}
+    out.update({k: v for k, v in options.items()})
+    kw_default, kw_call = defaults.get("chat_template_kwargs"), options.get("chat_template_kwargs")
+    if isinstance(kw_default, Mapping) and isinstance(kw_call, Mapping):
+        out["chat_template_kwargs"] = {**kw_default, **kw_call}
+    return out

@@ -47,6 +47,7 @@ from ._config import (
 )
 from ._faults import FAULTS, Fault, inject_fault
 from ._oracle import HEAD_MODES, STOP_WORD, AcceptanceResult, HeadMode, OracleSpec, analytic_acceptance
+from ._real_vocab import make_real_vocab_model, template_path
 from ._writer import FORMAT_VERSION
 
 __all__ = [
@@ -78,6 +79,8 @@ __all__ = [
     "load_model",
     "load_spec",
     "make_model",
+    "make_real_vocab_model",
     "model_config",
     "oracle_margins",
+    "template_path",
 ]
