@@ -13,7 +13,7 @@ import pytest
 import real_vocab
 from mtpstream._agent_messages import agent_messages
 from mtpstream._chat_output import chat_plan
-from mtpstream._reasoning import prompt_reasoning
+from mtpstream._reasoning import prompt_reasoning, template_kwargs
 from mtpstream._templates import render_template
 from mtpstream._tool_options import tool_options
 from mtpstream.errors import InvalidOptionError
@@ -178,8 +178,13 @@ def test_qwen35_thinking_switch() -> None:
     template = _template("Qwen3.5-4B")
     base = {"messages": [{"role": "user", "content": "hi"}], "bos_token": "", "eos_token": ""}
     on = render_template(template, base, input_chars=10)
-    off = render_template(template, {**base, "enable_thinking": False}, input_chars=10)
+    off = render_template(template, {**base, **template_kwargs(None, "none")}, input_chars=10)
     assert prompt_reasoning(template, on) == "open" and prompt_reasoning(template, off) is None
+    # an explicit enable_thinking wins over reasoning_effort
+    assert template_kwargs({"enable_thinking": True}, "none")["enable_thinking"] is True
+    with pytest.raises(InvalidOptionError) as e:
+        template_kwargs(None, "extreme")
+    assert e.value.field == "reasoning_effort"
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))

@@ -23,7 +23,7 @@ from typing import Any
 import jinja2
 
 from ._agent_messages import agent_messages
-from ._chat_tokens import Tokenizer, chat_tokens
+from ._chat_tokens import Tokenizer, chat_tokens, special_pieces
 from ._templates import TemplateLimitError, render_template
 from .errors import InvalidOptionError
 from .options import check_text
@@ -215,8 +215,15 @@ def chat_prompt(
 
     Raises:
         InvalidOptionError: as :func:`render_messages`; special-token text in a message
-            that the template moves or cuts (``field="messages"``).
+            that the template moves or cuts (``field="messages"``) or in the tools
+            (``field="tools"``).
     """
     msgs = check_messages(messages)
+    tools = (extra or {}).get("tools")
+    if tools and special_pieces(json.dumps(tools, ensure_ascii=False), tokenize, token_text) is not None:
+        raise InvalidOptionError(
+            "invalid option 'tools': it holds special-token text (such as '<|im_start|>'); remove it",
+            field="tools",
+        )
     render = _renderer(template, bos_token, eos_token, _text_chars(msgs) + _text_chars(extra), extra)
     return chat_tokens(msgs, render, tokenize, token_text, bos_token)
