@@ -127,3 +127,17 @@ def test_special_token_text_in_tools_is_refused(mtp: Any) -> None:
     with pytest.raises(mtpstream.InvalidOptionError) as e:
         mtp.chat_sync([{"role": "user", "content": "x"}], chat_template=_template("Qwen3.5-4B"), tools=[evil])
     assert e.value.field == "tools"
+
+
+def test_grammar_checker_outlives_the_thread_that_started_it() -> None:
+    """Each ``*_sync`` call runs its own event loop, whose worker thread started the
+    grammar checker's child; the child dies with that thread (PR_SET_PDEATHSIG). The
+    next trial starts a new child instead of failing with BrokenPipeError."""
+    model = mtpstream.load_model(make_model(arch="qwen35", weights="random", size="tiny", kind="mtp"))
+    try:
+        with mtpstream.init(model, n_draft=0, n_ctx=256) as session:
+            for i in range(3):
+                text = session.generate_sync("we walked", grammar=f'root ::= "a{i}"', max_tokens=4)
+                assert text == f"a{i}"
+    finally:
+        model.close()
