@@ -58,6 +58,8 @@ __all__ = [
     "StatsEvent",
     "TimingUs",
     "TokenEvent",
+    "ToolCall",
+    "ToolCallDelta",
     "Usage",
     "__version__",
     "cpu_offers_amx_buffer",

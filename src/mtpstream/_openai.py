@@ -27,6 +27,11 @@ response_format        grammar (converted)
 n                      only 1
 =====================  =================
 
+Chat calls also take ``tools``, ``tool_choice``, ``parallel_tool_calls``
+(:mod:`._tool_options`, parsed by :mod:`mtpstream.tool_calls`), ``chat_template_kwargs``,
+``reasoning_effort`` and ``reasoning_format`` (:mod:`._reasoning`); :class:`ChatRequest`
+keeps them apart from the generation options.
+
 Our own names are accepted too. The default is greedy (``temperature=0``), as
 everywhere in mtpstream, not OpenAI's 1.0.
 """

@@ -300,10 +300,14 @@ class MTP:
         ``max_completion_tokens, stop, seed, frequency_penalty, presence_penalty,
         response_format``; ``n`` must be 1) and llama-cpp-python's extras (``top_k,
         min_p, repeat_penalty, grammar``), besides mtpstream's own (see
-        :mod:`mtpstream._openai`).
+        :mod:`mtpstream._openai`). Agents: ``tools``, ``tool_choice``,
+        ``parallel_tool_calls`` (the reply's ``message.tool_calls``), and for reasoning
+        ``chat_template_kwargs``, ``reasoning_effort``, ``reasoning_format``
+        (``message.reasoning_content``); see the README's "Tools and reasoning".
 
         Raises:
-            InvalidOptionError: bad messages, template or option (``.field`` names it).
+            InvalidOptionError: bad messages, template or option (``.field`` names it),
+                tools on a template whose tool-call format is not known (``tools``).
             ContextOverflowError, GenerationError, SessionBusyError, SessionClosedError,
             TimeoutError: as :meth:`stream_events`.
         """
