@@ -113,7 +113,7 @@ async def test_completion_logprobs_match_llama_cpp_pythons(models: Models, name:
     """The legacy completions shape against llama-cpp-python's own implementation of
     it (``Llama.create_completion(logprobs=n)``, plain decoding): same tokens, same
     log-probabilities, the same alternatives."""
-    from mtpstream._openai import CompletionStream
+    from mtpstream._chunk_streams import CompletionStream
 
     prompt = "we walked along the river"
     llm = reference_llama(models.paths[name])

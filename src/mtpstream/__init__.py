@@ -59,6 +59,8 @@ __all__ = [
     "TimingUs",
     "TokenEvent",
     "TokenLogprob",
+    "ToolCall",
+    "ToolCallDelta",
     "Usage",
     "__version__",
     "cpu_offers_amx_buffer",

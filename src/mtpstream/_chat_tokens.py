@@ -86,7 +86,8 @@ def _mark(value: Any, marker: _Marker, cut: Callable[[str], list[tuple[str, bool
         pieces = cut(value)
         return value if pieces is None else marker.wrap(pieces)
     if isinstance(value, Mapping):
-        return {k: _mark(v, marker, cut) for k, v in value.items()}
+        marked = {k: _mark(v, marker, cut) for k, v in value.items()}
+        return type(value)(marked) if isinstance(value, dict) else marked  # keeps Arguments
     if isinstance(value, (list, tuple)):
         return [_mark(v, marker, cut) for v in value]
     return value

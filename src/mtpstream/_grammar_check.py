@@ -32,6 +32,7 @@ llama.cpp call that never returns cannot be interrupted in-process.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import os
@@ -95,7 +96,10 @@ class _ChildDied(Exception):
 class _Child:
     """One running checker process and its pipes."""
 
+    release: threading.Event  # ends the thread that started the child (see _start_child)
+
     def __init__(self, model_path: Path, memory: int) -> None:
+        self.release = threading.Event()
         self.proc = subprocess.Popen(
             [sys.executable, "-I", str(_CHILD), str(model_path), str(memory)],
             stdin=subprocess.PIPE,
@@ -146,7 +150,9 @@ class _Child:
         code = self.proc.wait()
         for pipe in (self.proc.stdin, self.proc.stdout):
             if pipe is not None:
-                pipe.close()
+                with contextlib.suppress(OSError):  # a request left in a dead child's pipe
+                    pipe.close()
+        self.release.set()
         return code
 
 
@@ -219,7 +225,7 @@ class GrammarChecker:
         if self._closed:
             raise SessionClosedError("the session was closed")
         if self._child is None:
-            self._child = _Child(self._path, self._memory)
+            self._child = _start_child(self._path, self._memory)
         self.trials += 1
         request = {
             "grammar": grammar,
@@ -263,6 +269,32 @@ class GrammarChecker:
             if self._child is not None:
                 self._child.kill()
                 self._child = None
+
+
+def _start_child(path: Path, memory: int) -> _Child:
+    """A child started from a thread of its own that lives until the child is killed:
+    the child asks the kernel to end it with its parent (PR_SET_PDEATHSIG), and for the
+    kernel that parent is the starting *thread*, so a worker thread that anyio ends
+    when idle (or ``*_sync``'s event loop ends) would take the child with it."""
+    out: list[_Child | BaseException] = []
+    started = threading.Event()
+
+    def keep() -> None:
+        try:
+            child = _Child(path, memory)
+        except BaseException as exc:
+            out.append(exc)
+            started.set()
+            return
+        out.append(child)
+        started.set()
+        child.release.wait()
+
+    threading.Thread(target=keep, name="mtpstream-grammar-child", daemon=True).start()
+    started.wait()
+    if isinstance(out[0], BaseException):
+        raise out[0]
+    return out[0]
 
 
 def _raise(verdict: str | None, field: str) -> None:

@@ -22,7 +22,8 @@ from typing import Any
 
 import jinja2
 
-from ._chat_tokens import Tokenizer, chat_tokens
+from ._agent_messages import agent_messages
+from ._chat_tokens import Tokenizer, chat_tokens, special_pieces
 from ._templates import TemplateLimitError, render_template
 from .errors import InvalidOptionError
 from .options import check_text
@@ -91,11 +92,12 @@ def _schema_grammar(schema_json: str) -> str:
 
 
 def check_messages(messages: Any) -> list[dict[str, Any]]:
-    """``messages`` as a list of dicts, text content parts joined.
+    """``messages`` as a list of dicts, text content parts joined, agent turns as
+    templates take them (:func:`._agent_messages.agent_messages`).
 
     Raises:
-        InvalidOptionError: not a non-empty list of ``{"role", "content"}`` dicts
-            (``field="messages"``).
+        InvalidOptionError: not a non-empty list of ``{"role", "content"}`` dicts, or
+            malformed ``tool_calls`` (``field="messages"``).
     """
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
         raise InvalidOptionError(
@@ -123,7 +125,7 @@ def check_messages(messages: Any) -> list[dict[str, Any]]:
                 texts.append(str(part.get("text", "")))
             m = {**m, "content": "".join(texts)}
         out.append(dict(m))
-    return out
+    return agent_messages(out)
 
 
 def _text_chars(value: Any) -> int:
@@ -137,7 +139,13 @@ def _text_chars(value: Any) -> int:
     return 0
 
 
-def _renderer(template: str | None, bos_token: str, eos_token: str, input_chars: int) -> Any:
+def _renderer(
+    template: str | None,
+    bos_token: str,
+    eos_token: str,
+    input_chars: int,
+    extra: Mapping[str, Any] | None = None,
+) -> Any:
     if not template:
         raise InvalidOptionError(
             "the model has no chat template (tokenizer.chat_template); pass chat_template=",
@@ -145,7 +153,7 @@ def _renderer(template: str | None, bos_token: str, eos_token: str, input_chars:
         )
 
     def render(msgs: list[dict[str, Any]]) -> str:
-        variables = {"messages": msgs, "bos_token": bos_token, "eos_token": eos_token}
+        variables = {**(extra or {}), "messages": msgs, "bos_token": bos_token, "eos_token": eos_token}
         try:
             text = render_template(template, variables, input_chars=input_chars)
         except TemplateLimitError as exc:
@@ -170,7 +178,13 @@ def _renderer(template: str | None, bos_token: str, eos_token: str, input_chars:
     return render
 
 
-def render_messages(messages: Any, template: str | None, bos_token: str, eos_token: str) -> str:
+def render_messages(
+    messages: Any,
+    template: str | None,
+    bos_token: str,
+    eos_token: str,
+    extra: Mapping[str, Any] | None = None,
+) -> str:
     """The prompt text of ``messages`` under ``template`` (with the generation prompt),
     rendered within the limits of :mod:`mtpstream._templates` (blocking: call it off
     the event loop).
@@ -181,7 +195,8 @@ def render_messages(messages: Any, template: str | None, bos_token: str, eos_tok
             over a time or size limit.
     """
     msgs = check_messages(messages)
-    return str(_renderer(template, bos_token, eos_token, _text_chars(msgs))(msgs))
+    chars = _text_chars(msgs) + _text_chars(extra)
+    return str(_renderer(template, bos_token, eos_token, chars, extra)(msgs))
 
 
 def chat_prompt(
@@ -191,15 +206,24 @@ def chat_prompt(
     eos_token: str,
     tokenize: Tokenizer,
     token_text: Callable[[int], str],
+    extra: Mapping[str, Any] | None = None,
 ) -> tuple[str, list[int]]:
     """:func:`render_messages` and the prompt's token ids, where text inside a message
     never becomes a special token (see :mod:`mtpstream._chat_tokens`); the template's
-    own special-token text does. Blocking: call it off the event loop.
+    own special-token text does. ``extra``: more template variables (``tools``,
+    ``chat_template_kwargs``). Blocking: call it off the event loop.
 
     Raises:
         InvalidOptionError: as :func:`render_messages`; special-token text in a message
-            that the template moves or cuts (``field="messages"``).
+            that the template moves or cuts (``field="messages"``) or in the tools
+            (``field="tools"``).
     """
     msgs = check_messages(messages)
-    render = _renderer(template, bos_token, eos_token, _text_chars(msgs))
+    tools = (extra or {}).get("tools")
+    if tools and special_pieces(json.dumps(tools, ensure_ascii=False), tokenize, token_text) is not None:
+        raise InvalidOptionError(
+            "invalid option 'tools': it holds special-token text (such as '<|im_start|>'); remove it",
+            field="tools",
+        )
+    render = _renderer(template, bos_token, eos_token, _text_chars(msgs) + _text_chars(extra), extra)
     return chat_tokens(msgs, render, tokenize, token_text, bos_token)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import statistics
 import sys
 import time
@@ -25,6 +26,7 @@ from typing import Any
 import anyio
 
 from . import __version__
+from ._reasoning import REASONING_FORMATS
 from .errors import InvalidOptionError, MTPError
 from .events import DoneEvent, EogEvent, TokenEvent
 from .model import Model, cpu_offers_amx_buffer, load_model
@@ -229,6 +231,16 @@ def _serve_key(args: argparse.Namespace) -> str | None:
         raise _UsageError(str(exc)) from None
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         from ._server_uvicorn import GracefulServer, config
@@ -238,7 +250,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     limits, api_key = _serve_limits(args), _serve_key(args)
     with _load(args.model, args.quiet, args.repack) as model, _session(model, args) as mtp:
         mtp.allow_request_templates = args.allow_request_templates
-        app = create_app(mtp, model_alias=args.model_alias, api_key=api_key, limits=limits)
+        defaults = {
+            "reasoning_format": args.reasoning_format,
+            "chat_template_kwargs": args.chat_template_kwargs,
+        }
+        app = create_app(
+            mtp, model_alias=args.model_alias, api_key=api_key, limits=limits, chat_defaults=defaults
+        )
         print(
             f"serving {model.path.name} as {args.model_alias or mtp.model_name!r} on "
             f"http://{args.host}:{args.port}/v1 (n_draft={mtp.n_draft if not mtp.auto_draft else 'auto'}, "
@@ -311,6 +329,21 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
         metavar="S",
         help="a grammar step (build, apply, accept) taking longer refuses the grammar, or ends "
         "the request during generation (default 1 s)",
+    )
+    lim.add_argument(
+        "--reasoning-format",
+        choices=sorted(REASONING_FORMATS),
+        default="parsed",
+        help="parsed (default; llama-server's auto/deepseek): the text between the template's "
+        "think markers goes to reasoning_content; raw (llama-server's none): it stays in content",
+    )
+    lim.add_argument(
+        "--chat-template-kwargs",
+        type=_json_object,
+        default=None,
+        metavar="JSON",
+        help="variables for the chat template by default, e.g. '{\"enable_thinking\": false}' "
+        "(a request's chat_template_kwargs override them key by key)",
     )
     lim.add_argument(
         "--allow-request-templates",

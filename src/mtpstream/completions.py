@@ -27,12 +27,16 @@ __all__ = [
     "CompletionLogprobs",
     "CompletionUsage",
     "FinishReason",
+    "FunctionCall",
+    "FunctionCallDelta",
     "MTPUsage",
     "PromptTokensDetails",
+    "ToolCall",
+    "ToolCallDelta",
     "TopLogprob",
 ]
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class _Frozen(BaseModel):
@@ -93,9 +97,27 @@ class CompletionLogprobs(_Frozen):
     text_offset: list[int]
 
 
+class FunctionCall(_Frozen):
+    name: str
+    arguments: str
+    """The arguments as a JSON object's text."""
+
+
+class ToolCall(_Frozen):
+    """A call of one of the request's ``tools`` (OpenAI's ``tool_calls`` item)."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatCompletionMessage(_Frozen):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    """The reply's text; None when it is only tool calls."""
+    reasoning_content: str | None = None
+    """The text between the template's think markers (``reasoning_format="parsed"``)."""
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatCompletionChoice(_Frozen):
@@ -117,9 +139,26 @@ class ChatCompletion(_Frozen):
     mtp: MTPUsage
 
 
+class FunctionCallDelta(_Frozen):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(_Frozen):
+    """A piece of a streamed tool call: the first of a call carries ``id``, ``type`` and
+    ``function.name``; the next ones pieces of ``function.arguments``."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+
 class ChatCompletionDelta(_Frozen):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatCompletionChunkChoice(_Frozen):

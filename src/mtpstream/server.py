@@ -18,20 +18,15 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, TypeVar
 
 import anyio
 
-from ._openai import (
-    ChatBody,
-    CompletionBody,
-    CompletionStream,
-    PreparingChatStream,
-    RequestBody,
-    collect_chat,
-)
+from ._chunk_streams import CompletionStream, PreparingChatStream, collect_chat
+from ._openai import ChatBody, CompletionBody, RequestBody
+from ._reasoning import with_defaults
 from ._stream_usage import UsageChunks, openai_chunk
 from .completions import ChatCompletion, ChatCompletionChunk, Completion
 from .server_limits import ServerLimits
@@ -65,6 +60,7 @@ def create_app(
     api_key: str | None = None,
     max_queue: int | None = None,
     limits: ServerLimits | None = None,
+    chat_defaults: Mapping[str, Any] | None = None,
 ) -> Any:
     """A FastAPI application serving ``mtp``.
 
@@ -73,6 +69,9 @@ def create_app(
     rebinding). ``max_queue``: at most this many calls wait for a free sequence; more
     get 429 (overrides ``limits.max_queue``). ``limits``: :class:`ServerLimits`.
     ``app.state.lifecycle`` lets the server drain and stop the app's calls.
+    ``chat_defaults``: chat options a request does not set (``reasoning_format``,
+    ``chat_template_kwargs``, merged key by key; CLI ``--reasoning-format``,
+    ``--chat-template-kwargs``).
 
     Raises:
         ImportError: FastAPI is not installed (the ``server`` extra).
@@ -83,6 +82,7 @@ def create_app(
     if max_queue is not None:
         limits = replace(limits, max_queue=max_queue)
     state = ServerState(mtp, model_alias or mtp.model_name, limits)
+    state.chat_defaults = dict(chat_defaults or {})
     app = FastAPI(title="mtpstream", version=_version(), docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = state
     app.state.lifecycle = state.lifecycle
@@ -104,6 +104,7 @@ class ServerState:
         self.lifecycle = Lifecycle()
         self.admission = Admission(mtp.n_seq, limits.max_queue, self.lifecycle)
         self.prepare_limiter: anyio.CapacityLimiter | None = None
+        self.chat_defaults: dict[str, Any] = {}
 
     def limiter(self) -> anyio.CapacityLimiter:
         if self.prepare_limiter is None:
@@ -183,8 +184,9 @@ if FastAPI is not None:
 
 
 def _chat_chunks(state: ServerState, body: ChatBody) -> PreparingChatStream:
+    options = with_defaults(state.chat_defaults, body.options)
     return state.mtp.stream_chat(
-        body.messages, chat_template=body.chat_template, model=state.alias, **body.options
+        body.messages, chat_template=body.chat_template, model=state.alias, **options
     )
 
 

@@ -11,7 +11,9 @@ from typing import IO, Any, Literal
 import anyio
 
 from . import _bridge, _grammar_check
-from ._openai import ChatRequest, ChatStream, PreparingChatStream, collect_chat, generation_options, wait_flag
+from ._chat_output import chat_plan
+from ._chunk_streams import ChatStream, PreparingChatStream, collect_chat
+from ._openai import ChatRequest, forced_grammar_options, generation_options, wait_flag
 from ._openai_params import include_usage
 from ._stream import EventStream, OpenCalls, TextStream
 from .chat import chat_prompt, check_messages, render_messages
@@ -290,16 +292,21 @@ class MTP:
         return chat_template
 
     def _chat_tokens(self, messages: list[dict[str, Any]], template: str | None) -> list[int]:
+        return self._chat_prompt(messages, template)[1]
+
+    def _chat_prompt(
+        self, messages: list[dict[str, Any]], template: str | None, extra: Mapping[str, Any] | None = None
+    ) -> tuple[str, list[int]]:
         native = self._model_native
         bos, eos = self._bos_eos_text()
-        text, tokens = chat_prompt(messages, template, bos, eos, native.tokenize, native.token_text)
+        text, tokens = chat_prompt(messages, template, bos, eos, native.tokenize, native.token_text, extra)
         try:
             check_text(text, "prompt")
         except ValueError as exc:
             raise InvalidOptionError(str(exc), field="prompt") from None
         if not tokens:
             raise InvalidOptionError("prompt is empty", field="prompt")
-        return tokens
+        return text, tokens
 
     async def chat(
         self, messages: Sequence[Mapping[str, Any]], *, chat_template: str | None = None, **options: Any
@@ -320,10 +327,14 @@ class MTP:
         With ``logprobs=True`` the choice's ``logprobs.content`` has one entry per
         token of the content: its log-probability under the target model (the
         log-softmax of its raw logits, whatever drafted the token) and
-        ``top_logprobs`` alternatives.
+        ``top_logprobs`` alternatives. Agents: ``tools``, ``tool_choice``,
+        ``parallel_tool_calls`` (the reply's ``message.tool_calls``), and for reasoning
+        ``chat_template_kwargs``, ``reasoning_effort``, ``reasoning_format``
+        (``message.reasoning_content``); see the README's "Tools and reasoning".
 
         Raises:
-            InvalidOptionError: bad messages, template or option (``.field`` names it).
+            InvalidOptionError: bad messages, template or option (``.field`` names it),
+                tools on a template whose tool-call format is not known (``tools``).
             ContextOverflowError, GenerationError, SessionBusyError, SessionClosedError,
             TimeoutError: as :meth:`stream_events`.
         """
@@ -350,8 +361,10 @@ class MTP:
         name = request.model or self.model_name
 
         def prepare() -> ChatStream:
-            tokens = self._chat_tokens(request.messages, template)
-            return ChatStream(self._events(tokens, request.options, request.wait), name)
+            text, tokens = self._chat_prompt(request.messages, template, request.template_vars())
+            output, grammar = chat_plan(template, text, request.tools, request.reasoning_format)
+            options = request.options if grammar is None else forced_grammar_options(request.options, grammar)
+            return ChatStream(self._events(tokens, options, request.wait), name, output)
 
         return PreparingChatStream(prepare, request.include_usage)
 

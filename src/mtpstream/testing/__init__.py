@@ -54,6 +54,7 @@ from ._config import (
 )
 from ._faults import FAULTS, Fault, inject_fault
 from ._oracle import HEAD_MODES, STOP_WORD, AcceptanceResult, HeadMode, OracleSpec, analytic_acceptance
+from ._real_vocab import make_real_vocab_model, template_path
 from ._soft import HEAD_SKEW, TARGET_PROBS, SoftSpec, accepted_per_verify
 from ._writer import FORMAT_VERSION
 
@@ -91,6 +92,8 @@ __all__ = [
     "load_soft_spec",
     "load_spec",
     "make_model",
+    "make_real_vocab_model",
     "model_config",
     "oracle_margins",
+    "template_path",
 ]
