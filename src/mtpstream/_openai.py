@@ -119,9 +119,7 @@ def forced_grammar_options(options: GenerationOptions, grammar: str) -> Generati
     """``options`` with the grammar of a forced tool call (refusals name ``tools``)."""
     values = options.model_dump()
     values["grammar"] = grammar
-    opts = validate(GenerationOptions, values)
-    opts._grammar_field = "tools"
-    return opts
+    return validate(GenerationOptions, values).grammar_from("tools")
 
 
 def wait_flag(wait: object) -> bool:
