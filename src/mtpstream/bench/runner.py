@@ -85,6 +85,8 @@ class BenchConfig:
     upstream_only: bool = False
     streams: tuple[int, ...] = ()
     chat: bool = False
+    temps: tuple[float, ...] = ()
+    temps_streams: tuple[int, ...] = (1, 4)
 
 
 _log = logging.getLogger(__name__)
@@ -302,6 +304,16 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "upstream_only": cfg.upstream_only,
         "ideal_method": report.IDEAL_METHOD,
     }
+    if cfg.temps:
+        from . import temps as _bench_temps
+
+        result["temps"] = _bench_temps.run(
+            cfg.model, cfg.size, cfg.arch, cfg.settings, cfg.temps, cfg.temps_streams, cfg.with_upstream
+        ).as_json()
+        result.update(levels=[], upstream={"enabled": False})
+        report.judge(result)
+        result["wall_s"] = round(time.perf_counter() - started, 1)
+        return result
     levels = [_user_level(cfg.model)] if cfg.model else _default_levels(cfg)
     ref = _ref_level(levels)
     result["reference_level"] = ref.name
@@ -404,6 +416,18 @@ def _parser() -> argparse.ArgumentParser:
         help="only the multi-turn chat scenario: a conversation growing to 2,000 tokens in "
         "30-token turns, time to first token with the prompt cache against without",
     )
+    p.add_argument(
+        "--temps",
+        metavar="T,T,...",
+        help="only the sampled-decoding scenario on the soft oracle: verify='match' vs 'rejection' "
+        "(and llama-server with --with-upstream) at these temperatures, e.g. 0,0.6,0.8,1.0",
+    )
+    p.add_argument(
+        "--temps-streams",
+        metavar="N,N,...",
+        default="1,4",
+        help="with --temps: the n_seq values (concurrent calls) to run (default: %(default)s)",
+    )
     p.add_argument("--arch", choices=("qwen35", "qwen35moe"), default="qwen35", help="synthetic model arch")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
     p.add_argument("--markdown", metavar="JSON", help="print a saved result as Markdown tables and exit")
@@ -450,17 +474,17 @@ def _settings(args: argparse.Namespace) -> meas.Settings:
     )
 
 
-def _streams(text: str | None) -> tuple[int, ...]:
+def _streams(text: str | None, flag: str = "streams") -> tuple[int, ...]:
     if not text:
         return ()
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
         raise InvalidOptionError(
-            f"--streams must be comma-separated ints, not {text!r}", field="streams"
+            f"--{flag.replace('_', '-')} must be comma-separated ints, not {text!r}", field=flag
         ) from None
     if not values or any(not 1 <= v <= 64 for v in values):
-        raise InvalidOptionError("--streams values must be from 1 to 64", field="streams")
+        raise InvalidOptionError(f"--{flag.replace('_', '-')} values must be from 1 to 64", field=flag)
     return values
 
 
@@ -471,7 +495,11 @@ def _default_out() -> Path:
 
 
 def _config(args: argparse.Namespace) -> BenchConfig:
+    from .temps import parse_temps
+
     return BenchConfig(
+        temps=parse_temps(args.temps) if args.temps else (),
+        temps_streams=_streams(args.temps_streams, "temps_streams"),
         chat=args.chat,
         streams=_streams(args.streams),
         settings=_settings(args),
@@ -492,6 +520,7 @@ def _write_outputs(result: dict[str, Any], cfg: BenchConfig) -> Path:
     cfg.out.mkdir(parents=True, exist_ok=True)
     stem += "-streams" if cfg.streams else ""
     stem += "-chat" if cfg.chat else ""
+    stem += "-temps" if cfg.temps else ""
     png = report.plot(result, cfg.out / f"{stem}.png") if cfg.plot and result["levels"] else None
     result["plot"] = str(png) if png else None
     path = report.write_json(result, cfg.out / f"{stem}.json")
