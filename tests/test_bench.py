@@ -482,6 +482,7 @@ def test_temps_scenario_compares_the_verify_modes(tmp_path: Path) -> None:
         "tokens_per_sec",
         "accepted_per_verify",
         "verifies",
+        "drafts_per_verify",
         "verify_fallbacks",
         "expected_accepted_per_verify",
     }

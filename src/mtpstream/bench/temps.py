@@ -58,6 +58,7 @@ class TempRound:
     wall_s: float = 0.0
     verifies: float = 0.0
     accepted: int = 0
+    drafts: int = 0
     fallbacks: int = 0
 
     @property
@@ -110,6 +111,7 @@ def _ours(mtp: MTP, prompts: list[list[int]], tokens: int, temp: float, seed: in
     after = mtp.stats()
     out.verifies = after.iters - before.iters
     out.accepted = after.drafts_accepted - before.drafts_accepted
+    out.drafts = after.drafts_generated - before.drafts_generated
     out.fallbacks = after.verify_fallbacks - before.verify_fallbacks
     return out
 
@@ -145,7 +147,8 @@ def _upstream(port: int, prompts: list[list[int]], tokens: int, temp: float, see
     out.wall_s = time.perf_counter() - t0
     out.tokens = sum(int(t.get("predicted_n", 0)) for t in timings)
     out.accepted = sum(int(t.get("draft_n_accepted", 0)) for t in timings)
-    out.verifies = sum(int(t.get("draft_n", 0)) for t in timings) / k
+    out.drafts = sum(int(t.get("draft_n", 0)) for t in timings)
+    out.verifies = out.drafts / k
     return out
 
 
@@ -167,6 +170,9 @@ class TempsCell:
                     "tokens_per_sec": env.summarize([r.tokens_per_sec for r in rs], 2),
                     "accepted_per_verify": env.summarize([r.accepted_per_verify for r in rs], 4),
                     "verifies": round(sum(r.verifies for r in rs), 1),
+                    "drafts_per_verify": round(
+                        sum(r.drafts for r in rs) / max(sum(r.verifies for r in rs), 1e-9), 3
+                    ),
                     "verify_fallbacks": sum(r.fallbacks for r in rs),
                     "expected_accepted_per_verify": self.expected.get(name),
                 }
