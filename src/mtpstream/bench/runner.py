@@ -286,6 +286,36 @@ def _upstream(cfg: BenchConfig, levels: Sequence[meas.Level]) -> dict[str, Any]:
     return _bench_upstream.compare(levels, cfg.settings)
 
 
+def _temps_only(cfg: BenchConfig) -> dict[str, Any]:
+    """``--temps``: the sampled-decoding scenario on the soft oracle (or the user's model)."""
+    from . import temps as _bench_temps
+
+    section = _bench_temps.run(
+        cfg.model, cfg.size, cfg.arch, cfg.settings, cfg.temps, cfg.temps_streams, cfg.with_upstream
+    )
+    return {"temps": section.as_json()}
+
+
+def _chat_or_streams_only(cfg: BenchConfig, levels: Sequence[meas.Level]) -> dict[str, Any]:
+    """``--chat`` (on the 0.75 level) or ``--streams`` (on the two highest levels)."""
+    if cfg.chat:
+        from . import chat as _bench_chat
+
+        lv = next((lv for lv in levels if lv.nominal_acceptance == 0.75), levels[0])
+        _log.info(f"chat: a conversation to {_CHAT_HISTORY} tokens in {_CHAT_TURN}-token turns, warm vs cold")
+        chat = _bench_chat.run(lv, cfg.settings, _CHAT_HISTORY, _CHAT_TURN, cfg.settings.ref_n_draft)
+        return {"chat": chat.as_json()}
+    from . import streams as _bench_streams
+
+    # the two highest oracle levels (or the user's model): where batching is judged
+    chosen = [lv for lv in levels if lv.nominal_acceptance in (1.0, 0.75)] or levels[:1]
+    return {
+        "streams": _bench_streams.run(
+            chosen, cfg.settings, cfg.streams, cfg.settings.ref_n_draft, cfg.with_upstream
+        )
+    }
+
+
 def run(cfg: BenchConfig) -> dict[str, Any]:
     """Run every measurement and return the JSON-able result (targets included).
 
@@ -305,12 +335,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "ideal_method": report.IDEAL_METHOD,
     }
     if cfg.temps:
-        from . import temps as _bench_temps
-
-        result["temps"] = _bench_temps.run(
-            cfg.model, cfg.size, cfg.arch, cfg.settings, cfg.temps, cfg.temps_streams, cfg.with_upstream
-        ).as_json()
-        result.update(levels=[], upstream={"enabled": False})
+        result.update(_temps_only(cfg), levels=[], upstream={"enabled": False})
         report.judge(result)
         result["wall_s"] = round(time.perf_counter() - started, 1)
         return result
@@ -318,27 +343,8 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     ref = _ref_level(levels)
     result["reference_level"] = ref.name
     result["levels"] = []
-    if cfg.chat:
-        from . import chat as _bench_chat
-
-        lv = next((lv for lv in levels if lv.nominal_acceptance == 0.75), levels[0])
-        _log.info(f"chat: a conversation to {_CHAT_HISTORY} tokens in {_CHAT_TURN}-token turns, warm vs cold")
-        result["chat"] = _bench_chat.run(
-            lv, cfg.settings, _CHAT_HISTORY, _CHAT_TURN, cfg.settings.ref_n_draft
-        ).as_json()
-        result["upstream"] = {"enabled": False}
-        report.judge(result)
-        result["wall_s"] = round(time.perf_counter() - started, 1)
-        return result
-    if cfg.streams:
-        from . import streams as _bench_streams
-
-        # the two highest oracle levels (or the user's model): where batching is judged
-        chosen = [lv for lv in levels if lv.nominal_acceptance in (1.0, 0.75)] or levels[:1]
-        result["streams"] = _bench_streams.run(
-            chosen, cfg.settings, cfg.streams, cfg.settings.ref_n_draft, cfg.with_upstream
-        )
-        result["upstream"] = {"enabled": False}
+    if cfg.chat or cfg.streams:
+        result.update(_chat_or_streams_only(cfg, levels), upstream={"enabled": False})
         report.judge(result)
         result["wall_s"] = round(time.perf_counter() - started, 1)
         return result
