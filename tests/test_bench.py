@@ -464,3 +464,47 @@ def test_the_bench_uses_only_the_public_api() -> None:
             elif isinstance(node, ast.Attribute) and node.attr.startswith("_run_native"):
                 raise AssertionError(f"{path.name} calls {node.attr}")
     assert seen >= 5  # the scan did see the bench's imports
+
+
+def test_temps_scenario_compares_the_verify_modes(tmp_path: Path) -> None:
+    """``--temps`` on the tiny soft oracle: every (temperature, n_seq) cell has both
+    verify modes' tok/s and accepted drafts per verify; at 0.8 rejection keeps more
+    drafts per verify than match (expected 2.04 vs 0.99 at the bench's error rate 0.25,
+    n_draft 3, so 16 tokens x 4 streams leave a wide margin)."""
+    argv = ["--temps", "0,0.8", "--size", "tiny", "--runs", "1", "--tokens", "16"]
+    assert bench.main([*argv, "--out", str(tmp_path), "--no-plot"]) == 0
+    (path,) = tmp_path.glob("bench-*-temps.json")
+    data = json.loads(path.read_text())
+    temps = data["temps"]
+    assert set(temps) == {"model", "mtp_error_rate", "n_draft", "tokens_per_stream", "runs", "cells"}
+    assert [(c["temp"], c["n_seq"]) for c in temps["cells"]] == [(0.0, 1), (0.8, 1), (0.0, 4), (0.8, 4)]
+    side_keys = {
+        "tokens_per_sec",
+        "accepted_per_verify",
+        "verifies",
+        "drafts_per_verify",
+        "verify_fallbacks",
+        "expected_accepted_per_verify",
+    }
+    for cell in temps["cells"]:
+        assert "upstream" not in cell and cell["rejection_over_upstream_tok_s"] is None
+        for side in ("match", "rejection"):
+            assert set(cell[side]) == side_keys
+            assert cell[side]["tokens_per_sec"]["median"] > 0
+            assert cell[side]["verify_fallbacks"] == 0
+    hot = [c for c in temps["cells"] if c["temp"] == 0.8]
+    for cell in hot:
+        assert (
+            cell["rejection"]["accepted_per_verify"]["median"]
+            >= cell["match"]["accepted_per_verify"]["median"]
+        )
+    pooled = sum(c["rejection_over_match_accepted"] for c in hot) / len(hot)
+    assert pooled >= 1.2
+    assert set(data["targets"]) == {
+        "temp0.8_n1_rejection_over_match_accepted",
+        "temp0.8_n1_rejection_over_upstream_tok_s",
+        "temp0.8_n4_rejection_over_match_accepted",
+        "temp0.8_n4_rejection_over_upstream_tok_s",
+    }
+    assert data["targets"]["temp0.8_n1_rejection_over_upstream_tok_s"]["pass"] is None
+    assert bench.main(["--temps", "0,hot", "--out", str(tmp_path)]) == 2

@@ -101,8 +101,13 @@ def _level_table(lv: dict[str, Any]) -> list[str]:
 def format_summary(result: dict[str, Any]) -> str:
     """The human-readable report printed at the end of a run."""
     lines: list[str] = []
-    if result.get("chat") or result.get("streams"):
-        lines += _md_chat(result["chat"]) if result.get("chat") else _md_streams(result["streams"])
+    if result.get("chat") or result.get("streams") or result.get("temps"):
+        if result.get("temps"):
+            from .temps import format_table
+
+            lines += format_table(result["temps"])
+        else:
+            lines += _md_chat(result["chat"]) if result.get("chat") else _md_streams(result["streams"])
         lines.append("targets:")
         for name, v in result["targets"].items():
             flag = {True: "PASS", False: "FAIL", None: "n/a "}[v["pass"]]
@@ -264,6 +269,10 @@ def markdown(result: dict[str, Any]) -> str:
         lines = _md_chat(result["chat"])
     elif result.get("streams"):
         lines = _md_streams(result["streams"])
+    elif result.get("temps"):
+        from .temps import format_table
+
+        lines = ["```", *format_table(result["temps"]), "```", ""]
     else:
         lines = [] if result.get("upstream_only") else _md_summary(result)
     for lv in result["levels"]:

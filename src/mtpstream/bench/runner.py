@@ -85,6 +85,8 @@ class BenchConfig:
     upstream_only: bool = False
     streams: tuple[int, ...] = ()
     chat: bool = False
+    temps: tuple[float, ...] = ()
+    temps_streams: tuple[int, ...] = (1, 4)
 
 
 _log = logging.getLogger(__name__)
@@ -284,6 +286,36 @@ def _upstream(cfg: BenchConfig, levels: Sequence[meas.Level]) -> dict[str, Any]:
     return _bench_upstream.compare(levels, cfg.settings)
 
 
+def _temps_only(cfg: BenchConfig) -> dict[str, Any]:
+    """``--temps``: the sampled-decoding scenario on the soft oracle (or the user's model)."""
+    from . import temps as _bench_temps
+
+    section = _bench_temps.run(
+        cfg.model, cfg.size, cfg.arch, cfg.settings, cfg.temps, cfg.temps_streams, cfg.with_upstream
+    )
+    return {"temps": section.as_json()}
+
+
+def _chat_or_streams_only(cfg: BenchConfig, levels: Sequence[meas.Level]) -> dict[str, Any]:
+    """``--chat`` (on the 0.75 level) or ``--streams`` (on the two highest levels)."""
+    if cfg.chat:
+        from . import chat as _bench_chat
+
+        lv = next((lv for lv in levels if lv.nominal_acceptance == 0.75), levels[0])
+        _log.info(f"chat: a conversation to {_CHAT_HISTORY} tokens in {_CHAT_TURN}-token turns, warm vs cold")
+        chat = _bench_chat.run(lv, cfg.settings, _CHAT_HISTORY, _CHAT_TURN, cfg.settings.ref_n_draft)
+        return {"chat": chat.as_json()}
+    from . import streams as _bench_streams
+
+    # the two highest oracle levels (or the user's model): where batching is judged
+    chosen = [lv for lv in levels if lv.nominal_acceptance in (1.0, 0.75)] or levels[:1]
+    return {
+        "streams": _bench_streams.run(
+            chosen, cfg.settings, cfg.streams, cfg.settings.ref_n_draft, cfg.with_upstream
+        )
+    }
+
+
 def run(cfg: BenchConfig) -> dict[str, Any]:
     """Run every measurement and return the JSON-able result (targets included).
 
@@ -302,31 +334,17 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "upstream_only": cfg.upstream_only,
         "ideal_method": report.IDEAL_METHOD,
     }
+    if cfg.temps:
+        result.update(_temps_only(cfg), levels=[], upstream={"enabled": False})
+        report.judge(result)
+        result["wall_s"] = round(time.perf_counter() - started, 1)
+        return result
     levels = [_user_level(cfg.model)] if cfg.model else _default_levels(cfg)
     ref = _ref_level(levels)
     result["reference_level"] = ref.name
     result["levels"] = []
-    if cfg.chat:
-        from . import chat as _bench_chat
-
-        lv = next((lv for lv in levels if lv.nominal_acceptance == 0.75), levels[0])
-        _log.info(f"chat: a conversation to {_CHAT_HISTORY} tokens in {_CHAT_TURN}-token turns, warm vs cold")
-        result["chat"] = _bench_chat.run(
-            lv, cfg.settings, _CHAT_HISTORY, _CHAT_TURN, cfg.settings.ref_n_draft
-        ).as_json()
-        result["upstream"] = {"enabled": False}
-        report.judge(result)
-        result["wall_s"] = round(time.perf_counter() - started, 1)
-        return result
-    if cfg.streams:
-        from . import streams as _bench_streams
-
-        # the two highest oracle levels (or the user's model): where batching is judged
-        chosen = [lv for lv in levels if lv.nominal_acceptance in (1.0, 0.75)] or levels[:1]
-        result["streams"] = _bench_streams.run(
-            chosen, cfg.settings, cfg.streams, cfg.settings.ref_n_draft, cfg.with_upstream
-        )
-        result["upstream"] = {"enabled": False}
+    if cfg.chat or cfg.streams:
+        result.update(_chat_or_streams_only(cfg, levels), upstream={"enabled": False})
         report.judge(result)
         result["wall_s"] = round(time.perf_counter() - started, 1)
         return result
@@ -404,6 +422,18 @@ def _parser() -> argparse.ArgumentParser:
         help="only the multi-turn chat scenario: a conversation growing to 2,000 tokens in "
         "30-token turns, time to first token with the prompt cache against without",
     )
+    p.add_argument(
+        "--temps",
+        metavar="T,T,...",
+        help="only the sampled-decoding scenario on the soft oracle: verify='match' vs 'rejection' "
+        "(and llama-server with --with-upstream) at these temperatures, e.g. 0,0.6,0.8,1.0",
+    )
+    p.add_argument(
+        "--temps-streams",
+        metavar="N,N,...",
+        default="1,4",
+        help="with --temps: the n_seq values (concurrent calls) to run (default: %(default)s)",
+    )
     p.add_argument("--arch", choices=("qwen35", "qwen35moe"), default="qwen35", help="synthetic model arch")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
     p.add_argument("--markdown", metavar="JSON", help="print a saved result as Markdown tables and exit")
@@ -450,17 +480,17 @@ def _settings(args: argparse.Namespace) -> meas.Settings:
     )
 
 
-def _streams(text: str | None) -> tuple[int, ...]:
+def _streams(text: str | None, flag: str = "streams") -> tuple[int, ...]:
     if not text:
         return ()
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
         raise InvalidOptionError(
-            f"--streams must be comma-separated ints, not {text!r}", field="streams"
+            f"--{flag.replace('_', '-')} must be comma-separated ints, not {text!r}", field=flag
         ) from None
     if not values or any(not 1 <= v <= 64 for v in values):
-        raise InvalidOptionError("--streams values must be from 1 to 64", field="streams")
+        raise InvalidOptionError(f"--{flag.replace('_', '-')} values must be from 1 to 64", field=flag)
     return values
 
 
@@ -471,7 +501,11 @@ def _default_out() -> Path:
 
 
 def _config(args: argparse.Namespace) -> BenchConfig:
+    from .temps import parse_temps
+
     return BenchConfig(
+        temps=parse_temps(args.temps) if args.temps else (),
+        temps_streams=_streams(args.temps_streams, "temps_streams"),
         chat=args.chat,
         streams=_streams(args.streams),
         settings=_settings(args),
@@ -492,6 +526,7 @@ def _write_outputs(result: dict[str, Any], cfg: BenchConfig) -> Path:
     cfg.out.mkdir(parents=True, exist_ok=True)
     stem += "-streams" if cfg.streams else ""
     stem += "-chat" if cfg.chat else ""
+    stem += "-temps" if cfg.temps else ""
     png = report.plot(result, cfg.out / f"{stem}.png") if cfg.plot and result["levels"] else None
     result["plot"] = str(png) if png else None
     path = report.write_json(result, cfg.out / f"{stem}.json")

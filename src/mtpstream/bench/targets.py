@@ -391,7 +391,7 @@ def pooled_text(pooled: dict[str, Any]) -> str:
 def reanalyze(result: dict[str, Any]) -> dict[str, Any]:
     """Recompute every derived figure of a saved result from its raw measurements (in
     place): per-level speedups, ideal bound and efficiency, TTFT ratios, targets."""
-    if result.get("upstream_only") or result.get("streams") or result.get("chat"):
+    if result.get("upstream_only") or result.get("streams") or result.get("chat") or result.get("temps"):
         return judge(result)
     for level in result["levels"]:
         add_derived(level)
@@ -473,11 +473,35 @@ def _t_chat(result: dict[str, Any]) -> dict[str, Any]:
     return {"chat_ttft_cold_over_warm_at_1500": {"measured": r, "pass": r >= 10, "threshold": ">= 10"}}
 
 
+def _t_temps(section: dict[str, Any]) -> dict[str, Any]:
+    """Temperature 0.8 on the soft oracle, per n_seq: rejection >= 1.3x match in accepted
+    drafts per verify, >= 1.1x llama-server in tok/s (n/a without a 0.8 cell or the server)."""
+    targets: dict[str, Any] = {}
+    for c in section["cells"]:
+        if c["temp"] != 0.8:
+            continue
+        n = c["n_seq"]
+        acc, up = c["rejection_over_match_accepted"], c["rejection_over_upstream_tok_s"]
+        targets[f"temp0.8_n{n}_rejection_over_match_accepted"] = {
+            "measured": acc,
+            "pass": None if acc is None else acc >= 1.3,
+            "threshold": ">= 1.3",
+        }
+        targets[f"temp0.8_n{n}_rejection_over_upstream_tok_s"] = {
+            "measured": up,
+            "pass": None if up is None else up >= 1.1,
+            "threshold": ">= 1.1 (llama-server, --with-upstream)",
+        }
+    return targets
+
+
 def evaluate_targets(result: dict[str, Any]) -> dict[str, Any]:
     """Every target of the issue, with measured figures and a pass flag (None: not measurable)."""
     targets: dict[str, Any] = {}
     if result.get("chat"):
         return _t_chat(result)
+    if result.get("temps"):
+        return _t_temps(result["temps"])
     if result.get("streams"):
         return _t_streams(result)
     if result.get("upstream_only"):
