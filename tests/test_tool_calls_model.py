@@ -51,7 +51,19 @@ def _template(name: str) -> str:
 # The known gap (README, "Tools and reasoning"): a raw-text string value may hold bytes
 # that are not valid UTF-8 (overlong or surrogate sequences llama.cpp's grammar decodes
 # as one character each); decoded, each becomes U+FFFD and maxLength can be exceeded.
-KNOWN_GAP_SEEDS = {11}
+# Which seeds hit it depends on the CPU's rounding of the random model (seed 11 here,
+# seed 23 on another run), so the test accepts exactly that violation and no other.
+
+
+def _validate_or_known_gap(args: Any) -> bool:
+    """True when ``args`` match the schema; False for the known gap; raises otherwise."""
+    try:
+        jsonschema.validate(args, SCHEMA)
+    except jsonschema.ValidationError as err:
+        if err.validator == "maxLength" and isinstance(err.instance, str) and "\ufffd" in err.instance:
+            return False
+        raise
+    return True
 
 
 def _forced_call(mtp: Any, seed: int) -> tuple[str, Any, Any]:
@@ -73,9 +85,8 @@ def _forced_call(mtp: Any, seed: int) -> tuple[str, Any, Any]:
 
 def test_forced_calls_always_match_the_schema(mtp: Any) -> None:
     seen = set()
+    gaps: list[int] = []
     for seed in range(50):
-        if seed in KNOWN_GAP_SEEDS:
-            continue  # test_the_known_max_length_gap
         name, choice, result = _forced_call(mtp, seed)
         choice_out = result.choices[0]
         assert choice_out.finish_reason == "tool_calls", (name, seed, choice_out)
@@ -83,23 +94,15 @@ def test_forced_calls_always_match_the_schema(mtp: Any) -> None:
         call = choice_out.message.tool_calls[0]
         args = json.loads(call.function.arguments)
         if call.function.name == "get_weather":
-            jsonschema.validate(args, SCHEMA)
+            if not _validate_or_known_gap(args):
+                gaps.append(seed)
         else:
             assert choice == "required" and call.function.name == "get_time" and args == {}
         assert call.id.startswith("call_") and call.type == "function"
         seen.add(json.dumps(args, sort_keys=True))
         print(seed, name, call.function.name, call.function.arguments, flush=True)
     assert len(seen) > 5  # the seeds really vary the calls
-
-
-@pytest.mark.xfail(strict=False, reason="known gap: invalid UTF-8 in a raw-text string value (README)")
-def test_the_known_max_length_gap(mtp: Any) -> None:
-    """The case that shows the gap on this repository's CI machine (another CPU's
-    rounding may give the random model other bytes, so it is not strict)."""
-    for seed in KNOWN_GAP_SEEDS:
-        _name, _choice, result = _forced_call(mtp, seed)
-        call = result.choices[0].message.tool_calls[0]
-        jsonschema.validate(json.loads(call.function.arguments), SCHEMA)
+    assert len(gaps) <= 5, f"the known maxLength gap on too many seeds: {gaps}"
 
 
 def test_streamed_tool_call_deltas(mtp: Any) -> None:
