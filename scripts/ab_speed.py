@@ -28,7 +28,7 @@ from typing import Any
 CONFIGS = [(0, 1), (3, 1), (0, 4), (3, 4)]  # (n_draft, n_seq)
 
 
-def worker(src: str, model_path: str, tokens: int, rotate: int, threads: int, deps: str) -> None:
+def worker(src: str, model_path: str, tokens: int, rotate: int, threads: int, deps: str, rollback: str) -> None:
     """Measure every configuration with the package in `src` (run with python -S: the
     dependencies come from `deps`, without the editable install's .pth)."""
     sys.path.insert(0, src)
@@ -54,6 +54,8 @@ def worker(src: str, model_path: str, tokens: int, rotate: int, threads: int, de
         opts: dict[str, Any] = {"n_ctx": 512, "n_seq": n_seq, "flash_attn": False}
         if threads:
             opts["n_threads"] = threads
+        if rollback:
+            opts["rollback"] = rollback
         with mtpstream.init(model, n_draft=n_draft, **opts) as mtp:
             anyio.run(calls, mtp, n_seq)  # warm-up (graph allocation, caches)
             before = mtp.stats()
@@ -76,7 +78,7 @@ def model_path(size: str, head: str) -> str:
     return str(make_model(arch="qwen35", weights="oracle", size=size, mtp_error_rate=0.25, head=head))  # type: ignore[arg-type]
 
 
-def run(build: str, path: str, tokens: int, rotate: int, threads: int) -> dict[str, Any]:
+def run(build: str, path: str, tokens: int, rotate: int, threads: int, rollback: str) -> dict[str, Any]:
     deps = sysconfig.get_paths()["purelib"]
     cmd = [
         sys.executable,
@@ -89,6 +91,7 @@ def run(build: str, path: str, tokens: int, rotate: int, threads: int) -> dict[s
         str(rotate),
         str(threads),
         deps,
+        rollback,
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
@@ -104,6 +107,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--head", default="token", help="the oracle head's mode (make_model's head)")
+    ap.add_argument("--rollback", default="", help="pass this rollback to both builds (default: each build's own default)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     builds = {"before": str(Path(a.before).resolve()), "after": str(Path(a.after).resolve())}
@@ -114,7 +118,7 @@ def main() -> None:
         for r in range(a.rounds):
             order = ["before", "after"] if r % 2 == 0 else ["after", "before"]
             for name in order:
-                rows[size][name].append(run(builds[name], path, a.tokens, r, a.threads))
+                rows[size][name].append(run(builds[name], path, a.tokens, r, a.threads, a.rollback))
             print(f"{size} round {r + 1}/{a.rounds} done", file=sys.stderr)
     summary: dict[str, Any] = {}
     for size, by_build in rows.items():
@@ -147,6 +151,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), sys.argv[7])
+        worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), sys.argv[7], sys.argv[8] if len(sys.argv) > 8 else "")
     else:
         main()

@@ -49,13 +49,13 @@ def pyi_class_fields(name: str) -> list[str]:
 
 def metrics_text(stats: MTPStats) -> str:
     pytest.importorskip("fastapi")
-    from mtpstream.server import _Metrics
+    from mtpstream._server_state import Metrics
 
     class Session:
         def stats(self) -> MTPStats:
             return stats
 
-    return _Metrics().render(Session())  # type: ignore[arg-type]
+    return Metrics().render(Session())  # type: ignore[arg-type]
 
 
 def check_agreement(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import anyio
 from starlette.requests import Request
@@ -118,14 +118,50 @@ async def whole(request: Request, lifecycle: Lifecycle, run: Callable[[], Awaita
     return outcome["value"]
 
 
-def _event(data: str) -> Message:
-    return {"type": "http.response.body", "body": f"data: {data}\n\n".encode(), "more_body": True}
+def _body(frames: list[str], more: bool = True) -> Message:
+    return {"type": "http.response.body", "body": "".join(frames).encode(), "more_body": more}
+
+
+def sse(data: str, event: str | None = None) -> str:
+    """One server-sent event: ``data`` (one line of JSON), named ``event`` if given."""
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {data}\n\n"
+
+
+class Framing(Protocol):
+    """How a chunk stream becomes server-sent events, for one API's event shapes: the
+    frames of each chunk (none, one or several), the frames that end a complete stream,
+    and those that end it with an error (``body``: the OpenAI error object)."""
+
+    def frames(self, chunk: Any) -> list[str]: ...
+
+    def done(self) -> list[str]: ...
+
+    def error(self, status: int, body: dict[str, Any]) -> list[str]: ...
+
+
+class OpenAIFraming:
+    """Chat Completions / Completions events: one ``data:`` line per chunk as
+    ``render`` writes it, ``data: [DONE]`` at the end, the error object on failure."""
+
+    def __init__(self, render: Callable[[Any], str]) -> None:
+        self.render = render
+
+    def frames(self, chunk: Any) -> list[str]:
+        return [sse(self.render(chunk))]
+
+    def done(self) -> list[str]:
+        return [sse("[DONE]")]
+
+    def error(self, status: int, body: dict[str, Any]) -> list[str]:
+        return [sse(json.dumps(body))]
 
 
 class SSEResponse(Response):
-    """Server-sent events of a chunk stream (an ASGI app). The client leaving cancels
-    the generation; so does the server's stop, which ends the stream with an error
-    event. ``done`` runs once when the response ends, however it ends."""
+    """Server-sent events of a chunk stream (an ASGI app), framed by ``framing``. The
+    client leaving cancels the generation; so does the server's stop, which ends the
+    stream with an error event. ``done`` runs once when the response ends, however it
+    ends."""
 
     sse_headers: ClassVar[list[tuple[bytes, bytes]]] = [
         (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -137,15 +173,15 @@ class SSEResponse(Response):
         self,
         chunks: AsyncIterator[Any],
         first: Any,
-        render: Callable[[Any], str],
+        framing: Framing,
         lifecycle: Lifecycle,
         done: Callable[[int], None],
     ) -> None:
         super().__init__(media_type="text/event-stream")
-        self.chunks, self.first, self.to_text, self.lifecycle, self.on_end = (
+        self.chunks, self.first, self.framing, self.lifecycle, self.on_end = (
             chunks,
             first,
-            render,
+            framing,
             lifecycle,
             done,
         )
@@ -166,7 +202,7 @@ class SSEResponse(Response):
             if not self.complete and self.lifecycle.stopping:
                 self.status = 503
                 with anyio.move_on_after(_FINAL_SEND_S, shield=True):
-                    await self._end(send, json.dumps(shutting_down().body()))
+                    await self._end(send, self.framing.error(503, shutting_down().body()))
         finally:
             with anyio.CancelScope(shield=True):
                 await self.chunks.aclose()  # type: ignore[attr-defined]
@@ -179,16 +215,18 @@ class SSEResponse(Response):
 
     async def _events(self, send: Send) -> None:
         try:
-            await send(_event(self.to_text(self.first)))
+            await send(_body(self.framing.frames(self.first)))
             async for chunk in self.chunks:
-                await send(_event(self.to_text(chunk)))
-            status, last = 200, "[DONE]"
+                frames = self.framing.frames(chunk)
+                if frames:
+                    await send(_body(frames))
+            status, last = 200, self.framing.done()
         except MTPError as exc:
             err = mapped(exc)
-            status, last = err.status, json.dumps(err.body())
+            status, last = err.status, self.framing.error(err.status, err.body())
         await self._end(send, last)
         self.status = status
 
-    async def _end(self, send: Send, data: str) -> None:
-        await send({**_event(data), "more_body": False})
+    async def _end(self, send: Send, frames: list[str]) -> None:
+        await send(_body(frames, more=False))
         self.complete = True
