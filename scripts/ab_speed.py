@@ -28,7 +28,9 @@ from typing import Any
 CONFIGS = [(0, 1), (3, 1), (0, 4), (3, 4)]  # (n_draft, n_seq)
 
 
-def worker(src: str, model_path: str, tokens: int, rotate: int, threads: int, deps: str, rollback: str) -> None:
+def worker(
+    src: str, model_path: str, tokens: int, rotate: int, threads: int, deps: str, rollback: str
+) -> None:
     """Measure every configuration with the package in `src` (run with python -S: the
     dependencies come from `deps`, without the editable install's .pth)."""
     sys.path.insert(0, src)
@@ -107,7 +109,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--head", default="token", help="the oracle head's mode (make_model's head)")
-    ap.add_argument("--rollback", default="", help="pass this rollback to both builds (default: each build's own default)")
+    ap.add_argument("--rollback", default="", help="one rollback for both builds (default: their own)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     builds = {"before": str(Path(a.before).resolve()), "after": str(Path(a.after).resolve())}
@@ -151,6 +153,14 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), sys.argv[7], sys.argv[8] if len(sys.argv) > 8 else "")
+        worker(
+            sys.argv[2],
+            sys.argv[3],
+            int(sys.argv[4]),
+            int(sys.argv[5]),
+            int(sys.argv[6]),
+            sys.argv[7],
+            sys.argv[8] if len(sys.argv) > 8 else "",
+        )
     else:
         main()

@@ -23,7 +23,6 @@ from conftest import run_python
 _INTERESTING = [0, 1, 2**31 - 1, 2**31, 2**32 - 1, 2**63, 2**64 - 1, 0x7F7F7F7F]
 
 
-
 _LOADER = """
     import json, sys
     import mtpstream

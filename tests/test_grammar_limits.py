@@ -30,7 +30,6 @@ FUZZ_REFUSAL_S = 5.0
 FUZZ_CASE_S = 30.0
 
 
-
 def fmt(schema: Any) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}
 

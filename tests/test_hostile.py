@@ -25,7 +25,6 @@ from conftest import EXACT, Models, collect, run_python
 PROMPT = "we walked along the river"
 
 
-
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 

@@ -29,6 +29,7 @@ import pytest
 import mtpstream
 
 KEY = "sk-limits-456"
+SECOND_KEY = "sk-limits-second"
 MESSAGES = [{"role": "user", "content": "we walked along the river"}]
 N_CTX = 200_000
 HEALTH_S = 1.0
@@ -236,9 +237,9 @@ def open_server(model_path: Path) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def queue_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The key from a file; one sequence, --max-queue 2."""
+    """Two keys from a file; one sequence, --max-queue 2."""
     key_file = tmp_path_factory.mktemp("key") / "key"
-    key_file.write_text(KEY + "\n")
+    key_file.write_text(f"{KEY}\n# the second key\n{SECOND_KEY}\n")
     s = Server(model_path, "--n-seq", "1", "--max-queue", "2", "--api-key-file", str(key_file))
     yield s
     code, err = s.stop()
@@ -436,6 +437,12 @@ def test_max_queue_bounds_every_endpoint(queue_server: Server, expected: tuple[s
     assert KEY not in Path(f"/proc/{s.proc.pid}/cmdline").read_text()
     # with a key, any Host is served (the key is the defence)
     assert httpx.get(s.url + "/v1/models", headers={**s.headers, "Host": "x.example"}).status_code == 200
+    # every key of the file, as a bearer token or in x-api-key (Anthropic's clients)
+    for headers in ({"Authorization": f"Bearer {SECOND_KEY}"}, {"x-api-key": SECOND_KEY}, {"x-api-key": KEY}):
+        assert httpx.get(s.url + "/v1/models", headers=headers, timeout=5).status_code == 200, headers
+    for headers in ({"x-api-key": KEY + "x"}, {"Authorization": f"Bearer {KEY[:-1]}"}, {"x-api-key": ""}):
+        refused = httpx.get(s.url + "/v1/models", headers=headers, timeout=5)
+        assert_openai_error(refused, 401, "invalid_api_key")
     short = {"max_tokens": 4}
     bodies: list[tuple[str, dict[str, Any]]] = [
         *[("/v1/chat/completions", {"messages": MESSAGES, **short}) for _ in range(8)],
@@ -506,20 +513,22 @@ def test_sigterm_ends_streams_with_an_error_event(model_path: Path) -> None:
 
 
 def test_api_key_sources(tmp_path: Path) -> None:
-    from mtpstream.server_limits import resolve_api_key
+    from mtpstream.server_limits import resolve_api_keys
 
     f = tmp_path / "k"
-    f.write_text("  sk-file \nsecond line\n")
-    assert resolve_api_key(None, str(f), {}) == "sk-file"
-    assert resolve_api_key(None, None, {"MTPSTREAM_API_KEY": "sk-env"}) == "sk-env"
-    assert resolve_api_key("sk-arg", None, {"MTPSTREAM_API_KEY": "sk-env"}) == "sk-arg"
-    assert resolve_api_key(None, None, {}) is None
-    for args in (("a", str(f)), (None, str(tmp_path / "missing")), ("", None)):
+    f.write_text("  sk-file \n# a comment\n\nsk-second\n")
+    assert resolve_api_keys(None, str(f), {}) == ("sk-file", "sk-second")
+    assert resolve_api_keys(None, None, {"MTPSTREAM_API_KEY": "sk-env"}) == ("sk-env",)
+    assert resolve_api_keys(None, None, {"MTPSTREAM_API_KEY": "sk-a,sk-b"}) == ("sk-a", "sk-b")
+    assert resolve_api_keys(["sk-arg"], None, {"MTPSTREAM_API_KEY": "sk-env"}) == ("sk-arg",)
+    assert resolve_api_keys(["a,b", "c", "a"], str(f), {}) == ("a", "b", "c", "sk-file", "sk-second")
+    assert resolve_api_keys(None, None, {}) == ()
+    for args in ((None, str(tmp_path / "missing")), ([""], None), (["a,,b"], None)):
         with pytest.raises(ValueError):
-            resolve_api_key(*args, {})  # type: ignore[arg-type]
-    (tmp_path / "empty").write_text("\n")
+            resolve_api_keys(*args, {})  # type: ignore[arg-type]
+    (tmp_path / "empty").write_text("\n# only a comment\n")
     with pytest.raises(ValueError, match="empty"):
-        resolve_api_key(None, str(tmp_path / "empty"), {})
+        resolve_api_keys(None, str(tmp_path / "empty"), {})
 
 
 # ------------------------------------------------------------------ fuzz

@@ -75,7 +75,6 @@ HOSTILE = {
 }
 
 
-
 def old_render(template: str, messages: list[dict[str, Any]]) -> str:
     return str(
         Jinja2ChatFormatter(template=template, bos_token="<s>", eos_token="</s>")(messages=messages).prompt

@@ -270,4 +270,3 @@ def _prompt_of(prompt: Any) -> str | list[int]:
     raise InvalidOptionError(
         "prompt must be a string, a list of one string, or a list of token ids", field="prompt"
     )
-

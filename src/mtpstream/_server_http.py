@@ -183,14 +183,19 @@ def _depth_exceeds(value: Any, max_depth: int) -> bool:
 
 # ------------------------------------------------------------------ key and host
 async def require_key(request: Request) -> None:
-    """A FastAPI dependency: ``Authorization: Bearer <app.state.api_key>`` or 401
-    (nothing to check when the app has no key)."""
-    api_key: str | None = request.app.state.api_key
-    if api_key is None:
+    """A FastAPI dependency: one of ``app.state.api_keys`` in ``Authorization: Bearer
+    KEY`` (OpenAI's clients) or ``x-api-key: KEY`` (Anthropic's), or 401 (nothing to
+    check when the app has no key). Every key is compared in constant time."""
+    keys: tuple[str, ...] = request.app.state.api_keys
+    if not keys:
         return
     header = request.headers.get("authorization", "")
-    token = header[7:].strip() if header[:7].lower() == "bearer " else ""
-    if not secrets.compare_digest(token.encode(), api_key.encode()):
+    token = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+    sent = token.encode()
+    matched = False
+    for key in keys:  # no early exit: the time does not say which key came close
+        matched |= secrets.compare_digest(sent, key.encode())
+    if not matched:
         raise HTTPError(401, "invalid or missing API key", "invalid_request_error", None, "invalid_api_key")
 
 

@@ -222,11 +222,11 @@ def _serve_limits(args: argparse.Namespace) -> Any:
         raise _UsageError(str(exc).replace("_", "-")) from None
 
 
-def _serve_key(args: argparse.Namespace) -> str | None:
-    from .server_limits import resolve_api_key
+def _serve_keys(args: argparse.Namespace) -> tuple[str, ...]:
+    from .server_limits import resolve_api_keys
 
     try:
-        return resolve_api_key(args.api_key, args.api_key_file)
+        return resolve_api_keys(args.api_key, args.api_key_file)
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
 
@@ -247,7 +247,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from .server import create_app
     except ImportError:
         raise MTPError("the server needs FastAPI and uvicorn: pip install 'mtpstream[server]'") from None
-    limits, api_key = _serve_limits(args), _serve_key(args)
+    limits, api_keys = _serve_limits(args), _serve_keys(args)
     with _load(args.model, args.quiet, args.repack) as model, _session(model, args) as mtp:
         mtp.allow_request_templates = args.allow_request_templates
         defaults = {
@@ -255,7 +255,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "chat_template_kwargs": args.chat_template_kwargs,
         }
         app = create_app(
-            mtp, model_alias=args.model_alias, api_key=api_key, limits=limits, chat_defaults=defaults
+            mtp, model_alias=args.model_alias, api_key=api_keys, limits=limits, chat_defaults=defaults
         )
         print(
             f"serving {model.path.name} as {args.model_alias or mtp.model_name!r} on "
@@ -264,7 +264,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-        if api_key is None and "*" not in limits.allowed_hosts:
+        if not api_keys and "*" not in limits.allowed_hosts:
             print(
                 f"no API key: only these Host names are served: {', '.join(limits.allowed_hosts)} "
                 "(--allowed-hosts adds more)",
@@ -288,8 +288,14 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--model-alias", default=None, help="the model name clients see (default: file stem)")
     key = serve.add_argument_group("API key (else $MTPSTREAM_API_KEY; none: Host names are checked)")
-    key.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (visible in ps)")
-    key.add_argument("--api-key-file", default=None, metavar="PATH", help="the key is this file's first line")
+    key.add_argument(
+        "--api-key",
+        action="append",
+        metavar="KEY[,KEY]",
+        help="require 'Authorization: Bearer KEY' or 'x-api-key: KEY'; repeat or comma-separate "
+        "for several (visible in ps)",
+    )
+    key.add_argument("--api-key-file", default=None, metavar="PATH", help="keys, one per line (# comments)")
     key.add_argument(
         "--allowed-hosts",
         action="append",

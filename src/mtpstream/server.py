@@ -15,7 +15,7 @@ Needs the ``server`` extra (``pip install 'mtpstream[server]'``: FastAPI, uvicor
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -43,16 +43,17 @@ def create_app(
     mtp: MTP,
     *,
     model_alias: str | None = None,
-    api_key: str | None = None,
+    api_key: str | Sequence[str] | None = None,
     max_queue: int | None = None,
     limits: ServerLimits | None = None,
     chat_defaults: Mapping[str, Any] | None = None,
 ) -> Any:
     """A FastAPI application serving ``mtp``.
 
-    ``api_key``: requests must send ``Authorization: Bearer <api_key>`` (401 otherwise);
-    without one, only ``limits.allowed_hosts`` may be named in ``Host`` (against DNS
-    rebinding). ``max_queue``: at most this many calls wait for a free sequence; more
+    ``api_key``: one key or several; requests must send one of them as
+    ``Authorization: Bearer KEY`` or ``x-api-key: KEY`` (401 otherwise); without a key,
+    only ``limits.allowed_hosts`` may be named in ``Host`` (against DNS rebinding).
+    ``max_queue``: at most this many calls wait for a free sequence; more
     get 429 (overrides ``limits.max_queue``). ``limits``: :class:`ServerLimits`.
     ``app.state.lifecycle`` lets the server drain and stop the app's calls.
     ``chat_defaults``: chat options a request does not set (``reasoning_format``,
@@ -61,6 +62,7 @@ def create_app(
 
     Raises:
         ImportError: FastAPI is not installed (the ``server`` extra).
+        ValueError: an empty API key.
     """
     if FastAPI is None:  # pragma: no cover - depends on the environment
         raise ImportError("mtpstream's server needs FastAPI and uvicorn: pip install 'mtpstream[server]'")
@@ -72,9 +74,12 @@ def create_app(
     app = FastAPI(title="mtpstream", version=_version(), docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = state
     app.state.lifecycle = state.lifecycle
-    app.state.api_key = api_key
+    keys = (api_key,) if isinstance(api_key, str) else tuple(api_key or ())
+    if any(not isinstance(k, str) or not k for k in keys):
+        raise ValueError("an API key must be a non-empty string")
+    app.state.api_keys = keys
     install_error_handlers(app, lambda request, err: state.metrics.count(request.url.path, err.status))
-    if api_key is None:
+    if not keys:
         app.add_middleware(HostCheck, allowed=frozenset(h.lower() for h in limits.allowed_hosts))
     app.include_router(router)
     return app

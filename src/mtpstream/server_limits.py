@@ -8,6 +8,7 @@ exposes them as flags (``--max-body-bytes``, ``--stream-idle-timeout``, ...).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ __all__ = [
     "ServerLimits",
     "allowed_hosts",
     "host_name",
-    "resolve_api_key",
+    "resolve_api_keys",
 ]
 
 API_KEY_ENV = "MTPSTREAM_API_KEY"
@@ -76,33 +77,41 @@ class ServerLimits:
             raise ValueError("shutdown_grace must be >= 0")
 
 
-def resolve_api_key(
-    key: str | None, key_file: str | None, environ: dict[str, str] | None = None
-) -> str | None:
-    """The API key from ``--api-key``, else ``--api-key-file`` (its first line), else
-    ``$MTPSTREAM_API_KEY``; ``None`` when none is set.
+def resolve_api_keys(
+    keys: Sequence[str] | None, key_file: str | None, environ: Mapping[str, str] | None = None
+) -> tuple[str, ...]:
+    """The API keys the server accepts: every ``--api-key`` (each may hold several,
+    comma-separated, as llama-server takes them) and every line of ``--api-key-file``
+    (blank lines and ``#`` comments skipped); when neither is given,
+    ``$MTPSTREAM_API_KEY`` (comma-separated too). Empty when none is set.
 
     Raises:
-        ValueError: both a key and a key file, an unreadable file, or an empty key.
+        ValueError: an empty key, an unreadable file, or a file without a key.
     """
-    if key is not None and key_file is not None:
-        raise ValueError("give --api-key or --api-key-file, not both")
+    found: list[str] = []
+    for key in keys or ():
+        found += _split_keys(key, "--api-key")
     if key_file is not None:
         try:
             lines = Path(key_file).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             raise ValueError(f"cannot read the API key file {key_file!r}: {exc}") from None
-        key = lines[0].strip() if lines else ""
-        if not key:
+        in_file = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+        if not in_file:
             raise ValueError(f"the API key file {key_file!r} is empty")
-        return key
-    if key is None:
-        key = (os.environ if environ is None else environ).get(API_KEY_ENV)
-        if key is not None:
-            key = key.strip()
-    if key is not None and not key:
-        raise ValueError("the API key is empty")
-    return key
+        found += in_file
+    if keys is None and key_file is None:
+        env = (os.environ if environ is None else environ).get(API_KEY_ENV)
+        if env is not None:
+            found += _split_keys(env, API_KEY_ENV)
+    return tuple(dict.fromkeys(found))
+
+
+def _split_keys(text: str, source: str) -> list[str]:
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise ValueError(f"the API key is empty (in {source})")
+    return parts
 
 
 def allowed_hosts(bound_host: str, extra: tuple[str, ...] = ()) -> frozenset[str]:

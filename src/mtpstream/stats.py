@@ -112,7 +112,6 @@ class MTPStats(BaseModel):
     state_bytes: int = 0
     """KV cache and recurrent state of the session's contexts, in bytes."""
 
-
     def format(self) -> str:
         """A multi-line, human-readable summary (what ``print_stats`` prints)."""
         t = self.timing_us
