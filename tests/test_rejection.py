@@ -270,29 +270,10 @@ def test_soft_oracle_from_the_command_lines(tmp_path: Path) -> None:
     def run(*args: str) -> str:
         return subprocess.run([sys.executable, *args], check=True, capture_output=True, text=True).stdout
 
-    path = run(
-        "-m",
-        "mtpstream.testing",
-        "make",
-        "--weights",
-        "soft",
-        "--mtp-error-rate",
-        "0.5",
-        "--cache-dir",
-        str(tmp_path),
-    ).strip()
+    soft = ["--weights", "soft", "--mtp-error-rate", "0.5", "--cache-dir", str(tmp_path)]
+    path = run("-m", "mtpstream.testing", "make", *soft).strip()
     info = json.loads(run("-m", "mtpstream.testing", "info", path))
     assert info["soft"]["rejection_acceptance_t1"] == pytest.approx(1 - 0.6 * 0.5, abs=0.01)
     assert info["soft"]["match_acceptance_t1"] == pytest.approx(0.2, abs=0.01)  # argmax q: the third
-    cli = run(
-        "-m",
-        "mtpstream",
-        "make-model",
-        "--weights",
-        "soft",
-        "--mtp-error-rate",
-        "0.5",
-        "--cache-dir",
-        str(tmp_path),
-    )
+    cli = run("-m", "mtpstream", "make-model", *soft)
     assert cli.strip() == path

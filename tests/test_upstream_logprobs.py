@@ -12,18 +12,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
-import subprocess
-import time
-import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import mtpstream
+from mtpstream.bench.upstream import launched
 from mtpstream.testing import llama_cpp_source
 
 from conftest import EXACT, Models
@@ -52,31 +48,9 @@ def _post(port: int, path: str, body: dict[str, Any] | None = None) -> Any:
         return json.loads(r.read())
 
 
-@contextlib.contextmanager
-def llama_server(model: Path) -> Iterator[int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    cmd = [str(_binary()), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["-c", "512", "-np", "1", "-fa", "off", "--no-webui", "-t", "2", "-tb", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, f"llama-server exited with code {proc.returncode}"
-            with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
-                if _post(port, "/health").get("status") == "ok":
-                    break
-            assert time.monotonic() < deadline, "llama-server did not become healthy"
-            time.sleep(0.25)
-        yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def llama_server(model: Path) -> contextlib.AbstractContextManager[int]:
+    args = ["-m", str(model), "-c", "512", "-np", "1", "-fa", "off", "--no-webui", "-t", "2", "-tb", "2"]
+    return launched(_binary(), args)
 
 
 @pytest.mark.asyncio

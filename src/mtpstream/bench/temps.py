@@ -160,10 +160,11 @@ class TempsCell:
     n: int
     rounds: dict[str, list[TempRound]]
     expected: dict[str, float | None] = field(default_factory=dict)
+    rollback: str = ""  # what our session's rollback="auto" chose (replay drafts fewer after a rejection)
 
     def as_json(self) -> dict[str, Any]:
         """Per side: tok/s and accepted per verify (median, min-max), plus paired ratios."""
-        out: dict[str, Any] = {"temp": self.temp, "n_seq": self.n}
+        out: dict[str, Any] = {"temp": self.temp, "n_seq": self.n, "rollback": self.rollback}
         for name, rs in self.rounds.items():
             if rs:
                 out[name] = {
@@ -308,7 +309,7 @@ def _cells_for_n(
             }
             if port is not None:
                 sides["upstream"] = functools.partial(_upstream, port, prompts, tok, t, k=k)
-            cell = TempsCell(t, n, _rotate(sides, settings.runs), _expected(spec, t, k))
+            cell = TempsCell(t, n, _rotate(sides, settings.runs), _expected(spec, t, k), mtp.rollback or "")
             _log.info("  " + _row(cell.as_json()))
             cells.append(cell)
     return cells

@@ -37,7 +37,7 @@ from .measure import (
     run_engine,
 )
 
-__all__ = ["compare"]
+__all__ = ["compare", "launched", "server", "server_binary"]
 
 _log = logging.getLogger(__name__)
 
@@ -122,38 +122,15 @@ def server_binary(settings: Settings) -> Path:
 
 
 @contextlib.contextmanager
-def server(exe: Path, model: Path, k: DraftKey, settings: Settings, n_parallel: int = 1) -> Iterator[int]:
-    """A running llama-server for ``model`` with ``k`` MTP drafts (0: no speculation;
-    ``"auto"``: ``--spec-type draft-mtp`` alone, what a user gets by default) and
-    ``n_parallel`` slots of ``settings.n_ctx`` tokens each."""
+def launched(exe: Path, args: Sequence[str]) -> Iterator[int]:
+    """``exe`` (a llama-server) run with ``args`` on a free loopback port, once it says
+    it is healthy; yields the port and stops the server on exit.
+
+    Raises:
+        RuntimeError: the server exited or did not become healthy in time.
+    """
     port = _free_port()
-    t = str(settings.threads)
-    cmd = [
-        str(exe),
-        "-m",
-        str(model),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "-t",
-        t,
-        "-tb",
-        t,
-        "-c",
-        str(settings.n_ctx * n_parallel),
-        "-np",
-        str(n_parallel),
-        "--no-webui",
-    ]
-    if settings.flash_attn is not None:
-        cmd += ["-fa", "on" if settings.flash_attn else "off"]
-    if settings.upstream_load_mode is not None:
-        cmd += ["-lm", settings.upstream_load_mode]
-    if k == "auto":
-        cmd += ["--spec-type", "draft-mtp"]
-    elif k > 0:
-        cmd += ["--spec-type", "draft-mtp", "--spec-draft-n-max", str(k)]
+    cmd = [str(exe), *args, "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_healthy(proc, port)
@@ -165,6 +142,27 @@ def server(exe: Path, model: Path, k: DraftKey, settings: Settings, n_parallel: 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def server(
+    exe: Path, model: Path, k: DraftKey, settings: Settings, n_parallel: int = 1
+) -> contextlib.AbstractContextManager[int]:
+    """A running llama-server (a context manager yielding its port) for ``model`` with
+    ``k`` MTP drafts (0: no speculation; ``"auto"``: ``--spec-type draft-mtp`` alone,
+    what a user gets by default) and ``n_parallel`` slots of ``settings.n_ctx`` tokens
+    each."""
+    t = str(settings.threads)
+    args = ["-m", str(model), "-t", t, "-tb", t, "-c", str(settings.n_ctx * n_parallel)]
+    args += ["-np", str(n_parallel), "--no-webui"]
+    if settings.flash_attn is not None:
+        args += ["-fa", "on" if settings.flash_attn else "off"]
+    if settings.upstream_load_mode is not None:
+        args += ["-lm", settings.upstream_load_mode]
+    if k == "auto":
+        args += ["--spec-type", "draft-mtp"]
+    elif k > 0:
+        args += ["--spec-type", "draft-mtp", "--spec-draft-n-max", str(k)]
+    return launched(exe, args)
 
 
 def _complete(port: int, prompt: Sequence[int], tokens: int) -> dict[str, Any]:
