@@ -346,6 +346,7 @@ NB_MODULE(_native, m) {
         .def_rw("penalty_present", &SamplingOptions::penalty_present)
         .def_rw("logit_bias", &SamplingOptions::logit_bias)
         .def_rw("grammar", &SamplingOptions::grammar)
+        .def_rw("grammar_triggers", &SamplingOptions::grammar_triggers)
         .def_rw("grammar_step_budget_us", &SamplingOptions::grammar_step_budget_us)
         .def_rw("verify", &SamplingOptions::verify);
 

@@ -69,6 +69,10 @@ struct SamplingOptions {
     // added to the logits before anything else samples (llama.cpp's logit-bias sampler)
     std::vector<std::pair<llama_token, float>> logit_bias;
     std::string grammar;  // GBNF; empty: none
+    // a lazy grammar: it applies once the output contains one of these words (from
+    // the word on); empty: from the first token. A word that is one token of the
+    // vocabulary (e.g. a special <tool_call>) triggers on that token.
+    std::vector<std::string> grammar_triggers;
     int64_t grammar_step_budget_us = 0;  // a grammar apply/accept taking longer ends the call; 0: none
     Verify verify = Verify::match;
 };

@@ -135,14 +135,51 @@ bool softmax(TokenDist & dist) {
     return true;
 }
 
+// `text` as a regular expression that matches it literally.
+std::string regex_literal(const std::string & text) {
+    static const std::string special = "\\^$.|?*+()[]{}";
+    std::string out;
+    for (char c : text) {
+        if (special.find(c) != std::string::npos) {
+            out += '\\';
+        }
+        out += c;
+    }
+    return out;
+}
+
+// The grammar sampler of `opts`: lazy when it has trigger words (a word that is one
+// token, special ones included, triggers on the token; any other on its text).
+SamplerPtr make_grammar(const SamplingOptions & opts, const llama_vocab * vocab) {
+    if (opts.grammar_triggers.empty()) {
+        return SamplerPtr(llama_sampler_init_grammar(vocab, opts.grammar.c_str(), "root"));
+    }
+    std::vector<std::string> patterns;
+    std::vector<llama_token> tokens;
+    for (const std::string & word : opts.grammar_triggers) {
+        llama_token one[2];
+        const int32_t n = llama_tokenize(vocab, word.data(), static_cast<int32_t>(word.size()), one, 2, false, true);
+        if (n == 1) {
+            tokens.push_back(one[0]);
+        } else {
+            patterns.push_back(regex_literal(word));
+        }
+    }
+    std::vector<const char *> pattern_ptrs;
+    for (const std::string & p : patterns) {
+        pattern_ptrs.push_back(p.c_str());
+    }
+    return SamplerPtr(llama_sampler_init_grammar_lazy_patterns(vocab, opts.grammar.c_str(), "root", pattern_ptrs.data(),
+                                                               pattern_ptrs.size(), tokens.data(), tokens.size()));
+}
+
 }  // namespace
 
 std::unique_ptr<Sampler> Sampler::create(const SamplingOptions & opts, const llama_vocab * vocab, int32_t n_vocab,
                                          Status & status) {
     SamplerPtr grammar;
     if (!opts.grammar.empty()) {
-        const std::string printed = capture_stderr(
-            [&] { grammar.reset(llama_sampler_init_grammar(vocab, opts.grammar.c_str(), "root")); });
+        const std::string printed = capture_stderr([&] { grammar = make_grammar(opts, vocab); });
         if (!grammar) {
             const std::string detail = parse_error_line(printed);
             status = Status::error(ErrorCode::invalid_argument,
@@ -154,6 +191,7 @@ std::unique_ptr<Sampler> Sampler::create(const SamplingOptions & opts, const lla
     }
     std::unique_ptr<Sampler> sampler(
         new Sampler(make_chain(opts, n_vocab), std::move(grammar), n_vocab, opts.grammar_step_budget_us, is_argmax(opts)));
+    sampler->lazy_ = !opts.grammar_triggers.empty();
     sampler->enable_rejection(opts);
     return sampler;
 }
@@ -243,12 +281,32 @@ bool Sampler::sample(llama_context * ctx, int32_t idx, int32_t n_generated, llam
     }
     out = arr.data[arr.selected].id;
     const int64_t t_accept = thread_cpu_us();
-    llama_sampler_accept(grammar_.get(), out);
+    if (!accept_grammar(out, error)) {
+        return false;
+    }
     if (over_budget(t_accept, "accepting a token of", error)) {
         return false;
     }
     llama_sampler_accept(chain_.get(), out);
     return true;
+}
+
+// llama.cpp throws when a lazy grammar's trigger replays text the grammar does not
+// admit (the trigger came inside a token that goes on differently): the call goes on
+// unconstrained, as if the trigger had not come. Any other throw ends the call.
+bool Sampler::accept_grammar(llama_token token, std::string & error) {
+    try {
+        llama_sampler_accept(grammar_.get(), token);
+        return true;
+    } catch (const std::exception & e) {
+        if (lazy_) {
+            grammar_.reset();
+            return true;
+        }
+        grammar_error_ = std::string("the grammar could not accept a token it allowed: ") + e.what();
+        error = grammar_error_;
+        return false;
+    }
 }
 
 bool Sampler::over_budget(int64_t since, const char * what, std::string & error) {

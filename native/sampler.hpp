@@ -98,9 +98,12 @@ private:
     // so the step is measured once it returns, and every later sample fails instead
     // of paying the next, likely costlier, step.
     bool over_budget(int64_t since, const char * what, std::string & error);
+    // Accept `token` into the grammar (see sampler.cpp for a lazy grammar's throw).
+    bool accept_grammar(llama_token token, std::string & error);
 
     SamplerPtr chain_;
     SamplerPtr grammar_;  // null without a grammar
+    bool lazy_ = false;   // the grammar waits for a trigger word (SamplingOptions::grammar_triggers)
     int32_t n_vocab_;
     // the chain is llama.cpp's greedy sampler alone (temperature 0, no penalties) and
     // there is no grammar: the token is the logits' argmax (first of equals, as the

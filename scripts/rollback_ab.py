@@ -5,8 +5,9 @@ Per model and n_seq, one session per rollback is opened (the default first, so i
 choice is printed), warmed up, then every round runs each session once, in an order
 that flips each round: n_seq calls of ``--tokens`` tokens at once. Reported per cell:
 each rollback's median tok/s (delivered tokens over wall time, prefill included, as a
-user sees it) and the paired round ratios default/best-of-the-two with their median and
-min-max. Written to JSON.
+user sees it; with ``--clock cpu``, over the process's CPU time, one thread, which a
+loaded machine disturbs far less) and the paired round ratios default/best-of-the-two
+with their median and min-max. Written to JSON.
 
     python scripts/rollback_ab.py --rounds 7 --tokens 128 --out benchmarks/results
 """
@@ -54,9 +55,10 @@ def cell(model: mtpstream.Model, n_seq: int, args: argparse.Namespace) -> dict[s
     for r in range(args.rounds):
         order = MODES if r % 2 == 0 else tuple(reversed(MODES))
         for mode in order:
-            t0 = time.perf_counter()
+            clock = time.process_time if args.clock == "cpu" else time.perf_counter
+            t0 = clock()
             n = anyio.run(_calls, sessions[mode], n_seq, args.tokens)
-            rates[mode].append(n / (time.perf_counter() - t0))
+            rates[mode].append(n / (clock() - t0))
     for s in sessions.values():
         s.close()
     rounds = zip(rates["default"], rates["replay"], rates["snapshots"], strict=True)
@@ -73,6 +75,7 @@ def cell(model: mtpstream.Model, n_seq: int, args: argparse.Namespace) -> dict[s
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="small,bench,moe")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: CPU time, 1 thread")
     ap.add_argument("--n-seq", default="1,4")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--tokens", type=int, default=128)
@@ -81,6 +84,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
+    if args.clock == "cpu":
+        args.threads = 1  # CPU time of one thread: what the work costs, not the waits
     result: dict[str, Any] = {"args": vars(args), "cells": {}}
     for name in args.models.split(","):
         arch, size = MODELS[name]

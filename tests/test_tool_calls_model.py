@@ -13,7 +13,7 @@ import pytest
 
 import mtpstream
 import real_vocab
-from mtpstream.testing import make_model
+from mtpstream.testing import make_model, make_real_vocab_model
 
 SCHEMA = {
     "type": "object",
@@ -163,3 +163,49 @@ def test_grammar_checker_outlives_the_thread_that_started_it() -> None:
                 assert text == f"a{i}"
     finally:
         model.close()
+
+
+@pytest.fixture(scope="module")
+def real_vocab_mtp(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A random-weight model with the real Qwen3.5 vocabulary and its added tokens, where
+    ``<tool_call>`` is one token as in a real Qwen3.5 GGUF (plain decoding: the grammar
+    lives in the target's sampler, which speculation does not change)."""
+    real_vocab.require()
+    path = make_real_vocab_model(dst=tmp_path_factory.mktemp("rv") / "rv.gguf", added_tokens=True)
+    model = mtpstream.load_model(path)
+    with mtpstream.init(model, n_draft=0, n_ctx=2048, allow_request_templates=True) as session:
+        yield session
+    model.close()
+
+
+def test_auto_calls_are_held_by_the_grammar_once_the_markup_opens(real_vocab_mtp: Any) -> None:
+    """tool_choice "auto": a model steered into the tool-call markup (a bias on its
+    opening token) writes, from there, calls that parse and match the schema, on every
+    seed, in each template family that opens calls with ``<tool_call>``."""
+    mtp = real_vocab_mtp
+    opener = mtp.model.tokenize("<tool_call>", add_special=False)
+    assert len(opener) == 1
+    parsed = 0
+    for seed in range(8):
+        name = TEMPLATES[seed % len(TEMPLATES)]
+        result = mtp.chat_sync(
+            [{"role": "user", "content": "Weather in Paris for 3 days?"}],
+            chat_template=_template(name),
+            tools=TOOLS,
+            parallel_tool_calls=False,
+            temperature=1.0,
+            seed=seed,
+            max_tokens=300,
+            logit_bias={opener[0]: 30},
+            chat_template_kwargs={"enable_thinking": False},
+        )
+        choice = result.choices[0]
+        assert choice.finish_reason == "tool_calls", (name, seed, choice)
+        assert choice.message.content is None and len(choice.message.tool_calls) == 1, (name, seed, choice)
+        call = choice.message.tool_calls[0]
+        args = json.loads(call.function.arguments)
+        if call.function.name == "get_weather":
+            parsed += int(_validate_or_known_gap(args))
+        else:
+            assert call.function.name == "get_time" and args == {}
+    assert parsed >= 1

@@ -94,8 +94,9 @@ def _assistant_turn(template: str, calls: list[ParsedCall], as_text: bool) -> tu
 
 def _parse(template: str, prompt: str, reply: str, chunk: int) -> tuple[str, str, list[ParsedCall]]:
     options = tool_options(TOOLS, "auto", None)
-    output, grammar = chat_plan(template, prompt, options, "parsed")
-    assert grammar is None
+    output, plan = chat_plan(template, prompt, options, "parsed")
+    fmt = detect_format(template)
+    assert plan is not None and fmt is not None and plan.triggers == (fmt.section_start,)
     parts = []
     for i in range(0, len(reply), chunk):
         parts += output.feed(reply[i : i + chunk])
@@ -192,8 +193,8 @@ def test_qwen35_thinking_switch() -> None:
 def test_forced_grammar_builds_within_limits(name: str, choice: Any) -> None:
     template = _template(name)
     options = tool_options(TOOLS, choice, False)
-    _, grammar = chat_plan(template, "<|im_start|>assistant\n", options, "parsed")
-    assert grammar is not None and "get_weather" in grammar
+    _, plan = chat_plan(template, "<|im_start|>assistant\n", options, "parsed")
+    assert plan is not None and "get_weather" in plan.grammar and plan.triggers == ()
 
 
 def test_tool_option_errors() -> None:

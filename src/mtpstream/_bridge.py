@@ -164,6 +164,7 @@ def generation_options(
     s.penalty_present = o.penalty_present
     s.logit_bias = list(o.logit_bias)
     s.grammar = o.grammar or ""
+    s.grammar_triggers = list(o.grammar_triggers)
     # the engine's CPU-time budget per grammar step (0: none)
     s.grammar_step_budget_us = max(1, round(step_budget * 1e6)) if step_budget else 0
     s.verify = _native.Verify.rejection if o.verify == "rejection" else _native.Verify.match

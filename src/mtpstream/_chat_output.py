@@ -1,21 +1,36 @@
 """What a chat call makes of the model's text: reasoning, content and tool calls
-(:class:`ChatOutput`), and the grammar of a forced tool call, both decided by the
-template and the rendered prompt (:func:`chat_plan`)."""
+(:class:`ChatOutput`), and the grammar of its tool calls (:class:`ToolGrammar`), both
+decided by the template and the rendered prompt (:func:`chat_plan`)."""
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from ._grammar_limits import check_grammar
 from ._reasoning import ReasoningSplitter, prompt_reasoning
 from ._tool_options import ToolOptions
 from .errors import InvalidOptionError
-from .tool_calls import ParsedCall, ToolCallSplitter, detect_format, forced_call_grammar
+from .tool_calls import ParsedCall, ToolCallFormat, ToolCallSplitter, detect_format, forced_call_grammar
 
-__all__ = ["ChatOutput", "Part", "chat_plan"]
+__all__ = ["ChatOutput", "Part", "ToolGrammar", "chat_plan"]
+
+_log = logging.getLogger("mtpstream.chat")
 
 Part = tuple[Literal["content", "reasoning"], str] | ParsedCall
 """A piece of the reply: text of the content or the reasoning, or a whole tool call."""
+
+
+@dataclass(frozen=True)
+class ToolGrammar:
+    """The grammar of a call's tool calls: from the first token for a forced call
+    (``tool_choice`` ``"required"`` or a function), or lazy for ``"auto"``: the model
+    writes freely until it opens the tool-call markup (one of ``triggers``), and the
+    grammar holds from there, so the calls it writes always parse."""
+
+    grammar: str
+    triggers: tuple[str, ...] = ()
 
 
 class ChatOutput:
@@ -54,9 +69,9 @@ class ChatOutput:
 
 def chat_plan(
     template: str | None, prompt: str, tools: ToolOptions | None, reasoning_format: str
-) -> tuple[ChatOutput, str | None]:
-    """The output splitter of a call and the grammar of its forced tool call (None
-    unless ``tool_choice`` is ``required`` or a function).
+) -> tuple[ChatOutput, ToolGrammar | None]:
+    """The output splitter of a call and the grammar of its tool calls (None without
+    tools or with ``tool_choice="none"``).
 
     Raises:
         InvalidOptionError: tools on a template whose tool-call format mtpstream does not
@@ -73,12 +88,30 @@ def chat_plan(
             "parses (Qwen3.5/Qwen3-Coder XML, Hermes/Qwen JSON, GLM-4.5+, DeepSeek V3.1+)",
             field="tools",
         )
-    calls = ToolCallSplitter(fmt, tools.schemas)
+    output = ChatOutput(reasoning, ToolCallSplitter(fmt, tools.schemas))
     forced = tools.forced
-    if not forced:
-        return ChatOutput(reasoning, calls), None
+    if forced:
+        plan = ToolGrammar(_grammar(fmt, forced, tools.parallel, start))
+        check_grammar(plan.grammar, "tools")
+        return output, plan
+    # "auto": the calls' grammar, from the markup that opens them; a schema it cannot
+    # be built from (or over the grammar limits) leaves the calls unconstrained
     try:
-        grammar = forced_call_grammar(fmt, forced, parallel=tools.parallel, reasoning=start)
+        plan = ToolGrammar(
+            _grammar(fmt, list(tools.schemas.items()), tools.parallel, None), (fmt.section_start,)
+        )
+        check_grammar(plan.grammar, "tools")
+    except InvalidOptionError as exc:
+        _log.info("tool calls unconstrained (tool_choice auto): %s", exc)
+        return output, None
+    return output, plan
+
+
+def _grammar(
+    fmt: ToolCallFormat, tools: list[tuple[str, dict[str, Any]]], parallel: bool, reasoning: str | None
+) -> str:
+    try:
+        return forced_call_grammar(fmt, tools, parallel=parallel, reasoning=reasoning)
     except InvalidOptionError:
         raise
     except Exception as exc:
@@ -87,5 +120,3 @@ def chat_plan(
             f"({type(exc).__name__}: {exc})",
             field="tools",
         ) from None
-    check_grammar(grammar, "tools")
-    return ChatOutput(reasoning, calls), grammar

@@ -159,6 +159,7 @@ class SamplingOptions:
     penalty_present: float
     logit_bias: list[tuple[int, float]]
     grammar: str
+    grammar_triggers: list[str]
     grammar_step_budget_us: int
     verify: Verify
     def __init__(self) -> None: ...

@@ -49,6 +49,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from ._chat_output import ToolGrammar
 from ._openai_params import Api, include_usage, openai_only
 from ._reasoning import reasoning_format, template_kwargs
 from ._tool_options import ToolOptions, tool_options
@@ -115,10 +116,14 @@ def generation_options(options: Mapping[str, Any]) -> GenerationOptions:
     return validate(GenerationOptions, options)
 
 
-def forced_grammar_options(options: GenerationOptions, grammar: str) -> GenerationOptions:
-    """``options`` with the grammar of a forced tool call (refusals name ``tools``)."""
+def tool_grammar_options(options: GenerationOptions, plan: ToolGrammar) -> GenerationOptions:
+    """``options`` with the grammar of the call's tool calls (refusals name ``tools``).
+    A lazy grammar (``tool_choice="auto"``) gives way to a grammar the call brings
+    (``grammar`` or ``response_format``), which holds from the first token."""
+    if plan.triggers and options.grammar is not None:
+        return options
     values = options.model_dump()
-    values["grammar"] = grammar
+    values["grammar"], values["grammar_triggers"] = plan.grammar, plan.triggers
     return validate(GenerationOptions, values).grammar_from("tools")
 
 

@@ -46,6 +46,10 @@ MAX_TOP_LOGPROBS = 20
 """The most alternatives per token ``logprobs`` may ask for (OpenAI's top_logprobs limit)."""
 MAX_LOGIT_BIAS = 100.0
 """A ``logit_bias`` value lies in [-MAX_LOGIT_BIAS, MAX_LOGIT_BIAS] (OpenAI's range)."""
+MAX_GRAMMAR_TRIGGERS = 16
+"""The most words ``grammar_triggers`` takes."""
+MAX_TRIGGER_CHARS = 256
+"""The longest word of ``grammar_triggers``."""
 MIN_TIMEOUT_S = 0.001
 MAX_TIMEOUT_S = 10_000_000.0
 """A call's ``timeout`` lies between these (seconds)."""
@@ -126,6 +130,12 @@ class GenerationOptions(_Strict):
     penalty_freq: float = Field(default=0.0, ge=-MAX_PENALTY, le=MAX_PENALTY, allow_inf_nan=False)
     penalty_present: float = Field(default=0.0, ge=-MAX_PENALTY, le=MAX_PENALTY, allow_inf_nan=False)
     grammar: str | None = None
+    grammar_triggers: tuple[str, ...] = ()
+    """With ``grammar``: a lazy grammar, as llama.cpp's. The output is free until it
+    contains one of these words; the grammar holds from that word on (it must match
+    text that starts with the word). A word that is one token of the vocabulary
+    (e.g. a special ``<tool_call>``) triggers on that token. At most 16 words of 1-256
+    characters. ``tool_choice="auto"`` uses it for the tool-call markup."""
     logit_bias: tuple[tuple[int, float], ...] = ()
     """(token id, bias) pairs added to the target's logits before sampling; a mapping
     of token id to bias is accepted. Each bias lies in [-100, 100] (OpenAI's range;
@@ -178,6 +188,27 @@ class GenerationOptions(_Strict):
     @classmethod
     def _logit_bias(cls, v: Any) -> Any:
         return logit_bias_pairs(v)
+
+    @field_validator("grammar_triggers", mode="before")
+    @classmethod
+    def _grammar_triggers(cls, v: Any) -> Any:
+        if v is None:
+            return ()
+        if isinstance(v, str) or not isinstance(v, list | tuple):
+            raise ValueError("grammar_triggers must be a list of str")
+        if len(v) > MAX_GRAMMAR_TRIGGERS:
+            raise ValueError(f"grammar_triggers takes at most {MAX_GRAMMAR_TRIGGERS} words")
+        for word in v:
+            if not isinstance(word, str) or not 1 <= len(word) <= MAX_TRIGGER_CHARS:
+                raise ValueError(f"grammar_triggers must be words of 1-{MAX_TRIGGER_CHARS} characters")
+            check_text(word, "grammar_triggers")
+        return tuple(v)
+
+    @model_validator(mode="after")
+    def _triggers_need_a_grammar(self) -> GenerationOptions:
+        if self.grammar_triggers and self.grammar is None:
+            raise ValueError("grammar_triggers needs a grammar")
+        return self
 
     @field_validator("grammar")
     @classmethod
@@ -244,6 +275,9 @@ def _short(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else f"{text[: limit - 30]}... ({len(text)} characters)"
 
 
+_CROSS_CHECKED = ("type_v", "grammar_triggers")  # options refused by a model validator
+
+
 def validate(model: type[M], values: dict[str, Any]) -> M:
     """Build ``model`` from keyword arguments, raising :class:`InvalidOptionError`
     whose ``field`` is the option the user passed (never pydantic's internal path)."""
@@ -252,8 +286,8 @@ def validate(model: type[M], values: dict[str, Any]) -> M:
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = err["loc"]
-        if not loc and "type_v" in err["msg"]:
-            loc = ("type_v",)
+        if not loc:  # a check across options names the one it refuses
+            loc = next(((name,) for name in _CROSS_CHECKED if name in err["msg"]), ())
         field = str(loc[0]) if loc else None
         reason = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":

@@ -13,7 +13,7 @@ import anyio
 from . import _bridge, _grammar_check
 from ._chat_output import chat_plan
 from ._chunk_streams import ChatStream, PreparingChatStream, collect_chat
-from ._openai import ChatRequest, forced_grammar_options, generation_options, wait_flag
+from ._openai import ChatRequest, generation_options, tool_grammar_options, wait_flag
 from ._openai_params import include_usage
 from ._stream import EventStream, OpenCalls, TextStream
 from .chat import chat_prompt, check_messages, render_messages
@@ -362,8 +362,8 @@ class MTP:
 
         def prepare() -> ChatStream:
             text, tokens = self._chat_prompt(request.messages, template, request.template_vars())
-            output, grammar = chat_plan(template, text, request.tools, request.reasoning_format)
-            options = request.options if grammar is None else forced_grammar_options(request.options, grammar)
+            output, plan = chat_plan(template, text, request.tools, request.reasoning_format)
+            options = request.options if plan is None else tool_grammar_options(request.options, plan)
             return ChatStream(self._events(tokens, options, request.wait), name, output)
 
         return PreparingChatStream(prepare, request.include_usage)

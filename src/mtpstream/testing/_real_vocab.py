@@ -16,6 +16,19 @@ __all__ = ["make_real_vocab_model", "template_path"]
 
 DEFAULT_TEMPLATE = "Qwen3.5-4B"
 
+# The added tokens of Qwen2.5/Qwen3/Qwen3.5 models that llama.cpp's vocabulary file
+# leaves as [PAD] slots: user-defined tokens, so "<tool_call>" in text is one token, as
+# in a real model's GGUF.
+QWEN_ADDED_TOKENS = {
+    151657: "<tool_call>",
+    151658: "</tool_call>",
+    151665: "<tool_response>",
+    151666: "</tool_response>",
+    151667: "<think>",
+    151668: "</think>",
+}
+_USER_DEFINED = 4  # llama.cpp's LLAMA_TOKEN_TYPE_USER_DEFINED
+
 
 def template_path(template: str | os.PathLike[str], source: Path | None = None) -> Path:
     """A template of llama.cpp's ``models/templates/`` by name (``"Qwen3-Coder"``) or a path.
@@ -40,10 +53,14 @@ def make_real_vocab_model(
     template: str | os.PathLike[str] = DEFAULT_TEMPLATE,
     cache_dir: str | os.PathLike[str] | None = None,
     dst: str | os.PathLike[str] | None = None,
+    added_tokens: bool = False,
 ) -> Path:
     """The tiny plain random qwen35 model with the real Qwen3.5 vocabulary (embedding
     and output resized to it, random) and ``template`` as ``tokenizer.chat_template``:
     a llama.cpp template's name or a file. Cached by the template's text unless ``dst``.
+    ``added_tokens``: also the model's added tokens (``<tool_call>``, ``<think>``, ...,
+    :data:`QWEN_ADDED_TOKENS`) in the slots the vocabulary file leaves as padding, so
+    they tokenize as one token each, as in a real Qwen3.5 GGUF.
 
     Raises:
         FileNotFoundError: as :func:`template_path`; no ``ggml-vocab-qwen35.gguf``.
@@ -56,20 +73,20 @@ def make_real_vocab_model(
     if not vocab.is_file():
         raise FileNotFoundError(f"no {vocab}")
     if dst is not None:
-        return _write(Path(dst), vocab, text)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+        return _write(Path(dst), vocab, text, added_tokens)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12] + ("-added" if added_tokens else "")
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"qwen35-tiny-random-realvocab-{digest}.gguf"
     with _file_lock(root / ".realvocab.lock"):
         if not path.is_file():
             tmp = path.with_suffix(".tmp")
-            _write(tmp, vocab, text)
+            _write(tmp, vocab, text, added_tokens)
             tmp.replace(path)
     return path
 
 
-def _write(dst: Path, vocab_path: Path, template: str) -> Path:
+def _write(dst: Path, vocab_path: Path, template: str, added_tokens: bool) -> Path:
     import gguf
     import numpy as np
 
@@ -91,6 +108,8 @@ def _write(dst: Path, vocab_path: Path, template: str) -> Path:
         for key, value in vocab.kv.items():
             if not key.startswith("tokenizer.") or key == "tokenizer.chat_template":
                 continue
+            if added_tokens:
+                value = _with_added_tokens(key, value)
             types = vocab.types[key]
             sub_type = gguf.GGUFValueType(types[1]) if len(types) > 1 else None
             w.add_key_value(key, value, gguf.GGUFValueType(types[0]), sub_type=sub_type)
@@ -107,3 +126,14 @@ def _write(dst: Path, vocab_path: Path, template: str) -> Path:
     finally:
         w.close()
     return dst
+
+
+def _with_added_tokens(key: str, value: object) -> object:
+    """The token list or token types with :data:`QWEN_ADDED_TOKENS` written in."""
+    if key not in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type") or not isinstance(value, list):
+        return value
+    out = list(value)
+    for token_id, text in QWEN_ADDED_TOKENS.items():
+        out[token_id] = text if key == "tokenizer.ggml.tokens" else _USER_DEFINED
+    return out
+
