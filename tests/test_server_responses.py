@@ -90,8 +90,19 @@ def _events(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
         lines = dict(line.split(": ", 1) for line in block.splitlines())
         data = json.loads(lines["data"])
         assert data["type"] == lines["event"]
+        _EVENT.validate_python(data)  # the SDK's own types, validated (it only constructs)
         out.append((lines["event"], data))
     return out
+
+
+def _event_adapter() -> Any:
+    from openai.types.responses import ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(ResponseStreamEvent)
+
+
+_EVENT = _event_adapter()
 
 
 # ------------------------------------------------------------------ text
@@ -275,6 +286,50 @@ def test_reasoning_items(server: Server) -> None:
         model="tiny", input=QUESTION, max_output_tokens=6, reasoning={"effort": "none"}
     )
     assert [i.type for i in off.output] == ["message"] and off.reasoning.effort == "none"
+
+
+def test_objects_validate_against_the_sdk_types(server: Server) -> None:
+    from openai.types.responses import Response
+
+    thinking = {"chat_template_kwargs": {"enable_thinking": True}}
+    bodies = [
+        {"input": QUESTION, "max_output_tokens": 4, "instructions": "Be brief.", "metadata": {"a": "b"}},
+        {"input": QUESTION, "max_output_tokens": 4, **thinking},
+        {"input": QUESTION, "tools": [TOOL], "tool_choice": "required", "max_output_tokens": 200},
+        {"input": QUESTION, "text": {"format": {"type": "json_schema", "name": "c", "schema": PARAMETERS}}},
+    ]
+    kinds = []
+    for body in bodies:
+        response = Response.model_validate(_post(server, {"model": "tiny", **body}).json())
+        kinds += [item.type for item in response.output]
+        events = _events(_post(server, {"model": "tiny", **body, "stream": True}))
+        final = Response.model_validate(events[-1][1]["response"])
+        assert [item.type for item in final.output] == [item.type for item in response.output]
+        assert final.usage == response.usage
+    assert {"message", "reasoning", "function_call"} <= set(kinds)
+
+
+def test_failure_events_validate_against_the_sdk_types() -> None:
+    from openai.types.responses import ResponseErrorEvent, ResponseFailedEvent
+
+    from mtpstream._responses_output import ResponseEvents, Shape
+    from mtpstream.completions import ChatCompletionChunk
+
+    events = ResponseEvents(Shape({"input": "x"}, "tiny", False), len)
+    first = {"id": "c", "created": 0, "model": "tiny", "choices": [{"delta": {"role": "assistant"}}]}
+    frames = events.frames(ChatCompletionChunk.model_validate(first))
+    body = {
+        "error": {"message": "the server is shutting down", "type": "server_error", "code": "shutting_down"}
+    }
+    frames += events.error(503, body)
+    parsed = [json.loads(frame.split("data: ", 1)[1]) for frame in frames]
+    error, failed = (
+        ResponseErrorEvent.model_validate(parsed[-2]),
+        ResponseFailedEvent.model_validate(parsed[-1]),
+    )
+    assert error.code == "shutting_down" and failed.response.status == "failed"
+    assert failed.response.error is not None and failed.response.error.code == "server_error"
+    assert [p["sequence_number"] for p in parsed] == [0, 1, 2, 3]
 
 
 # ------------------------------------------------------------------ refusals

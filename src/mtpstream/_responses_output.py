@@ -93,7 +93,7 @@ class Shape:
         cached = u.prompt_tokens_details.cached_tokens if self.report_cached else 0
         return {
             "input_tokens": u.prompt_tokens,
-            "input_tokens_details": {"cached_tokens": cached},
+            "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
             "output_tokens": u.completion_tokens,
             "output_tokens_details": {"reasoning_tokens": min(reasoning_tokens, u.completion_tokens)},
             "total_tokens": u.total_tokens,
@@ -284,7 +284,9 @@ class ResponseEvents:
         err = body.get("error") or {}
         code = err.get("code") or err.get("type") or "server_error"
         message = str(err.get("message") or "generation failed")
-        failed = self.shape.response("failed", self.output, error={"code": code, "message": message})
+        # a response's error code is one of OpenAI's few; the error event keeps ours
+        kind = {400: "invalid_prompt", 429: "rate_limit_exceeded"}.get(status, "server_error")
+        failed = self.shape.response("failed", self.output, error={"code": kind, "message": message})
         return [
             self._event("error", code=code, message=message, param=err.get("param")),
             self._event("response.failed", response=failed),
