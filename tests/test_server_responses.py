@@ -2,8 +2,8 @@
 127.0.0.1, driven with the ``openai`` package (``responses.create``, its stream helper,
 ``responses.parse``) and the openai-agents SDK on its default (Responses) model.
 
-The model is the tiny random-weight synthetic one carrying llama.cpp's Qwen3.5
-vocabulary-free chat template (as in ``test_server_tools``); at temperature 0 a
+The model is the tiny random-weight synthetic one carrying llama.cpp's Qwen3.5 chat
+template (as in ``test_server_tools``); at temperature 0 a
 Responses call must give what the same conversation gives on ``/v1/chat/completions``:
 the same prompt tokens (the translation renders the same prompt) and the same text."""
 
