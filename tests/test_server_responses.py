@@ -370,6 +370,27 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"instructions": ["not", "text"]}, "instructions"),
     ({"include": ["message.output_text.logprobs"]}, "include"),
     ({"stream": "yes"}, "stream"),
+    ({"input": [{"role": "user", "content": None}]}, "input"),
+    ({"input": ["just text"]}, "input"),
+    ({"input": [*ASK, {"type": "function_call_output", "call_id": "c", "output": 5}]}, "input"),
+    (
+        {"input": [*ASK, {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{not json"}]},
+        "input",
+    ),
+    ({"input": [{"type": "computer_call_output", "call_id": "c"}]}, "input"),
+    ({"tools": [5]}, "tools"),
+    ({"text": {"format": "json"}}, "text.format"),
+    (
+        {"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}}, "x": 1}},
+        "text",
+    ),
+    ({"top_logprobs": 3}, "top_logprobs"),
+    ({"stream_options": {"include_obfuscation": False}}, "stream_options"),
+    ({"max_tool_calls": 3}, "max_tool_calls"),
+    ({"prompt": {"id": "pmpt_1"}}, "prompt"),
+    ({"max_output_tokens": "many"}, "max_output_tokens"),
+    ({"metadata": {"a": 1}}, "metadata"),
+    ({"bogus": 1}, "bogus"),
 ]
 
 

@@ -57,11 +57,11 @@ class Shape:
                 "summary": None,
             },
             "store": False,  # nothing is stored (GET /v1/responses/{id} is a 404)
-            "temperature": request.get("temperature", 0.0),  # greedy unless asked
+            "temperature": _given(request, "temperature", 0.0),  # greedy unless asked
             "text": {"format": (text or {}).get("format") or {"type": "text"}},
             "tool_choice": request.get("tool_choice") or "auto",
             "tools": request.get("tools") or [],
-            "top_p": request.get("top_p", 1.0),
+            "top_p": _given(request, "top_p", 1.0),
             "truncation": request.get("truncation") or "disabled",
             "user": request.get("user"),
         }
@@ -98,6 +98,11 @@ class Shape:
             "output_tokens_details": {"reasoning_tokens": min(reasoning_tokens, u.completion_tokens)},
             "total_tokens": u.total_tokens,
         }
+
+
+def _given(request: dict[str, Any], key: str, default: Any) -> Any:
+    value = request.get(key)
+    return default if value is None else value
 
 
 def _status(reason: FinishReason | None) -> str:

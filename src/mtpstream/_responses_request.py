@@ -332,6 +332,8 @@ def messages_of(input_: Any, instructions: Any) -> list[dict[str, Any]]:
         for i, item in enumerate(input_):
             built.item(i, item)
         messages = built.messages
+    elif input_ is None:
+        raise InvalidOptionError("'input' is required: a string or a list of input items", field="input")
     else:
         raise _bad("input", "must be a string or a list of input items")
     if instructions:
