@@ -228,7 +228,7 @@ def _text(value: Any, where: str, kinds: frozenset[str]) -> str:
         kind = part.get("type") if isinstance(part, Mapping) else None
         if kind in ("input_image", "input_file", "input_audio"):
             raise _bad("input", f"{where}.content[{j}] is {kind}: this server reads text only")
-        if kind not in kinds:
+        if not isinstance(kind, str) or kind not in kinds:
             raise _bad("input", f"{where}.content[{j}] must be one of {sorted(kinds)} (got {kind!r:.40})")
         text = part.get("refusal") if kind == "refusal" else part.get("text")
         if not isinstance(text, str):
@@ -289,7 +289,7 @@ class _Messages:
 
     def message(self, where: str, item: Mapping[str, Any]) -> None:
         role = item.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise _bad("input", f"{where}.role must be one of {sorted(_ROLES)} (got {role!r:.40})")
         if role == "assistant":
             self.assistant(_text(item.get("content"), where, _ASSISTANT_PARTS))
