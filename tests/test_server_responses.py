@@ -10,7 +10,10 @@ the same prompt tokens (the translation renders the same prompt) and the same te
 from __future__ import annotations
 
 import json
+import signal
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import anyio
@@ -330,6 +333,50 @@ def test_failure_events_validate_against_the_sdk_types() -> None:
     assert error.code == "shutting_down" and failed.response.status == "failed"
     assert failed.response.error is not None and failed.response.error.code == "server_error"
     assert [p["sequence_number"] for p in parsed] == [0, 1, 2, 3]
+
+
+ENDLESS = "root ::= [a-z ] root"  # our grammar option: the generation runs until the limit
+
+
+def test_a_client_that_disconnects_cancels_its_generation(server: Server) -> None:
+    body = {"input": QUESTION, "max_output_tokens": 3000, "stream": True, "grammar": ENDLESS}
+    before = server.metrics()["mtpstream_tokens_total"]
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with httpx.stream("POST", server.url + "/v1/responses", json=body, headers=headers, timeout=60) as r:
+        assert r.status_code == 200
+        for i, _line in enumerate(r.iter_lines()):
+            if i > 20:
+                break
+    deadline = time.monotonic() + 30
+    while server.metrics()["mtpstream_active_sequences"] > 0:
+        assert time.monotonic() < deadline, "the generation went on after the client left"
+        time.sleep(0.05)
+    assert server.metrics()["mtpstream_tokens_total"] - before < 3000
+
+
+def test_sigterm_ends_a_stream_with_error_and_response_failed(model_paths: dict[str, Path]) -> None:
+    flags = ("--n-ctx", "30000", "--shutdown-grace", "0.5", "--api-key", KEY)
+    s = Server(model_paths["qwen35-oracle"], *flags)
+    body = {"input": "we walked", "max_output_tokens": 29_000, "stream": True, "grammar": ENDLESS}
+    blocks: list[str] = []
+    try:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        with httpx.stream("POST", s.url + "/v1/responses", json=body, headers=headers, timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    blocks.append(line[6:])
+                if len(blocks) == 8:
+                    s.proc.send_signal(signal.SIGTERM)
+    finally:
+        code = s.stop()
+    assert code == 0
+    events = [json.loads(b) for b in blocks]
+    for event in events:
+        _EVENT.validate_python(event)
+    assert [e["type"] for e in events[-2:]] == ["error", "response.failed"], events[-3:]
+    assert events[-2]["code"] == "shutting_down"
+    assert events[-1]["response"]["status"] == "failed"
+    assert not any(e["type"] in ("response.completed", "response.incomplete") for e in events)
 
 
 # ------------------------------------------------------------------ refusals
