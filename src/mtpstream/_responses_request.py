@@ -35,6 +35,7 @@ are refused with a 400 naming them. Errors name the Responses field (``param``):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -299,14 +300,23 @@ class _Messages:
     def call(self, where: str, item: Mapping[str, Any]) -> None:
         call_id, name = _string(item, "call_id", where), _string(item, "name", where)
         arguments = item.get("arguments", "")
-        if not isinstance(arguments, str):
-            raise _bad("input", f"{where}.arguments must be a JSON object's text")
+        if not isinstance(arguments, str) or not _json_object(arguments):
+            raise _bad("input", f"{where}.arguments must be a JSON object's text (got {arguments!r:.60})")
         last = self.messages[-1] if self.messages else None
         # calls right after an assistant turn (its text, other calls) belong to that turn
         msg = last if last is not None and last["role"] == "assistant" else self.assistant(None)
         call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
         msg.setdefault("tool_calls", []).append(call)
         self.names[call_id] = name
+
+
+def _json_object(text: str) -> bool:
+    if not text.strip():
+        return True  # no arguments
+    try:
+        return isinstance(json.loads(text), dict)
+    except (ValueError, RecursionError):
+        return False
 
 
 def _string(item: Mapping[str, Any], key: str, where: str) -> str:
