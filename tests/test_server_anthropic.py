@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,17 +41,22 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     real_vocab.require()
     src = make_model(arch="qwen35", weights="random", size="tiny", kind="mtp")
     template = real_vocab.QWEN35_TEMPLATE.read_text()
-    path = copy_with(
-        src, tmp_path_factory.mktemp("anthropic") / "qwen35-anth.gguf", {"tokenizer.chat_template": template}
-    )
+    dest = tmp_path_factory.mktemp("anthropic") / "qwen35-anth.gguf"
+    return copy_with(src, dest, {"tokenizer.chat_template": template})
+
+
+def _serve(model: Path, *extra: str) -> Server:
     off = json.dumps({"enable_thinking": False})  # thinking on per request (`thinking`)
-    s = Server(
-        path, "--api-key", KEY, "--model-alias", "tiny", "--n-ctx", "4096", "--chat-template-kwargs", off
-    )
+    return Server(model, "--api-key", KEY, "--model-alias", "tiny", "--chat-template-kwargs", off, *extra)
+
+
+@pytest.fixture(scope="module")
+def server(model: Path) -> Iterator[Server]:
+    s = _serve(model, "--n-ctx", "4096")
     yield s
     assert s.stop() == 0
 
@@ -313,3 +319,22 @@ def test_stream_error_event() -> None:
         "type": "error",
         "error": {"type": "overloaded_error", "message": "the server is shutting down"},
     }
+
+
+def test_queue_full_and_too_large_are_anthropic_errors(model: Path) -> None:
+    s = _serve(model, "--n-ctx", "4096", "--n-seq", "1", "--max-queue", "0", "--max-body-bytes", "4000")
+    try:
+        client = _client(s)
+        with client.messages.stream(model="tiny", max_tokens=3000, messages=ASK) as stream:
+            next(iter(stream))  # the one sequence is taken while the stream is open
+            with pytest.raises(anthropic.RateLimitError) as busy:
+                client.messages.create(model="tiny", max_tokens=2, messages=ASK)
+        assert busy.value.body["error"]["type"] == "rate_limit_error"
+        big = [{"role": "user", "content": "x" * 5000}]
+        with pytest.raises(anthropic.APIStatusError) as large:
+            client.messages.create(model="tiny", max_tokens=2, messages=big)
+        assert large.value.status_code == 413
+        assert large.value.body["error"]["type"] == "request_too_large"
+        assert client.messages.create(model="tiny", max_tokens=2, messages=ASK).usage.output_tokens == 2
+    finally:
+        assert s.stop() == 0
