@@ -156,6 +156,14 @@ def test_stop_sequences(server: Server) -> None:
     assert choice.finish_reason == "stop" and choice.model_extra["stop_reason"] == second
 
 
+def test_output_config_format(server: Server) -> None:
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    config: Any = {"format": {"type": "json_schema", "schema": schema}, "effort": "low"}
+    msg = _client(server).messages.create(model="tiny", max_tokens=64, messages=ASK, output_config=config)
+    assert msg.stop_reason == "end_turn"
+    assert isinstance(json.loads(msg.content[0].text)["ok"], bool)
+
+
 def test_max_tokens(server: Server) -> None:
     msg = _client(server).messages.create(model="tiny", max_tokens=3, messages=ASK)
     assert msg.stop_reason == "max_tokens" and msg.usage.output_tokens == 3
@@ -278,6 +286,8 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"top_k": "many"}, "top_k"),
     ({"metadata": {"user_id": 5}}, "metadata"),
     ({"mcp_servers": []}, "mcp_servers"),
+    ({"output_config": {"format": {"type": "json_schema"}}}, "output_config"),
+    ({"output_config": {"effort": "extreme"}}, "output_config"),
     ({"messages": [{"role": "assistant", "content": [{"type": "tool_use", "name": "f"}]}]}, "tool_use"),
 ]
 

@@ -27,6 +27,8 @@ thinking            ``enabled`` (``budget_tokens`` checked, not enforced: thinki
                     counts toward ``max_tokens``) / ``disabled`` as
                     ``chat_template_kwargs.enable_thinking`` true / false;
                     ``adaptive``: the template's default
+output_config       ``format`` (``{type: json_schema, schema}``) as ``response_format``
+                    (a grammar); ``effort`` as ``reasoning_effort`` (``max``: ``xhigh``)
 metadata            accepted (``user_id``), no effect; so are ``service_tier`` and
                     a top-level ``cache_control``
 ==================  ==================================================================
@@ -60,7 +62,7 @@ _NO_EFFECT = ("metadata", "service_tier", "cache_control")
 _PASSED = ("seed", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "chat_template_kwargs")
 _SAMPLING = ("temperature", "top_p", "top_k")
 _ENVELOPE: tuple[str, ...] = ("model", "max_tokens", "messages", "system", "stream", "stop_sequences")
-_ENVELOPE += ("tools", "tool_choice", "thinking")
+_ENVELOPE += ("tools", "tool_choice", "thinking", "output_config")
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -98,6 +100,8 @@ def messages_body(body: Mapping[str, Any], *, need_max_tokens: bool = True) -> d
         out["tools"] = _tools(body["tools"])
     if body.get("tool_choice") is not None:
         out.update(_tool_choice(body["tool_choice"]))
+    if body.get("output_config") is not None:
+        out.update(_output_config(body["output_config"]))
     thinking = _thinking(body.get("thinking"))
     if thinking is not None:
         kwargs = out.get("chat_template_kwargs")
@@ -301,6 +305,28 @@ def _thinking(thinking: Any) -> bool | None:
     raise _fail(
         "thinking", "must be {'type': 'enabled', 'budget_tokens': N}, {'type': 'disabled'} or adaptive"
     )
+
+
+def _output_config(config: Any) -> dict[str, Any]:
+    if not isinstance(config, Mapping) or not set(config) <= {"format", "effort"}:
+        raise _fail("output_config", "must be an object of 'format' and 'effort'")
+    out: dict[str, Any] = {}
+    fmt = config.get("format")
+    if fmt is not None:
+        if not isinstance(fmt, Mapping) or fmt.get("type") != "json_schema" or "schema" not in fmt:
+            raise _fail("output_config", "format must be {'type': 'json_schema', 'schema': {...}}")
+        out["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "output", "schema": fmt["schema"]},
+        }
+    effort = config.get("effort")
+    if effort is not None:
+        if effort not in ("low", "medium", "high", "xhigh", "max"):
+            raise _fail(
+                "output_config", f"effort must be low, medium, high, xhigh or max (got {effort!r:.40})"
+            )
+        out["reasoning_effort"] = "xhigh" if effort == "max" else effort
+    return out
 
 
 # ------------------------------------------------------------------ the response
