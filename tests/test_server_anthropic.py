@@ -286,6 +286,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"top_k": "many"}, "top_k"),
     ({"metadata": {"user_id": 5}}, "metadata"),
     ({"mcp_servers": []}, "mcp_servers"),
+    ({"messages": [*ASK, {"role": "assistant", "content": "The weather is"}]}, "prefill"),
     ({"output_config": {"format": {"type": "json_schema"}}}, "output_config"),
     ({"output_config": {"effort": "extreme"}}, "output_config"),
     ({"messages": [{"role": "assistant", "content": [{"type": "tool_use", "name": "f"}]}]}, "tool_use"),

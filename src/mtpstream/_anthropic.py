@@ -15,7 +15,8 @@ messages            messages: text blocks joined; ``tool_use`` blocks as the
                     assistant's ``tool_calls``; ``thinking`` blocks as its
                     ``reasoning_content`` (``redacted_thinking`` dropped);
                     ``tool_result`` blocks as ``tool`` messages (``is_error``: the
-                    text prefixed with ``Error: ``); image and document blocks 400
+                    text prefixed with ``Error: ``); image and document blocks, and
+                    a last assistant message (a prefill), are a 400
 stop_sequences      stop
 temperature/top_p   temperature/top_p (mtpstream's default stays greedy)
 top_k               top_k
@@ -175,6 +176,10 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
             out += _user_blocks(content, i)
         else:
             out.append(_assistant_blocks(content, i))
+    if messages[-1].get("role") == "assistant":
+        raise _fail(
+            "messages", "the last message must be the user's: a prefilled assistant turn is not supported"
+        )
     return out
 
 
