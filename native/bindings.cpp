@@ -307,6 +307,7 @@ NB_MODULE(_native, m) {
         .def_ro("token", &Event::token)
         .def_prop_ro("text", [](const Event & e) { return nb::bytes(e.text.data(), e.text.size()); })
         .def_ro("finish_reason", &Event::finish_reason)
+        .def_prop_ro("stop", [](const Event & e) { return nb::bytes(e.stop.data(), e.stop.size()); })
         .def_ro("usage", &Event::usage)
         .def_ro("error", &Event::error)
         .def_ro("logprobs", &Event::logprobs);

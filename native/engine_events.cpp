@@ -68,6 +68,7 @@ void Engine::finish(Job & job, EventKind kind, const std::string & reason, llama
     ev.error = error;
     if (kind == EventKind::done || kind == EventKind::eog) {
         ev.text = g.text.flush();
+        ev.stop = g.text.matched();
     }
     ev.usage = usage(g);
     // the sequence is free for the next call at once; a clean end keeps its state for

@@ -37,6 +37,7 @@ struct Event {
     int32_t token = -1;
     std::string text;           // token text; for terminal events: text released at the end
     std::string finish_reason;  // done: "length" or "stop"
+    std::string stop;           // done with "stop": the stop string that matched
     Usage usage;
     std::string error;
     // token events of a call that asked for logprobs: [the emitted token, its top

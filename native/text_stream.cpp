@@ -89,14 +89,17 @@ std::string TextStream::release_held() {
         return std::exchange(held_, std::string());
     }
     std::size_t first = std::string::npos;
+    const std::string * hit = nullptr;
     for (const auto & stop : stops_) {
         const std::size_t at = held_.find(stop);
         if (at != std::string::npos && at < first) {
             first = at;
+            hit = &stop;
         }
     }
-    if (first != std::string::npos) {
+    if (hit != nullptr) {
         stopped_ = true;
+        matched_ = *hit;
         std::string out = held_.substr(0, first);
         held_.clear();
         raw_.clear();

@@ -18,6 +18,8 @@ public:
     std::string flush();
     // True once a stop string was seen; nothing after it is ever released.
     bool stopped() const { return stopped_; }
+    // The stop string that ended the text ("" until one did).
+    const std::string & matched() const { return matched_; }
 
 private:
     std::string release_held();
@@ -26,6 +28,7 @@ private:
     std::string raw_;   // undecoded bytes: an incomplete UTF-8 sequence at most
     std::string held_;  // decoded text not yet released
     bool stopped_ = false;
+    std::string matched_;
 };
 
 }  // namespace mtpstream

@@ -297,7 +297,8 @@ def event(ev: _native.Event, stats_now: Callable[[], MTPStats]) -> Event:
         raise GenerationError(ev.error or "generation failed")
     if kind == EventKind.eog:
         return EogEvent(stats_now(), usage(ev.usage), ev.token, ev.text.decode("utf-8"))
-    return DoneEvent(stats_now(), usage(ev.usage), ev.finish_reason, ev.text.decode("utf-8"))  # type: ignore[arg-type]
+    stop = ev.stop.decode("utf-8", "replace") if ev.finish_reason == "stop" else None
+    return DoneEvent(stats_now(), usage(ev.usage), ev.finish_reason, ev.text.decode("utf-8"), stop)  # type: ignore[arg-type]
 
 
 def drain(job: _native.Job) -> Sequence[_native.Event]:

@@ -66,6 +66,7 @@ class _ChunkStream(Generic[_C]):
         self._id = new_id(self._prefix)
         self._created = now()
         self._done = False
+        self._stop: str | None = None  # the stop string that ended the call
         self._logprobs = LogprobTracker(text_offset) if events.options.logprobs is not None else None
 
     def __aiter__(self) -> _ChunkStream[_C]:
@@ -95,6 +96,7 @@ class _ChunkStream(Generic[_C]):
                     "length" if isinstance(ev, DoneEvent) and ev.finish_reason == "length" else "stop"
                 )
                 stopped = isinstance(ev, DoneEvent) and ev.finish_reason == "stop"
+                self._stop = ev.stop if isinstance(ev, DoneEvent) else None
                 tokens = lp.finish(ev.text, stopped) if lp is not None else None
                 return self._last(ev.text, reason, ev.usage, tokens)
 
@@ -139,11 +141,15 @@ class ChatStream(_ChunkStream[ChatCompletionChunk]):
         cu, mu = usage_of(usage) if usage is not None else (None, None)
         if tokens is not None:
             logprobs = chat_logprobs(tokens)
+        stop = self._stop if reason is not None else None
+        choice = ChatCompletionChunkChoice(
+            delta=delta, finish_reason=reason, logprobs=logprobs, stop_reason=stop
+        )
         return ChatCompletionChunk(
             id=self._id,
             created=self._created,
             model=self._model,
-            choices=[ChatCompletionChunkChoice(delta=delta, finish_reason=reason, logprobs=logprobs)],
+            choices=[choice],
             usage=cu,
             mtp=mu,
         )
@@ -348,7 +354,14 @@ async def collect_chat(chunks: PreparingChatStream) -> ChatCompletion:
         id=final.id,
         created=final.created,
         model=final.model,
-        choices=[ChatCompletionChoice(message=message, finish_reason=reason, logprobs=merged)],
+        choices=[
+            ChatCompletionChoice(
+                message=message,
+                finish_reason=reason,
+                logprobs=merged,
+                stop_reason=final.choices[0].stop_reason,
+            )
+        ],
         usage=final.usage,
         mtp=final.mtp,
     )

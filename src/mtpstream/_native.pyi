@@ -99,6 +99,7 @@ class Event:
     token: int
     text: bytes
     finish_reason: str
+    stop: bytes
     usage: Usage
     error: str
     logprobs: list[TokenProb]

@@ -1,5 +1,6 @@
-"""The server's HTTP edge: OpenAI-shaped errors, the request body (size, time, JSON
-depth), the API key as a dependency and the Host allow-list (needs the server extra)."""
+"""The server's HTTP edge: OpenAI-shaped errors (Anthropic-shaped under
+``/v1/messages``), the request body (size, time, JSON depth), the API key as a
+dependency and the Host allow-list (needs the server extra)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ._anthropic import error_body as anthropic_error
 from .errors import (
     ContextOverflowError,
     GenerationError,
@@ -28,10 +30,12 @@ from .server_limits import ServerLimits, host_name
 
 _THREAD_PARSE_BYTES = 64 * 1024  # larger bodies are parsed off the event loop
 _KINDS = {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}
+_ANTHROPIC = "/v1/messages"  # the routes under it answer errors in Anthropic's shape
 
 
 class HTTPError(Exception):
-    """An error response: ``{"error": {"message", "type", "param", "code"}}``."""
+    """An error response: ``{"error": {"message", "type", "param", "code"}}`` (under
+    ``/v1/messages``: ``{"type": "error", "error": {"type", "message"}}``)."""
 
     def __init__(
         self,
@@ -48,12 +52,15 @@ class HTTPError(Exception):
             kind = _KINDS.get(status, "invalid_request_error" if status < 500 else "server_error")
         self.kind = kind
 
-    def body(self) -> dict[str, Any]:
+    def body(self, path: str = "") -> dict[str, Any]:
+        """The error object the API of ``path`` answers with."""
+        if path == _ANTHROPIC or path.startswith(_ANTHROPIC + "/"):
+            return anthropic_error(self.status, self.message)
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
-    def response(self) -> JSONResponse:
+    def response(self, path: str = "") -> JSONResponse:
         headers = {"Connection": "close"} if self.close else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        return JSONResponse(self.body(path), status_code=self.status, headers=headers)
 
 
 def error_bytes(status: int, message: str, code: str | None = None) -> bytes:
@@ -88,19 +95,20 @@ def mapped(exc: BaseException) -> HTTPError:
 
 
 def install_error_handlers(app: FastAPI, on_error: Callable[[Request, HTTPError], None]) -> None:
-    """Every error the app answers (ours, routing's 404/405, validation) is OpenAI-shaped."""
+    """Every error the app answers (ours, routing's 404/405, validation) is an error
+    object of the route's API (:meth:`HTTPError.body`)."""
 
     async def ours(request: Request, exc: Exception) -> JSONResponse:
         err = mapped(exc)
         on_error(request, err)
-        return err.response()
+        return err.response(request.url.path)
 
     async def routing(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        return HTTPError(exc.status_code, str(exc.detail)).response()
+        return HTTPError(exc.status_code, str(exc.detail)).response(request.url.path)
 
     async def validation(request: Request, exc: Exception) -> JSONResponse:
-        return HTTPError(400, "the request is malformed").response()
+        return HTTPError(400, "the request is malformed").response(request.url.path)
 
     app.add_exception_handler(HTTPError, ours)
     app.add_exception_handler(StarletteHTTPException, routing)
@@ -217,6 +225,6 @@ class HostCheck:
                     "this Host is not allowed: set an API key, or add it with --allowed-hosts",
                     code="invalid_host",
                 )
-                await err.response()(scope, receive, send)
+                await err.response(scope.get("path", ""))(scope, receive, send)
                 return
         await self.app(scope, receive, send)

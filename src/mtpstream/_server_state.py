@@ -60,7 +60,7 @@ class ServerState:
     def error(self, endpoint: str, exc: Exception) -> Response:
         err = mapped(exc)
         self.metrics.count(endpoint, err.status)
-        return err.response()
+        return err.response(endpoint)
 
     def public(self, result: dict[str, Any]) -> dict[str, Any]:
         """``result`` as clients see it: ``cached_tokens`` only with ``report_cached_tokens``

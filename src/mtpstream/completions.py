@@ -125,6 +125,9 @@ class ChatCompletionChoice(_Frozen):
     message: ChatCompletionMessage
     finish_reason: FinishReason
     logprobs: ChoiceLogprobs | None = None
+    stop_reason: str | None = None
+    """The stop string that ended the reply (vLLM's field); None (left out of the
+    JSON) when something else ended it."""
 
 
 class ChatCompletion(_Frozen):
@@ -166,6 +169,9 @@ class ChatCompletionChunkChoice(_Frozen):
     delta: ChatCompletionDelta
     finish_reason: FinishReason | None = None
     logprobs: ChoiceLogprobs | None = None
+    stop_reason: str | None = None
+    """On the finish chunk: the stop string that ended the reply, as in
+    :attr:`ChatCompletionChoice.stop_reason`."""
 
 
 class ChatCompletionChunk(_Frozen):

@@ -50,12 +50,14 @@ class StatsEvent:
 class DoneEvent:
     """Terminal: ``finish_reason`` is ``"length"`` (max_tokens or context full) or
     ``"stop"`` (a stop string; no part of it is emitted). ``text`` is text that was
-    held back until the end (usually ``""``)."""
+    held back until the end (usually ``""``); ``stop`` the stop string that matched
+    (None unless ``finish_reason`` is ``"stop"``)."""
 
     stats: MTPStats
     usage: Usage
     finish_reason: Literal["length", "stop"]
     text: str = ""
+    stop: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,8 +3,10 @@
 Endpoints: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (whole results,
 or server-sent events with ``"stream": true``), ``GET /v1/models``, ``GET /health``
 and ``GET /metrics`` (Prometheus text); ``POST /v1/responses`` serves OpenAI's Responses
-API over the same chat calls (:mod:`mtpstream._server_responses`, stateless). Errors
-are OpenAI error objects (``{"error": {"message", "type", "param", "code"}}``): 400 for a bad request (the
+API over the same chat calls (:mod:`mtpstream._server_responses`, stateless);
+``POST /v1/messages`` and ``POST /v1/messages/count_tokens`` speak Anthropic's Messages
+API (``_server_anthropic``, with Anthropic's error objects). Other errors are OpenAI
+error objects (``{"error": {"message", "type", "param", "code"}}``): 400 for a bad request (the
 session keeps working), 401 for a wrong API key, 404/405 for a wrong route, 408 for a
 body that does not arrive in time, 413 for a body over ``max_body_bytes``, 429 when
 the queue is full, 500 when generation fails, 503 once the session is closed or the
@@ -29,6 +31,7 @@ try:  # the server extra
     from fastapi import APIRouter, Depends, FastAPI, Request
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+    from ._server_anthropic import router as messages_router
     from ._server_http import HostCheck, HTTPError, install_error_handlers, require_key
     from ._server_responses import router as responses_router
     from ._server_state import ServerState, chat_chunks, generation, state_of
@@ -85,6 +88,7 @@ def create_app(
         app.add_middleware(HostCheck, allowed=frozenset(h.lower() for h in limits.allowed_hosts))
     app.include_router(router)
     app.include_router(responses_router)
+    app.include_router(messages_router)
     return app
 
 

@@ -255,18 +255,25 @@ class MTP:
         return render_messages(messages, self._chat_template(chat_template), bos, eos)
 
     def tokenize_chat(
-        self, messages: Sequence[Mapping[str, Any]], chat_template: str | None = None
+        self, messages: Sequence[Mapping[str, Any]], chat_template: str | None = None, **options: Any
     ) -> list[int]:
         """The prompt token ids :meth:`chat` generates from: :meth:`render_chat`'s text
         tokenized so that text inside a message never becomes a special token (a
         message's ``<|im_start|>`` stays plain text) while the template's own
-        special-token text does. Blocking, like :meth:`render_chat`.
+        special-token text does. ``options``: :meth:`chat`'s, checked as it checks them;
+        those that reach the template (``tools``, ``tool_choice``,
+        ``chat_template_kwargs``, ``reasoning_effort``) change the prompt as in
+        :meth:`chat`. Blocking, like :meth:`render_chat`.
 
         Raises:
             InvalidOptionError: as :meth:`render_chat`; special-token text in a message
-                that the template moves or cuts (``field="messages"``).
+                that the template moves or cuts (``field="messages"``); a bad option.
         """
-        return self._chat_tokens(check_messages(messages), self._chat_template(chat_template))
+        template = self._chat_template(chat_template)
+        if not options:
+            return self._chat_tokens(check_messages(messages), template)
+        request = ChatRequest.of(messages, options)
+        return self._chat_prompt(request.messages, template, request.template_vars())[1]
 
     def _bos_eos_text(self) -> tuple[str, str]:
         model = self._model
