@@ -110,6 +110,9 @@ def _check_session_options(args: argparse.Namespace) -> None:
     """The session options as ``init`` will check them, before the model loads."""
     values = {"n_draft": args.n_draft, "n_ctx": args.n_ctx, "n_seq": args.n_seq, **context_options(args)}
     validate(SessionOptions, values)
+    b, ub = args.batch_size, args.ubatch_size
+    if b is not None and ub is not None and ub > b:
+        raise UsageError(f"--ubatch-size ({ub}) must not exceed --batch-size ({b})")
 
 
 def usage_error(exc: InvalidOptionError) -> UsageError:
