@@ -61,7 +61,8 @@ def create_app(
     ``Authorization: Bearer KEY`` or ``x-api-key: KEY`` (401 otherwise); without a key,
     only ``limits.allowed_hosts`` may be named in ``Host`` (against DNS rebinding).
     ``max_queue``: at most this many calls wait for a free sequence; more
-    get 429 (overrides ``limits.max_queue``). ``limits``: :class:`ServerLimits`.
+    get 429 (overrides ``limits.max_queue``). ``limits``: :class:`ServerLimits` (with
+    ``cors_origins``, CORS headers for those web origins).
     ``app.state.lifecycle`` lets the server drain and stop the app's calls.
     ``chat_defaults``: chat options a request does not set (``reasoning_format``,
     ``chat_template_kwargs``, merged key by key; CLI ``--reasoning-format``,
