@@ -20,7 +20,9 @@ import mtpstream
 from mtpstream.cli import main
 from test_server import KEY, MESSAGES, Server
 
-RUNTIME = (
+# every runtime flag away from its default (-ngl 0 and -ncmoe 1 change nothing on a
+# CPU build and a dense model, but must reach /props)
+RUNTIME = [
     "-t",
     "1",
     "-tb",
@@ -36,7 +38,11 @@ RUNTIME = (
     "q8_0",
     "-fa",
     "on",
-)
+    "-ngl",
+    "0",
+    "-ncmoe",
+    "1",
+]
 ALLOWED = "http://app.example:5173"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -76,8 +82,8 @@ def test_runtime_flags_answer_exactly_and_props_reports_them(
     assert chat(tuned, KEY) == expected
     props = call(tuned, "GET", "/props").json()
     assert props["runtime"] == {
-        "n_gpu_layers": None,
-        "n_cpu_moe": 0,
+        "n_gpu_layers": 0,
+        "n_cpu_moe": 1,
         "mmap": False,
         "repack": True,
         "n_threads": 1,
