@@ -126,8 +126,10 @@ struct JobHandle {
 }
 
 ModelHandle load_model(const std::string & path, std::optional<int> n_gpu_layers, bool load_mtp,
-                                  bool use_mmap, std::optional<bool> repack, std::optional<nb::callable> progress) {
+                                  bool use_mmap, std::optional<bool> repack, int n_cpu_moe,
+                                  std::optional<nb::callable> progress) {
     ModelLoadOptions opts;
+    opts.n_cpu_moe = n_cpu_moe;
     opts.n_gpu_layers = n_gpu_layers;
     opts.load_mtp = load_mtp;
     opts.use_mmap = use_mmap;
@@ -221,7 +223,7 @@ NB_MODULE(_native, m) {
 
     nb::class_<ModelHandle>(m, "Model")
         .def_static("load", &load_model, "path"_a, "n_gpu_layers"_a.none(), "load_mtp"_a, "use_mmap"_a,
-                    "repack"_a.none(), "progress"_a.none())
+                    "repack"_a.none(), "n_cpu_moe"_a, "progress"_a.none())
         .def_prop_ro("path", [](const ModelHandle & h) { return h.p->path(); })
         .def_prop_ro("load_mtp", [](const ModelHandle & h) { return h.p->load_mtp(); })
         .def_prop_ro("repack", [](const ModelHandle & h) { return h.p->repack(); })
@@ -250,10 +252,10 @@ NB_MODULE(_native, m) {
             return nb::bytes(text.data(), text.size());
         }, "ids"_a)
         .def("token_text", [](const ModelHandle & h, int token) { return h.p->token_text(token); }, "token"_a)
-        .def("token_to_piece", [](const ModelHandle & h, int token) {
-            const std::string piece = h.p->token_to_piece(token);
+        .def("token_to_piece", [](const ModelHandle & h, int token, bool special) {
+            const std::string piece = h.p->token_to_piece(token, special);
             return nb::bytes(piece.data(), piece.size());
-        }, "token"_a);
+        }, "token"_a, "special"_a = false);
 
     nb::class_<Runtime>(m, "Runtime")
         .def(nb::init<>())
@@ -317,6 +319,17 @@ NB_MODULE(_native, m) {
     nb::class_<Runtime::Counts>(m, "SequenceCounts")
         .def_ro("active", &Runtime::Counts::active)
         .def_ro("queued", &Runtime::Counts::queued);
+
+    nb::class_<SlotView>(m, "SlotView")
+        .def_ro("id", &SlotView::id)
+        .def_ro("busy", &SlotView::busy)
+        .def_ro("n_prompt", &SlotView::n_prompt)
+        .def_ro("n_cached", &SlotView::n_cached)
+        .def_ro("n_decoded", &SlotView::n_decoded)
+        .def_ro("n_past", &SlotView::n_past)
+        .def_ro("cache_tokens", &SlotView::cache_tokens)
+        .def_ro("cache_extendable", &SlotView::cache_extendable)
+        .def_ro("cache_checkpoints", &SlotView::cache_checkpoints);
 
     nb::class_<ContextOptions>(m, "ContextOptions")
         .def(nb::init<>())
@@ -394,6 +407,7 @@ NB_MODULE(_native, m) {
         .def("stats", [](const EngineHandle & e) { return snapshot(e.p->stats()); })
         .def("sequences", [](const EngineHandle & e, const Runtime & rt) { return rt.counts(e.p.get()); },
              "runtime"_a)
+        .def("slots", [](const EngineHandle & e) { return e.p->slots(); })
         .def(
             "submit",
             [](const EngineHandle & handle, Runtime & rt, GenerationOptions options, int wake_fd, bool wait,

@@ -42,6 +42,7 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> target,
     e->pool_ = std::make_unique<SequencePool>(e->n_seq_, copts.prompt_cache, copts.checkpoint_bytes,
                                               e->target_recurrent_, e->ctx_tgt_.get(), e->ctx_dft_.get(), e->stats_);
     e->stats_.n_draft.store(n_draft);
+    e->board_.reset(e->n_seq_);
     return e;
 }
 
@@ -252,6 +253,37 @@ std::unique_ptr<Generation> Engine::prepare(GenerationOptions opts, Status & sta
 // ---------------------------------------------------------------- the step
 
 void Engine::step(const std::vector<Job *> & jobs) {
+    advance(jobs);
+    publish_slots(jobs);
+}
+
+void Engine::publish_slots(const std::vector<Job *> & jobs) {
+    std::vector<SlotView> views = board_.read();
+    for (SlotView & v : views) {
+        const SeqCacheInfo info = pool_->describe(v.id);
+        v.busy = !info.free;
+        if (!v.busy) {
+            v.n_prompt = v.n_cached = v.n_decoded = v.n_past = 0;
+        }
+        v.cache_tokens = v.busy ? 0 : info.tokens;
+        v.cache_extendable = !v.busy && info.extendable;
+        v.cache_checkpoints = v.busy ? 0 : info.checkpoints;
+    }
+    for (Job * job : jobs) {  // a busy sequence outside this step keeps its last numbers
+        const Generation & g = job->generation();
+        if (g.seq < 0 || g.seq >= n_seq_) {
+            continue;
+        }
+        SlotView & v = views[static_cast<size_t>(g.seq)];
+        v.n_prompt = static_cast<int32_t>(g.opts.prompt.size());
+        v.n_cached = g.cached;
+        v.n_decoded = g.emitted;
+        v.n_past = g.phase == Generation::Phase::prefill ? static_cast<int32_t>(g.prefill_pos) : g.n_past;
+    }
+    board_.publish(std::move(views));
+}
+
+void Engine::advance(const std::vector<Job *> & jobs) {
     std::vector<Lane> lanes;
     for (Job * job : jobs) {
         Generation & g = job->generation();

@@ -23,6 +23,7 @@
 #include "options.hpp"
 #include "plain_context.hpp"
 #include "sequence_pool.hpp"
+#include "slot_board.hpp"
 #include "stats.hpp"
 #include "status.hpp"
 
@@ -68,8 +69,10 @@ public:
     // Validate a request and build its sampler (Python thread).
     std::unique_ptr<Generation> prepare(GenerationOptions opts, Status & status) const;
     // Advance the given jobs (all of this engine, at most n_seq, none finished) by one
-    // unit of work each (worker thread).
+    // unit of work each, then publish the sequences' views (worker thread).
     void step(const std::vector<Job *> & jobs);
+    // What each sequence is doing, as of the last step (any thread).
+    std::vector<SlotView> slots() const { return board_.read(); }
 
     // Takes effect at the next decode step (any thread).
     void set_fault(Fault f);
@@ -103,6 +106,9 @@ private:
     void pick_rollback(const ContextOptions & copts);
     bool create_contexts(const ContextOptions & copts, Status & status);
     void create_draft_context(const llama_context_params & cp, Status & status);
+
+    void advance(const std::vector<Job *> & jobs);
+    void publish_slots(const std::vector<Job *> & jobs);
 
     // --- prefill (engine_prefill.cpp)
     void begin(Job & job);
@@ -190,6 +196,7 @@ private:
     std::unique_ptr<Batch> batch_dft_;
     TokenDist p_;  // verify="rejection": the target's distribution at the position being verified
     SessionStats stats_;
+    SlotBoard board_;
     std::atomic<bool> closed_{false};
     std::atomic<Fault> fault_{Fault::none};
     Fault applied_fault_ = Fault::none;

@@ -2,6 +2,8 @@
 
 #include <climits>
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "ggml-backend.h"
 
@@ -12,6 +14,28 @@ namespace {
 bool progress_trampoline(float progress, void * user_data) {
     auto * fn = static_cast<const std::function<bool(float)> *>(user_data);
     return (*fn)(progress);
+}
+
+// The expert tensors of an MoE block (ffn_{gate,up,down,gate_up}_exps and their
+// "chexps" variants), as a regex on tensor names after the block prefix.
+const char * const kExpertTensors = "\\.ffn_(?:gate_up|gate|up|down)_(?:ch)?exps\\b";
+
+// The buffer-type overrides that keep the MoE experts of the first n blocks (all of
+// them for n < 0) in CPU memory; `patterns` owns the strings the overrides point to.
+std::vector<llama_model_tensor_buft_override> expert_overrides(int32_t n, std::vector<std::string> & patterns) {
+    patterns.clear();
+    if (n < 0) {
+        patterns.emplace_back(std::string("^blk\\.[0-9]+") + kExpertTensors);
+    }
+    for (int32_t i = 0; i < n; ++i) {
+        patterns.push_back("^blk\\." + std::to_string(i) + kExpertTensors);
+    }
+    std::vector<llama_model_tensor_buft_override> out;
+    for (const std::string & p : patterns) {
+        out.push_back({p.c_str(), ggml_backend_cpu_buffer_type()});
+    }
+    out.push_back({nullptr, nullptr});  // the list ends with a null pattern
+    return out;
 }
 
 }  // namespace
@@ -45,6 +69,11 @@ std::shared_ptr<Model> Model::load(const std::string & path, const ModelLoadOpti
     }
     params.load_mtp = opts.load_mtp;
     params.use_extra_bufts = opts.repack.value_or(!cpu_offers_amx_buffer());
+    std::vector<std::string> patterns;  // outlive the load: the overrides point into them
+    const std::vector<llama_model_tensor_buft_override> overrides = expert_overrides(opts.n_cpu_moe, patterns);
+    if (opts.n_cpu_moe != 0) {
+        params.tensor_buft_overrides = overrides.data();
+    }
     if (opts.progress) {
         params.progress_callback = &progress_trampoline;
         params.progress_callback_user_data = const_cast<std::function<bool(float)> *>(&opts.progress);

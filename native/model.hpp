@@ -21,6 +21,9 @@ struct ModelLoadOptions {
     // llama.cpp's extra weight buffers (repacked CPU layouts, AMX); nullopt: on unless
     // the CPU backend offers the AMX buffer (see cpu_offers_amx_buffer)
     std::optional<bool> repack;
+    // MoE expert weights kept in CPU memory (buffer-type overrides): those of the first
+    // n_cpu_moe blocks; -1: of every block; 0: none
+    int32_t n_cpu_moe = 0;
     // Called with 0..1 while loading; return false to abort the load.
     std::function<bool(float)> progress;
 };

@@ -121,6 +121,16 @@ bool SequencePool::claim(Generation & g) {
     return true;
 }
 
+SeqCacheInfo SequencePool::describe(llama_seq_id seq) const {
+    SeqCacheInfo info;
+    info.free = std::find(free_seqs_.begin(), free_seqs_.end(), seq) != free_seqs_.end();
+    const SlotCache & c = slot_cache_[static_cast<size_t>(seq)];
+    info.tokens = static_cast<int32_t>(c.tokens.size());
+    info.extendable = c.extendable;
+    info.checkpoints = static_cast<int32_t>(c.checkpoints.size());
+    return info;
+}
+
 void SequencePool::release(Generation & g, Keep keep) {
     if (g.seq < 0) {
         return;

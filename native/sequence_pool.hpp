@@ -42,6 +42,14 @@ struct SlotCache {
     std::vector<Checkpoint> checkpoints;  // ascending n
 };
 
+// What a sequence holds, as the board of sequences shows it.
+struct SeqCacheInfo {
+    bool free = true;
+    int32_t tokens = 0;
+    bool extendable = false;
+    int32_t checkpoints = 0;
+};
+
 // How much of a prompt a sequence's cache can stand for, and from where.
 struct Reuse {
     int32_t n = 0;            // prompt tokens reused
@@ -71,6 +79,8 @@ public:
     // g's call ends: keep what `keep` says (less where nothing can be kept) and free
     // its sequence.
     void release(Generation & g, Keep keep);
+    // Whether `seq` is free and what its cache keeps.
+    SeqCacheInfo describe(llama_seq_id seq) const;
     // Clear a sequence in both contexts.
     void clear_seq(llama_seq_id seq);
     // The sequence's memory was rebuilt, or is lost: its checkpoints stand for nothing.

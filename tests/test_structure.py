@@ -33,7 +33,6 @@ LONG_FUNCTIONS: dict[str, str] = {
     "native/bindings.cpp:NB_MODULE(_native, m)": "the module table of every binding",
     # argparse tables: one add_argument per option, read top to bottom like --help
     "src/mtpstream/bench/runner.py:_parser": "argparse table of mtpstream bench's options",
-    "src/mtpstream/cli.py:_add_serve_args": "argparse table of mtpstream serve's options",
 }
 
 # "relative path:name": a private name another module may read, and why

@@ -30,7 +30,7 @@ from .errors import (
 from .events import DoneEvent, EogEvent, Event, StatsEvent, TokenEvent, TokenLogprob
 from .model import Model, cpu_offers_amx_buffer, load_model
 from .session import MTP, init
-from .stats import MTPStats, TimingUs, Usage
+from .stats import MTPStats, SequenceInfo, TimingUs, Usage
 
 __version__ = "0.1.0"
 
@@ -53,6 +53,7 @@ __all__ = [
     "Model",
     "ModelLoadError",
     "NoMTPHeadError",
+    "SequenceInfo",
     "SessionBusyError",
     "SessionClosedError",
     "StatsEvent",

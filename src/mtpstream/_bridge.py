@@ -17,7 +17,7 @@ from ._loader import _native
 from .errors import GenerationError, InvalidOptionError, ModelLoadError, MTPError, SessionClosedError
 from .events import DoneEvent, EogEvent, Event, StatsEvent, TokenEvent, TokenLogprob
 from .options import GGML_TYPES, GenerationOptions, SessionOptions
-from .stats import STATS_FIELDS, MTPStats, TimingUs, Usage
+from .stats import STATS_FIELDS, MTPStats, SequenceInfo, TimingUs, Usage
 
 _ROLLBACKS = {
     "auto": _native.Rollback.automatic,
@@ -71,13 +71,15 @@ def load_model(
     load_mtp: bool,
     use_mmap: bool,
     repack: bool | None,
+    n_cpu_moe: int,
     progress: Callable[[float], object] | None,
     arch: str,
 ) -> _native.Model:
-    """A native model; every failure a :class:`ModelLoadError` naming the architecture."""
+    """A native model; every failure a :class:`ModelLoadError` naming the architecture.
+    ``n_cpu_moe``: the blocks whose MoE experts stay in CPU memory (-1: all)."""
     _logging.sync_level()
     try:
-        native = _native.Model.load(path, n_gpu_layers, load_mtp, use_mmap, repack, progress)
+        native = _native.Model.load(path, n_gpu_layers, load_mtp, use_mmap, repack, n_cpu_moe, progress)
     except _native.NativeError as exc:
         raise ModelLoadError(str(error(exc, suffix=f" [architecture '{arch}']"))) from None
     _logging.flush()
@@ -269,6 +271,40 @@ def stats(engine: _native.Engine, calls: int) -> MTPStats:
         queued=counts.queued,
         state_bytes=engine.state_bytes,
     )
+
+
+def sequences(engine: _native.Engine) -> tuple[SequenceInfo, ...]:
+    """The engine's sequences as of its last step (a copy taken under its lock)."""
+    return tuple(
+        SequenceInfo(
+            id=v.id,
+            busy=v.busy,
+            n_prompt=v.n_prompt,
+            n_cached=v.n_cached,
+            n_decoded=v.n_decoded,
+            n_past=v.n_past,
+            cache_tokens=v.cache_tokens,
+            cache_extendable=v.cache_extendable,
+            cache_checkpoints=v.cache_checkpoints,
+        )
+        for v in engine.slots()
+    )
+
+
+def context_info(engine: _native.Engine, opts: SessionOptions) -> dict[str, Any]:
+    """What the session's contexts run with: the options resolved as
+    :func:`context_options` and the engine resolve them (``type_k``/``type_v`` None:
+    llama.cpp's f16; ``flash_attn`` "on", "off" or "auto")."""
+    threads = opts.n_threads or (os.cpu_count() or 1)
+    return {
+        "n_threads": threads,
+        "n_threads_batch": opts.n_threads_batch or threads,
+        "n_batch": int(engine.n_batch),
+        "n_ubatch": int(engine.n_ubatch),
+        "flash_attn": {None: "auto", True: "on", False: "off"}[opts.flash_attn],
+        "type_k": opts.type_k or "f16",
+        "type_v": opts.type_v or "f16",
+    }
 
 
 def is_terminal(ev: _native.Event) -> bool:

@@ -38,6 +38,7 @@ class Model:
         load_mtp: bool,
         use_mmap: bool,
         repack: bool | None,
+        n_cpu_moe: int,
         progress: Callable[[float], object] | None,
     ) -> Model: ...
     path: str
@@ -59,7 +60,7 @@ class Model:
     def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]: ...
     def detokenize(self, ids: Sequence[int]) -> bytes: ...
     def token_text(self, token: int) -> str: ...
-    def token_to_piece(self, token: int) -> bytes: ...
+    def token_to_piece(self, token: int, special: bool = False) -> bytes: ...
 
 class Runtime:
     def __init__(self) -> None: ...
@@ -132,6 +133,17 @@ class SequenceCounts:
     active: int
     queued: int
 
+class SlotView:
+    id: int
+    busy: bool
+    n_prompt: int
+    n_cached: int
+    n_decoded: int
+    n_past: int
+    cache_tokens: int
+    cache_extendable: bool
+    cache_checkpoints: int
+
 class ContextOptions:
     n_ctx: int
     n_seq: int
@@ -203,6 +215,7 @@ class Engine:
     fault: Fault
     def stats(self) -> StatsSnapshot: ...
     def sequences(self, runtime: Runtime) -> SequenceCounts: ...
+    def slots(self) -> list[SlotView]: ...
     def submit(
         self,
         runtime: Runtime,

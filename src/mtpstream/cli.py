@@ -16,78 +16,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
 
 from . import __version__
-from ._reasoning import REASONING_FORMATS
+from ._cli_common import UsageError as _UsageError
+from ._cli_common import add_repack_arg as _add_repack_arg
+from ._cli_common import add_session_args as _add_session_args
+from ._cli_common import load as _load
+from ._cli_common import session as _session
+from ._cli_serve import add_serve_args
 from .errors import InvalidOptionError, MTPError
 from .events import DoneEvent, EogEvent, TokenEvent
-from .model import Model, cpu_offers_amx_buffer, load_model
+from .model import Model, cpu_offers_amx_buffer
 from .session import MTP, init
-
-
-class _UsageError(Exception):
-    """A bad command line (exit code 2)."""
-
-
-# ------------------------------------------------------------------ helpers
-def _progress_bar(label: str) -> tuple[Callable[[float], bool], Callable[[], None]]:
-    state = {"shown": -1}
-    tty = sys.stderr.isatty()
-
-    def progress(p: float) -> bool:
-        pct = int(p * 100)
-        if pct != state["shown"] and (tty or pct in (0, 100)):
-            state["shown"] = pct
-            bar = "#" * (pct // 4)
-            sys.stderr.write(f"\r{label} [{bar:<25}] {pct:3d}%")
-            sys.stderr.flush()
-        return True
-
-    def done() -> None:
-        sys.stderr.write("\n")
-
-    return progress, done
-
-
-def _load(path: str, quiet: bool = False, repack: bool | None = None) -> Model:
-    if quiet:
-        return load_model(path, repack=repack)
-    progress, done = _progress_bar("loading")
-    model = load_model(path, repack=repack, progress=progress)
-    done()
-    return model
-
-
-def _n_draft(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an int or 'auto', not {text!r}") from None
-
-
-def _session(model: Model, args: argparse.Namespace) -> MTP:
-    n_draft = args.n_draft if model.has_mtp else 0
-    if n_draft != args.n_draft:
-        print(f"note: {model.path.name} has no MTP head; decoding without drafts", file=sys.stderr)
-    budgets = {k: getattr(args, k) for k in ("grammar_budget", "grammar_step_budget") if hasattr(args, k)}
-    return init(
-        model,
-        n_draft=n_draft,
-        n_ctx=args.n_ctx,
-        n_seq=getattr(args, "n_seq", 1),
-        rollback=args.rollback,
-        **budgets,
-    )
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
@@ -200,172 +147,6 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
-# ------------------------------------------------------------------ serve
-def _serve_limits(args: argparse.Namespace) -> Any:
-    from .server_limits import ServerLimits, allowed_hosts
-
-    extra = tuple(h for item in args.allowed_hosts or () for h in item.split(","))
-    try:
-        return ServerLimits(
-            max_queue=args.max_queue,
-            max_body_bytes=args.max_body_bytes,
-            header_timeout=args.header_timeout,
-            body_timeout=args.body_timeout,
-            stream_idle_timeout=args.stream_idle_timeout,
-            keep_alive_timeout=args.keep_alive_timeout,
-            max_connections=args.max_connections,
-            shutdown_grace=args.shutdown_grace,
-            allowed_hosts=tuple(sorted(allowed_hosts(args.host, extra))),
-            report_cached_tokens=args.report_cached_tokens,
-        )
-    except ValueError as exc:
-        raise _UsageError(str(exc).replace("_", "-")) from None
-
-
-def _serve_keys(args: argparse.Namespace) -> tuple[str, ...]:
-    from .server_limits import resolve_api_keys
-
-    try:
-        return resolve_api_keys(args.api_key, args.api_key_file)
-    except ValueError as exc:
-        raise _UsageError(str(exc)) from None
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object")
-    return value
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
-    try:
-        from ._server_uvicorn import GracefulServer, config
-        from .server import create_app
-    except ImportError:
-        raise MTPError("the server needs FastAPI and uvicorn: pip install 'mtpstream[server]'") from None
-    limits, api_keys = _serve_limits(args), _serve_keys(args)
-    with _load(args.model, args.quiet, args.repack) as model, _session(model, args) as mtp:
-        mtp.allow_request_templates = args.allow_request_templates
-        defaults = {
-            "reasoning_format": args.reasoning_format,
-            "chat_template_kwargs": args.chat_template_kwargs,
-        }
-        app = create_app(
-            mtp, model_alias=args.model_alias, api_key=api_keys, limits=limits, chat_defaults=defaults
-        )
-        print(
-            f"serving {model.path.name} as {args.model_alias or mtp.model_name!r} on "
-            f"http://{args.host}:{args.port}/v1 (n_draft={mtp.n_draft if not mtp.auto_draft else 'auto'}, "
-            f"n_seq={mtp.n_seq})",
-            file=sys.stderr,
-            flush=True,
-        )
-        if not api_keys and "*" not in limits.allowed_hosts:
-            print(
-                f"no API key: only these Host names are served: {', '.join(limits.allowed_hosts)} "
-                "(--allowed-hosts adds more)",
-                file=sys.stderr,
-                flush=True,
-            )
-        # on SIGINT/SIGTERM running requests get --shutdown-grace seconds to finish, then
-        # they end with an error (and their generations are cancelled)
-        server = GracefulServer(config(app, args.host, args.port, limits), app.state.lifecycle, limits)
-        server.run()
-        if server.started is False and not server.should_exit:
-            raise MTPError(f"could not serve on {args.host}:{args.port}")
-    print("server stopped", file=sys.stderr)
-    return 0
-
-
-def _add_serve_args(serve: argparse.ArgumentParser) -> None:
-    _add_session_args(serve, with_sampling=False)
-    serve.add_argument("--n-seq", type=int, default=4, help="requests decoded together (default 4)")
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--model-alias", default=None, help="the model name clients see (default: file stem)")
-    key = serve.add_argument_group("API key (else $MTPSTREAM_API_KEY; none: Host names are checked)")
-    key.add_argument(
-        "--api-key",
-        action="append",
-        metavar="KEY[,KEY]",
-        help="require 'Authorization: Bearer KEY' or 'x-api-key: KEY'; repeat or comma-separate "
-        "for several (visible in ps)",
-    )
-    key.add_argument("--api-key-file", default=None, metavar="PATH", help="keys, one per line (# comments)")
-    key.add_argument(
-        "--allowed-hosts",
-        action="append",
-        metavar="HOST[,HOST]",
-        help="Host names served without a key, besides loopback and --host ('*': any)",
-    )
-    lim = serve.add_argument_group("limits")
-    lim.add_argument(
-        "--max-queue", type=int, default=None, help="waiting requests beyond n_seq; more get 429"
-    )
-    lim.add_argument(
-        "--max-body-bytes", type=int, default=4 * 2**20, help="larger request bodies get 413 (default 4 MiB)"
-    )
-    for flag, default, text in (
-        ("--stream-idle-timeout", 30.0, "drop a client that reads nothing for this long"),
-        ("--header-timeout", 10.0, "the request headers must arrive within this"),
-        ("--body-timeout", 30.0, "the request body must arrive within this (408)"),
-        ("--keep-alive-timeout", 5.0, "close idle keep-alive connections after this"),
-        ("--shutdown-grace", 3.0, "on SIGINT/SIGTERM running requests get this long"),
-    ):
-        lim.add_argument(
-            flag, type=float, default=default, metavar="S", help=f"{text} (default {default:g} s)"
-        )
-    lim.add_argument("--max-connections", type=int, default=256, help="more get 503 (default 256)")
-    lim.add_argument(
-        "--grammar-budget",
-        type=float,
-        default=5.0,
-        metavar="S",
-        help="each new grammar is built and tried on a few tokens in a checker process; one that "
-        "takes longer gets 400 (default 5 s)",
-    )
-    lim.add_argument(
-        "--grammar-step-budget",
-        type=float,
-        default=1.0,
-        metavar="S",
-        help="a grammar step (build, apply, accept) taking longer refuses the grammar, or ends "
-        "the request during generation (default 1 s)",
-    )
-    lim.add_argument(
-        "--reasoning-format",
-        choices=sorted(REASONING_FORMATS),
-        default="parsed",
-        help="parsed (default; llama-server's auto/deepseek): the text between the template's "
-        "think markers goes to reasoning_content; raw (llama-server's none): it stays in content",
-    )
-    lim.add_argument(
-        "--chat-template-kwargs",
-        type=_json_object,
-        default=None,
-        metavar="JSON",
-        help="variables for the chat template by default, e.g. '{\"enable_thinking\": false}' "
-        "(a request's chat_template_kwargs override them key by key)",
-    )
-    lim.add_argument(
-        "--allow-request-templates",
-        action="store_true",
-        help="accept a request's own chat_template (a template is a program; it still renders "
-        "within time and size limits)",
-    )
-    lim.add_argument(
-        "--report-cached-tokens",
-        action="store_true",
-        help="report usage.prompt_tokens_details.cached_tokens (off: it tells a client whether "
-        "another one sent the same prompt)",
-    )
-    serve.set_defaults(func=_cmd_serve)
-
-
 # ------------------------------------------------------------------ demo
 async def _timed(mtp: MTP, tokens: list[int], max_tokens: int, echo: bool) -> tuple[list[int], float, Any]:
     ids: list[int] = []
@@ -445,35 +226,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ parser
-def _add_repack_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--repack",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="llama.cpp's repacked weight buffers (default: on, off on Intel AMX CPUs; see README)",
-    )
-
-
-def _add_session_args(p: argparse.ArgumentParser, with_sampling: bool = True) -> None:
-    p.add_argument("model", metavar="MODEL", help="a GGUF file")
-    p.add_argument(
-        "--n-draft", type=_n_draft, default=3, help="draft tokens per iteration, or 'auto' (default 3)"
-    )
-    p.add_argument("--n-ctx", type=int, default=4096, help="context size per sequence (default 4096)")
-    p.add_argument(
-        "--rollback",
-        choices=("auto", "snapshots", "replay"),
-        default="auto",
-        help="how hybrid models drop rejected drafts (default: %(default)s; see README)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_repack_arg(p)
-    if with_sampling:
-        p.add_argument("--max-tokens", type=int, default=512)
-        p.add_argument("--temp", type=float, default=0.0, help="0 (the default) is greedy")
-        p.add_argument("--seed", type=int, default=None)
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtpstream", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -492,7 +244,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", default=None, help="a system message")
     chat.set_defaults(func=_cmd_chat)
 
-    _add_serve_args(sub.add_parser("serve", help="OpenAI-compatible HTTP server"))
+    add_serve_args(sub.add_parser("serve", help="OpenAI-compatible HTTP server"))
 
     info = sub.add_parser("info", help="describe a GGUF model")
     info.add_argument("model", metavar="MODEL")

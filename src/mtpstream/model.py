@@ -8,12 +8,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from . import _bridge
 from ._gguf_checks import check_hyperparameters
 from ._gguf_meta import GGUFFormatError, read_gguf_header
-from .errors import ModelLoadError, SessionClosedError
+from .errors import InvalidOptionError, ModelLoadError, SessionClosedError
 
 __all__ = ["Model", "load_model"]
 
@@ -117,11 +117,19 @@ class Model:
     until they are closed.
     """
 
-    def __init__(self, native: _bridge.NativeModel, info: _FileInfo, path: Path, uses_mmap: bool) -> None:
+    def __init__(
+        self,
+        native: _bridge.NativeModel,
+        info: _FileInfo,
+        path: Path,
+        uses_mmap: bool,
+        placement: tuple[int | None, int | Literal["all"]] = (None, 0),
+    ) -> None:
         self._native: _bridge.NativeModel | None = native
         self._info = info
         self._path = path
         self._uses_mmap = uses_mmap
+        self._n_gpu_layers, self._n_cpu_moe = placement
         self._metadata: Mapping[str, str] | None = None
         self._lock = threading.Lock()
 
@@ -166,6 +174,16 @@ class Model:
     def uses_mmap(self) -> bool:
         """Whether the weights are mapped from the file (else read into memory)."""
         return self._uses_mmap
+
+    @property
+    def n_gpu_layers(self) -> int | None:
+        """``load_model``'s ``n_gpu_layers`` (None: llama.cpp's default)."""
+        return self._n_gpu_layers
+
+    @property
+    def n_cpu_moe(self) -> int | Literal["all"]:
+        """``load_model``'s ``n_cpu_moe``: the blocks whose MoE experts stay in CPU memory."""
+        return self._n_cpu_moe
 
     @property
     def repack(self) -> bool:
@@ -296,10 +314,11 @@ class Model:
         self._check_token(token_id)
         return str(self.native.token_text(token_id))
 
-    def token_to_piece(self, token_id: int) -> bytes:
-        """The raw bytes of one token as generation renders it."""
+    def token_to_piece(self, token_id: int, special: bool = False) -> bytes:
+        """The raw bytes of one token as generation renders it (a control token renders
+        empty; with ``special=True``, as its text, as llama-server's ``/tokenize`` shows it)."""
         self._check_token(token_id)
-        return bytes(self.native.token_to_piece(token_id))
+        return bytes(self.native.token_to_piece(token_id, special))
 
     def _check_token(self, token_id: object) -> None:
         if isinstance(token_id, bool) or not isinstance(token_id, int):
@@ -322,6 +341,7 @@ def load_model(
     load_mtp: bool = True,
     use_mmap: bool | None = True,
     repack: bool | None = None,
+    n_cpu_moe: int | Literal["all"] = 0,
     progress: Callable[[float], object] | None = None,
 ) -> Model:
     """Load a GGUF model, with its MTP (NextN) layers unless ``load_mtp=False``.
@@ -338,8 +358,17 @@ def load_model(
     AMX buffer: that kernel multiplies a batched activation wrongly (a hybrid
     model's ``ssm_out`` over a ubatch of several sequences) and gives wrong tokens
     or a crash (README, "AMX CPUs"). :attr:`Model.repack` tells which was used.
-    ``progress`` receives values in 0..1 while loading; returning ``False`` aborts
-    the load. Raises :class:`ModelLoadError`.
+    ``n_cpu_moe`` is llama-server's ``--n-cpu-moe``/``--cpu-moe``: the MoE expert
+    weights (``ffn_*_exps``) of the first ``n_cpu_moe`` blocks, or of every block
+    (``"all"``), stay in CPU memory while the rest goes where ``n_gpu_layers`` puts it
+    (llama.cpp's tensor buffer-type overrides; a CPU-only build keeps everything there
+    anyway). ``progress`` receives values in 0..1 while loading; returning ``False``
+    aborts the load.
+
+    Raises:
+        ModelLoadError: the file is missing, not a GGUF, truncated, or llama.cpp cannot load it.
+        InvalidOptionError: ``n_cpu_moe`` is not a count >= 0 or ``"all"`` (``field="n_cpu_moe"``).
+        TypeError: ``n_gpu_layers``, ``use_mmap`` or ``repack`` of the wrong type.
     """
     if n_gpu_layers is not None and (isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int)):
         raise TypeError("n_gpu_layers must be an int or None")
@@ -347,8 +376,22 @@ def load_model(
         raise TypeError(f"use_mmap must be True, False or None (auto), not {use_mmap!r}")
     if repack is not None and not isinstance(repack, bool):
         raise TypeError(f"repack must be True, False or None (auto), not {repack!r}")
+    _check_n_cpu_moe(n_cpu_moe)
     p = Path(os.fspath(path)).expanduser()
     info = _inspect_file(p)
     mmap = _choose_mmap(info.file_bytes, _available_memory_bytes()) if use_mmap is None else use_mmap
-    native = _bridge.load_model(str(p), n_gpu_layers, bool(load_mtp), mmap, repack, progress, info.arch)
-    return Model(native, info, p, mmap)
+    # one override pattern per block at most (llama.cpp takes up to 4096)
+    n_cpu = -1 if n_cpu_moe == "all" else min(int(n_cpu_moe), max(info.block_count, 1))
+    native = _bridge.load_model(
+        str(p), n_gpu_layers, bool(load_mtp), mmap, repack, n_cpu, progress, info.arch
+    )
+    return Model(native, info, p, mmap, (n_gpu_layers, n_cpu_moe))
+
+
+def _check_n_cpu_moe(value: object) -> None:
+    if value == "all" and isinstance(value, str):
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidOptionError(
+            f"n_cpu_moe must be a count of blocks >= 0 or 'all' (got {value!r})", field="n_cpu_moe"
+        )

@@ -2,10 +2,12 @@
 
 Endpoints: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (whole results,
 or server-sent events with ``"stream": true``), ``GET /v1/models``, ``GET /health``
-and ``GET /metrics`` (Prometheus text); ``POST /v1/responses`` serves OpenAI's Responses
-API over the same chat calls (:mod:`mtpstream._server_responses`, stateless);
-``POST /v1/messages`` and ``POST /v1/messages/count_tokens`` speak Anthropic's Messages
-API (``_server_anthropic``, with Anthropic's error objects). Other errors are OpenAI
+and ``GET /metrics`` (Prometheus text); llama-server's ``POST /tokenize``,
+``/detokenize``, ``/apply-template``, ``GET /props`` and ``/slots``
+(:mod:`._server_utility`); ``POST /v1/responses`` serves OpenAI's Responses API over
+the same chat calls (:mod:`._server_responses`, stateless); ``POST /v1/messages`` and
+``POST /v1/messages/count_tokens`` speak Anthropic's Messages API
+(:mod:`._server_anthropic`, with Anthropic's error objects). Other errors are OpenAI
 error objects (``{"error": {"message", "type", "param", "code"}}``): 400 for a bad request (the
 session keeps working), 401 for a wrong API key, 404/405 for a wrong route, 408 for a
 body that does not arrive in time, 413 for a body over ``max_body_bytes``, 429 when
@@ -35,12 +37,18 @@ try:  # the server extra
     from ._server_http import HostCheck, HTTPError, install_error_handlers, require_key
     from ._server_responses import router as responses_router
     from ._server_state import ServerState, chat_chunks, generation, state_of
+    from ._server_utility import router as utility_router
 except ImportError:  # pragma: no cover - depends on the environment
     FastAPI = None  # type: ignore[assignment,misc]
 
 __all__ = ["ServerLimits", "create_app"]
 
 _CHAT = "/v1/chat/completions"
+_CORS: dict[str, Any] = {
+    "allow_methods": ["GET", "POST", "OPTIONS"],
+    "allow_headers": ["Authorization", "Content-Type", "x-api-key"],
+    "max_age": 600,
+}
 _COMPLETIONS = "/v1/completions"
 
 
@@ -59,7 +67,8 @@ def create_app(
     ``Authorization: Bearer KEY`` or ``x-api-key: KEY`` (401 otherwise); without a key,
     only ``limits.allowed_hosts`` may be named in ``Host`` (against DNS rebinding).
     ``max_queue``: at most this many calls wait for a free sequence; more
-    get 429 (overrides ``limits.max_queue``). ``limits``: :class:`ServerLimits`.
+    get 429 (overrides ``limits.max_queue``). ``limits``: :class:`ServerLimits` (with
+    ``cors_origins``, CORS headers for those web origins).
     ``app.state.lifecycle`` lets the server drain and stop the app's calls.
     ``chat_defaults``: chat options a request does not set (``reasoning_format``,
     ``chat_template_kwargs``, merged key by key; CLI ``--reasoning-format``,
@@ -86,9 +95,14 @@ def create_app(
     install_error_handlers(app, lambda request, err: state.metrics.count(request.url.path, err.status))
     if not keys:
         app.add_middleware(HostCheck, allowed=frozenset(h.lower() for h in limits.allowed_hosts))
+    if limits.cors_origins:  # outermost: a preflight is answered before the key is checked
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(limits.cors_origins), **_CORS)
     app.include_router(router)
     app.include_router(responses_router)
     app.include_router(messages_router)
+    app.include_router(utility_router)
     return app
 
 

@@ -48,7 +48,10 @@ class ServerLimits:
     any; see :func:`allowed_hosts`), against DNS rebinding. ``report_cached_tokens``:
     report ``usage.prompt_tokens_details.cached_tokens`` (off by default: the prompt
     cache is shared, so it would tell a client whether another one sent the same
-    prompt prefix).
+    prompt prefix). ``cors_origins``: the web origins (``scheme://host[:port]``, ``"*"``:
+    any) whose pages a browser lets call the server (CORS; a preflight from one of them
+    is answered without the API key, with the CORS headers; other origins get none).
+    ``"*"`` on a server without an API key lets any web page the user visits use it.
     """
 
     max_queue: int | None = None
@@ -63,6 +66,7 @@ class ServerLimits:
     shutdown_grace: float = 3.0
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     report_cached_tokens: bool = False
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_queue is not None and self.max_queue < 0:

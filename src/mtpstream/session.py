@@ -22,7 +22,7 @@ from .errors import InvalidOptionError, NoMTPHeadError, SessionClosedError
 from .events import DoneEvent, EogEvent, TokenEvent
 from .model import Model
 from .options import GenerationOptions, SessionOptions, check_text, validate
-from .stats import MTPStats
+from .stats import MTPStats, SequenceInfo
 
 __all__ = ["MTP", "init"]
 
@@ -108,6 +108,17 @@ class MTP:
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
         return self._engine is None
+
+    @property
+    def context_options(self) -> dict[str, Any]:
+        """The contexts' ``n_threads``, ``n_threads_batch``, ``n_batch``, ``n_ubatch``,
+        ``flash_attn`` ("on"/"off"/"auto"), ``type_k``, ``type_v``, defaults resolved."""
+        return _bridge.context_info(self._live, self._options)
+
+    def sequences(self) -> tuple[SequenceInfo, ...]:
+        """Each of the ``n_seq`` sequences as of the engine's last step: busy or idle,
+        its tokens, what the prompt cache keeps of it (:class:`SequenceInfo`)."""
+        return _bridge.sequences(self._live)
 
     @property
     def allow_request_templates(self) -> bool:
@@ -239,20 +250,24 @@ class MTP:
         return bos is not None and bool(bos_text := self._model.token_text(bos)) and text.startswith(bos_text)
 
     # ------------------------------------------------------------------ chat
-    def render_chat(self, messages: Sequence[Mapping[str, Any]], chat_template: str | None = None) -> str:
+    def render_chat(
+        self, messages: Sequence[Mapping[str, Any]], chat_template: str | None = None, **options: Any
+    ) -> str:
         """The prompt text :meth:`chat` generates from: ``messages`` rendered by the
         model's ``tokenizer.chat_template`` (or ``chat_template``, when
-        :attr:`allow_request_templates`) with the generation prompt. Blocking (the
-        template renders within time and size limits); :meth:`chat` renders in a
-        worker thread.
+        :attr:`allow_request_templates`) with the generation prompt and the ``options``
+        that reach the template (``tools``, ``tool_choice``, ``chat_template_kwargs``,
+        ``reasoning_effort``, as :meth:`chat` takes them). Blocking (the template renders
+        within time and size limits); :meth:`chat` renders in a worker thread.
 
         Raises:
             InvalidOptionError: no template or a template that is not allowed
-                (``field="chat_template"``), malformed messages, or a template that
-                fails to render or goes over a limit.
+                (``field="chat_template"``), malformed messages or options, or a
+                template that fails to render or goes over a limit.
         """
+        template, request = self._chat_template(chat_template), ChatRequest.of(messages, options)
         bos, eos = self._bos_eos_text()
-        return render_messages(messages, self._chat_template(chat_template), bos, eos)
+        return render_messages(request.messages, template, bos, eos, request.template_vars())
 
     def tokenize_chat(
         self, messages: Sequence[Mapping[str, Any]], chat_template: str | None = None, **options: Any
@@ -448,11 +463,8 @@ class MTP:
 
 def native_engine(mtp: MTP) -> _bridge.NativeEngine:
     """The live native engine behind ``mtp``, for mtpstream's own modules only (the
-    test-only fault injection of :mod:`mtpstream.testing` sets its ``fault``).
-
-    Raises:
-        SessionClosedError: the session is closed.
-    """
+    test-only fault injection of :mod:`mtpstream.testing` sets its ``fault``); raises
+    :class:`SessionClosedError` once the session is closed."""
     return mtp._live
 
 
@@ -552,10 +564,9 @@ def init(
     decodes cost their per-iteration overheads a replayed verify, whose batch shape
     changes, makes llama.cpp rebuild its graph every time.
 
-    ``"replay"`` shares each sequence's state with a spare sequence id before a
-    verify and, after a
-    rejection, restores it and decodes the accepted tokens again in front of the next
-    verify (``stats().replayed_tokens``), in place of as many drafts; ``"snapshots"``
+    ``"replay"`` shares each sequence's state with a spare sequence id before a verify
+    and, after a rejection, restores it and decodes the accepted tokens again in front
+    of the next verify (``stats().replayed_tokens``), in place of as many drafts; ``"snapshots"``
     has llama.cpp keep the state after each of a verify's last ``n_draft + 1`` tokens,
     which every verify pays for (README, "Performance") and which takes
     ``n_draft + 1`` recurrent states per sequence instead of two. Output is the same;

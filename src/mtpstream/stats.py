@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ._loader import _native
 
-__all__ = ["MTPStats", "TimingUs", "Usage"]
+__all__ = ["MTPStats", "SequenceInfo", "TimingUs", "Usage"]
 
 
 class StatsField(NamedTuple):
@@ -170,3 +170,28 @@ class Usage(BaseModel):
     def acceptance_rate(self) -> float:
         """Accepted / generated drafts of this call (0.0 without drafts)."""
         return self.drafts_accepted / self.drafts_generated if self.drafts_generated else 0.0
+
+
+class SequenceInfo(BaseModel):
+    """One of a session's ``n_seq`` sequences, as of the engine's last step (see
+    :meth:`mtpstream.MTP.sequences`).
+
+    ``busy``: a call holds it; then ``n_prompt`` is that call's prompt length,
+    ``n_cached`` the prompt tokens reused from the prompt cache, ``n_decoded`` the
+    tokens generated so far and ``n_past`` the tokens in the sequence's memory. Idle:
+    ``cache_tokens`` is what the prompt cache keeps of it (the last call's tokens),
+    ``cache_extendable`` whether a prompt extending them continues from the memory as
+    it is (else only from one of its ``cache_checkpoints``).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    busy: bool
+    n_prompt: int = 0
+    n_cached: int = 0
+    n_decoded: int = 0
+    n_past: int = 0
+    cache_tokens: int = 0
+    cache_extendable: bool = False
+    cache_checkpoints: int = 0
