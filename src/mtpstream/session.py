@@ -13,12 +13,13 @@ import anyio
 from . import _bridge, _grammar_check
 from ._chat_output import chat_plan
 from ._chunk_streams import ChatStream, PreparingChatStream, collect_chat
+from ._model_checks import check_models
 from ._openai import ChatRequest, generation_options, tool_grammar_options, wait_flag
 from ._openai_params import include_usage
 from ._stream import EventStream, OpenCalls, TextStream
 from .chat import chat_prompt, check_messages, render_messages
 from .completions import ChatCompletion
-from .errors import InvalidOptionError, NoMTPHeadError, SessionClosedError
+from .errors import InvalidOptionError, SessionClosedError
 from .events import DoneEvent, EogEvent, TokenEvent
 from .model import Model
 from .options import GenerationOptions, SessionOptions, check_text, validate
@@ -480,54 +481,6 @@ def _no_running_loop(method: str) -> None:
     )
 
 
-def _check_models(model: Model, draft_model: Model | None, n_draft: int) -> None:
-    if not isinstance(model, Model):
-        raise InvalidOptionError(
-            f"model must be an mtpstream.Model, not {type(model).__name__}", field="model"
-        )
-    if model.closed:
-        raise SessionClosedError("the model is closed")
-    if model.is_sidecar:
-        raise InvalidOptionError(
-            f"'{model.path.name}' is an MTP-only sidecar (it has no trunk layers); load the full "
-            "model as the target and pass this file as draft_model=",
-            field="model",
-        )
-    if n_draft == 0:
-        return
-    if draft_model is not None:
-        if not isinstance(draft_model, Model):
-            raise InvalidOptionError("draft_model must be an mtpstream.Model", field="draft_model")
-        if draft_model.closed:
-            raise SessionClosedError("the draft model is closed")
-        if not draft_model.has_mtp:
-            raise NoMTPHeadError(
-                f"draft_model '{draft_model.path.name}' has no loaded MTP head"
-                + (" (it was loaded with load_mtp=False)" if not draft_model.load_mtp else "")
-            )
-        if draft_model.n_vocab != model.n_vocab:
-            raise InvalidOptionError(
-                f"draft_model vocabulary ({draft_model.n_vocab}) differs from the target's ({model.n_vocab})",
-                field="draft_model",
-            )
-        if draft_model.n_embd != model.n_embd:
-            raise InvalidOptionError(
-                f"draft_model hidden width ({draft_model.n_embd}) differs from the target's ({model.n_embd})",
-                field="draft_model",
-            )
-        return
-    if not model.has_mtp:
-        if model.n_layer_nextn > 0 and not model.load_mtp:
-            raise NoMTPHeadError(
-                f"'{model.path.name}' was loaded with load_mtp=False, so its MTP head was skipped; "
-                "reload it with load_mtp=True, or use n_draft=0 for plain decoding"
-            )
-        raise NoMTPHeadError(
-            f"'{model.path.name}' has no MTP head; use n_draft=0 for plain decoding, a GGUF that "
-            "preserves the MTP (NextN) layers, or pass an MTP sidecar GGUF as draft_model="
-        )
-
-
 def init(
     model: Model,
     n_draft: int | str = 3,
@@ -598,7 +551,7 @@ def init(
     auto = opts.n_draft == "auto"
     n_max = AUTO_MAX_DRAFT if auto else opts.n_draft
     assert isinstance(n_max, int)
-    _check_models(model, draft_model, n_max)
+    check_models(model, draft_model, n_max)
     _bridge.check_batch(opts, n_max)
     draft_native = draft_model.native if (draft_model is not None and n_max > 0) else None
     engine = _bridge.create_engine(model.native, draft_native, n_max, auto, opts)

@@ -136,4 +136,3 @@ def _with_added_tokens(key: str, value: object) -> object:
     for token_id, text in QWEN_ADDED_TOKENS.items():
         out[token_id] = text if key == "tokenizer.ggml.tokens" else _USER_DEFINED
     return out
-
