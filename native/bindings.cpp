@@ -372,7 +372,8 @@ NB_MODULE(_native, m) {
         .def_rw("stop", &GenerationOptions::stop)
         .def_rw("emit_stats_every", &GenerationOptions::emit_stats_every)
         .def_rw("cache_prompt", &GenerationOptions::cache_prompt)
-        .def_rw("n_logprobs", &GenerationOptions::n_logprobs);
+        .def_rw("n_logprobs", &GenerationOptions::n_logprobs)
+        .def_rw("checkpoint_hint", &GenerationOptions::checkpoint_hint);
 
     nb::class_<EngineHandle>(m, "Engine")
         .def_static(

@@ -87,6 +87,10 @@ struct GenerationOptions {
     // -1: no logprobs; n >= 0: every token event carries the emitted token's
     // log-probability under the target and its n most likely alternatives
     int32_t n_logprobs = -1;
+    // a prompt position to keep a prompt-cache checkpoint at besides the usual ones (a
+    // chat's: where the generation prompt starts, which the next turn shares even when
+    // its template drops this turn's reasoning); -1: none
+    int32_t checkpoint_hint = -1;
 };
 
 }  // namespace mtpstream

@@ -203,11 +203,18 @@ bool SequencePool::checkpoint_wanted(const Generation & g, int32_t n, int32_t ap
 }
 
 // One before the prompt's end (its last token then decoded alone) when g reads
-// many new tokens, else where g starts (the end of what it reuses).
+// many new tokens, else where g starts (the end of what it reuses); before that, the
+// call's checkpoint_hint when g has not read that far yet.
 int32_t SequencePool::checkpoint_position(const Generation & g) const {
     const auto n_prompt = static_cast<int32_t>(g.opts.prompt.size());
     const int32_t n = n_prompt - g.cached >= kSplitMinNewTokens ? n_prompt - 1 : g.cached;
-    return checkpoint_wanted(g, n, 1) ? n : -1;
+    const int32_t base = checkpoint_wanted(g, n, 1) ? n : -1;
+    const auto pos = static_cast<int32_t>(g.prefill_pos);
+    const int32_t hint = g.opts.checkpoint_hint;
+    if (base == pos || hint <= pos || hint >= n_prompt - 1 || !checkpoint_wanted(g, hint, 1)) {
+        return base;
+    }
+    return base > pos && base < hint ? base : hint;
 }
 
 bool SequencePool::boundary_checkpoint(const Generation & g) const {

@@ -60,3 +60,27 @@ def write_real_vocab_model(dst: Path, template: str = "Qwen3.5-4B") -> Path:
     resized to it, random) and ``template`` (a llama.cpp template's name) as its chat
     template (:func:`mtpstream.testing.make_real_vocab_model`)."""
     return make_real_vocab_model(template, dst=dst)
+
+
+def qwen35_tiny_with_template(directory: Path) -> Path:
+    """The tiny random-weight MTP model with the real Qwen3.5 chat template (its own
+    synthetic vocabulary): what the server tests of tools, Responses and Messages serve.
+    Calls :func:`require` first."""
+    from gguf_edit import copy_with
+    from mtpstream.testing import make_model
+
+    require()
+    src = make_model(arch="qwen35", weights="random", size="tiny", kind="mtp")
+    return copy_with(
+        src, directory / "qwen35-tiny-template.gguf", {"tokenizer.chat_template": QWEN35_TEMPLATE.read_text()}
+    )
+
+
+def thinking_off_server_args(key: str) -> list[str]:
+    """``serve`` arguments of those tests: the key, the alias ``tiny``, a 4096-token
+    context and thinking off by default (a random model never closes its ``<think>``;
+    tests turn it on per request)."""
+    import json
+
+    off = json.dumps({"enable_thinking": False})
+    return ["--api-key", key, "--model-alias", "tiny", "--n-ctx", "4096", "--chat-template-kwargs", off]

@@ -106,14 +106,18 @@ async def test_a_conversation_reuses_every_turn(cm: OracleModels) -> None:
         st = warm.stats()
         assert 0 < st.prompt_tokens_cached < st.prompt_tokens
         # the last turn asked again, and its reply replaced: both restart from the
-        # checkpoint the turn left where it started (a short turn decodes no extra batch)
+        # checkpoint the turn left where its generation prompt began (after the
+        # history it shares with both), past the one where the turn started
         again = messages[:-1]
         edited = [*messages[:-1], {"role": "assistant", "content": "no"}, {"role": "user", "content": "why"}]
+        hits = []
         for msgs in (again, edited):
             a = await warm.chat(msgs, max_tokens=30)
             b = await cold.chat(msgs, max_tokens=30)
             assert a.choices[0].message.content == b.choices[0].message.content
-            assert a.usage.prompt_tokens_details.cached_tokens == last_cached
+            hits.append(a.usage.prompt_tokens_details.cached_tokens)
+        n_again = len(warm.tokenize_chat(again))  # the history, then the generation prompt
+        assert hits[0] == hits[1] > last_cached and n_again - 16 < hits[0] < n_again, (hits, n_again)
 
 
 @pytest.mark.asyncio
@@ -381,3 +385,50 @@ async def test_a_shared_long_head_restarts_from_a_chunk_boundary(cm: OracleModel
         assert u.cached_tokens == 512
         if n_draft:
             assert (u.drafts_accepted, u.drafts_generated) == (ref.drafts_accepted, ref.drafts_generated)
+
+
+@pytest.mark.asyncio
+async def test_a_turn_whose_reasoning_the_template_drops_reuses_the_history(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Qwen3.5's template renders an earlier assistant turn without its <think> block, so
+    the next turn's prompt leaves the cached sequence where this turn's generation prompt
+    began (before "<think>"), far from the checkpoint one token before the prompt's end.
+    The chat path asks for a checkpoint there: the next turn reuses the whole history,
+    and its reply equals a cold session's."""
+    import real_vocab
+    from mtpstream.testing import make_real_vocab_model
+
+    real_vocab.require()
+    model = mtpstream.load_model(
+        make_real_vocab_model(dst=tmp_path_factory.mktemp("rv") / "m.gguf", added_tokens=True)
+    )
+    system = {"role": "system", "content": "You answer questions about rivers. " * 60}
+    first = [system, {"role": "user", "content": "Which river is the longest?"}]
+    try:
+        with (
+            mtpstream.init(model, n_draft=0, n_ctx=2048) as warm,
+            mtpstream.init(model, n_draft=0, n_ctx=2048, prompt_cache=False) as cold,
+        ):
+            n_first = len(warm.tokenize_chat(first))
+            assert n_first > 300 and n_first % 256 > 8  # not next to a spacing checkpoint
+            one = await warm.chat(first, max_tokens=24, temperature=0)
+            reply = one.choices[0].message
+            assert reply.reasoning_content  # the template opened <think>: the reply is reasoning
+            second = [
+                *first,
+                {
+                    "role": "assistant",
+                    "content": reply.content or "",
+                    "reasoning_content": reply.reasoning_content,
+                },
+                {"role": "user", "content": "And the shortest?"},
+            ]
+            two = await warm.chat(second, max_tokens=24, temperature=0)
+            ref = await cold.chat(second, max_tokens=24, temperature=0)
+        opener = len(model.tokenize("<|im_start|>assistant\n<think>\n", add_special=False))
+    finally:
+        model.close()
+    # the whole history: all of the first prompt but its generation prompt
+    assert two.usage.prompt_tokens_details.cached_tokens == n_first - opener
+    assert two.choices[0].message == ref.choices[0].message

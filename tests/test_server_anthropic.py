@@ -19,9 +19,7 @@ import httpx
 import pytest
 
 import real_vocab
-from gguf_edit import copy_with
 from mtpstream._server_anthropic import MessageEvents
-from mtpstream.testing import make_model
 from test_server import Server
 
 anthropic = pytest.importorskip("anthropic")
@@ -42,11 +40,7 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    real_vocab.require()
-    src = make_model(arch="qwen35", weights="random", size="tiny", kind="mtp")
-    template = real_vocab.QWEN35_TEMPLATE.read_text()
-    dest = tmp_path_factory.mktemp("anthropic") / "qwen35-anth.gguf"
-    return copy_with(src, dest, {"tokenizer.chat_template": template})
+    return real_vocab.qwen35_tiny_with_template(tmp_path_factory.mktemp("anthropic"))
 
 
 def _serve(model: Path, *extra: str) -> Server:

@@ -18,8 +18,6 @@ import pytest
 from pydantic import BaseModel
 
 import real_vocab
-from gguf_edit import copy_with
-from mtpstream.testing import make_model
 from test_server import Server
 
 KEY = "sk-tools"
@@ -40,18 +38,8 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    real_vocab.require()
-    src = make_model(arch="qwen35", weights="random", size="tiny", kind="mtp")
-    template = real_vocab.QWEN35_TEMPLATE.read_text()
-    path = copy_with(
-        src, tmp_path_factory.mktemp("tools") / "qwen35-tools.gguf", {"tokenizer.chat_template": template}
-    )
-    # thinking off by default (the server flag): a random model never closes its <think>;
-    # the reasoning test turns it on per request
-    off = json.dumps({"enable_thinking": False})
-    s = Server(
-        path, "--api-key", KEY, "--model-alias", "tiny", "--n-ctx", "4096", "--chat-template-kwargs", off
-    )
+    path = real_vocab.qwen35_tiny_with_template(tmp_path_factory.mktemp("tools"))
+    s = Server(path, *real_vocab.thinking_off_server_args(KEY))
     yield s
     assert s.stop() == 0
 

@@ -154,6 +154,7 @@ def generation_options(
     n.emit_stats_every = o.emit_stats_every if stats else 0
     n.cache_prompt = o.cache_prompt
     n.n_logprobs = -1 if o.logprobs is None else o.logprobs
+    n.checkpoint_hint = o.checkpoint_at
     s = _native.SamplingOptions()
     s.temp = o.temp
     s.top_k = o.top_k

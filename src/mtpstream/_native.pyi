@@ -185,6 +185,7 @@ class GenerationOptions:
     emit_stats_every: int
     cache_prompt: bool
     n_logprobs: int
+    checkpoint_hint: int
     def __init__(self) -> None: ...
 
 class Job:

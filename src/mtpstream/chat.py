@@ -28,7 +28,13 @@ from ._templates import TemplateLimitError, render_template
 from .errors import InvalidOptionError
 from .options import check_text
 
-__all__ = ["chat_prompt", "check_messages", "grammar_for_response_format", "render_messages"]
+__all__ = [
+    "chat_prompt",
+    "check_messages",
+    "generation_start",
+    "grammar_for_response_format",
+    "render_messages",
+]
 
 
 def grammar_for_response_format(response_format: Any) -> str | None:
@@ -227,3 +233,39 @@ def chat_prompt(
         )
     render = _renderer(template, bos_token, eos_token, _text_chars(msgs) + _text_chars(extra), extra)
     return chat_tokens(msgs, render, tokenize, token_text, bos_token)
+
+
+def generation_start(
+    messages: Any,
+    template: str | None,
+    bos_token: str,
+    eos_token: str,
+    tokenize: Tokenizer,
+    tokens: Sequence[int],
+    extra: Mapping[str, Any] | None = None,
+) -> int:
+    """How many leading ``tokens`` (:func:`chat_prompt`'s prompt of the same call) the
+    conversation renders to before the template's generation prompt; -1 when it cannot
+    be told (the template fails without the generation prompt, or its rendering is not
+    where ``tokens`` begin). The next turn shares the prompt up to there, also when its
+    template drops this turn's reasoning. Blocking, as :func:`chat_prompt`.
+    """
+    msgs = check_messages(messages)
+    variables = {**(extra or {}), "add_generation_prompt": False}
+    try:
+        history = _renderer(
+            template, bos_token, eos_token, _text_chars(msgs) + _text_chars(extra), variables
+        )(msgs)
+    except InvalidOptionError:
+        return -1
+    if not history:
+        return -1
+    add_special = not (bos_token and history.startswith(bos_token))
+    mine = tokenize(history, add_special, True)
+    n = 0
+    for a, b in zip(mine, tokens, strict=False):
+        if a != b:
+            break
+        n += 1
+    # the last token may merge with the generation prompt's first; more than that: unknown
+    return n if len(mine) - n <= 1 and n < len(tokens) else -1

@@ -154,12 +154,26 @@ class GenerationOptions(_Strict):
     ``"match"`` (counted in :attr:`MTPStats.verify_fallbacks`)."""
     timeout: float | None = Field(default=None, ge=MIN_TIMEOUT_S, le=MAX_TIMEOUT_S)
     _grammar_field: str = PrivateAttr(default="grammar")  # the option the grammar came from
+    _checkpoint_at: int = PrivateAttr(default=-1)  # see checkpoint_at
 
     @property
     def grammar_field(self) -> str:
         """The option a refused grammar is reported under (``InvalidOptionError.field``):
         ``"grammar"``, or what :meth:`grammar_from` set (``"response_format"``)."""
         return self._grammar_field
+
+    @property
+    def checkpoint_at(self) -> int:
+        """A prompt position the prompt cache should keep a checkpoint at (-1: none);
+        set by the chat path (:meth:`keep_checkpoint_at`), not an option."""
+        return self._checkpoint_at
+
+    def keep_checkpoint_at(self, position: int) -> GenerationOptions:
+        """Ask for a prompt-cache checkpoint at ``position`` (where a chat's generation
+        prompt starts: the next turn shares the prompt up to there even when its template
+        drops this turn's reasoning); returns ``self``."""
+        self._checkpoint_at = position
+        return self
 
     def grammar_from(self, field: str) -> GenerationOptions:
         """Record that the grammar came from option ``field`` (e.g. ``response_format``);

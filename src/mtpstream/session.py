@@ -17,7 +17,7 @@ from ._model_checks import check_models
 from ._openai import ChatRequest, generation_options, tool_grammar_options, wait_flag
 from ._openai_params import include_usage
 from ._stream import EventStream, OpenCalls, TextStream
-from .chat import chat_prompt, check_messages, render_messages
+from .chat import chat_prompt, check_messages, generation_start, render_messages
 from .completions import ChatCompletion
 from .errors import InvalidOptionError, SessionClosedError
 from .events import DoneEvent, EogEvent, TokenEvent
@@ -387,6 +387,13 @@ class MTP:
             text, tokens = self._chat_prompt(request.messages, template, request.template_vars())
             output, plan = chat_plan(template, text, request.tools, request.reasoning_format)
             options = request.options if plan is None else tool_grammar_options(request.options, plan)
+            if options.cache_prompt:  # a checkpoint the next turn can restart from
+                bos, eos = self._bos_eos_text()
+                extra = request.template_vars()
+                tokenize = self._model_native.tokenize
+                options.keep_checkpoint_at(
+                    generation_start(request.messages, template, bos, eos, tokenize, tokens, extra)
+                )
             return ChatStream(self._events(tokens, options, request.wait), name, output)
 
         return PreparingChatStream(prepare, request.include_usage)
