@@ -202,7 +202,7 @@ def _print_start(args: argparse.Namespace, mtp: Any, app: Any, api_keys: tuple[s
             "decoding",
             f"n_seq={mtp.n_seq}, n_ctx={mtp.n_ctx}, n_draft={n_draft}, rollback={mtp.rollback or 'none'}",
         ),
-        ("endpoints", "\n".join(f"{m:<6} {' '.join(paths)}" for m, paths in endpoints(app).items())),
+        ("endpoints", "\n".join(f"{m:<6} {' '.join(paths)}" for m, paths in app.state.endpoints.items())),
         ("API keys", _keys_text(api_keys, limits.allowed_hosts)),
     ]
     if limits.cors_origins:
@@ -223,16 +223,6 @@ def _keys_text(api_keys: tuple[str, ...], allowed_hosts: tuple[str, ...]) -> str
     if "*" in allowed_hosts:
         return "none; any Host name is served (--allowed-hosts '*')"
     return f"none; Host names are checked: {', '.join(allowed_hosts)} (--allowed-hosts adds more)"
-
-
-def endpoints(app: Any) -> dict[str, list[str]]:
-    """The app's routes by HTTP method (POST first), in the order they were added."""
-    out: dict[str, list[str]] = {"POST": [], "GET": []}
-    for route in app.routes:
-        for method in sorted(getattr(route, "methods", None) or ()):
-            if method != "HEAD":
-                out.setdefault(method, []).append(route.path)
-    return {m: paths for m, paths in out.items() if paths}
 
 
 # ------------------------------------------------------------------ the arguments
