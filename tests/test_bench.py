@@ -224,6 +224,25 @@ def test_progress_goes_to_stderr_stamped(capsys: pytest.CaptureFixture[str]) -> 
     err = capsys.readouterr().err
     assert re.fullmatch(r"\[ {4}\d\.\ds\]     round 1/3  tok/s k=0:1\.0\n", err), err
     assert seen == ["after: not printed"]  # propagation is back after the block, and only then
+
+
+def test_progress_on_a_terminal_is_dim_stamped(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With FORCE_COLOR (a terminal) the stamp is dim and a warning yellow; NO_COLOR wins."""
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    log = logging.getLogger("mtpstream.bench.measure")
+    with bench.progress_on_stderr():
+        log.info("round 1/3")
+        log.warning("machine busy")
+    err = capsys.readouterr().err
+    assert re.search(r"\x1b\[2m\[ {4}\d\.\ds\] \x1b\[0m.*round 1/3", err), repr(err)
+    assert re.search(r"\x1b\[33m.*machine busy", err), repr(err)
+    monkeypatch.setenv("NO_COLOR", "1")
+    with bench.progress_on_stderr():
+        log.info("round 2/3")
+    assert re.fullmatch(r"\[ {4}\d\.\ds\] round 2/3\n", capsys.readouterr().err)
     assert not logging.getLogger("mtpstream.bench").handlers
 
 
