@@ -218,3 +218,19 @@ def test_chat_keeps_a_bounded_history_between_sessions(model_paths: dict[str, Pa
     chat.send(b"/exit\n")
     assert chat.wait() == 0
     assert not (tmp_path / "other").exists()
+
+
+def test_chat_from_a_pipe_keeps_no_history(model_paths: dict[str, Path], tmp_path: Path) -> None:
+    """Piped input (a script) is not typed: no readline, no history file."""
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path)}
+    p = subprocess.run(
+        [sys.executable, "-m", "mtpstream", "chat", str(model_paths["qwen35-oracle"]), "--quiet"],
+        input="/reset\n/exit\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "(history cleared)" in p.stdout and ESC not in p.stdout
+    assert not (tmp_path / "mtpstream").exists()
