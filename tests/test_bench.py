@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,7 @@ import pytest
 
 from bench_keys import key_tree
 from mtpstream import bench
+from mtpstream.bench import console, report
 
 KEYS_DIR = Path(__file__).parent / "data"
 
@@ -220,6 +224,25 @@ def test_progress_goes_to_stderr_stamped(capsys: pytest.CaptureFixture[str]) -> 
     err = capsys.readouterr().err
     assert re.fullmatch(r"\[ {4}\d\.\ds\]     round 1/3  tok/s k=0:1\.0\n", err), err
     assert seen == ["after: not printed"]  # propagation is back after the block, and only then
+
+
+def test_progress_on_a_terminal_is_dim_stamped(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With FORCE_COLOR (a terminal) the stamp is dim and a warning yellow; NO_COLOR wins."""
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    log = logging.getLogger("mtpstream.bench.measure")
+    with bench.progress_on_stderr():
+        log.info("round 1/3")
+        log.warning("machine busy")
+    err = capsys.readouterr().err
+    assert re.search(r"\x1b\[2m\[ {4}\d\.\ds\] \x1b\[0m.*round 1/3", err), repr(err)
+    assert re.search(r"\x1b\[33m.*machine busy", err), repr(err)
+    monkeypatch.setenv("NO_COLOR", "1")
+    with bench.progress_on_stderr():
+        log.info("round 2/3")
+    assert re.fullmatch(r"\[ {4}\d\.\ds\] round 2/3\n", capsys.readouterr().err)
     assert not logging.getLogger("mtpstream.bench").handlers
 
 
@@ -332,7 +355,7 @@ def test_upstream_rows_are_judged_and_tabulated() -> None:
     is judged per n_draft on the pooled rounds: a K falls short only when the 95%
     bootstrap interval of its median ratio lies wholly below 1. Acceptance must match
     the server's within 0.02, and "auto" must beat the server's defaults by 5%."""
-    from mtpstream.bench import report, targets
+    from mtpstream.bench import targets
 
     def cell(ours: list[float], up: list[float], acc: tuple[float, float] | None = None) -> dict[str, Any]:
         ratios = [o / u for o, u in zip(ours, up, strict=True)]
@@ -406,6 +429,41 @@ def test_saved_result_reanalyzes_to_the_same_targets(
     assert "| level | k=0 (plain) |" in capsys.readouterr().out
     assert bench.main(["--markdown", str(tmp_path / "missing.json")]) == 2
     assert "not a readable result" in capsys.readouterr().err
+
+
+def test_summary_is_plain_in_a_log_and_rich_on_a_terminal(
+    quick_result: tuple[dict[str, Any], Path], tmp_path: Path
+) -> None:
+    """The summary a run prints: plain text (no escape codes) when stdout is not a
+    terminal or NO_COLOR is set; rich tables and coloured PASS/FAIL with FORCE_COLOR."""
+    r, _ = quick_result
+    copy = tmp_path / "look.json"
+    copy.write_text(json.dumps(r))
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR")}
+
+    def summary(**extra: str) -> str:
+        cmd = [sys.executable, "-m", "mtpstream", "bench", "--reanalyze", str(copy)]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**env, **extra})
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+    plain = summary()
+    assert "\x1b[" not in plain and plain == report.format_summary(report.reanalyze(r)) + "\n"
+    assert summary(FORCE_COLOR="1", NO_COLOR="1") == plain
+    rich = summary(FORCE_COLOR="1", COLUMNS="200")
+    assert "\x1b[" in rich and "━" in rich  # a rich table's rule
+    text = re.sub(r"\x1b\[[0-9;]*m", "", rich)
+    level = r["levels"][0]
+    assert f"{level['name']}  (nominal acceptance" in text
+    for name in ("n_draft", "tok/s", "speedup", "accept", "verify us"):
+        assert name in text
+    for k, cells in zip(level["rows"], console.level_cells(level), strict=True):
+        assert re.search(r"\s+".join(re.escape(c) for c in cells), text), k
+    flags = {"PASS": "32", "FAIL": "31"}  # green, red
+    for t in r["targets"].values():
+        if t["pass"] is not None:
+            flag = "PASS" if t["pass"] else "FAIL"
+            assert re.search(rf"\x1b\[[0-9;]*{flags[flag]}m\[{flag}\]", rich)
 
 
 def test_check_exits_1_exactly_when_a_target_fails(

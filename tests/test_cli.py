@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 
 import mtpstream
+
+ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>]")
 
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -78,14 +81,24 @@ def test_chat_in_a_pseudo_terminal(model_paths: dict[str, Path]) -> None:
     if pid == 0:  # the child: the chat, on the pty
         os.execv(
             sys.executable,
-            [sys.executable, "-m", "mtpstream", "chat", str(path), "--max-tokens", "12", "--quiet"],
+            [
+                sys.executable,
+                "-m",
+                "mtpstream",
+                "chat",
+                str(path),
+                "--max-tokens",
+                "12",
+                "--quiet",
+                "--no-history",
+            ],
         )
     out = b""
 
     def read_until(marker: bytes, timeout: float = 60) -> bytes:
         nonlocal out
         deadline = time.monotonic() + timeout
-        while marker not in out:
+        while marker not in ANSI.sub(b"", out):
             left = deadline - time.monotonic()
             assert left > 0, out.decode(errors="replace")
             ready, _, _ = select.select([fd], [], [], left)
@@ -94,7 +107,7 @@ def test_chat_in_a_pseudo_terminal(model_paths: dict[str, Path]) -> None:
                     out += os.read(fd, 4096)
                 except OSError:
                     break
-        head, _, rest = out.partition(marker)
+        head, _, rest = ANSI.sub(b"", out).partition(marker)  # readline's terminal modes removed
         out = rest
         return head
 

@@ -306,6 +306,7 @@ def test_errors_under_messages_are_anthropic_shaped(server: Server) -> None:
     assert r.json()["error"]["type"] == "not_found_error"
     r = httpx.get(server.url + "/v1/messages", headers={"x-api-key": KEY}, timeout=TIMEOUT)
     assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
+    assert r.json()["type"] == "error" and r.headers["allow"] == "POST"
     r = httpx.post(
         server.url + "/v1/messages", content=b"{not json", headers={"x-api-key": KEY}, timeout=TIMEOUT
     )

@@ -398,7 +398,10 @@ def test_malformed_requests_are_openai_errors(open_server: Server, expected: tup
     ):
         assert_openai_error(httpx.post(s.url + "/v1/completions", content=bad, timeout=10), 400)
     assert_openai_error(httpx.get(s.url + "/nowhere", timeout=5), 404)
-    assert_openai_error(httpx.delete(s.url + "/health", timeout=5), 405)
+    not_allowed = httpx.delete(s.url + "/health", timeout=5)
+    assert_openai_error(not_allowed, 405)
+    assert not_allowed.headers["allow"] == "GET"  # RFC 9110: a 405 names the methods
+    assert_openai_error(httpx.get(s.url + "/v1/chat/completions", timeout=5), 405)
     for path in ("/docs", "/redoc", "/openapi.json"):
         assert_openai_error(httpx.get(s.url + path, timeout=5), 404)
     sock = raw(s.port, b"GARBAGE\r\n\r\n")

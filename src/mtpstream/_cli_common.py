@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from typing import Any
 
+from ._console import progress_bar
 from .model import Model, load_model
 from .session import MTP, init
 
@@ -18,33 +18,15 @@ class UsageError(Exception):
     """A bad command line (exit code 2)."""
 
 
-def progress_bar(label: str) -> tuple[Callable[[float], bool], Callable[[], None]]:
-    state = {"shown": -1}
-    tty = sys.stderr.isatty()
-
-    def progress(p: float) -> bool:
-        pct = int(p * 100)
-        if pct != state["shown"] and (tty or pct in (0, 100)):
-            state["shown"] = pct
-            bar = "#" * (pct // 4)
-            sys.stderr.write(f"\r{label} [{bar:<25}] {pct:3d}%")
-            sys.stderr.flush()
-        return True
-
-    def done() -> None:
-        sys.stderr.write("\n")
-
-    return progress, done
-
-
 def load(path: str, quiet: bool = False, repack: bool | None = None, **load_options: Any) -> Model:
     """``load_model(path, repack=repack, **load_options)`` with a progress bar unless ``quiet``."""
     if quiet:
         return load_model(path, repack=repack, **load_options)
     progress, done = progress_bar("loading")
-    model = load_model(path, repack=repack, progress=progress, **load_options)
-    done()
-    return model
+    try:
+        return load_model(path, repack=repack, progress=progress, **load_options)
+    finally:
+        done()
 
 
 def n_draft_arg(text: str) -> int | str:

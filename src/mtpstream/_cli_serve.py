@@ -9,7 +9,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from . import __version__
 from ._cli_common import UsageError, add_session_args, load, session
+from ._console import Field, print_fields
 from ._reasoning import REASONING_FORMATS
 from .errors import InvalidOptionError, MTPError
 from .options import GGML_TYPES, MAX_THREADS, SessionOptions, validate
@@ -173,7 +175,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             app = create_app(
                 mtp, model_alias=args.model_alias, api_key=api_keys, limits=limits, chat_defaults=defaults
             )
-            _print_start(args, mtp, limits, api_keys)
+            _print_start(args, mtp, app, api_keys)
             # on SIGINT/SIGTERM running requests get --shutdown-grace seconds to finish, then
             # they end with an error (and their generations are cancelled)
             server = GracefulServer(config(app, args.host, args.port, limits), app.state.lifecycle, limits)
@@ -186,22 +188,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_start(args: argparse.Namespace, mtp: Any, limits: Any, api_keys: tuple[str, ...]) -> None:
-    def say(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
-
-    n_draft = mtp.n_draft if not mtp.auto_draft else "auto"
-    say(
-        f"serving {mtp.model.path.name} as {args.model_alias or mtp.model_name!r} on "
-        f"http://{args.host}:{args.port}/v1 (n_draft={n_draft}, n_seq={mtp.n_seq})"
-    )
-    if not api_keys and "*" not in limits.allowed_hosts:
-        say(
-            f"no API key: only these Host names are served: {', '.join(limits.allowed_hosts)} "
-            "(--allowed-hosts adds more)"
-        )
+def _print_start(args: argparse.Namespace, mtp: Any, app: Any, api_keys: tuple[str, ...]) -> None:
+    """The start banner on stderr: where, what, how, which endpoints, and the keys in use
+    (how many, never the keys)."""
+    limits = app.state.server.limits
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    n_draft = "auto" if mtp.auto_draft else mtp.n_draft
+    fields: list[Field] = [
+        ("url", f"http://{host}:{args.port}/v1"),
+        ("model", f"{mtp.model.path}"),
+        ("alias", args.model_alias or mtp.model_name),
+        (
+            "decoding",
+            f"n_seq={mtp.n_seq}, n_ctx={mtp.n_ctx}, n_draft={n_draft}, rollback={mtp.rollback or 'none'}",
+        ),
+        ("endpoints", "\n".join(f"{m:<6} {' '.join(paths)}" for m, paths in app.state.endpoints.items())),
+        ("API keys", _keys_text(api_keys, limits.allowed_hosts)),
+    ]
+    if limits.cors_origins:
+        fields.append(("CORS origins", ", ".join(limits.cors_origins)))
+    print_fields(fields, sys.stderr, title=f"mtpstream {__version__} serve")
     if "*" in limits.cors_origins and not api_keys:
-        say("warning: --cors-origins '*' without an API key lets any web page use this server")
+        print(
+            "warning: --cors-origins '*' without an API key lets any web page use this server",
+            file=sys.stderr,
+        )
+    sys.stderr.flush()
+
+
+def _keys_text(api_keys: tuple[str, ...], allowed_hosts: tuple[str, ...]) -> str:
+    if api_keys:
+        n = len(api_keys)
+        return f"{n} key{'s' if n > 1 else ''} in use ('Authorization: Bearer KEY' or 'x-api-key: KEY')"
+    if "*" in allowed_hosts:
+        return "none; any Host name is served (--allowed-hosts '*')"
+    return f"none; Host names are checked: {', '.join(allowed_hosts)} (--allowed-hosts adds more)"
 
 
 # ------------------------------------------------------------------ the arguments

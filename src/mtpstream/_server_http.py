@@ -105,7 +105,9 @@ def install_error_handlers(app: FastAPI, on_error: Callable[[Request, HTTPError]
 
     async def routing(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        return HTTPError(exc.status_code, str(exc.detail)).response(request.url.path)
+        response = HTTPError(exc.status_code, str(exc.detail)).response(request.url.path)
+        response.headers.update(exc.headers or {})  # 405's Allow
+        return response
 
     async def validation(request: Request, exc: Exception) -> JSONResponse:
         return HTTPError(400, "the request is malformed").response(request.url.path)

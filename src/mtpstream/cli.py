@@ -25,12 +25,14 @@ from typing import Any
 import anyio
 
 from . import __version__
+from ._chat_history import add_history_args, history_path, line_editing
 from ._cli_common import UsageError as _UsageError
 from ._cli_common import add_repack_arg as _add_repack_arg
 from ._cli_common import add_session_args as _add_session_args
 from ._cli_common import load as _load
 from ._cli_common import session as _session
 from ._cli_serve import add_serve_args
+from ._console import Field, print_fields
 from .errors import InvalidOptionError, MTPError
 from .events import DoneEvent, EogEvent, TokenEvent
 from .model import Model, cpu_offers_amx_buffer
@@ -45,21 +47,27 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ info / make-model
-def _print_model(model: Model) -> None:
-    print(f"model          {model.path}")
-    print(f"arch           {model.arch}  ({model.description})")
-    print(f"params         {model.n_params:,}  ({model.size_bytes / 2**20:.1f} MiB of tensors)")
-    print(f"shape          n_embd={model.n_embd} n_layer={model.n_layer} n_vocab={model.n_vocab}")
-    print(f"context        {model.n_ctx_train} tokens (trained)")
+def _model_fields(model: Model) -> list[Field]:
     head = "yes" if model.has_mtp else "no"
     if model.n_layer_nextn:
         head += f" ({model.n_layer_nextn} NextN layer{'s' if model.n_layer_nextn > 1 else ''})"
-    print(f"mtp head       {head}")
-    print(f"sidecar        {'yes (MTP head only: pass it as draft_model=)' if model.is_sidecar else 'no'}")
     tmpl = model.chat_template
-    print(f"chat template  {'yes (' + str(len(tmpl)) + ' characters)' if tmpl else 'no'}")
     amx = " (this CPU offers llama.cpp's AMX buffer: off by default)" if cpu_offers_amx_buffer() else ""
-    print(f"repack         {'on' if model.repack else 'off'}{amx}")
+    return [
+        ("model", str(model.path)),
+        ("arch", f"{model.arch}  ({model.description})"),
+        ("params", f"{model.n_params:,}  ({model.size_bytes / 2**20:.1f} MiB of tensors)"),
+        ("shape", f"n_embd={model.n_embd} n_layer={model.n_layer} n_vocab={model.n_vocab}"),
+        ("context", f"{model.n_ctx_train} tokens (trained)"),
+        ("mtp head", head),
+        ("sidecar", "yes (MTP head only: pass it as draft_model=)" if model.is_sidecar else "no"),
+        ("chat template", f"yes ({len(tmpl)} characters)" if tmpl else "no"),
+        ("repack", f"{'on' if model.repack else 'off'}{amx}"),
+    ]
+
+
+def _print_model(model: Model) -> None:
+    print_fields(_model_fields(model), sys.stdout)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -143,7 +151,8 @@ async def _chat_loop(mtp: MTP, options: dict[str, Any], system: str | None) -> N
 def _cmd_chat(args: argparse.Namespace) -> int:
     with _load(args.model, args.quiet, args.repack) as model, _session(model, args) as mtp:
         mtp.render_chat([{"role": "user", "content": "x"}])  # fail early without a template
-        anyio.run(_chat_loop, mtp, _sampling(args), args.system)
+        with line_editing(history_path(args), args.history_size):
+            anyio.run(_chat_loop, mtp, _sampling(args), args.system)
     return 0
 
 
@@ -242,6 +251,7 @@ def _parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="interactive chat through the model's chat template")
     _add_session_args(chat)
     chat.add_argument("--system", default=None, help="a system message")
+    add_history_args(chat)
     chat.set_defaults(func=_cmd_chat)
 
     add_serve_args(sub.add_parser("serve", help="OpenAI-compatible HTTP server"))

@@ -69,7 +69,8 @@ def create_app(
     ``max_queue``: at most this many calls wait for a free sequence; more
     get 429 (overrides ``limits.max_queue``). ``limits``: :class:`ServerLimits` (with
     ``cors_origins``, CORS headers for those web origins).
-    ``app.state.lifecycle`` lets the server drain and stop the app's calls.
+    ``app.state.lifecycle`` lets the server drain and stop the app's calls;
+    ``app.state.endpoints`` lists the paths served by HTTP method.
     ``chat_defaults``: chat options a request does not set (``reasoning_format``,
     ``chat_template_kwargs``, merged key by key; CLI ``--reasoning-format``,
     ``--chat-template-kwargs``).
@@ -99,11 +100,21 @@ def create_app(
         from starlette.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(limits.cors_origins), **_CORS)
-    app.include_router(router)
-    app.include_router(responses_router)
-    app.include_router(messages_router)
-    app.include_router(utility_router)
+    routers = (router, responses_router, messages_router, utility_router)
+    for each in routers:
+        app.include_router(each)
+    app.state.endpoints = _endpoints(routers)
     return app
+
+
+def _endpoints(routers: Sequence[Any]) -> dict[str, list[str]]:
+    """The paths the routers serve by HTTP method (POST first), in the order added."""
+    out: dict[str, list[str]] = {"POST": [], "GET": []}
+    for each in routers:
+        for route in each.routes:
+            for method in sorted(route.methods - {"HEAD"}):
+                out.setdefault(method, []).append(route.path.replace(":path}", "}"))
+    return {m: paths for m, paths in out.items() if paths}
 
 
 # ------------------------------------------------------------------ routes

@@ -40,6 +40,7 @@ from .. import MTP, InvalidOptionError, Model, MTPError, load_model
 from . import env, report
 from . import measure as meas
 from . import reference as ref_meas
+from .console import print_summary, progress_handler
 
 __all__ = ["BenchConfig", "main", "progress_on_stderr", "run"]
 
@@ -92,24 +93,12 @@ class BenchConfig:
 _log = logging.getLogger(__name__)
 
 
-class _Elapsed(logging.Formatter):
-    """A progress line stamped with the seconds since the formatter was made."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.t0 = time.perf_counter()
-
-    def format(self, record: logging.LogRecord) -> str:
-        return f"[{time.perf_counter() - self.t0:7.1f}s] {record.getMessage()}"
-
-
 @contextlib.contextmanager
 def progress_on_stderr() -> Iterator[None]:
     """Print the bench's progress (the ``mtpstream.bench`` loggers, INFO and up) on
     stderr, stamped with the seconds since entry; only there, not to the root logger."""
     logger = logging.getLogger(__package__ or "mtpstream.bench")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Elapsed())
+    handler = progress_handler(sys.stderr)
     saved = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -549,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         result["command"] = ["mtpstream", "bench", *(argv if argv is not None else sys.argv[1:])]
         _write_outputs(result, cfg)
-    print(report.format_summary(result))
+    print_summary(result, sys.stdout)
     if args.check and not result["all_targets_pass"]:
         failed = [name for name, t in result["targets"].items() if t["pass"] is False]
         print(f"mtpstream bench: targets failed: {', '.join(failed)}", file=sys.stderr)
@@ -571,5 +560,5 @@ def _saved(args: argparse.Namespace) -> int:
     report.write_json(result, path)
     if result.get("plot"):
         report.plot(result, path.with_suffix(".png"))
-    print(report.format_summary(result))
+    print_summary(result, sys.stdout)
     return 1 if args.check and not result["all_targets_pass"] else 0
