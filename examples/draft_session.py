@@ -19,7 +19,11 @@ import mtpstream
 
 
 def generate(
-    target: mtpstream.Context, session: mtpstream.DraftSession, prompt: list[int], n_draft: int, max_tokens: int
+    target: mtpstream.Context,
+    session: mtpstream.DraftSession,
+    prompt: list[int],
+    n_draft: int,
+    max_tokens: int,
 ) -> tuple[list[int], int, int]:
     """Tokens of sequence 0 after ``prompt``, drafts made and drafts accepted."""
     batch = mtpstream.Batch(max(target.n_batch, n_draft + 1))
@@ -72,7 +76,9 @@ def main() -> None:
     ):
         tokens, drafted, accepted = generate(target, session, prompt, args.n_draft, args.max_tokens)
     print(model.detokenize(tokens))
-    print(json.dumps({"prompt": prompt, "tokens": tokens, "acceptance": accepted / drafted if drafted else 0.0}))
+    print(
+        json.dumps({"prompt": prompt, "tokens": tokens, "acceptance": accepted / drafted if drafted else 0.0})
+    )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 #include "draft_session.hpp"
 
+#include <algorithm>
 #include <string>
 
 #include "draft_chain.hpp"

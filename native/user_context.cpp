@@ -1,6 +1,8 @@
 #include "user_context.hpp"
 
 #include <algorithm>
+#include <climits>
+#include <cstdint>
 #include <string>
 
 #include "llama_staging.h"

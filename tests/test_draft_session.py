@@ -94,7 +94,9 @@ async def engine_runs(
     model: mtpstream.Model, head: mtpstream.Model, prompts: list[list[int]], n_draft: int, n: int
 ) -> list[tuple[list[int], Any]]:
     sidecar = head if head is not model else None
-    with mtpstream.init(model, n_draft=n_draft, n_ctx=1024, draft_model=sidecar, rollback="snapshots", **EXACT) as mtp:
+    with mtpstream.init(
+        model, n_draft=n_draft, n_ctx=1024, draft_model=sidecar, rollback="snapshots", **EXACT
+    ) as mtp:
         return [await collect(mtp, p, max_tokens=n) for p in prompts]
 
 
@@ -111,7 +113,7 @@ async def check_loop(
     prompts = prompts_of(model, spec, n_seq)
     loops = run_loops(model, mtp_model, prompts, n_draft, n)
     engine = await engine_runs(model, mtp_model, prompts, n_draft, n)
-    for loop, (ids, done), prompt in zip(loops, engine, prompts):
+    for loop, (ids, done), prompt in zip(loops, engine, prompts, strict=True):
         expected = expected_acceptance(spec, prompt, n_draft=n_draft, n_tokens=n)
         assert not expected.stopped_at_eos
         assert loop.out == list(expected.tokens) == ids  # plain decoding's tokens
@@ -154,8 +156,20 @@ def test_example_prints_tokens_and_acceptance(heads: OracleModels) -> None:
     path = heads.path("qwen35", "hidden")
     example = Path(__file__).parent.parent / "examples" / "draft_session.py"
     r = subprocess.run(
-        [sys.executable, str(example), str(path), "--n-draft", "3", "--max-tokens", "40", "--prompt", "we walked"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(example),
+            str(path),
+            "--n-draft",
+            "3",
+            "--max-tokens",
+            "40",
+            "--prompt",
+            "we walked",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
@@ -206,7 +220,11 @@ def test_construction_errors(models: Models) -> None:
         with pytest.raises(InvalidOptionError) as e:
             DraftSession(d, d)
         assert e.value.field == "target"
-        for kwargs, field in (({"n_seq": 2}, "n_seq"), ({"n_seq": 0}, "n_seq"), ({"n_draft_max": 0}, "n_draft_max")):
+        for kwargs, field in (
+            ({"n_seq": 2}, "n_seq"),
+            ({"n_seq": 0}, "n_seq"),
+            ({"n_draft_max": 0}, "n_draft_max"),
+        ):
             with pytest.raises(InvalidOptionError) as e:
                 DraftSession(t1, d, **kwargs)
             assert e.value.field == field

@@ -361,7 +361,9 @@ def new_batch(capacity: int) -> _native.Batch:
     return _native.Batch(capacity)
 
 
-def create_context(model: _native.Model, kind: str, sizes: dict[str, int], opts: SessionOptions) -> _native.Context:
+def create_context(
+    model: _native.Model, kind: str, sizes: dict[str, int], opts: SessionOptions
+) -> _native.Context:
     """A native user context: ``kind`` "target" or "mtp", ``sizes`` n_ctx, n_seq,
     n_batch, n_ubatch, n_rs_seq (0: the default), the rest as a session's contexts."""
     o = _native.UserContextOptions()

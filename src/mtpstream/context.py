@@ -141,7 +141,9 @@ class Context:
         )
         _int("n_rs_seq", n_rs_seq, 0, 64)
         if kind == "mtp" and not model.has_mtp:
-            raise NoMTPHeadError(f"'{model.path.name}' has no loaded MTP head: it cannot back an 'mtp' context")
+            raise NoMTPHeadError(
+                f"'{model.path.name}' has no loaded MTP head: it cannot back an 'mtp' context"
+            )
         sizes = {
             "n_ctx": opts.n_ctx,
             "n_seq": opts.n_seq,
