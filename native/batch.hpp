@@ -19,6 +19,11 @@ public:
     int32_t capacity() const { return capacity_; }
     // Returns the entry's batch index; throws std::length_error when the batch is full.
     int32_t add(llama_token token, llama_pos pos, llama_seq_id seq, bool output, const float * hidden = nullptr);
+    // Entry i (0 <= i < size()).
+    llama_token token(int32_t i) const { return tokens_[static_cast<size_t>(i)]; }
+    llama_pos pos(int32_t i) const { return pos_[static_cast<size_t>(i)]; }
+    llama_seq_id seq(int32_t i) const { return seq_id_storage_[static_cast<size_t>(i)]; }
+    bool output(int32_t i) const { return logits_[static_cast<size_t>(i)] != 0; }
     // The batch as llama_decode takes it (valid until the next add or clear).
     llama_batch view(bool with_hidden);
 

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "bindings_support.hpp"
 #include "engine.hpp"
 #include "job.hpp"
 #include "log_bridge.hpp"
@@ -61,36 +62,41 @@ bool exiting() { return g_exiting.load() || interpreter_finalizing(); }
     }
 }
 
-// nb::gil_scoped_release for calls into llama.cpp that never starts one once exit
-// has begun and never takes the GIL back where finalization could kill the thread.
-class ReleaseGil {
-public:
-    ReleaseGil() {
-        // begin_exit() sets g_exiting holding the GIL, as this thread does now, so
-        // this check cannot race with it
-        if (g_exiting.load()) {
-            (void) PyEval_SaveThread();
-            park_forever();
-        }
-        g_in_native.fetch_add(1);
-        state_ = PyEval_SaveThread();
-    }
-    ~ReleaseGil() {
-        if (exiting()) {
-            g_in_native.fetch_sub(1);
-            park_forever();
-        }
-        // still counted: a begin_exit() that starts now waits (GIL released) until
-        // this thread has the GIL back, so finalization cannot catch it in take_gil
-        PyEval_RestoreThread(state_);
-        g_in_native.fetch_sub(1);
-    }
-    ReleaseGil(const ReleaseGil &) = delete;
-    ReleaseGil & operator=(const ReleaseGil &) = delete;
+}  // namespace
 
-private:
-    PyThreadState * state_ = nullptr;
-};
+namespace mtpstream {
+
+ReleaseGil::ReleaseGil() {
+    // begin_exit() sets g_exiting holding the GIL, as this thread does now, so
+    // this check cannot race with it
+    if (g_exiting.load()) {
+        (void) PyEval_SaveThread();
+        park_forever();
+    }
+    g_in_native.fetch_add(1);
+    state_ = PyEval_SaveThread();
+}
+
+ReleaseGil::~ReleaseGil() {
+    if (exiting()) {
+        g_in_native.fetch_sub(1);
+        park_forever();
+    }
+    // still counted: a begin_exit() that starts now waits (GIL released) until
+    // this thread has the GIL back, so finalization cannot catch it in take_gil
+    PyEval_RestoreThread(state_);
+    g_in_native.fetch_sub(1);
+}
+
+void raise_status(const Status & st) {
+    nb::object args = nb::make_tuple(nb::cast(st.code), st.message, st.field);
+    PyErr_SetObject(native_error_type, args.ptr());
+    throw nb::python_error();
+}
+
+}  // namespace mtpstream
+
+namespace {
 
 // Start exiting and wait (GIL released, at most timeout_s) until no other thread is
 // inside a native call or on its way back to the GIL; true if none is.
@@ -109,21 +115,12 @@ bool begin_exit(double timeout_s) {
 // shares ownership of engines/models/jobs through plain std::shared_ptr; it must
 // never hold a shared_ptr made from a Python object, whose deleter would take
 // the GIL on the worker (a deadlock risk, and fatal during interpreter exit).
-struct ModelHandle {
-    std::shared_ptr<Model> p;
-};
 struct EngineHandle {
     std::shared_ptr<Engine> p;
 };
 struct JobHandle {
     std::shared_ptr<Job> p;
 };
-
-[[noreturn]] void raise_status(const Status & st) {
-    nb::object args = nb::make_tuple(nb::cast(st.code), st.message, st.field);
-    PyErr_SetObject(native_error_type, args.ptr());
-    throw nb::python_error();
-}
 
 ModelHandle load_model(const std::string & path, std::optional<int> n_gpu_layers, bool load_mtp,
                                   bool use_mmap, std::optional<bool> repack, int n_cpu_moe,
@@ -315,6 +312,7 @@ NB_MODULE(_native, m) {
         .def_ro("logprobs", &Event::logprobs);
 
     bind_stats(m);
+    bind_draft(m);
 
     nb::class_<Runtime::Counts>(m, "SequenceCounts")
         .def_ro("active", &Runtime::Counts::active)

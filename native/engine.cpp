@@ -243,7 +243,7 @@ std::unique_ptr<Generation> Engine::prepare(GenerationOptions opts, Status & sta
     g->text = TextStream(opts.stop);
     g->opts = std::move(opts);
     g->sampler = std::move(sampler);
-    g->carry.assign(static_cast<size_t>(n_embd_), 0.0f);
+    g->feed.restart(0, static_cast<size_t>(n_embd_));
     if (auto_draft_) {
         g->auto_draft = std::make_unique<AutoDraft>(n_draft_);
     }

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "batch.hpp"
+#include "draft_chain.hpp"
 #include "events.hpp"
 #include "generation.hpp"
 #include "llama.h"
@@ -45,9 +46,8 @@ struct Lane {
     Generation * g = nullptr;
     int32_t k = 0;           // drafts this round
     int32_t k_max = 0;       // what "auto" chose (the fixed n_draft otherwise)
-    int32_t draft_idx = -1;  // batch index of this lane's output in the current MTP decode
+    ChainLane chain;         // its part in the draft chain (chain.drafts: this round's drafts)
     int32_t verify_idx = 0;  // batch index of `last` in its verify decode
-    std::vector<llama_token> drafts;
     std::vector<llama_token> out;  // tokens the target produced, in order
     int32_t n_acc = 0;
     double t_draft_us = 0.0;  // the draft phase this lane drafted in
@@ -128,7 +128,6 @@ private:
     bool move_for_auto(Lane & lane);
     void draft_phase(std::vector<Lane> & lanes);
     bool draft_catch_up(std::vector<Lane> & lanes);
-    bool draft_step(std::vector<Lane *> & drafting, int32_t j);
     void verify_phase(std::vector<Lane> & lanes);
     void verify_group(std::vector<Lane *> & group);
     bool accept_lane(Lane & lane);

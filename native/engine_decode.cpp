@@ -114,10 +114,10 @@ bool Engine::move_for_auto(Lane & lane) {
 // overflow n_batch) feeds them to the MTP context on its own first.
 bool Engine::draft_catch_up(std::vector<Lane> & lanes) {
     std::vector<Lane *> speculating = select(lanes, [](const Lane &) { return true; });
-    auto need = [&](const Lane * l) { return static_cast<int64_t>(l->g->pending_tok.size()) + 1; };
+    auto need = [&](const Lane * l) { return static_cast<int64_t>(l->g->feed.size()) + 1; };
     int64_t total = 0;
     for (Lane * lane : speculating) {
-        if (static_cast<int32_t>(lane->g->pending_tok.size()) + n_draft_ + 2 > n_batch_ && !flush_pending(*lane->job)) {
+        if (lane->g->feed.size() + n_draft_ + 2 > n_batch_ && !flush_pending(*lane->job)) {
             fail_lanes({lane}, -1, "draft");
             return false;
         }
@@ -152,30 +152,31 @@ void Engine::draft_phase(std::vector<Lane> & lanes) {
         return;
     }
     std::vector<Lane *> drafting = select(lanes, [](const Lane & l) { return l.k > 0; });
-    const bool skip_catch_up = fault_.load() == Fault::skip_draft_catch_up;  // tests only
-    batch_dft_->clear();
-    int32_t k_most = 0;
+    std::vector<ChainLane *> chain;
     for (Lane * lane : drafting) {
         Generation & g = *lane->g;
-        for (size_t j = 0; j < g.pending_tok.size() && !skip_catch_up; ++j) {
-            batch_dft_->add(g.pending_tok[j], g.pending_pos + static_cast<int32_t>(j), g.seq, false,
-                            &g.pending_h[j * static_cast<size_t>(n_embd_)]);
-        }
-        lane->draft_idx = batch_dft_->add(g.last, g.n_past, g.seq, true, g.carry.data());
-        lane->drafts.clear();
-        if (g.sampler->rejection() && g.draft_q.size() < static_cast<size_t>(lane->k)) {
+        ChainLane & c = lane->chain;
+        c.feed = &g.feed;
+        c.seq = g.seq;
+        c.last = g.last;
+        c.n_past = g.n_past;
+        c.k = lane->k;
+        const bool rejection = g.sampler->rejection();
+        if (rejection && g.draft_q.size() < static_cast<size_t>(lane->k)) {
             g.draft_q.resize(static_cast<size_t>(lane->k));
         }
-        k_most = std::max(k_most, lane->k);
+        c.sampler = rejection ? g.sampler.get() : nullptr;
+        c.q = rejection ? &g.draft_q : nullptr;
+        chain.push_back(&c);
     }
-    for (int32_t j = 0; j < k_most; ++j) {
-        if (!draft_step(drafting, j)) {
-            break;
-        }
-    }
+    const bool skip_feed = fault_.load() == Fault::skip_draft_catch_up;  // tests only
+    const int32_t rc = run_draft_chain(ctx_dft_.get(), *batch_dft_, n_vocab_, chain, skip_feed,
+                                       [&](Batch & b) { return decode(ctx_dft_.get(), b, true, jobs_of(drafting)); });
     for (Lane * lane : drafting) {
-        if (lane->k >= 2 && !llama_memory_seq_rm(llama_get_memory(ctx_dft_.get()), lane->g->seq, lane->g->n_past + 1, -1)) {
-            fail(*lane->job, "could not remove draft cells from the MTP context");
+        if (lane->chain.state == ChainLane::State::decode_failed) {
+            fail_lanes({lane}, rc, "draft");
+        } else if (lane->chain.state == ChainLane::State::failed) {
+            fail(*lane->job, lane->chain.error);
             lane->ended = true;
         }
     }
@@ -184,51 +185,6 @@ void Engine::draft_phase(std::vector<Lane> & lanes) {
     for (Lane * lane : drafting) {
         lane->t_draft_us = static_cast<double>(t_draft);
     }
-}
-
-// Draft step j: decode the batch prepared for it (the catch-up pairs too at j == 0),
-// take every drafting lane's next draft and queue its next step. Lanes that end
-// leave `drafting` (all of them when the decode fails). False: no step follows.
-bool Engine::draft_step(std::vector<Lane *> & drafting, int32_t j) {
-    const int32_t rc = decode(ctx_dft_.get(), *batch_dft_, true, jobs_of(drafting));
-    if (rc != 0) {
-        fail_lanes(drafting, rc, "draft");
-        drafting.clear();
-        return false;
-    }
-    batch_dft_->clear();
-    for (Lane * lane : drafting) {
-        Generation & g = *lane->g;
-        if (j == 0) {
-            g.pending_tok.clear();
-            g.pending_h.clear();
-            g.pending_pos = g.n_past + 1;
-        }
-        if (j >= lane->k) {
-            continue;
-        }
-        const float * logits = Sampler::logits(ctx_dft_.get(), lane->draft_idx);
-        const float * h = llama_get_embeddings_nextn_ith(ctx_dft_.get(), lane->draft_idx);
-        if (logits == nullptr || h == nullptr) {
-            fail(*lane->job, "the MTP head produced no output");
-            lane->ended = true;
-            continue;
-        }
-        const llama_token d = g.sampler->rejection() ? g.sampler->draft_token(logits, g.draft_q[static_cast<size_t>(j)])
-                                                      : greedy_token(logits, n_vocab_);
-        if (d < 0) {
-            fail(*lane->job, "the MTP head produced no finite logit");
-            lane->ended = true;
-            continue;
-        }
-        lane->drafts.push_back(d);
-        if (j + 1 < lane->k) {
-            lane->draft_idx = batch_dft_->add(d, g.n_past + 1 + j, g.seq, true, h);
-        }
-    }
-    drafting.erase(std::remove_if(drafting.begin(), drafting.end(), [](const Lane * l) { return l->ended; }),
-                   drafting.end());
-    return batch_dft_->size() > 0;
 }
 
 // The verify batches: lanes in order, as many per target decode as n_batch holds.
@@ -282,7 +238,7 @@ void Engine::verify_group(std::vector<Lane *> & group) {
         add_replay(g);
         lane->verify_idx = batch_tgt_->add(g.last, g.n_past, g.seq, true);
         for (int32_t j = 0; j < lane->k; ++j) {
-            batch_tgt_->add(lane->drafts[static_cast<size_t>(j)], g.n_past + 1 + j, g.seq, true);
+            batch_tgt_->add(lane->chain.drafts[static_cast<size_t>(j)], g.n_past + 1 + j, g.seq, true);
         }
     }
     const int32_t rc = decode(tgt, *batch_tgt_, false, jobs_of(group));
@@ -344,24 +300,14 @@ bool Engine::accept_lane(Lane & lane) {
     if (!ctx_dft_) {
         return true;
     }
-    // pairs for the MTP context: (token at p, target row at p - 1)
-    if (k == 0) {
-        g.pending_tok.push_back(g.last);
-        g.pending_h.insert(g.pending_h.end(), g.carry.begin(), g.carry.end());
+    // pairs for the MTP context: (token at p, target row at p - 1); the target's
+    // rows of the verify entries are consecutive (unmasked)
+    const float * rows = llama_get_embeddings_nextn_ith(tgt, lane.verify_idx);
+    if (rows == nullptr || llama_get_embeddings_nextn_ith(tgt, lane.verify_idx + n_acc) == nullptr) {
+        fail(*lane.job, "the target exported no hidden row");
+        return false;
     }
-    for (int32_t i = 0; i <= n_acc; ++i) {
-        const float * h = llama_get_embeddings_nextn_ith(tgt, lane.verify_idx + i);
-        if (h == nullptr) {
-            fail(*lane.job, "the target exported no hidden row");
-            return false;
-        }
-        if (i < n_acc) {
-            g.pending_tok.push_back(lane.drafts[static_cast<size_t>(i)]);
-            g.pending_h.insert(g.pending_h.end(), h, h + n_embd_);
-        } else {
-            std::memcpy(g.carry.data(), h, static_cast<size_t>(n_embd_) * sizeof(float));
-        }
-    }
+    g.feed.add_verified(g.last, lane.chain.drafts.data(), n_acc, k > 0, rows);
     return true;
 }
 
@@ -376,7 +322,7 @@ bool Engine::rollback_lane(Lane & lane) {
     }
     g.history.push_back(g.last);
     for (int32_t j = 0; j < lane.n_acc; ++j) {
-        g.history.push_back(lane.drafts[static_cast<size_t>(j)]);
+        g.history.push_back(lane.chain.drafts[static_cast<size_t>(j)]);
     }
     g.n_past += lane.n_acc + 1;
     g.last = lane.out.back();
@@ -406,7 +352,7 @@ bool Engine::replay_rollback(Lane & lane) {
         ok = llama_memory_seq_rm(mem, g.seq, -1, -1);
         llama_memory_seq_cp(mem, backup_of(g.seq), g.seq, -1, -1);
         g.replay.push_back(g.last);
-        g.replay.insert(g.replay.end(), lane.drafts.begin(), lane.drafts.begin() + lane.n_acc);
+        g.replay.insert(g.replay.end(), lane.chain.drafts.begin(), lane.chain.drafts.begin() + lane.n_acc);
     } else {
         g.replay.clear();
     }

@@ -31,14 +31,14 @@ void Engine::begin(Job & job) {
     g.t_start_us = now_us();
     SessionStats::add(stats_.prompt_tokens, g.opts.prompt.size());
     if (g.cached == 0) {
-        std::fill(g.carry.begin(), g.carry.end(), 0.0f);
+        std::fill(g.feed.carry.begin(), g.feed.carry.end(), 0.0f);
         return;
     }
     // the prompt extends the sequence's memory: read only the new tokens, after the
     // MTP context has caught up on the pairs the last call left
     SessionStats::add(stats_.prompt_tokens_cached, static_cast<uint64_t>(g.cached));
     g.prefill_pos = static_cast<size_t>(g.cached);
-    if (ctx_dft_ && !g.pending_tok.empty() && !flush_pending(job)) {
+    if (ctx_dft_ && g.feed.size() > 0 && !flush_pending(job)) {
         if (job.cancel_requested()) {
             finish_cancelled(job);
         } else {
@@ -70,30 +70,21 @@ bool Engine::prefill_tokens(Job & job, const llama_token * tokens, int32_t n, in
         if (rows == nullptr) {
             return false;
         }
-        const auto row = [&](int32_t i) {
-            return i == 0 ? g.carry.data() : rows + static_cast<size_t>(i - 1) * n_embd_;
-        };
         if (defer_draft) {
             // keep the (token, hidden row) pairs; the draft context catches up on
             // them in the first decode round, after the first token is out
-            if (g.pending_tok.empty()) {
-                g.pending_pos = pos0 + off;
-            }
-            for (int32_t i = 0; i < m; ++i) {
-                g.pending_tok.push_back(tokens[off + i]);
-                g.pending_h.insert(g.pending_h.end(), row(i), row(i) + n_embd_);
-            }
-        } else {
-            batch_dft_->clear();
-            for (int32_t i = 0; i < m; ++i) {
-                batch_dft_->add(tokens[off + i], pos0 + off + i, g.seq, false, row(i));
-            }
-            if (decode(ctx_dft_.get(), *batch_dft_, true, {&job}) != 0) {
-                return false;
-            }
+            g.feed.add_decoded(tokens + off, m, pos0 + off, rows);
+            continue;
         }
-        std::memcpy(g.carry.data(), rows + static_cast<size_t>(m - 1) * n_embd_,
-                    static_cast<size_t>(n_embd_) * sizeof(float));
+        batch_dft_->clear();
+        for (int32_t i = 0; i < m; ++i) {
+            const float * row = i == 0 ? g.feed.carry.data() : rows + static_cast<size_t>(i - 1) * n_embd_;
+            batch_dft_->add(tokens[off + i], pos0 + off + i, g.seq, false, row);
+        }
+        if (decode(ctx_dft_.get(), *batch_dft_, true, {&job}) != 0) {
+            return false;
+        }
+        g.feed.set_carry(rows + static_cast<size_t>(m - 1) * n_embd_);
     }
     return true;
 }
@@ -141,8 +132,8 @@ void Engine::prefill_step(Job & job) {
     g.history = g.opts.prompt;
     g.n_past = n_prompt;
     g.last = first;
-    if (g.pending_tok.empty()) {
-        g.pending_pos = n_prompt;
+    if (g.feed.size() == 0) {
+        g.feed.pos = n_prompt;
     }
     g.phase = Generation::Phase::decode;
     bool ended = false;
@@ -152,22 +143,8 @@ void Engine::prefill_step(Job & job) {
 // Feed the (token, hidden row) pairs the MTP context has not seen yet.
 bool Engine::flush_pending(Job & job) {
     Generation & g = job.generation();
-    const auto n = static_cast<int32_t>(g.pending_tok.size());
-    for (int32_t off = 0; off < n; off += n_batch_) {
-        const int32_t m = std::min(n_batch_, n - off);
-        batch_dft_->clear();
-        for (int32_t i = 0; i < m; ++i) {
-            batch_dft_->add(g.pending_tok[static_cast<size_t>(off + i)], g.pending_pos + off + i, g.seq, false,
-                            &g.pending_h[static_cast<size_t>(off + i) * n_embd_]);
-        }
-        if (decode(ctx_dft_.get(), *batch_dft_, true, {&job}) != 0) {
-            return false;
-        }
-    }
-    g.pending_pos += n;
-    g.pending_tok.clear();
-    g.pending_h.clear();
-    return true;
+    return flush_feed(g.feed, g.seq, *batch_dft_,
+                      [&](Batch & b) { return decode(ctx_dft_.get(), b, true, {&job}); });
 }
 
 // Rollback::replay: the tokens a rejection left to replay, at their positions, into
@@ -204,10 +181,7 @@ bool Engine::rebuild_memory(Job & job) {
     }
     pool_->clear_seq(g.seq);
     g.replay.clear();
-    std::fill(g.carry.begin(), g.carry.end(), 0.0f);
-    g.pending_tok.clear();
-    g.pending_h.clear();
-    g.pending_pos = g.n_past;
+    g.feed.restart(g.n_past, static_cast<size_t>(n_embd_));
     if (prefill_tokens(job, g.history.data(), g.n_past, 0, false, false)) {
         return true;
     }

@@ -31,7 +31,7 @@ bool Engine::verify_match(Lane & lane, llama_context * tgt, std::string & error)
             break;
         }
         lane.out.push_back(tok);
-        if (i < k && tok == lane.drafts[static_cast<size_t>(i)] && !target_->is_eog(tok)) {
+        if (i < k && tok == lane.chain.drafts[static_cast<size_t>(i)] && !target_->is_eog(tok)) {
             ++lane.n_acc;
             continue;
         }
@@ -56,7 +56,7 @@ bool Engine::verify_rejection(Lane & lane, llama_context * tgt, std::string & er
             lane.out.push_back(s.draw(p_));  // every draft kept: the bonus token
             break;
         }
-        const llama_token d = lane.drafts[static_cast<size_t>(i)];
+        const llama_token d = lane.chain.drafts[static_cast<size_t>(i)];
         const TokenDist & q = lane.g->draft_q[static_cast<size_t>(i)];
         if (!s.accept_draft(d, p_, q)) {
             lane.out.push_back(s.residual_token(p_, q));

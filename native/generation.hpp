@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "auto_draft.hpp"
+#include "draft_feed.hpp"
 #include "events.hpp"
 #include "llama.h"
 #include "options.hpp"
@@ -31,14 +32,11 @@ struct Generation {
     std::unique_ptr<AutoDraft> auto_draft;
 
     // decode state: `last` is the newest token, not yet in the target's memory,
-    // at position n_past; `carry` is the target's hidden row at n_past - 1.
+    // at position n_past; feed.carry is the target's hidden row at n_past - 1, and
+    // feed holds the (token, hidden row) pairs the draft context has not seen yet.
     llama_token last = -1;
     int32_t n_past = 0;
-    std::vector<float> carry;
-    // (token, hidden row) pairs the draft context has not seen yet, from pending_pos on.
-    std::vector<llama_token> pending_tok;
-    std::vector<float> pending_h;
-    int32_t pending_pos = 0;
+    DraftFeed feed;
     // Rollback::replay: the tokens at positions n_past - replay.size() .. n_past - 1,
     // which the target's memory does not hold (a rejection restored the state from
     // before them); the next verify decodes them first

@@ -112,10 +112,7 @@ bool SequencePool::claim(Generation & g) {
     }
     if (reuse.checkpoint < 0) {
         g.cached = reuse.n;
-        g.carry = c.carry;
-        g.pending_tok = c.pending_tok;
-        g.pending_h = c.pending_h;
-        g.pending_pos = c.pending_pos;
+        g.feed = c.feed;
     }
     c.extendable = false;  // the sequence now belongs to g
     return true;
@@ -144,10 +141,7 @@ void SequencePool::release(Generation & g, Keep keep) {
     if (keep == Keep::everything) {
         c.extendable = true;
         c.tokens = g.history;  // positions 0..n_past-1: what the memory holds
-        c.carry = g.carry;
-        c.pending_tok = g.pending_tok;
-        c.pending_h = g.pending_h;
-        c.pending_pos = g.pending_pos;
+        c.feed = g.feed;
     } else if (keep == Keep::checkpoints) {
         c.extendable = false;
         c.tokens = g.opts.prompt;  // every checkpoint of the sequence is a prefix of it
@@ -166,9 +160,7 @@ void SequencePool::forget(SlotCache & c, size_t keep_first) {
     if (keep_first == 0) {
         c.extendable = false;
         c.tokens.clear();
-        c.carry.clear();
-        c.pending_tok.clear();
-        c.pending_h.clear();
+        c.feed = DraftFeed();
     }
     while (c.checkpoints.size() > keep_first) {
         drop_checkpoint(c, c.checkpoints.size() - 1);
@@ -236,7 +228,7 @@ void SequencePool::take_checkpoint(Generation & g, llama_context * live) {
 void SequencePool::keep_checkpoint(Generation & g, llama_context * live) {
     Checkpoint k;
     k.n = static_cast<int32_t>(g.prefill_pos);
-    k.carry = g.carry;
+    k.carry = g.feed.carry;
     // the recurrent state comes from the context the sequence decodes on (the plain one
     // under "auto"): that part is the same in both, and the call's end brings the rest back
     const size_t size =
@@ -285,10 +277,7 @@ bool SequencePool::restore_checkpoint(Generation & g, SlotCache & c, int32_t ind
         return false;
     }
     g.cached = k.n;
-    g.carry = k.carry;
-    g.pending_tok.clear();
-    g.pending_h.clear();
-    g.pending_pos = k.n;
+    g.feed.restart(k.n, k.carry.size(), k.carry.data());
     c.tokens.resize(static_cast<size_t>(k.n));
     forget(c, static_cast<size_t>(index) + 1);
     return true;

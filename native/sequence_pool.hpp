@@ -35,10 +35,7 @@ struct SlotCache {
     bool extendable = false;
     uint64_t stored = 0;  // when it was kept (a counter): the oldest slot is given up first
     std::vector<llama_token> tokens;
-    std::vector<float> carry;
-    std::vector<llama_token> pending_tok;
-    std::vector<float> pending_h;
-    int32_t pending_pos = 0;
+    DraftFeed feed;  // the target's row at n-1 and the pairs the MTP context has not seen
     std::vector<Checkpoint> checkpoints;  // ascending n
 };
 

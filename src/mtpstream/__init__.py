@@ -17,6 +17,8 @@ from .completions import (
     CompletionUsage,
     MTPUsage,
 )
+from .context import Batch, Context
+from .draft_session import DraftSession
 from .errors import (
     ContextOverflowError,
     GenerationError,
@@ -36,13 +38,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MTP",
+    "Batch",
     "ChatCompletion",
     "ChatCompletionChunk",
     "Completion",
     "CompletionChunk",
     "CompletionUsage",
+    "Context",
     "ContextOverflowError",
     "DoneEvent",
+    "DraftSession",
     "EogEvent",
     "Event",
     "GenerationError",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from . import _logging, _runtime, errors
 from ._loader import _native
@@ -18,6 +18,8 @@ from .errors import GenerationError, InvalidOptionError, ModelLoadError, MTPErro
 from .events import DoneEvent, EogEvent, Event, StatsEvent, TokenEvent, TokenLogprob
 from .options import GGML_TYPES, GenerationOptions, SessionOptions
 from .stats import STATS_FIELDS, MTPStats, SequenceInfo, TimingUs, Usage
+
+_T = TypeVar("_T")
 
 _ROLLBACKS = {
     "auto": _native.Rollback.automatic,
@@ -340,3 +342,45 @@ def event(ev: _native.Event, stats_now: Callable[[], MTPStats]) -> Event:
 
 def drain(job: _native.Job) -> Sequence[_native.Event]:
     return job.drain()
+
+
+# ------------------------------------------------------------------ the draft session (Context, DraftSession)
+NativeBatch = _native.Batch
+NativeContext = _native.Context
+NativeDraftSession = _native.DraftSession
+
+
+def checked(fn: Callable[[], _T]) -> _T:
+    """``fn()`` with a native error raised as its :class:`MTPError` subclass."""
+    try:
+        return fn()
+    except _native.NativeError as exc:
+        raise error(exc) from None
+
+
+def new_batch(capacity: int) -> _native.Batch:
+    return _native.Batch(capacity)
+
+
+def create_context(
+    model: _native.Model, kind: str, sizes: dict[str, int], opts: SessionOptions
+) -> _native.Context:
+    """A native user context: ``kind`` "target" or "mtp", ``sizes`` n_ctx, n_seq,
+    n_batch, n_ubatch, n_rs_seq (0: the default), the rest as a session's contexts."""
+    o = _native.UserContextOptions()
+    o.kind = _native.ContextKind.mtp if kind == "mtp" else _native.ContextKind.target
+    for name, value in sizes.items():
+        setattr(o, name, value)
+    c = context_options(opts)
+    o.n_threads, o.n_threads_batch = c.n_threads, c.n_threads_batch
+    o.flash_attn, o.type_k, o.type_v = c.flash_attn, c.type_k, c.type_v
+    _logging.sync_level()
+    native = checked(lambda: _native.Context.create(model, o))
+    _logging.flush()
+    return native
+
+
+def create_draft_session(
+    target: _native.Context, draft: _native.Context, n_seq: int, n_draft_max: int
+) -> _native.DraftSession:
+    return checked(lambda: _native.DraftSession.create(target, draft, n_seq, n_draft_max))

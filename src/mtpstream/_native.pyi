@@ -2,6 +2,9 @@
 import enum
 from collections.abc import Callable, Sequence
 
+import numpy as np
+import numpy.typing as npt
+
 LLAMA_DEFAULT_SEED: int
 # native/stats.hpp's field list: (name, kind, metric, help); kind is "counter",
 # "gauge" or "time"
@@ -226,3 +229,60 @@ class Engine:
         capacity: int,
     ) -> Job: ...
     def close(self, runtime: Runtime) -> None: ...
+
+# --- the low-level draft session (native/bindings_draft.cpp)
+class Batch:
+    def __init__(self, capacity: int) -> None: ...
+    def add(self, token: int, pos: int, seq_id: int, logits: bool) -> int: ...
+    def clear(self) -> None: ...
+    size: int
+    capacity: int
+    def entry(self, i: int) -> tuple[int, int, int, bool]: ...
+
+class ContextKind(enum.Enum):
+    target = 0
+    mtp = 1
+
+class UserContextOptions:
+    def __init__(self) -> None: ...
+    kind: ContextKind
+    n_ctx: int
+    n_seq: int
+    n_batch: int
+    n_ubatch: int
+    n_rs_seq: int
+    n_threads: int
+    n_threads_batch: int
+    flash_attn: int
+    type_k: int
+    type_v: int
+
+class Context:
+    @staticmethod
+    def create(model: Model, options: UserContextOptions) -> Context: ...
+    def decode(self, batch: Batch) -> None: ...
+    def logits(self, i: int) -> npt.NDArray[np.float32]: ...
+    def hidden(self, i: int) -> npt.NDArray[np.float32]: ...
+    def seq_rm(self, seq_id: int, p0: int, p1: int) -> None: ...
+    def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None: ...
+    def seq_pos_max(self, seq_id: int) -> int: ...
+    def close(self) -> None: ...
+    closed: bool
+    kind: ContextKind
+    n_ctx: int
+    n_seq: int
+    n_batch: int
+    n_vocab: int
+    n_embd: int
+
+class DraftSession:
+    @staticmethod
+    def create(target: Context, draft: Context, n_seq: int, n_draft_max: int) -> DraftSession: ...
+    def begin(self, seq_id: int, prompt: list[int]) -> None: ...
+    def process(self, batch: Batch) -> None: ...
+    def draft(self, seq_id: int, n_past: int, id_last: int, n_draft: int) -> list[int]: ...
+    def accept(self, seq_id: int, n_accepted: int) -> None: ...
+    def close(self) -> None: ...
+    closed: bool
+    n_seq: int
+    n_draft_max: int
