@@ -76,8 +76,15 @@ async def main(path: Path, rounds: int, max_tokens: int, streams: int) -> dict[s
             f"on/off {ratio[0]:.3f}x [{ratio[1]:.3f}, {ratio[2]:.3f}]"
         )
         out["settings"].append(
-            {"n_draft": n_draft, "streams": n_streams, "on_tok_s": runs[True], "off_tok_s": runs[False],
-             "ratio_median": ratio[0], "ratio_p10": ratio[1], "ratio_p90": ratio[2]}
+            {
+                "n_draft": n_draft,
+                "streams": n_streams,
+                "on_tok_s": runs[True],
+                "off_tok_s": runs[False],
+                "ratio_median": ratio[0],
+                "ratio_p10": ratio[1],
+                "ratio_p90": ratio[2],
+            }
         )
     for m in models.values():
         m.close()
