@@ -222,6 +222,7 @@ NB_MODULE(_native, m) {
         .def_static("load", &load_model, "path"_a, "n_gpu_layers"_a.none(), "load_mtp"_a, "use_mmap"_a,
                     "repack"_a.none(), "n_cpu_moe"_a, "progress"_a.none())
         .def_prop_ro("path", [](const ModelHandle & h) { return h.p->path(); })
+        .def_prop_ro("address", [](const ModelHandle & h) { return reinterpret_cast<uintptr_t>(h.p->get()); })
         .def_prop_ro("load_mtp", [](const ModelHandle & h) { return h.p->load_mtp(); })
         .def_prop_ro("repack", [](const ModelHandle & h) { return h.p->repack(); })
         .def_prop_ro("n_vocab", [](const ModelHandle & h) { return h.p->n_vocab(); })

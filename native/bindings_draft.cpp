@@ -124,6 +124,15 @@ void bind_context(nb::module_ & m) {
             }
             return ContextHandle{std::move(c)};
         }, "model"_a, "options"_a)
+        .def_static("adopt", [](const ModelHandle & model, uintptr_t address, ContextKind kind) {
+            Status st;
+            std::shared_ptr<UserContext> c =
+                UserContext::adopt(model.p, reinterpret_cast<llama_context *>(address), kind, st);
+            if (!c) {
+                raise_status(st);
+            }
+            return ContextHandle{std::move(c)};
+        }, "model"_a, "address"_a, "kind"_a)
         .def("decode", [](ContextHandle & h, const Batch & batch) {
             std::shared_ptr<UserContext> c = h.p;
             std::unique_ptr<Batch> copy = snapshot(batch);

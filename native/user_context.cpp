@@ -76,6 +76,32 @@ std::shared_ptr<UserContext> UserContext::create(std::shared_ptr<Model> model, c
     return c;
 }
 
+std::shared_ptr<UserContext> UserContext::adopt(std::shared_ptr<Model> model, llama_context * raw, ContextKind kind,
+                                                Status & status) {
+    if (raw == nullptr) {
+        status = invalid("no llama_context (a null pointer)", "context");
+        return nullptr;
+    }
+    if (llama_get_model(raw) != model->get()) {
+        status = invalid("the llama_context was made from another llama_model than this model's", "context");
+        return nullptr;
+    }
+    if (kind == ContextKind::mtp && model->n_layer_nextn() <= 0) {
+        status = Status::error(ErrorCode::no_mtp_head, "'" + model->path() + "' has no MTP (NextN) layers");
+        return nullptr;
+    }
+    std::shared_ptr<UserContext> c(new UserContext());
+    c->model_ = std::move(model);
+    c->ctx_.reset(raw);
+    c->opts_.kind = kind;
+    c->opts_.n_seq = static_cast<int32_t>(std::max<uint32_t>(llama_n_seq_max(raw), 1));
+    c->opts_.n_ctx = static_cast<int32_t>(llama_n_ctx(raw)) / c->opts_.n_seq;
+    c->opts_.n_batch = static_cast<int32_t>(llama_n_batch(raw));
+    c->opts_.n_ubatch = static_cast<int32_t>(llama_n_ubatch(raw));
+    llama_set_embeddings_nextn(raw, true, false);  // as create() sets it
+    return c;
+}
+
 Status UserContext::check_seq(llama_seq_id seq, const char * field) const {
     if (seq < 0 || seq >= opts_.n_seq) {
         return invalid(std::string(field) + " " + std::to_string(seq) + " is out of range for a context of n_seq=" +

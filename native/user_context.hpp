@@ -49,6 +49,11 @@ class UserContext {
 public:
     static std::shared_ptr<UserContext> create(std::shared_ptr<Model> model, const UserContextOptions & opts,
                                                Status & status);
+    // Take over a llama_context made elsewhere (llama-cpp-python's low-level API) on
+    // `model`'s llama_model: it is freed with this object, never by its maker. Null,
+    // with `status` set, when it was made from another model (then it is not taken).
+    static std::shared_ptr<UserContext> adopt(std::shared_ptr<Model> model, llama_context * raw, ContextKind kind,
+                                              Status & status);
     UserContext(const UserContext &) = delete;
     UserContext & operator=(const UserContext &) = delete;
 

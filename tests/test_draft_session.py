@@ -451,3 +451,67 @@ def test_close_racing_with_calls_never_crashes(model_paths: dict[str, Any]) -> N
     )
     assert r.returncode == 0, r.stderr
     assert "SessionClosedError" in r.stdout
+
+
+# ------------------------------------------------------------------ llama-cpp-python's contexts
+def _llama_cpp_context(model: mtpstream.Model, kind: str, n_seq: int, n_rs_seq: int) -> Any:
+    """A llama_context made with llama-cpp-python's own low-level API on ``model``."""
+    import ctypes
+
+    import llama_cpp
+
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx, params.n_seq_max, params.n_batch, params.n_ubatch = 1024 * n_seq, n_seq, 512, 512
+    params.n_rs_seq = n_rs_seq if kind == "target" else 0
+    params.kv_unified = n_seq > 1
+    params.flash_attn_type = 0  # off, as EXACT
+    params.ctx_type = 1 if kind == "mtp" else 0  # LLAMA_CONTEXT_TYPE_MTP
+    ctx = llama_cpp.llama_init_from_model(ctypes.c_void_p(model.llama_model_address), params)
+    assert ctx
+    return ctx
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("n_seq", [1, 2])
+async def test_contexts_made_by_llama_cpp_python_drive_the_same_loop(heads: OracleModels, n_seq: int) -> None:
+    """Contexts created through llama-cpp-python's low-level API on a model loaded by
+    mtpstream (one libllama) and taken over by Context.adopt run the loop exactly."""
+    model, spec = heads.get("qwen35", "hidden"), heads.spec("qwen35", "hidden")
+    prompts, n_draft, n = prompts_of(model, spec, n_seq), 3, 40
+    target = Context.adopt(model, _llama_cpp_context(model, "target", n_seq, n_draft))
+    draft = Context.adopt(model, _llama_cpp_context(model, "mtp", n_seq, 0), kind="mtp")
+    assert (target.n_seq, target.n_ctx, draft.kind) == (n_seq, 1024, "mtp")
+    session = DraftSession(target, draft, n_seq=n_seq, n_draft_max=n_draft)
+    with target, draft, session:
+        loops = [Loop(s, p) for s, p in enumerate(prompts)]
+        for loop in loops:
+            loop.prefill(target, session)
+        while any(len(loop.out) < n for loop in loops):
+            for loop in loops:
+                if len(loop.out) < n:
+                    loop.round(target, session, n_draft, n)
+    assert target.closed and draft.closed and session.closed
+    for loop, prompt in zip(loops, prompts, strict=True):
+        expected = expected_acceptance(spec, prompt, n_draft=n_draft, n_tokens=n)
+        assert loop.out[:n] == list(expected.tokens)[:n]
+        assert loop.accepted > 0
+
+
+def test_adopt_refuses_what_it_cannot_take(heads: OracleModels) -> None:
+    """Another model's context is refused and left to its maker (freeing it after is
+    safe); no pointer, a bad kind and an MTP context on a model without a head too."""
+    import llama_cpp
+
+    model, other = heads.get("qwen35", "hidden"), heads.get("qwen35", "kv")
+    foreign = _llama_cpp_context(other, "target", 1, 0)
+    with pytest.raises(mtpstream.InvalidOptionError, match="another llama_model") as e:
+        Context.adopt(model, foreign)
+    assert e.value.field == "context"
+    llama_cpp.llama_free(foreign)  # still the caller's: not freed by the refusal
+    for bad in (None, 0, "x", True):
+        with pytest.raises(mtpstream.InvalidOptionError) as e:
+            Context.adopt(model, bad)
+        assert e.value.field == "context"
+    with pytest.raises(mtpstream.InvalidOptionError) as e:
+        Context.adopt(model, 1, kind="draft")  # type: ignore[arg-type]
+    assert e.value.field == "kind"

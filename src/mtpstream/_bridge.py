@@ -380,6 +380,13 @@ def create_context(
     return native
 
 
+def adopt_context(model: _native.Model, address: int, kind: str) -> _native.Context:
+    """A native user context taking over the llama_context at ``address`` (made by
+    llama-cpp-python's low-level API on ``model``'s llama_model)."""
+    k = _native.ContextKind.mtp if kind == "mtp" else _native.ContextKind.target
+    return checked(lambda: _native.Context.adopt(model, address, k))
+
+
 def create_draft_session(
     target: _native.Context, draft: _native.Context, n_seq: int, n_draft_max: int
 ) -> _native.DraftSession:

@@ -157,6 +157,41 @@ class Context:
         self._sessions: weakref.WeakSet[DraftSession] = weakref.WeakSet()
         self._n_seq = opts.n_seq
 
+    @classmethod
+    def adopt(cls, model: Model, context: object, kind: Literal["target", "mtp"] = "target") -> Context:
+        """Take over a llama_context made with llama-cpp-python's low-level API on
+        ``model`` (``llama_cpp.llama_init_from_model(ctypes.c_void_p(
+        model.llama_model_address), params)``; for ``kind="mtp"`` with ``params.ctx_type
+        = 1``, llama.cpp's MTP context type): ``context`` is what that returned (a
+        ``ctypes.c_void_p`` or its integer address). From here the context is this
+        object's: :meth:`close` frees it, and you must not call ``llama_free`` on it.
+        Its sizes (n_ctx per sequence, n_seq, n_batch) are read from llama.cpp; decode
+        it through :meth:`decode` (a :class:`~mtpstream.DraftSession` checks each
+        processed batch against the last one decoded here).
+
+        Raises:
+            InvalidOptionError: no context, ``kind`` not "target" or "mtp", or a context
+                made from another model (``field="context"``; it is not taken over).
+            NoMTPHeadError: ``kind="mtp"`` on a model without MTP layers.
+            SessionClosedError: the model is closed.
+        """
+        if not isinstance(model, Model):
+            raise TypeError(f"model must be an mtpstream.Model, not {type(model).__name__}")
+        if kind not in ("target", "mtp"):
+            raise InvalidOptionError(f"kind must be 'target' or 'mtp' (got {kind!r})", field="kind")
+        address = getattr(context, "value", context)
+        if isinstance(address, bool) or not isinstance(address, int) or address <= 0:
+            raise InvalidOptionError(
+                f"context must be a llama_context pointer (ctypes.c_void_p or int), not {context!r:.80}",
+                field="context",
+            )
+        adopted = cls.__new__(cls)
+        adopted._native = _bridge.adopt_context(model.native, address, kind)
+        adopted._model, adopted._kind = model, kind
+        adopted._sessions = weakref.WeakSet()
+        adopted._n_seq = int(adopted._native.n_seq)
+        return adopted
+
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
         """Close the draft sessions that use this context, then free it (idempotent)."""
@@ -168,6 +203,7 @@ class Context:
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` has freed the context."""
         return self._native is None
 
     def __enter__(self) -> Context:

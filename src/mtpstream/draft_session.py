@@ -111,18 +111,22 @@ class DraftSession:
 
     @property
     def n_seq(self) -> int:
+        """The sequence ids this session drafts for: 0 .. n_seq - 1."""
         return self._n_seq
 
     @property
     def n_draft_max(self) -> int:
+        """The most tokens one :meth:`draft` returns."""
         return self._n_draft_max
 
     @property
     def target(self) -> Context:
+        """The target context the caller decodes and :meth:`process` reads."""
         return self._target
 
     @property
     def draft_context(self) -> Context:
+        """The MTP context the session drafts on."""
         return self._draft
 
     # ------------------------------------------------------------------ the loop

@@ -246,6 +246,15 @@ class Model:
         return self.load_mtp and self.n_layer_nextn > 0 and self._has_nextn_tensors()
 
     @property
+    def llama_model_address(self) -> int:
+        """The address of this model's ``llama_model``, for llama-cpp-python's low-level
+        API (one libllama in the process): ``llama_cpp.llama_init_from_model(
+        ctypes.c_void_p(model.llama_model_address), params)`` makes a context on it that
+        :meth:`mtpstream.Context.adopt` takes over. Raises :class:`SessionClosedError`
+        once closed."""
+        return int(self.native.address)
+
+    @property
     def is_sidecar(self) -> bool:
         """True for an MTP-only GGUF: a NextN block but no trunk (usable only as ``draft_model``)."""
         nextn_index = self._info.block_count - 1
