@@ -110,6 +110,16 @@ void bind_context_options(nb::module_ & m) {
         .def_rw("type_v", &UserContextOptions::type_v);
 }
 
+// Context.adopt: take over a llama_context made by llama-cpp-python on `model`.
+ContextHandle adopt_context(const ModelHandle & model, uintptr_t address, ContextKind kind) {
+    Status st;
+    std::shared_ptr<UserContext> c = UserContext::adopt(model.p, reinterpret_cast<llama_context *>(address), kind, st);
+    if (!c) {
+        raise_status(st);
+    }
+    return ContextHandle{std::move(c)};
+}
+
 void bind_context(nb::module_ & m) {
     nb::class_<ContextHandle>(m, "Context")
         .def_static("create", [](const ModelHandle & model, const UserContextOptions & opts) {
@@ -124,15 +134,7 @@ void bind_context(nb::module_ & m) {
             }
             return ContextHandle{std::move(c)};
         }, "model"_a, "options"_a)
-        .def_static("adopt", [](const ModelHandle & model, uintptr_t address, ContextKind kind) {
-            Status st;
-            std::shared_ptr<UserContext> c =
-                UserContext::adopt(model.p, reinterpret_cast<llama_context *>(address), kind, st);
-            if (!c) {
-                raise_status(st);
-            }
-            return ContextHandle{std::move(c)};
-        }, "model"_a, "address"_a, "kind"_a)
+        .def_static("adopt", &adopt_context, "model"_a, "address"_a, "kind"_a)
         .def("decode", [](ContextHandle & h, const Batch & batch) {
             std::shared_ptr<UserContext> c = h.p;
             std::unique_ptr<Batch> copy = snapshot(batch);
