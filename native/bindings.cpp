@@ -23,6 +23,7 @@
 #include "job.hpp"
 #include "log_bridge.hpp"
 #include "model.hpp"
+#include "rpc.hpp"
 #include "runtime.hpp"
 #include "stats.hpp"
 
@@ -124,8 +125,11 @@ struct JobHandle {
 
 ModelHandle load_model(const std::string & path, std::optional<int> n_gpu_layers, bool load_mtp,
                                   bool use_mmap, std::optional<bool> repack, int n_cpu_moe,
-                                  std::optional<nb::callable> progress) {
+                                  std::optional<nb::callable> progress, std::vector<std::string> rpc,
+                                  std::vector<float> tensor_split) {
     ModelLoadOptions opts;
+    opts.rpc = std::move(rpc);
+    opts.tensor_split = std::move(tensor_split);
     opts.n_cpu_moe = n_cpu_moe;
     opts.n_gpu_layers = n_gpu_layers;
     opts.load_mtp = load_mtp;
@@ -172,6 +176,16 @@ ModelHandle load_model(const std::string & path, std::optional<int> n_gpu_layers
     return ModelHandle{std::move(model)};
 }
 
+// Runs the RPC server (GIL released) until it stops; returns why it stopped.
+std::string serve_rpc(const std::string & endpoint, const std::string & cache_dir, int n_threads) {
+    Status st;
+    {
+        ReleaseGil release;
+        rpc_serve(endpoint, cache_dir, n_threads, st);
+    }
+    return st.message;
+}
+
 std::vector<Event> drain_job(JobHandle & job) { return job.p->drain(); }
 
 // StatsSnapshot, one read-only attribute per field of stats.hpp's list, and the list
@@ -211,6 +225,9 @@ NB_MODULE(_native, m) {
     m.attr("LLAMA_DEFAULT_SEED") = static_cast<uint32_t>(LLAMA_DEFAULT_SEED);
 
     m.def("cpu_offers_amx_buffer", &cpu_offers_amx_buffer);
+    m.def("rpc_available", &rpc_available);
+    m.attr("RPC_PROTO_MAJOR") = rpc_protocol_major();
+    m.def("rpc_serve", &serve_rpc, "endpoint"_a, "cache_dir"_a, "n_threads"_a);
 
     nb::class_<LogBridge>(m, "LogBridge")
         .def(nb::init<>())
@@ -220,7 +237,7 @@ NB_MODULE(_native, m) {
 
     nb::class_<ModelHandle>(m, "Model")
         .def_static("load", &load_model, "path"_a, "n_gpu_layers"_a.none(), "load_mtp"_a, "use_mmap"_a,
-                    "repack"_a.none(), "n_cpu_moe"_a, "progress"_a.none())
+                    "repack"_a.none(), "n_cpu_moe"_a, "progress"_a.none(), "rpc"_a, "tensor_split"_a)
         .def_prop_ro("path", [](const ModelHandle & h) { return h.p->path(); })
         .def_prop_ro("address", [](const ModelHandle & h) { return reinterpret_cast<uintptr_t>(h.p->get()); })
         .def_prop_ro("load_mtp", [](const ModelHandle & h) { return h.p->load_mtp(); })

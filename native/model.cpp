@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "ggml-backend.h"
+#include "rpc.hpp"
 
 namespace mtpstream {
 
@@ -36,6 +37,34 @@ std::vector<llama_model_tensor_buft_override> expert_overrides(int32_t n, std::v
     }
     out.push_back({nullptr, nullptr});  // the list ends with a null pattern
     return out;
+}
+
+// The offload devices (the RPC servers' first) and the tensor split into `params`;
+// `devices` and `split` own what `params` points to.
+bool place_layers(const ModelLoadOptions & opts, llama_model_params & params, std::vector<ggml_backend_dev_t> & devices,
+                  std::vector<float> & split, Status & status) {
+    if (!opts.rpc.empty()) {
+        devices = rpc_devices(opts.rpc, status);
+        if (devices.empty()) {
+            return false;
+        }
+        devices.push_back(nullptr);  // the list ends with a null device
+        params.devices = devices.data();
+    }
+    if (!opts.tensor_split.empty()) {
+        const size_t max = llama_max_devices();
+        if (opts.tensor_split.size() > max) {
+            status = Status::error(ErrorCode::invalid_argument,
+                                   "tensor_split has " + std::to_string(opts.tensor_split.size()) +
+                                       " entries; this llama.cpp build takes at most " + std::to_string(max),
+                                   "tensor_split");
+            return false;
+        }
+        split = opts.tensor_split;
+        split.resize(max, 0.0f);
+        params.tensor_split = split.data();
+    }
+    return true;
 }
 
 }  // namespace
@@ -73,6 +102,11 @@ std::shared_ptr<Model> Model::load(const std::string & path, const ModelLoadOpti
     const std::vector<llama_model_tensor_buft_override> overrides = expert_overrides(opts.n_cpu_moe, patterns);
     if (opts.n_cpu_moe != 0) {
         params.tensor_buft_overrides = overrides.data();
+    }
+    std::vector<ggml_backend_dev_t> devices;  // outlive the load, as the patterns
+    std::vector<float> split;
+    if (!place_layers(opts, params, devices, split, status)) {
+        return nullptr;
     }
     if (opts.progress) {
         params.progress_callback = &progress_trampoline;

@@ -26,6 +26,12 @@ struct ModelLoadOptions {
     int32_t n_cpu_moe = 0;
     // Called with 0..1 while loading; return false to abort the load.
     std::function<bool(float)> progress;
+    // RPC servers ("host:port") whose devices take offloaded layers, in this order
+    // (then the local accelerators); empty: llama.cpp's default devices
+    std::vector<std::string> rpc;
+    // the share of the offloaded layers per device (llama_model_params.tensor_split);
+    // empty: llama.cpp's default (by free memory)
+    std::vector<float> tensor_split;
 };
 
 // Whether this llama.cpp build and this CPU give the CPU backend ggml's AMX weight

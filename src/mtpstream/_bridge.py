@@ -76,12 +76,17 @@ def load_model(
     n_cpu_moe: int,
     progress: Callable[[float], object] | None,
     arch: str,
+    rpc: Sequence[str] = (),
+    tensor_split: Sequence[float] = (),
 ) -> _native.Model:
     """A native model; every failure a :class:`ModelLoadError` naming the architecture.
-    ``n_cpu_moe``: the blocks whose MoE experts stay in CPU memory (-1: all)."""
+    ``n_cpu_moe``: the blocks whose MoE experts stay in CPU memory (-1: all); ``rpc``:
+    the RPC workers taking offloaded layers (checked by the caller)."""
     _logging.sync_level()
     try:
-        native = _native.Model.load(path, n_gpu_layers, load_mtp, use_mmap, repack, n_cpu_moe, progress)
+        native = _native.Model.load(
+            path, n_gpu_layers, load_mtp, use_mmap, repack, n_cpu_moe, progress, list(rpc), list(tensor_split)
+        )
     except _native.NativeError as exc:
         raise ModelLoadError(str(error(exc, suffix=f" [architecture '{arch}']"))) from None
     _logging.flush()
@@ -121,6 +126,18 @@ def submit(
 
 def cpu_offers_amx_buffer() -> bool:
     return _native.cpu_offers_amx_buffer()
+
+
+def rpc_available() -> bool:
+    return _native.rpc_available()
+
+
+def rpc_protocol_major() -> int:
+    return _native.RPC_PROTO_MAJOR
+
+
+def rpc_serve(endpoint: str, cache_dir: str, n_threads: int) -> str:
+    return _native.rpc_serve(endpoint, cache_dir, n_threads)
 
 
 def close_engine(engine: _native.Engine) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import __version__
 from ._cli_common import UsageError, add_session_args, load, session
+from ._cli_rpc import add_rpc_args, rpc_load_options
 from ._console import Field, print_fields
 from ._reasoning import REASONING_FORMATS
 from .errors import InvalidOptionError, MTPError
@@ -52,7 +53,7 @@ def _count(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def _gpu_layers(text: str) -> int | None:
+def gpu_layers(text: str) -> int | None:
     """``auto`` (llama.cpp's default: None), ``all`` (-1) or a count."""
     if text == "auto":
         return None
@@ -91,7 +92,12 @@ def _origins(text: str) -> list[str]:
 def load_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``load_model`` keywords of the runtime flags."""
     n_cpu_moe: int | str = "all" if args.cpu_moe else args.n_cpu_moe
-    return {"n_gpu_layers": args.n_gpu_layers, "use_mmap": args.mmap, "n_cpu_moe": n_cpu_moe}
+    return {
+        "n_gpu_layers": args.n_gpu_layers,
+        "use_mmap": args.mmap,
+        "n_cpu_moe": n_cpu_moe,
+        **rpc_load_options(args),
+    }
 
 
 def context_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -268,7 +274,7 @@ def _add_runtime_args(serve: argparse.ArgumentParser) -> None:
         "--gpu-layers",
         "--n-gpu-layers",
         dest="n_gpu_layers",
-        type=_gpu_layers,
+        type=gpu_layers,
         default=None,
         metavar="N",
         help="layers stored in VRAM: a count, 'auto' (default: llama.cpp's) or 'all'",
@@ -311,6 +317,7 @@ def _add_runtime_args(serve: argparse.ArgumentParser) -> None:
     batch = _count(1, _INT32_MAX)
     for short, flag, text in (("-b", "--batch-size", "logical"), ("-ub", "--ubatch-size", "physical")):
         run.add_argument(short, flag, type=batch, default=None, metavar="N", help=f"{text} batch size")
+    add_rpc_args(serve)
 
 
 def _add_limit_args(serve: argparse.ArgumentParser) -> None:

@@ -26,6 +26,10 @@ class ErrorCode(enum.Enum):
 
 def begin_exit(timeout_s: float) -> bool: ...
 def cpu_offers_amx_buffer() -> bool: ...
+def rpc_available() -> bool: ...
+def rpc_serve(endpoint: str, cache_dir: str, n_threads: int) -> str: ...
+
+RPC_PROTO_MAJOR: int
 
 class LogBridge:
     def __init__(self) -> None: ...
@@ -45,6 +49,8 @@ class Model:
         repack: bool | None,
         n_cpu_moe: int,
         progress: Callable[[float], object] | None,
+        rpc: list[str],
+        tensor_split: list[float],
     ) -> Model: ...
     path: str
     load_mtp: bool

@@ -4,6 +4,8 @@
   mtpstream chat MODEL              interactive chat through the model's template
   mtpstream serve MODEL             OpenAI-compatible HTTP server (the server extra)
   mtpstream info MODEL              arch, size, MTP head, template, context length
+                                    (--rpc: which device holds which layers)
+  mtpstream rpc-server              an RPC worker (llama.cpp's RPC backend) from this install
   mtpstream make-model              write a synthetic test model, print its path
   mtpstream demo                    MTP on a synthetic model, against plain decoding
   mtpstream bench                   benchmarks (see `mtpstream bench --help`)
@@ -31,7 +33,16 @@ from ._cli_common import add_repack_arg as _add_repack_arg
 from ._cli_common import add_session_args as _add_session_args
 from ._cli_common import load as _load
 from ._cli_common import session as _session
-from ._cli_serve import add_serve_args
+from ._cli_rpc import (
+    RPC_SERVER_DESCRIPTION,
+    RPC_SERVER_HELP,
+    add_rpc_args,
+    add_rpc_server_args,
+    capture_placement,
+    placement_fields,
+    rpc_load_options,
+)
+from ._cli_serve import add_serve_args, gpu_layers
 from ._console import Field, print_fields
 from .errors import InvalidOptionError, MTPError
 from .events import DoneEvent, EogEvent, TokenEvent
@@ -71,8 +82,16 @@ def _print_model(model: Model) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    with _load(args.model, quiet=True) as model:
-        _print_model(model)
+    options = rpc_load_options(args)
+    if not options:
+        with _load(args.model, quiet=True, n_gpu_layers=args.n_gpu_layers) as model:
+            _print_model(model)
+        return 0
+    with capture_placement() as lines:
+        model = _load(args.model, quiet=True, n_gpu_layers=args.n_gpu_layers, **options)
+    with model:
+        fields = [*_model_fields(model), ("rpc", ", ".join(model.rpc)), *placement_fields(lines, model.rpc)]
+        print_fields(fields, sys.stdout)
     return 0
 
 
@@ -235,6 +254,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ parser
+def _add_info_args(info: argparse.ArgumentParser) -> None:
+    info.add_argument("model", metavar="MODEL")
+    info.add_argument(
+        "-ngl", "--n-gpu-layers", dest="n_gpu_layers", type=gpu_layers, default=None, metavar="N",
+        help="layers offloaded (to --rpc workers and local GPUs): a count, 'auto' or 'all'",
+    )  # fmt: skip
+    add_rpc_args(info)
+    info.set_defaults(func=_cmd_info)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtpstream", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -255,10 +284,10 @@ def _parser() -> argparse.ArgumentParser:
     chat.set_defaults(func=_cmd_chat)
 
     add_serve_args(sub.add_parser("serve", help="OpenAI-compatible HTTP server"))
+    rpc_server = sub.add_parser("rpc-server", help=RPC_SERVER_HELP, description=RPC_SERVER_DESCRIPTION)
+    add_rpc_server_args(rpc_server)
 
-    info = sub.add_parser("info", help="describe a GGUF model")
-    info.add_argument("model", metavar="MODEL")
-    info.set_defaults(func=_cmd_info)
+    _add_info_args(sub.add_parser("info", help="describe a GGUF model (--rpc: where its layers are)"))
 
     mk = sub.add_parser("make-model", help="write (or find in the cache) a synthetic model; print its path")
     mk.add_argument("--arch", choices=("qwen35", "qwen35moe"), default="qwen35")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -10,7 +11,7 @@ from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any, Literal
 
-from . import _bridge
+from . import _bridge, _rpc
 from ._gguf_checks import check_hyperparameters
 from ._gguf_meta import GGUFFormatError, read_gguf_header
 from .errors import InvalidOptionError, ModelLoadError, SessionClosedError
@@ -124,7 +125,9 @@ class Model:
         path: Path,
         uses_mmap: bool,
         placement: tuple[int | None, int | Literal["all"]] = (None, 0),
+        rpc: tuple[str, ...] = (),
     ) -> None:
+        self._rpc = rpc
         self._native: _bridge.NativeModel | None = native
         self._info = info
         self._path = path
@@ -179,6 +182,11 @@ class Model:
     def n_gpu_layers(self) -> int | None:
         """``load_model``'s ``n_gpu_layers`` (None: llama.cpp's default)."""
         return self._n_gpu_layers
+
+    @property
+    def rpc(self) -> tuple[str, ...]:
+        """``load_model``'s RPC workers (``"host:port"``), in device order; empty: none."""
+        return self._rpc
 
     @property
     def n_cpu_moe(self) -> int | Literal["all"]:
@@ -352,6 +360,8 @@ def load_model(
     repack: bool | None = None,
     n_cpu_moe: int | Literal["all"] = 0,
     progress: Callable[[float], object] | None = None,
+    rpc: str | Sequence[str] | None = None,
+    tensor_split: Sequence[float] | None = None,
 ) -> Model:
     """Load a GGUF model, with its MTP (NextN) layers unless ``load_mtp=False``.
 
@@ -374,9 +384,24 @@ def load_model(
     anyway). ``progress`` receives values in 0..1 while loading; returning ``False``
     aborts the load.
 
+    ``rpc`` (``"host:port"`` strings, or one comma-separated string) offloads layers to
+    ``mtpstream rpc-server`` workers through llama.cpp's RPC backend, as
+    ``llama-server --rpc`` does: their devices come first, then the local accelerators;
+    ``n_gpu_layers`` counts the layers offloaded to all of them (the rest stay on the
+    local CPU) and ``tensor_split`` their shares, one per device in that order
+    (default: by each device's free memory). The MTP head's layers and the draft
+    context go where llama.cpp puts them, like the rest. A worker is checked before
+    llama.cpp sees it, so an unreachable one fails the load in bounded time
+    (``_rpc.CONNECT_TIMEOUT_S`` per worker) instead of ending the process. The RPC
+    protocol has no authentication: use workers on a trusted network only.
+
     Raises:
-        ModelLoadError: the file is missing, not a GGUF, truncated, or llama.cpp cannot load it.
-        InvalidOptionError: ``n_cpu_moe`` is not a count >= 0 or ``"all"`` (``field="n_cpu_moe"``).
+        ModelLoadError: the file is missing, not a GGUF, truncated, or llama.cpp cannot load it;
+            an RPC worker is unreachable (naming it), or this llama.cpp build has no RPC
+            backend (naming ``-DGGML_RPC=on``).
+        InvalidOptionError: ``n_cpu_moe`` is not a count >= 0 or ``"all"`` (``field="n_cpu_moe"``);
+            ``rpc`` is not a list of ``host:port`` (``field="rpc"``); ``tensor_split`` is not a
+            list of numbers >= 0 (``field="tensor_split"``).
         TypeError: ``n_gpu_layers``, ``use_mmap`` or ``repack`` of the wrong type.
     """
     if n_gpu_layers is not None and (isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int)):
@@ -386,15 +411,33 @@ def load_model(
     if repack is not None and not isinstance(repack, bool):
         raise TypeError(f"repack must be True, False or None (auto), not {repack!r}")
     _check_n_cpu_moe(n_cpu_moe)
+    endpoints = _rpc.parse_endpoints(rpc) if rpc is not None else ()
+    split = _check_tensor_split(tensor_split)
     p = Path(os.fspath(path)).expanduser()
     info = _inspect_file(p)
+    if endpoints:
+        _rpc.check_endpoints(endpoints)
+        _rpc.mark_used(endpoints)
     mmap = _choose_mmap(info.file_bytes, _available_memory_bytes()) if use_mmap is None else use_mmap
     # one override pattern per block at most (llama.cpp takes up to 4096)
     n_cpu = -1 if n_cpu_moe == "all" else min(int(n_cpu_moe), max(info.block_count, 1))
     native = _bridge.load_model(
-        str(p), n_gpu_layers, bool(load_mtp), mmap, repack, n_cpu, progress, info.arch
+        str(p), n_gpu_layers, bool(load_mtp), mmap, repack, n_cpu, progress, info.arch, endpoints, split
     )
-    return Model(native, info, p, mmap, (n_gpu_layers, n_cpu_moe))
+    return Model(native, info, p, mmap, (n_gpu_layers, n_cpu_moe), endpoints)
+
+
+def _check_tensor_split(value: Sequence[float] | None) -> tuple[float, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes)) or not all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0 for x in value
+    ):
+        raise InvalidOptionError(
+            f"tensor_split must be a list of shares >= 0, one per device (got {value!r})",
+            field="tensor_split",
+        )
+    return tuple(float(x) for x in value)
 
 
 def _check_n_cpu_moe(value: object) -> None:
