@@ -438,6 +438,16 @@ def _parser() -> argparse.ArgumentParser:
         help="also compare with upstream llama-server --spec-type draft-mtp (builds it once)",
     )
     p.add_argument(
+        "--rpc",
+        nargs="?",
+        const="",
+        metavar="HOST:PORT,...",
+        help="only the RPC scenario: MTP/plain with the layers on these rpc-server workers vs local "
+        "(no value: 2 workers started on 127.0.0.1)",
+    )
+    p.add_argument("--rpc-layers", type=int, help="with --rpc: n_gpu_layers (default: the model's n_layer)")
+    p.add_argument("--rpc-threads", type=int, default=1, help="with --rpc: threads per started worker")
+    p.add_argument(
         "--upstream-load-mode",
         choices=("auto", "none", "mmap"),
         help="llama-server's -lm (default: the server's own, which maps the file; "
@@ -530,6 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with progress_on_stderr():
         if args.markdown or args.reanalyze:
             return _saved(args)
+        if args.rpc is not None:
+            return _rpc(args)
         try:
             cfg = _config(args)
             result = run(cfg)
@@ -544,6 +556,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mtpstream bench: targets failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _rpc(args: argparse.Namespace) -> int:
+    """``--rpc``: MTP's speedup over plain decoding on RPC workers against local."""
+    from .rpc import format_rpc, run_rpc
+
+    try:
+        endpoints = [e for e in args.rpc.split(",") if e]
+        settings = _settings(args)
+        out = Path(args.out) if args.out else _default_out()
+        result = run_rpc(settings, Path(args.model) if args.model else None, endpoints, args.rpc_layers,
+                         args.rpc_threads, out)  # fmt: skip
+    except MTPError as exc:
+        print(f"mtpstream bench: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_rpc(result))
+    return 1 if args.check and not result["target"]["pass"] else 0
 
 
 def _saved(args: argparse.Namespace) -> int:
