@@ -340,3 +340,21 @@ async def run(model):
 
 print("RESULT " + json.dumps({"local": anyio.run(run, local), "rpc": anyio.run(run, remote)}))
 """
+
+
+def test_serve_with_rpc_answers_as_the_local_model(workers: list[RpcWorker]) -> None:
+    from test_server import KEY, MESSAGES, Server
+
+    path = make_model(arch="qwen35", weights="oracle", size="tiny", mtp_error_rate=0.25)
+    answers = []
+    common = ("--n-draft", "3", "--api-key", KEY, "--model-alias", "tiny", "-fa", "off")
+    for extra in ((), ("--rpc", ",".join(w.endpoint for w in workers), "-ngl", "4")):
+        server = Server(path, *common, *extra)
+        try:
+            client = server.client()
+            chat = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=24)  # type: ignore[arg-type]
+            answers.append((chat.choices[0].message.content, json.loads(chat.model_dump_json())["mtp"]))
+        finally:
+            assert server.stop() == 0
+    assert answers[1] == answers[0]
+    assert answers[0][1]["drafts_accepted"] > 0
