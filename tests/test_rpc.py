@@ -21,8 +21,7 @@ from typing import Any
 import pytest
 
 import mtpstream
-from mtpstream.testing import make_model
-from mtpstream.testing.rpc_workers import RpcWorker, free_port, rpc_workers
+from mtpstream.testing import RpcWorker, free_port, make_model, rpc_workers
 
 from conftest import run_python
 
@@ -358,3 +357,23 @@ def test_serve_with_rpc_answers_as_the_local_model(workers: list[RpcWorker]) -> 
             assert server.stop() == 0
     assert answers[1] == answers[0]
     assert answers[0][1]["drafts_accepted"] > 0
+
+
+@pytest.mark.slow
+def test_bench_rpc_writes_the_comparison(tmp_path: Path) -> None:
+    path = make_model(arch="qwen35", weights="oracle", size="tiny", mtp_error_rate=0.25)
+    cmd = [sys.executable, "-m", "mtpstream", "bench", str(path), "--rpc", "--quick", "--runs", "2"]
+    proc = subprocess.run(
+        [*cmd, "--tokens", "16", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **ENV},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result_path,) = tmp_path.glob("bench-*-rpc.json")
+    result = json.loads(result_path.read_text())
+    assert result["acceptance_equal"] is True
+    assert set(result["decode_tps"]) == {"local-plain", "local-k3", "rpc-plain", "rpc-k3"}
+    assert all(len(v) == 2 for v in result["decode_tps"].values())
+    assert result["rpc_over_local_median"] > 0 and "pass" in result["target"]

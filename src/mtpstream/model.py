@@ -392,8 +392,10 @@ def load_model(
     (default: by each device's free memory). The MTP head's layers and the draft
     context go where llama.cpp puts them, like the rest. A worker is checked before
     llama.cpp sees it, so an unreachable one fails the load in bounded time
-    (``_rpc.CONNECT_TIMEOUT_S`` per worker) instead of ending the process. The RPC
-    protocol has no authentication: use workers on a trusted network only.
+    (``_rpc.CONNECT_TIMEOUT_S`` per worker) instead of ending the process; a worker
+    lost later still ends it (llama.cpp's RPC client aborts: README, "Over several
+    machines"). The RPC protocol has no authentication: use workers on a trusted
+    network only.
 
     Raises:
         ModelLoadError: the file is missing, not a GGUF, truncated, or llama.cpp cannot load it;

@@ -18,14 +18,13 @@ import gc
 import logging
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from .. import MTP, Model, load_model
-from ..testing import make_model
-from ..testing.rpc_workers import rpc_workers
-from . import env, report
+from ..testing import make_model, rpc_workers
+from . import env, report, upstream
 from . import measure as meas
 
 __all__ = ["run_rpc"]
@@ -63,17 +62,45 @@ def _close(sessions: dict[str, MTP], model: Model) -> None:
     model.close()
 
 
-def _rounds(sessions: dict[str, MTP], prompt: list[int], settings: meas.Settings) -> Samples:
-    keys = list(sessions)
+def _rounds(sides: dict[str, Callable[[], meas.RunSample]], settings: meas.Settings) -> Samples:
+    keys = list(sides)
     for key in keys:  # warm-up
         for _ in range(settings.warmup):
-            meas.run_engine(sessions[key], prompt, settings.tokens)
+            sides[key]()
     samples: Samples = {k: [] for k in keys}
     for r in range(settings.runs):
         for key in meas.rotated(keys, r):
-            samples[key].append(meas.run_engine(sessions[key], prompt, settings.tokens))
+            samples[key].append(sides[key]())
         _log.info(f"rpc bench: round {r + 1}/{settings.runs}")
     return samples
+
+
+def _ours(mtp: MTP, prompt: list[int], tokens: int) -> Callable[[], meas.RunSample]:
+    return lambda: meas.run_engine(mtp, prompt, tokens)
+
+
+def _upstream(port: int, prompt: list[int], tokens: int) -> Callable[[], meas.RunSample]:
+    """llama-server's completion as a sample: its decode speed (``predicted_per_second``)
+    and draft counters (per-phase times unknown: zero)."""
+
+    def run() -> meas.RunSample:
+        t = upstream.complete(port, prompt, tokens)
+        n = int(t["predicted_n"])
+        timing = dict.fromkeys(("draft", "verify", "sample", "ckpt", "other", "prefill"), 0)
+        # decode_tokens_per_sec is (n - 1) / total: make it n / predicted_ms
+        timing["total"] = int(float(t["predicted_ms"]) * 1000 * (n - 1) / n) if n > 1 else 0
+        return meas.RunSample(
+            wall_s=(float(t["prompt_ms"]) + float(t["predicted_ms"])) / 1000,
+            completion_tokens=n,
+            finish_reason="length",
+            iters=0,
+            drafts_generated=int(t.get("draft_n", 0)),
+            drafts_accepted=int(t.get("draft_n_accepted", 0)),
+            timing_us=timing,
+            peak_rss_bytes=0,
+        )
+
+    return run
 
 
 def _summary(samples: Samples, k: int) -> dict[str, Any]:
@@ -86,18 +113,89 @@ def _summary(samples: Samples, k: int) -> dict[str, Any]:
         for key, runs in samples.items()
         if not key.endswith("plain")
     }
+    up = f"upstream-k{k}"
+    vs_upstream: dict[str, Any] = {}
+    if up in tps:
+        ours = sorted(o / u for o, u in zip(tps[f"rpc-k{k}"], tps[up], strict=True))
+        vs_upstream = {
+            "ours_over_upstream_median": round(statistics.median(ours), 4),
+            "ours_over_upstream_range": [round(ours[0], 4), round(ours[-1], 4)],
+            "upstream_target": {"ours_over_upstream_ge": 1.0, "pass": statistics.median(ours) >= 1.0},
+        }
     figure = statistics.median(rel)
+    phases = ("draft", "verify", "sample", "ckpt", "other")
+    per_iter = {
+        key: {
+            ph: round(statistics.median(x for s in runs if (x := s.per_iter_us(ph)) is not None), 1)
+            for ph in phases
+        }
+        for key, runs in samples.items()
+    }
     return {
+        "per_iter_us_median": per_iter,
         "decode_tps_median": {key: round(statistics.median(v), 2) for key, v in tps.items()},
         "decode_tps": {key: [round(x, 2) for x in v] for key, v in tps.items()},
         "local_ratio_median": round(statistics.median(local), 4),
         "rpc_ratio_median": round(statistics.median(rpc), 4),
         "rpc_over_local_median": round(figure, 4),
         "rpc_over_local_range": [round(rel[0], 4), round(rel[-1], 4)],
-        "acceptance_equal": len(set(acceptance.values())) == 1,
+        "acceptance_equal": acceptance[f"local-k{k}"] == acceptance[f"rpc-k{k}"],
         "drafts_accepted_generated": acceptance,
         "target": {"rpc_over_local_ge": TARGET, "pass": figure >= TARGET},
+        **vs_upstream,
     }
+
+
+def _upstream_server(
+    exe: Path, path: Path, eps: list[str], ngl: int, k: int, settings: meas.Settings
+) -> contextlib.AbstractContextManager[int]:
+    """llama-server with ``--rpc`` on the same split and ``k`` MTP drafts (its own workers:
+    a worker serves one client at a time)."""
+    t = str(settings.threads)
+    args = ["-m", str(path), "-t", t, "-tb", t, "-c", str(settings.n_ctx), "-np", "1", "--no-webui"]
+    args += [
+        "--rpc",
+        ",".join(eps),
+        "-ngl",
+        str(ngl),
+        "--spec-type",
+        "draft-mtp",
+        "--spec-draft-n-max",
+        str(k),
+    ]
+    if settings.flash_attn is not None:
+        args += ["-fa", "on" if settings.flash_attn else "off"]
+    return upstream.launched(exe, args)
+
+
+def _measure(
+    path: Path,
+    local: Model,
+    eps: list[str],
+    ngl: int,
+    settings: meas.Settings,
+    upstream_at: tuple[Path, int] | None,
+) -> Samples:
+    """The interleaved rounds; ``upstream_at``: llama-server and the threads of its workers."""
+    k = settings.ref_n_draft
+    prompt = local.tokenize("The quiet river carried", add_special=True)
+    remote = load_model(path, rpc=eps, n_gpu_layers=ngl)
+    sessions = _sessions(local, remote, k, settings)
+    try:
+        sides = {key: _ours(mtp, prompt, settings.tokens) for key, mtp in sessions.items()}
+        with contextlib.ExitStack() as stack:
+            if upstream_at is not None:
+                workers = stack.enter_context(rpc_workers(len(eps), threads=upstream_at[1]))
+                up_eps = [w.endpoint for w in workers]
+                port = stack.enter_context(_upstream_server(upstream_at[0], path, up_eps, ngl, k, settings))
+                sides[f"upstream-k{k}"] = _upstream(port, prompt, settings.tokens)
+            return _rounds(sides, settings)
+    finally:
+        # free the remote model while its workers run: ggml's RPC client aborts the
+        # process when it cannot send the frees
+        _close(sessions, remote)
+        del sessions, remote
+        gc.collect()
 
 
 def run_rpc(
@@ -107,24 +205,16 @@ def run_rpc(
     n_gpu_layers: int | None,
     worker_threads: int,
     out: Path,
+    with_upstream: bool = False,
 ) -> dict[str, Any]:
     """Run the RPC comparison and write ``<out>/bench-<time>-rpc.json``; the result."""
     path = model_path or make_model(arch="qwen35", weights="oracle", size="bench", mtp_error_rate=0.25)
     k = settings.ref_n_draft
     local = load_model(path)
     ngl = n_gpu_layers if n_gpu_layers is not None else local.n_layer
-    prompt = local.tokenize("The quiet river carried", add_special=True)
+    exe = _rpc_llama_server(settings) if with_upstream else None
     with _endpoints(endpoints, worker_threads) as eps:
-        remote = load_model(path, rpc=eps, n_gpu_layers=ngl)
-        sessions = _sessions(local, remote, k, settings)
-        try:
-            samples = _rounds(sessions, prompt, settings)
-        finally:
-            # free the remote model while its workers run: ggml's RPC client aborts the
-            # process when it cannot send the frees
-            _close(sessions, remote)
-            del sessions, remote
-            gc.collect()
+        samples = _measure(path, local, eps, ngl, settings, (exe, worker_threads) if exe else None)
     result = {
         "scenario": "rpc",
         "time": env.utc_now(),
@@ -137,11 +227,17 @@ def run_rpc(
         "runs": settings.runs,
         "tokens": settings.tokens,
         "threads": settings.threads,
+        "llama_server": str(exe) if exe else None,
         **_summary(samples, k),
     }
     stem = "bench-" + time.strftime("%Y%m%d-%H%M%S") + "-rpc"
     result["json"] = str(report.write_json(result, out / f"{stem}.json"))
     return result
+
+
+def _rpc_llama_server(settings: meas.Settings) -> Path:
+    """llama-server built with -DGGML_RPC=ON from the pinned llama.cpp (once, cached)."""
+    return upstream.server_binary(settings, rpc=True)
 
 
 def format_rpc(result: dict[str, Any]) -> str:
@@ -155,6 +251,18 @@ def format_rpc(result: dict[str, Any]) -> str:
         f"  RPC ratio / local ratio: {result['rpc_over_local_median']:.3f} "
         f"[{result['rpc_over_local_range'][0]:.3f}, {result['rpc_over_local_range'][1]:.3f}] "
         f"(target >= {TARGET}: {'pass' if result['target']['pass'] else 'FAIL'})",
+        *(
+            f"  {key:<12} per iteration (us): {phases}"
+            for key, phases in result["per_iter_us_median"].items()
+        ),
+        *(
+            [
+                f"  ours / llama-server --rpc: {result['ours_over_upstream_median']:.3f} "
+                f"[{result['ours_over_upstream_range'][0]:.3f}, {result['ours_over_upstream_range'][1]:.3f}]"
+            ]
+            if "ours_over_upstream_median" in result
+            else []
+        ),
         f"  acceptance equal: {result['acceptance_equal']} {result['drafts_accepted_generated']}",
         f"  wrote {result['json']}",
     ]

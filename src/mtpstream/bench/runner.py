@@ -567,7 +567,7 @@ def _rpc(args: argparse.Namespace) -> int:
         settings = _settings(args)
         out = Path(args.out) if args.out else _default_out()
         result = run_rpc(settings, Path(args.model) if args.model else None, endpoints, args.rpc_layers,
-                         args.rpc_threads, out)  # fmt: skip
+                         args.rpc_threads, out, args.with_upstream)  # fmt: skip
     except MTPError as exc:
         print(f"mtpstream bench: error: {exc}", file=sys.stderr)
         return 2

@@ -58,9 +58,10 @@ def _run(cmd: Sequence[str], cwd: Path | None = None) -> None:
     subprocess.run(list(cmd), cwd=cwd, check=True, stdout=subprocess.DEVNULL)
 
 
-def _server_binary(root: Path, threads: int) -> Path:
-    """Build ``llama-server`` (once) and return its path."""
-    build = root / "build"
+def _server_binary(root: Path, threads: int, rpc: bool = False) -> Path:
+    """Build ``llama-server`` (once; ``rpc``: with the RPC backend, in its own build
+    directory) and return its path."""
+    build = root / ("build-rpc" if rpc else "build")
     exe = build / "bin" / "llama-server"
     if exe.exists():
         return exe
@@ -81,6 +82,7 @@ def _server_binary(root: Path, threads: int) -> Path:
             "-DLLAMA_BUILD_EXAMPLES=OFF",
             "-DLLAMA_CURL=OFF",
             "-DBUILD_SHARED_LIBS=OFF",
+            *(["-DGGML_RPC=ON"] if rpc else []),
         ],
     )
     _run(["cmake", "--build", str(build), "--target", "llama-server", "-j", str(threads)])
@@ -114,11 +116,12 @@ def _wait_healthy(proc: subprocess.Popen[bytes], port: int) -> None:
     raise RuntimeError("llama-server did not become healthy in time")
 
 
-def server_binary(settings: Settings) -> Path:
-    """llama-server built from the pinned llama-cpp-python's llama.cpp (built once, cached)."""
+def server_binary(settings: Settings, rpc: bool = False) -> Path:
+    """llama-server built from the pinned llama-cpp-python's llama.cpp (built once, cached;
+    ``rpc``: with the RPC backend)."""
     root = _cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    return _server_binary(root, settings.threads)
+    return _server_binary(root, settings.threads, rpc)
 
 
 @contextlib.contextmanager
@@ -165,7 +168,7 @@ def server(
     return launched(exe, args)
 
 
-def _complete(port: int, prompt: Sequence[int], tokens: int) -> dict[str, Any]:
+def complete(port: int, prompt: Sequence[int], tokens: int) -> dict[str, Any]:
     """One greedy completion; the server's ``timings`` block."""
     body = {
         "prompt": list(prompt),
@@ -252,7 +255,7 @@ def _rate(accepted: int, drafts: int) -> float | None:
 def _measure(cell: UpstreamCell, port: int, ours: MTP, prompt: Sequence[int], settings: Settings) -> None:
     """Warm both sides up, then ``settings.runs`` rounds of the three sides into ``cell``."""
     for _ in range(settings.warmup):
-        _complete(port, prompt, settings.tokens)
+        complete(port, prompt, settings.tokens)
         run_engine(ours, prompt, settings.tokens)
     for _ in range(settings.warmup):
         delivered_decode_tps(ours, prompt, settings.tokens)
@@ -264,7 +267,7 @@ def _measure(cell: UpstreamCell, port: int, ours: MTP, prompt: Sequence[int], se
         for side in _ORDERS[r % len(_ORDERS)]:
             time.sleep(_PAUSE_S)
             if side == 0:
-                t = _complete(port, prompt, settings.tokens)
+                t = complete(port, prompt, settings.tokens)
                 cell.upstream_tps.append(float(t["predicted_per_second"]))
                 cell.upstream_ms.append(float(t["prompt_ms"]) + float(t["predicted_ms"]))
                 cell.upstream_drafts += int(t.get("draft_n", 0))

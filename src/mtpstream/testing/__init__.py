@@ -57,6 +57,7 @@ from ._oracle import HEAD_MODES, STOP_WORD, AcceptanceResult, HeadMode, OracleSp
 from ._real_vocab import make_real_vocab_model, template_path
 from ._soft import HEAD_SKEW, TARGET_PROBS, SoftSpec, accepted_per_verify
 from ._writer import FORMAT_VERSION
+from .rpc_workers import RpcWorker, free_port, rpc_workers
 
 __all__ = [
     "ARCHS",
@@ -77,6 +78,7 @@ __all__ = [
     "Kind",
     "ModelConfig",
     "OracleSpec",
+    "RpcWorker",
     "Size",
     "SoftSpec",
     "SyntheticModel",
@@ -87,6 +89,7 @@ __all__ = [
     "default_cache_dir",
     "describe",
     "expected_acceptance",
+    "free_port",
     "inject_fault",
     "load_model",
     "load_soft_spec",
@@ -95,5 +98,6 @@ __all__ = [
     "make_real_vocab_model",
     "model_config",
     "oracle_margins",
+    "rpc_workers",
     "template_path",
 ]
