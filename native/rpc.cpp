@@ -1,8 +1,20 @@
 #include "rpc.hpp"
 
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
 #include <cstring>
+#include <mutex>
 
 #include "ggml-rpc.h"
+
+// exported by ggml-base (ggml.c), declared in its internal header only
+extern "C" void ggml_print_backtrace(void);
 
 namespace mtpstream {
 
@@ -45,7 +57,94 @@ void append_local_accelerators(std::vector<ggml_backend_dev_t> & out) {
     out.insert(out.end(), local.begin(), local.end());
 }
 
+// Process-wide by nature: ggml's abort callback is one per process.
+struct AbortHook {
+    std::mutex mutex;
+    std::vector<std::string> endpoints;
+    ggml_abort_callback_t previous = nullptr;
+    bool installed = false;
+};
+
+AbortHook & abort_hook() {
+    static AbortHook * hook = new AbortHook();  // never destroyed: an abort may come at exit
+    return *hook;
+}
+
+// Whether something accepts a TCP connection at `endpoint` within a second.
+bool accepts(const std::string & endpoint) {
+    const size_t colon = endpoint.rfind(':');
+    if (colon == std::string::npos) {
+        return false;
+    }
+    const std::string host = endpoint.substr(0, colon);
+    const std::string port = endpoint.substr(colon + 1);
+    addrinfo hints{};
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo * found = nullptr;
+    if (getaddrinfo(host.c_str(), port.c_str(), &hints, &found) != 0 || found == nullptr) {
+        return false;
+    }
+    bool ok = false;
+    const int fd = socket(found->ai_family, found->ai_socktype, found->ai_protocol);
+    if (fd >= 0) {
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL, 0) | O_NONBLOCK);
+        if (connect(fd, found->ai_addr, found->ai_addrlen) == 0) {
+            ok = true;
+        } else {
+            pollfd p{fd, POLLOUT, 0};
+            int err = 0;
+            socklen_t len = sizeof(err);
+            ok = poll(&p, 1, 1000) == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0;
+        }
+        close(fd);
+    }
+    freeaddrinfo(found);
+    return ok;
+}
+
+void on_abort(const char * message) {
+    std::fprintf(stderr, "%s\n", message);
+    AbortHook & hook = abort_hook();
+    if (std::strstr(message, "Remote RPC server crashed") != nullptr) {
+        std::vector<std::string> endpoints;
+        if (hook.mutex.try_lock()) {
+            endpoints = hook.endpoints;
+            hook.mutex.unlock();
+        }
+        std::string lost;
+        for (const std::string & e : endpoints) {
+            if (!accepts(e)) {
+                lost += (lost.empty() ? "" : ", ") + e;
+            }
+        }
+        std::fprintf(stderr,
+                     "mtpstream: lost the RPC worker %s; llama.cpp's RPC client cannot recover from a lost worker "
+                     "and ends the process (README, \"Over several machines\")\n",
+                     lost.empty() ? "(every endpoint still accepts connections)" : lost.c_str());
+        std::fflush(stderr);
+    }
+    if (hook.previous != nullptr) {
+        hook.previous(message);
+    } else {
+        ggml_print_backtrace();
+    }
+}
+
 }  // namespace
+
+void note_rpc_endpoints(const std::vector<std::string> & endpoints) {
+    AbortHook & hook = abort_hook();
+    std::lock_guard<std::mutex> lock(hook.mutex);
+    for (const std::string & e : endpoints) {
+        if (std::find(hook.endpoints.begin(), hook.endpoints.end(), e) == hook.endpoints.end()) {
+            hook.endpoints.push_back(e);
+        }
+    }
+    if (!hook.installed) {
+        hook.previous = ggml_set_abort_callback(&on_abort);
+        hook.installed = true;
+    }
+}
 
 bool rpc_available() { return ggml_backend_reg_by_name("RPC") != nullptr; }
 
@@ -56,6 +155,7 @@ std::vector<ggml_backend_dev_t> rpc_devices(const std::vector<std::string> & end
     if (add == nullptr) {
         return {};
     }
+    note_rpc_endpoints(endpoints);
     std::vector<ggml_backend_dev_t> out;
     for (const std::string & endpoint : endpoints) {
         ggml_backend_reg_t reg = add(endpoint.c_str());

@@ -24,6 +24,12 @@ int rpc_protocol_major();
 // every endpoint answers first. On failure: empty, `status` filled.
 std::vector<ggml_backend_dev_t> rpc_devices(const std::vector<std::string> & endpoints, Status & status);
 
+// Remembers that this process's models use the RPC servers at `endpoints`, and installs
+// (once) ggml's abort hook: ggml's RPC client aborts the process when it loses a
+// worker mid-run, and the hook then says which of these endpoints no longer accepts
+// connections before the process ends (other aborts behave as before).
+void note_rpc_endpoints(const std::vector<std::string> & endpoints);
+
 // Serves the CPU device to RPC clients at `endpoint` ("host:port"), one client at a
 // time; blocks for as long as the server runs and returns only when it could not
 // start or accept (`status` filled).

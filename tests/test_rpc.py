@@ -314,6 +314,8 @@ def test_killed_worker_aborts_the_client_in_ggml_and_a_restarted_worker_is_exact
         code, _out, err = _kill_mid_stream(ws, path)
         assert code == -signal.SIGABRT, f"client exit {code}: {err[-3000:]}"
         assert "Remote RPC server crashed" in err, err[-3000:]
+        # mtpstream's abort hook names the worker that went away (and only that one)
+        assert f"mtpstream: lost the RPC worker {ws[1].endpoint};" in err, err[-3000:]
         ws[1].start()
         proc = run_python(_script(EXACT_SCRIPT_SHORT, str(path), ",".join(w.endpoint for w in ws)), 300, ENV)
     runs = _result(proc)
