@@ -379,3 +379,18 @@ def test_bench_rpc_writes_the_comparison(tmp_path: Path) -> None:
     assert set(result["decode_tps"]) == {"local-plain", "local-k3", "rpc-plain", "rpc-k3"}
     assert all(len(v) == 2 for v in result["decode_tps"].values())
     assert result["rpc_over_local_median"] > 0 and "pass" in result["target"]
+
+
+def test_rpc_server_warns_when_bound_beyond_loopback() -> None:
+    port = free_port()
+    cmd = [sys.executable, "-m", "mtpstream", "rpc-server", "--host", "0.0.0.0", "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "listening on 0.0.0.0" not in (line := proc.stdout.readline()):
+            assert line, "rpc-server exited"
+    finally:
+        proc.terminate()
+        _out, err = proc.communicate(timeout=30)
+    assert "no authentication" in err and "trusted network" in err, err
