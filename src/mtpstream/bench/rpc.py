@@ -103,6 +103,12 @@ def _upstream(port: int, prompt: list[int], tokens: int) -> Callable[[], meas.Ru
     return run
 
 
+def _median_per_iter(runs: list[meas.RunSample], phase: str) -> float | None:
+    """The median time of ``phase`` per iteration (None for llama-server: not known)."""
+    values = [x for s in runs if (x := s.per_iter_us(phase)) is not None]
+    return round(statistics.median(values), 1) if values else None
+
+
 def _summary(samples: Samples, k: int) -> dict[str, Any]:
     tps = {key: [s.decode_tokens_per_sec for s in runs] for key, runs in samples.items()}
     local = [m / p for m, p in zip(tps[f"local-k{k}"], tps["local-plain"], strict=True)]
@@ -124,13 +130,7 @@ def _summary(samples: Samples, k: int) -> dict[str, Any]:
         }
     figure = statistics.median(rel)
     phases = ("draft", "verify", "sample", "ckpt", "other")
-    per_iter = {
-        key: {
-            ph: round(statistics.median(x for s in runs if (x := s.per_iter_us(ph)) is not None), 1)
-            for ph in phases
-        }
-        for key, runs in samples.items()
-    }
+    per_iter = {key: {ph: _median_per_iter(runs, ph) for ph in phases} for key, runs in samples.items()}
     return {
         "per_iter_us_median": per_iter,
         "decode_tps_median": {key: round(statistics.median(v), 2) for key, v in tps.items()},
