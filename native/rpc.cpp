@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <mutex>
@@ -70,8 +71,10 @@ AbortHook & abort_hook() {
     return *hook;
 }
 
-// Whether something accepts a TCP connection at `endpoint` within a second.
-bool accepts(const std::string & endpoint) {
+// Whether a TCP connection to `endpoint` is refused (nothing listens there any more),
+// as opposed to accepted or unanswered within a second (a worker serving its one
+// client keeps a backlog of one: a further connection may go unanswered).
+bool refused(const std::string & endpoint) {
     const size_t colon = endpoint.rfind(':');
     if (colon == std::string::npos) {
         return false;
@@ -84,22 +87,25 @@ bool accepts(const std::string & endpoint) {
     if (getaddrinfo(host.c_str(), port.c_str(), &hints, &found) != 0 || found == nullptr) {
         return false;
     }
-    bool ok = false;
+    bool out = false;
     const int fd = socket(found->ai_family, found->ai_socktype, found->ai_protocol);
     if (fd >= 0) {
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL, 0) | O_NONBLOCK);
-        if (connect(fd, found->ai_addr, found->ai_addrlen) == 0) {
-            ok = true;
-        } else {
-            pollfd p{fd, POLLOUT, 0};
-            int err = 0;
-            socklen_t len = sizeof(err);
-            ok = poll(&p, 1, 1000) == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0;
+        if (connect(fd, found->ai_addr, found->ai_addrlen) != 0) {
+            if (errno == ECONNREFUSED) {
+                out = true;
+            } else {
+                pollfd p{fd, POLLOUT, 0};
+                int err = 0;
+                socklen_t len = sizeof(err);
+                out = poll(&p, 1, 1000) == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 &&
+                      err == ECONNREFUSED;
+            }
         }
         close(fd);
     }
     freeaddrinfo(found);
-    return ok;
+    return out;
 }
 
 void on_abort(const char * message) {
@@ -111,16 +117,26 @@ void on_abort(const char * message) {
             endpoints = hook.endpoints;
             hook.mutex.unlock();
         }
+        // a worker that is going away may still hold its listening socket for a moment
+        // after our connection to it broke: it counts as lost if any of five tries, 100 ms
+        // apart, is refused
+        std::vector<bool> gone(endpoints.size(), false);
+        for (int attempt = 0; attempt < 5; ++attempt) {
+            for (size_t i = 0; i < endpoints.size(); ++i) {
+                gone[i] = gone[i] || refused(endpoints[i]);
+            }
+            usleep(100 * 1000);
+        }
         std::string lost;
-        for (const std::string & e : endpoints) {
-            if (!accepts(e)) {
-                lost += (lost.empty() ? "" : ", ") + e;
+        for (size_t i = 0; i < endpoints.size(); ++i) {
+            if (gone[i]) {
+                lost += (lost.empty() ? "" : ", ") + endpoints[i];
             }
         }
         std::fprintf(stderr,
                      "mtpstream: lost the RPC worker %s; llama.cpp's RPC client cannot recover from a lost worker "
                      "and ends the process (README, \"Over several machines\")\n",
-                     lost.empty() ? "(every endpoint still accepts connections)" : lost.c_str());
+                     lost.empty() ? "(none of them refuses connections: unreachable?)" : lost.c_str());
         std::fflush(stderr);
     }
     if (hook.previous != nullptr) {

@@ -394,3 +394,19 @@ def test_rpc_server_warns_when_bound_beyond_loopback() -> None:
         proc.terminate()
         _out, err = proc.communicate(timeout=30)
     assert "no authentication" in err and "trusted network" in err, err
+
+
+def test_several_models_on_the_same_workers_in_one_process(workers: list[RpcWorker]) -> None:
+    """The process is each worker's one client: a later load's check must not mistake a
+    worker busy with it (a backlog of one) for an unreachable one."""
+    path = make_model(arch="qwen35", weights="oracle", size="tiny", mtp_error_rate=0.25)
+    code = f"""
+    import mtpstream
+    eps = {[w.endpoint for w in workers]!r}
+    models = [mtpstream.load_model({str(path)!r}, rpc=eps, n_gpu_layers=4) for _ in range(4)]
+    with mtpstream.init(models[-1], n_draft=3, n_ctx=256) as mtp:
+        import anyio, functools
+        print("OK", len(anyio.run(functools.partial(mtp.generate, "the river", max_tokens=8))))
+    """
+    proc = run_python(code, timeout=120, env=ENV)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]

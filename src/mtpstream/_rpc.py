@@ -30,7 +30,7 @@ _HELLO_REPLY_SIZE = 4 + _CAPS_SIZE
 
 # endpoints this process has handed to llama.cpp: its connection to them may still be
 # open, and a worker serves one client at a time, so a handshake of ours would wait
-# behind it; those get a plain connect
+# behind it; those only must not refuse a connection
 _used: set[str] = set()
 _used_lock = threading.Lock()
 
@@ -124,7 +124,25 @@ def check_endpoints(endpoints: Sequence[str]) -> None:
     for endpoint in endpoints:
         with _used_lock:
             used = endpoint in _used
-        probe(endpoint, handshake=not used)
+        if not used:
+            probe(endpoint)
+            continue
+        # this process may be the worker's one client: its backlog of one may leave our
+        # connection unanswered; only a refusal says the worker is gone
+        if _refused(endpoint):
+            raise ModelLoadError(f"RPC worker {endpoint} is unreachable: connection refused")
+
+
+def _refused(endpoint: str) -> bool:
+    """Whether nothing listens at ``endpoint`` (an unanswered connection is not a refusal)."""
+    host, port = _split(endpoint)
+    try:
+        socket.create_connection((host, port), timeout=1.0).close()
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def mark_used(endpoints: Sequence[str]) -> None:
