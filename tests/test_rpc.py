@@ -348,7 +348,9 @@ def test_serve_with_rpc_answers_as_the_local_model(workers: list[RpcWorker]) -> 
 
     path = make_model(arch="qwen35", weights="oracle", size="tiny", mtp_error_rate=0.25)
     answers = []
+    # rollback pinned: "auto" times both on this machine and may choose differently per run
     common = ("--n-draft", "3", "--api-key", KEY, "--model-alias", "tiny", "-fa", "off")
+    common += ("--rollback", "snapshots")
     for extra in ((), ("--rpc", ",".join(w.endpoint for w in workers), "-ngl", "4")):
         server = Server(path, *common, *extra)
         try:

@@ -49,13 +49,14 @@ class RpcWorker:
         """
         cmd = [sys.executable, "-m", "mtpstream", "rpc-server", "--port", str(self.port)]
         cmd += ["--threads", str(self.threads)]
+        start = self.log.stat().st_size if self.log.exists() else 0  # a restart appends
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 break
-            if "listening on" in self.log.read_text(errors="replace"):
+            if b"listening on" in self.log.read_bytes()[start:]:
                 return
             time.sleep(0.05)
         self.stop()
