@@ -43,6 +43,9 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> target,
                                               e->target_recurrent_, e->ctx_tgt_.get(), e->ctx_dft_.get(), e->stats_);
     e->stats_.n_draft.store(n_draft);
     e->board_.reset(e->n_seq_);
+    if (!copts.grammar_host.empty()) {
+        e->grammar_host_ = std::make_shared<GrammarHost>(copts.grammar_host);  // started at the first grammar step
+    }
     return e;
 }
 
@@ -235,7 +238,7 @@ std::unique_ptr<Generation> Engine::prepare(GenerationOptions opts, Status & sta
             return nullptr;
         }
     }
-    auto sampler = Sampler::create(opts.sampling, target_->vocab(), n_vocab_, status);
+    auto sampler = Sampler::create(opts.sampling, target_->vocab(), n_vocab_, grammar_host_, status);
     if (!sampler) {
         return nullptr;
     }
