@@ -11,6 +11,8 @@ only a few tokens of it.
 from __future__ import annotations
 
 import json
+import struct
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -277,3 +279,61 @@ def test_the_server_answers_a_hanging_grammar_with_400_and_stays_exact(
         assert "(in an earlier call)" in err["message"], err
     server.idle()
     assert_exact(server, expected)
+
+
+class HostClient:
+    """The grammar host's wire format (native/grammar_wire.hpp), spoken directly."""
+
+    def __init__(self, model: Path, memory: int) -> None:
+        self.proc = subprocess.Popen(
+            [str(_grammar_check.HOST_EXECUTABLE), str(model), str(memory)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        status, body = self.reply()
+        assert status == 0, body
+        self.n_vocab = struct.unpack("<i", body)[0]
+
+    def reply(self) -> tuple[int, bytes]:
+        assert self.proc.stdout is not None
+        status, n = struct.unpack("<BI", self.proc.stdout.read(5))
+        return status, self.proc.stdout.read(n)
+
+    def request(self, op: int, gid: int, payload: bytes = b"") -> tuple[int, bytes]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(struct.pack("<BII", op, gid, len(payload)) + payload)
+        self.proc.stdin.flush()
+        return self.reply()
+
+    def open(self, gid: int, grammar: str) -> tuple[int, bytes]:
+        return self.request(1, gid, struct.pack("<I", 0) + grammar.encode())
+
+    def close(self) -> int:
+        self.proc.kill()
+        return self.proc.wait(30)
+
+
+def test_the_memory_cap_refuses_a_grammar_and_the_host_goes_on(model_paths: dict[str, Path]) -> None:
+    """A grammar whose build needs more memory than the host's cap is answered with an
+    error naming it, and the same host serves the next grammar; without the cap the
+    same grammar builds (so it is the cap). (Past the static limits, which refuse it in
+    a session: this speaks to the host directly.)"""
+    big = "root ::= " + " ".join(f"r{i}" for i in range(1000)) + "\n"
+    big += "\n".join(f'r{i} ::= "a"{{0,1999}}' for i in range(1000))
+    assert limits.grammar_problem(big) is not None
+    model = model_paths["qwen35-oracle"]
+    host = HostClient(model, 256 * 2**20)
+    try:
+        status, body = host.open(1, big)
+        assert status == 1 and b"bad_alloc" in body, body
+        assert host.open(2, "root ::= [a-z]+")[0] == 0
+        status, body = host.request(2, 2)  # apply: cpu time, then a bit per token
+        assert status == 0 and len(body) == 8 + (host.n_vocab + 7) // 8
+        assert host.proc.poll() is None
+    finally:
+        host.close()
+    roomy = HostClient(model, 8 * 2**30)
+    try:
+        assert roomy.open(1, big)[0] == 0
+    finally:
+        roomy.close()
