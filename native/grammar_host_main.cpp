@@ -233,5 +233,6 @@ int main(int argc, char ** argv) {
     }
     const long long memory = std::atoll(argv[2]);
     mtpstream::limit_process(memory);
+    ::setenv("GGML_NO_BACKTRACE", "1", 1);  // an abort must not start gdb on the reply channel
     return mtpstream::run(argv[1], memory);
 }

@@ -337,3 +337,30 @@ def test_the_memory_cap_refuses_a_grammar_and_the_host_goes_on(model_paths: dict
         assert roomy.open(1, big)[0] == 0
     finally:
         roomy.close()
+
+
+def test_the_checkers_memory_cap_refuses_a_grammar_and_the_checker_goes_on(tmp_path: Path) -> None:
+    """On the real Qwen3.5 vocabulary (152k tokens), trying JSON's grammar needs more
+    than 256 MiB of address space in the checker: the trial is refused naming the
+    memory (llama.cpp's std::bad_alloc aborts the child), the next grammar starts a new
+    child and passes, and at the session's minimum (512 MiB) JSON passes too."""
+    from llama_cpp import llama_grammar
+
+    import real_vocab
+
+    real_vocab.require()
+    path = real_vocab.write_real_vocab_model(tmp_path / "real.gguf")
+    checker = _grammar_check.GrammarChecker(path, 30.0, 30.0, memory=256 * 2**20)
+    try:
+        with pytest.raises(mtpstream.InvalidOptionError, match="exhausted the checker's memory") as info:
+            checker.check(llama_grammar.JSON_GBNF, "response_format")
+        assert info.value.field == "response_format"
+        checker.check("root ::= [a-z]+", "grammar")
+        assert checker.restarts == 1
+    finally:
+        checker.close()
+    roomy = _grammar_check.GrammarChecker(path, 30.0, 30.0, memory=512 * 2**20)
+    try:
+        roomy.check(llama_grammar.JSON_GBNF + "\n", "grammar")  # not the cached verdict
+    finally:
+        roomy.close()

@@ -354,7 +354,8 @@ def _add_limit_args(serve: argparse.ArgumentParser) -> None:
         type=int,
         default=4096,
         metavar="MIB",
-        help="address-space cap of the grammar checker and grammar host processes (default 4096 MiB)",
+        help="address-space cap of the grammar checker and grammar host processes "
+        "(default 4096, at least 512 MiB)",
     )
     lim.add_argument(
         "--report-cached-tokens",

@@ -118,6 +118,9 @@ class _Child:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             close_fds=True,
+            # an abort (llama.cpp's std::bad_alloc under the cap) must not start gdb
+            # for a backtrace on the answer pipe
+            env={**os.environ, "GGML_NO_BACKTRACE": "1"},
         )
         self.buf = b""
         try:
@@ -143,7 +146,10 @@ class _Child:
                     raise _ChildDied
                 self.buf += chunk
         line, _, self.buf = self.buf.partition(b"\n")
-        out: dict[str, Any] = json.loads(line)
+        try:
+            out: dict[str, Any] = json.loads(line)
+        except ValueError:  # e.g. what an abort printed on its way out
+            raise _ChildDied from None
         return out
 
     def ask(self, request: dict[str, Any], deadline: float) -> dict[str, Any]:
