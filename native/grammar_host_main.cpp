@@ -26,40 +26,25 @@
 namespace mtpstream {
 namespace {
 
-bool read_all(int fd, char * p, size_t n) {
+// Read (out false) or write n bytes of p on a blocking descriptor; false at its end or on an error.
+bool move_all(int fd, char * p, size_t n, bool out) {
     while (n > 0) {
-        const ssize_t got = ::read(fd, p, n);
-        if (got < 0 && errno == EINTR) {
+        const ssize_t k = out ? ::write(fd, p, n) : ::read(fd, p, n);
+        if (k < 0 && errno == EINTR) {
             continue;
         }
-        if (got <= 0) {
+        if (k <= 0) {
             return false;
         }
-        p += got;
-        n -= static_cast<size_t>(got);
-    }
-    return true;
-}
-
-bool write_all(int fd, const std::string & s) {
-    const char * p = s.data();
-    size_t n = s.size();
-    while (n > 0) {
-        const ssize_t put = ::write(fd, p, n);
-        if (put < 0 && errno == EINTR) {
-            continue;
-        }
-        if (put <= 0) {
-            return false;
-        }
-        p += put;
-        n -= static_cast<size_t>(put);
+        p += k;
+        n -= static_cast<size_t>(k);
     }
     return true;
 }
 
 bool reply(wire::Status status, const std::string & payload) {
-    return write_all(1, wire::header(static_cast<uint8_t>(status), static_cast<uint32_t>(payload.size())) + payload);
+    std::string message = wire::header(static_cast<uint8_t>(status), static_cast<uint32_t>(payload.size())) + payload;
+    return move_all(1, message.data(), message.size(), true);
 }
 
 bool reply_cpu(wire::Status status, int64_t cpu_us) {
@@ -74,10 +59,14 @@ void limit_process(long long memory) {
 #endif
     rlimit none{0, 0};
     ::setrlimit(RLIMIT_CORE, &none);
+#if !defined(__SANITIZE_ADDRESS__)  // ASan's shadow memory needs terabytes of address space
     if (memory > 0) {
         rlimit cap{static_cast<rlim_t>(memory), static_cast<rlim_t>(memory)};
         ::setrlimit(RLIMIT_AS, &cap);
     }
+#else
+    (void) memory;
+#endif
 }
 
 class Host {
@@ -209,14 +198,14 @@ int run(const char * path, long long memory) {
     }
     Host host(vocab, n_vocab, memory);
     char head[wire::kRequestHeader];
-    while (read_all(0, head, sizeof head)) {
+    while (move_all(0, head, sizeof head, false)) {
         uint8_t op = 0;
         uint32_t id = 0, n = 0;
         std::memcpy(&op, head, 1);
         std::memcpy(&id, head + 1, 4);
         std::memcpy(&n, head + 5, 4);
         std::string payload(n <= wire::kMaxPayload ? n : 0, '\0');
-        if (n > wire::kMaxPayload || !read_all(0, payload.data(), n) ||
+        if (n > wire::kMaxPayload || !move_all(0, payload.data(), n, false) ||
             !host.serve(static_cast<wire::Op>(op), id, payload)) {
             return 1;
         }
