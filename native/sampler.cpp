@@ -137,7 +137,7 @@ void Sampler::enable_rejection(const SamplingOptions & opts) {
     if (opts.verify != Verify::rejection || opts.temp <= 0.0f) {
         return;  // at temperature 0 rejection sampling is the greedy path itself
     }
-    if (grammar_ || has_penalties(opts) || !opts.logit_bias.empty()) {
+    if (has_grammar() || has_penalties(opts) || !opts.logit_bias.empty()) {
         fell_back_ = true;  // p (penalized, biased, masked) and the head's q would not be comparable
         return;
     }
