@@ -83,23 +83,10 @@ namespace {
 
 llama_context_params target_params(const ContextOptions & copts) {
     llama_context_params cp = llama_context_default_params();
-    if (copts.n_threads > 0) {
-        cp.n_threads = copts.n_threads;
-    }
-    if (copts.n_threads_batch > 0) {
-        cp.n_threads_batch = copts.n_threads_batch;
-    }
-    cp.flash_attn_type = static_cast<llama_flash_attn_type>(copts.flash_attn);
-    if (copts.type_k >= 0) {
-        cp.type_k = static_cast<ggml_type>(copts.type_k);
-    }
-    if (copts.type_v >= 0) {
-        cp.type_v = static_cast<ggml_type>(copts.type_v);
-    }
+    apply_compute_options(cp, copts);
     if (copts.offload_kqv >= 0) {
         cp.offload_kqv = copts.offload_kqv != 0;
     }
-    cp.no_perf = true;
     return cp;
 }
 
