@@ -361,7 +361,8 @@ NB_MODULE(_native, m) {
         .def_rw("offload_kqv", &ContextOptions::offload_kqv)
         .def_rw("prompt_cache", &ContextOptions::prompt_cache)
         .def_rw("checkpoint_bytes", &ContextOptions::checkpoint_bytes)
-        .def_rw("rollback", &ContextOptions::rollback);
+        .def_rw("rollback", &ContextOptions::rollback)
+        .def_rw("grammar_host", &ContextOptions::grammar_host);
 
     nb::class_<SamplingOptions>(m, "SamplingOptions")
         .def(nb::init<>())

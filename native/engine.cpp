@@ -43,6 +43,9 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> target,
                                               e->target_recurrent_, e->ctx_tgt_.get(), e->ctx_dft_.get(), e->stats_);
     e->stats_.n_draft.store(n_draft);
     e->board_.reset(e->n_seq_);
+    if (!copts.grammar_host.empty()) {
+        e->grammar_host_ = std::make_shared<GrammarHost>(copts.grammar_host);  // started at the first grammar step
+    }
     return e;
 }
 
@@ -80,23 +83,10 @@ namespace {
 
 llama_context_params target_params(const ContextOptions & copts) {
     llama_context_params cp = llama_context_default_params();
-    if (copts.n_threads > 0) {
-        cp.n_threads = copts.n_threads;
-    }
-    if (copts.n_threads_batch > 0) {
-        cp.n_threads_batch = copts.n_threads_batch;
-    }
-    cp.flash_attn_type = static_cast<llama_flash_attn_type>(copts.flash_attn);
-    if (copts.type_k >= 0) {
-        cp.type_k = static_cast<ggml_type>(copts.type_k);
-    }
-    if (copts.type_v >= 0) {
-        cp.type_v = static_cast<ggml_type>(copts.type_v);
-    }
+    apply_compute_options(cp, copts);
     if (copts.offload_kqv >= 0) {
         cp.offload_kqv = copts.offload_kqv != 0;
     }
-    cp.no_perf = true;
     return cp;
 }
 
@@ -235,7 +225,7 @@ std::unique_ptr<Generation> Engine::prepare(GenerationOptions opts, Status & sta
             return nullptr;
         }
     }
-    auto sampler = Sampler::create(opts.sampling, target_->vocab(), n_vocab_, status);
+    auto sampler = Sampler::create(opts.sampling, target_->vocab(), n_vocab_, grammar_host_, status);
     if (!sampler) {
         return nullptr;
     }

@@ -18,6 +18,7 @@
 #include "draft_chain.hpp"
 #include "events.hpp"
 #include "generation.hpp"
+#include "grammar_host.hpp"
 #include "llama.h"
 #include "llama_handles.hpp"
 #include "model.hpp"
@@ -177,6 +178,7 @@ private:
     std::unique_ptr<PlainContext> plain_;
     // the sequences and the prompt cache (in the contexts above; destroyed before them)
     std::unique_ptr<SequencePool> pool_;
+    std::shared_ptr<GrammarHost> grammar_host_;  // null: grammars run on the worker thread
     bool auto_draft_ = false;
     int32_t n_draft_ = 0;
     int32_t n_ctx_ = 0;  // per sequence

@@ -44,6 +44,9 @@ struct ContextOptions {
     // bytes the prompt cache's checkpoints (see sequence_pool.hpp) may take, all sequences together
     int64_t checkpoint_bytes = 256ll << 20;
     Rollback rollback = Rollback::automatic;  // recurrent/hybrid targets only
+    // the grammar host's command line (executable, model path, memory cap in bytes;
+    // see grammar_host.hpp); empty: grammars run on the worker thread
+    std::vector<std::string> grammar_host;
 };
 
 // How a call's drafts are verified (see sampler.hpp).

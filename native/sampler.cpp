@@ -14,49 +14,6 @@ namespace mtpstream {
 
 namespace {
 
-// llama.cpp prints a grammar's parse error with fprintf(stderr) instead of its log
-// callback. This runs `fn` with file descriptor 2 pointed at a temporary file and
-// returns what was written there (the user gets it in the exception instead).
-template <typename Fn>
-std::string capture_stderr(Fn && fn) {
-    static std::mutex mutex;
-    std::lock_guard<std::mutex> lock(mutex);
-    std::FILE * tmp = std::tmpfile();
-    const int saved = tmp != nullptr ? ::dup(2) : -1;
-    if (saved < 0) {
-        if (tmp != nullptr) {
-            std::fclose(tmp);
-        }
-        fn();
-        return "";
-    }
-    std::fflush(stderr);
-    ::dup2(::fileno(tmp), 2);
-    fn();
-    std::fflush(stderr);
-    ::dup2(saved, 2);
-    ::close(saved);
-    std::string out;
-    std::rewind(tmp);
-    char buf[4096];
-    size_t n;
-    while ((n = std::fread(buf, 1, sizeof buf, tmp)) > 0 && out.size() < 16384) {
-        out.append(buf, n);
-    }
-    std::fclose(tmp);
-    return out;
-}
-
-// The first line of llama.cpp's grammar parse error ("parse: error parsing grammar: ...").
-std::string parse_error_line(const std::string & text) {
-    const size_t at = text.find("error parsing grammar");
-    if (at == std::string::npos) {
-        return "";
-    }
-    const size_t end = text.find('\n', at);
-    return text.substr(at, end == std::string::npos ? std::string::npos : end - at);
-}
-
 bool has_penalties(const SamplingOptions & s) {
     return s.penalty_repeat != 1.0f || s.penalty_freq != 0.0f || s.penalty_present != 0.0f;
 }
@@ -135,53 +92,16 @@ bool softmax(TokenDist & dist) {
     return true;
 }
 
-// `text` as a regular expression that matches it literally.
-std::string regex_literal(const std::string & text) {
-    static const std::string special = "\\^$.|?*+()[]{}";
-    std::string out;
-    for (char c : text) {
-        if (special.find(c) != std::string::npos) {
-            out += '\\';
-        }
-        out += c;
-    }
-    return out;
-}
-
-// The grammar sampler of `opts`: lazy when it has trigger words (a word that is one
-// token, special ones included, triggers on the token; any other on its text).
-SamplerPtr make_grammar(const SamplingOptions & opts, const llama_vocab * vocab) {
-    if (opts.grammar_triggers.empty()) {
-        return SamplerPtr(llama_sampler_init_grammar(vocab, opts.grammar.c_str(), "root"));
-    }
-    std::vector<std::string> patterns;
-    std::vector<llama_token> tokens;
-    for (const std::string & word : opts.grammar_triggers) {
-        llama_token one[2];
-        const int32_t n = llama_tokenize(vocab, word.data(), static_cast<int32_t>(word.size()), one, 2, false, true);
-        if (n == 1) {
-            tokens.push_back(one[0]);
-        } else {
-            patterns.push_back(regex_literal(word));
-        }
-    }
-    std::vector<const char *> pattern_ptrs;
-    for (const std::string & p : patterns) {
-        pattern_ptrs.push_back(p.c_str());
-    }
-    return SamplerPtr(llama_sampler_init_grammar_lazy_patterns(vocab, opts.grammar.c_str(), "root", pattern_ptrs.data(),
-                                                               pattern_ptrs.size(), tokens.data(), tokens.size()));
-}
-
 }  // namespace
 
 std::unique_ptr<Sampler> Sampler::create(const SamplingOptions & opts, const llama_vocab * vocab, int32_t n_vocab,
-                                         Status & status) {
+                                         std::shared_ptr<GrammarHost> host, Status & status) {
     SamplerPtr grammar;
+    GrammarSpec spec{opts.grammar, opts.grammar_triggers};
     if (!opts.grammar.empty()) {
-        const std::string printed = capture_stderr([&] { grammar = make_grammar(opts, vocab); });
+        std::string detail;
+        grammar = build_grammar(spec, vocab, detail);
         if (!grammar) {
-            const std::string detail = parse_error_line(printed);
             status = Status::error(ErrorCode::invalid_argument,
                                    "grammar could not be parsed (GBNF with a 'root' rule expected)" +
                                        (detail.empty() ? std::string() : ": " + detail),
@@ -191,16 +111,33 @@ std::unique_ptr<Sampler> Sampler::create(const SamplingOptions & opts, const lla
     }
     std::unique_ptr<Sampler> sampler(
         new Sampler(make_chain(opts, n_vocab), std::move(grammar), n_vocab, opts.grammar_step_budget_us, is_argmax(opts)));
-    sampler->lazy_ = !opts.grammar_triggers.empty();
+    sampler->lazy_ = spec.lazy();
+    if (sampler->grammar_ && host) {
+        sampler->grammar_.reset();  // checked: the host runs it from here on
+        sampler->host_ = std::move(host);
+        sampler->spec_ = std::move(spec);
+    }
     sampler->enable_rejection(opts);
     return sampler;
+}
+
+Sampler::~Sampler() {
+    if (host_) {
+        host_->release(remote_);
+    }
+}
+
+int64_t Sampler::host_deadline_us() const {
+    // the budget is CPU time, measured when a step returns; past this much wall time
+    // the step is taken not to return at all
+    return step_budget_us_ > 0 ? 3 * step_budget_us_ + 2'000'000 : 0;
 }
 
 void Sampler::enable_rejection(const SamplingOptions & opts) {
     if (opts.verify != Verify::rejection || opts.temp <= 0.0f) {
         return;  // at temperature 0 rejection sampling is the greedy path itself
     }
-    if (grammar_ || has_penalties(opts) || !opts.logit_bias.empty()) {
+    if (has_grammar() || has_penalties(opts) || !opts.logit_bias.empty()) {
         fell_back_ = true;  // p (penalized, biased, masked) and the head's q would not be comparable
         return;
     }
@@ -227,6 +164,10 @@ void Sampler::reset() {
     if (grammar_) {
         llama_sampler_reset(grammar_.get());
     }
+    if (host_) {
+        host_->release(remote_);  // the next sample opens a fresh copy
+        remote_ = 0;
+    }
 }
 
 llama_token_data_array Sampler::candidates(const float * logits) {
@@ -247,7 +188,7 @@ bool Sampler::sample(llama_context * ctx, int32_t idx, int32_t n_generated, llam
         out = greedy_token(row, n_vocab_);
         return true;
     }
-    if (!grammar_) {
+    if (!has_grammar()) {
         out = llama_sampler_sample(chain_.get(), ctx, idx);
         return true;
     }
@@ -262,9 +203,7 @@ bool Sampler::sample(llama_context * ctx, int32_t idx, int32_t n_generated, llam
         return false;
     }
     llama_token_data_array arr = candidates(row);
-    const int64_t t_apply = thread_cpu_us();
-    llama_sampler_apply(grammar_.get(), &arr);
-    if (over_budget(t_apply, "applying", error)) {
+    if (!apply_grammar(arr, error)) {
         return false;
     }
     const bool alive = std::any_of(arr.data, arr.data + arr.size,
@@ -280,37 +219,86 @@ bool Sampler::sample(llama_context * ctx, int32_t idx, int32_t n_generated, llam
         return false;
     }
     out = arr.data[arr.selected].id;
-    const int64_t t_accept = thread_cpu_us();
     if (!accept_grammar(out, error)) {
-        return false;
-    }
-    if (over_budget(t_accept, "accepting a token of", error)) {
         return false;
     }
     llama_sampler_accept(chain_.get(), out);
     return true;
 }
 
+bool Sampler::apply_grammar(llama_token_data_array & arr, std::string & error) {
+    if (!host_) {
+        const int64_t t0 = thread_cpu_us();
+        llama_sampler_apply(grammar_.get(), &arr);
+        return !over_budget(thread_cpu_us() - t0, "applying", error);
+    }
+    GrammarHost::Step step;
+    if (remote_ == 0) {
+        remote_ = host_->open(spec_, host_deadline_us(), n_vocab_, step);
+        if (remote_ == 0) {
+            return fail_grammar(step.error, error);
+        }
+        if (over_budget(step.cpu_us, "building", error)) {
+            return false;
+        }
+    }
+    step = host_->apply(remote_, mask_);
+    if (step.outcome != GrammarHost::Outcome::ok) {
+        return fail_grammar(step.error, error);
+    }
+    if (over_budget(step.cpu_us, "applying", error)) {
+        return false;
+    }
+    for (size_t i = 0; i < arr.size; ++i) {  // arr is in token order (candidates())
+        if (((static_cast<unsigned char>(mask_[i / 8]) >> (i % 8)) & 1u) == 0) {
+            arr.data[i].logit = -INFINITY;
+        }
+    }
+    return true;
+}
+
+bool Sampler::accept_grammar(llama_token token, std::string & error) {
+    return host_ ? accept_remote(token, error) : accept_local(token, error);
+}
+
 // llama.cpp throws when a lazy grammar's trigger replays text the grammar does not
 // admit (the trigger came inside a token that goes on differently): the call goes on
 // unconstrained, as if the trigger had not come. Any other throw ends the call.
-bool Sampler::accept_grammar(llama_token token, std::string & error) {
+bool Sampler::accept_local(llama_token token, std::string & error) {
+    const int64_t t0 = thread_cpu_us();
     try {
         llama_sampler_accept(grammar_.get(), token);
-        return true;
     } catch (const std::exception & e) {
         if (lazy_) {
             grammar_.reset();
             return true;
         }
-        grammar_error_ = std::string("the grammar could not accept a token it allowed: ") + e.what();
-        error = grammar_error_;
-        return false;
+        return fail_grammar(std::string("the grammar could not accept a token it allowed: ") + e.what(), error);
     }
+    return !over_budget(thread_cpu_us() - t0, "accepting a token of", error);
 }
 
-bool Sampler::over_budget(int64_t since, const char * what, std::string & error) {
-    const int64_t took = thread_cpu_us() - since;  // CPU time: a loaded machine does not fail a call
+bool Sampler::accept_remote(llama_token token, std::string & error) {
+    const GrammarHost::Step step = host_->accept(remote_, token);
+    if (step.outcome == GrammarHost::Outcome::dropped) {
+        host_.reset();  // as accept_local: the lazy grammar gave up, the call goes on unconstrained
+        remote_ = 0;
+        return true;
+    }
+    if (step.outcome != GrammarHost::Outcome::ok) {
+        return fail_grammar(step.error, error);
+    }
+    return !over_budget(step.cpu_us, "accepting a token of", error);
+}
+
+bool Sampler::fail_grammar(const std::string & why, std::string & error) {
+    grammar_error_ = why;
+    error = grammar_error_;
+    return false;
+}
+
+bool Sampler::over_budget(int64_t took, const char * what, std::string & error) {
+    // CPU time: a loaded machine does not fail a call
     if (step_budget_us_ <= 0 || took <= step_budget_us_) {
         return false;
     }
@@ -318,9 +306,7 @@ bool Sampler::over_budget(int64_t since, const char * what, std::string & error)
     std::snprintf(text, sizeof text,
                   "the grammar is too costly: %s it took %.3f s of CPU time, over the grammar step budget of %.3f s",
                   what, static_cast<double>(took) / 1e6, static_cast<double>(step_budget_us_) / 1e6);
-    grammar_error_ = text;
-    error = grammar_error_;
-    return true;
+    return fail_grammar(text, error);
 }
 
 void Sampler::distribution(const float * logits, TokenDist & out) {

@@ -23,16 +23,13 @@
 #include <string>
 #include <vector>
 
+#include "grammar_build.hpp"
+#include "grammar_host.hpp"
 #include "llama.h"
 #include "options.hpp"
 #include "status.hpp"
 
 namespace mtpstream {
-
-struct SamplerDeleter {
-    void operator()(llama_sampler * s) const { llama_sampler_free(s); }
-};
-using SamplerPtr = std::unique_ptr<llama_sampler, SamplerDeleter>;
 
 // A sparse distribution over the vocabulary: the tokens a call's transforms leave,
 // with their probabilities in .p (summing to 1), in no particular order.
@@ -41,11 +38,16 @@ using TokenDist = std::vector<llama_token_data>;
 class Sampler {
 public:
     // Null, with `status` set, when the grammar does not parse (the message carries
-    // llama.cpp's parse error, which it prints to stderr: captured here).
+    // llama.cpp's parse error, which it prints to stderr: captured here). With a
+    // grammar host, the grammar is built here only to check it: its steps run in the
+    // host, on a copy the first sample() opens there.
     static std::unique_ptr<Sampler> create(const SamplingOptions & opts, const llama_vocab * vocab, int32_t n_vocab,
-                                           Status & status);
+                                           std::shared_ptr<GrammarHost> host, Status & status);
+    ~Sampler();
+    Sampler(const Sampler &) = delete;
+    Sampler & operator=(const Sampler &) = delete;
 
-    bool has_grammar() const { return grammar_ != nullptr; }
+    bool has_grammar() const { return grammar_ != nullptr || host_ != nullptr; }
     // A new call on this sampler: the chain's and the grammar's state from scratch.
     void reset();
     // Sample the output at batch index idx of ctx's last decode and accept it into
@@ -96,13 +98,26 @@ private:
     // A grammar step (apply over the vocabulary, or accept) over the call's budget
     // (CPU time) sets grammar_error_: llama.cpp's grammar code cannot be interrupted,
     // so the step is measured once it returns, and every later sample fails instead
-    // of paying the next, likely costlier, step.
-    bool over_budget(int64_t since, const char * what, std::string & error);
+    // of paying the next, likely costlier, step. (In the grammar host, a step that
+    // does not return within its deadline is ended by killing the host.)
+    bool over_budget(int64_t took_us, const char * what, std::string & error);
+    // The grammar's step over `arr` (in token order), in process or in the host.
+    bool apply_grammar(llama_token_data_array & arr, std::string & error);
     // Accept `token` into the grammar (see sampler.cpp for a lazy grammar's throw).
     bool accept_grammar(llama_token token, std::string & error);
+    bool accept_local(llama_token token, std::string & error);
+    bool accept_remote(llama_token token, std::string & error);
+    bool fail_grammar(const std::string & why, std::string & error);
+    // The wall-clock limit of one step in the host (<= 0: none).
+    int64_t host_deadline_us() const;
 
     SamplerPtr chain_;
-    SamplerPtr grammar_;  // null without a grammar
+    SamplerPtr grammar_;  // null without a grammar, or when the grammar host runs it
+    // the grammar host, when it runs this call's grammar (null once a lazy grammar gave up)
+    std::shared_ptr<GrammarHost> host_;
+    GrammarSpec spec_;
+    uint32_t remote_ = 0;  // the grammar's id in the host; 0: not opened yet
+    std::string mask_;     // the host's allowed tokens, a bit per token
     bool lazy_ = false;   // the grammar waits for a trigger word (SamplingOptions::grammar_triggers)
     int32_t n_vocab_;
     // the chain is llama.cpp's greedy sampler alone (temperature 0, no penalties) and

@@ -25,21 +25,8 @@ llama_context_params context_params(const UserContextOptions & o) {
     cp.n_seq_max = static_cast<uint32_t>(o.n_seq);
     cp.kv_unified = o.n_seq > 1;
     cp.n_rs_seq = o.kind == ContextKind::target ? static_cast<uint32_t>(o.n_rs_seq) : 0;
-    if (o.n_threads > 0) {
-        cp.n_threads = o.n_threads;
-    }
-    if (o.n_threads_batch > 0) {
-        cp.n_threads_batch = o.n_threads_batch;
-    }
-    cp.flash_attn_type = static_cast<llama_flash_attn_type>(o.flash_attn);
-    if (o.type_k >= 0) {
-        cp.type_k = static_cast<ggml_type>(o.type_k);
-    }
-    if (o.type_v >= 0) {
-        cp.type_v = static_cast<ggml_type>(o.type_v);
-    }
+    apply_compute_options(cp, o);
     cp.ctx_type = o.kind == ContextKind::mtp ? LLAMA_CONTEXT_TYPE_MTP : LLAMA_CONTEXT_TYPE_DEFAULT;
-    cp.no_perf = true;
     return cp;
 }
 

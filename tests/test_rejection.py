@@ -241,12 +241,15 @@ def test_server_requests_take_verify(soft: tuple[mtpstream.Model, SoftSpec]) -> 
     prompt = model.detokenize(soft_prompt(spec))
     opts: dict[str, Any] = {"max_tokens": 20, "temperature": 0.8, "seed": 3}
 
+    # the rollback pinned on both sides: rollback="auto" picks by timing, and the two
+    # rollbacks draft differently after a rejection, so a sampled call's tokens (not
+    # their distribution) depend on it
     async def ours() -> str:
-        with mtpstream.init(model, n_draft=3, n_ctx=512) as mtp:
+        with mtpstream.init(model, n_draft=3, n_ctx=512, rollback="snapshots") as mtp:
             return await mtp.generate(prompt, max_tokens=20, temp=0.8, seed=3, verify="rejection")
 
     expected = anyio.run(ours)
-    server = Server(model.path, "--api-key", "sk-rej", "--n-ctx", "512")
+    server = Server(model.path, "--api-key", "sk-rej", "--n-ctx", "512", "--rollback", "snapshots")
     try:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-rej", max_retries=0, timeout=60)
         r = client.completions.create(model="m", prompt=prompt, extra_body={"verify": "rejection"}, **opts)

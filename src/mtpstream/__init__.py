@@ -22,6 +22,7 @@ from .draft_session import DraftSession
 from .errors import (
     ContextOverflowError,
     GenerationError,
+    GrammarCostError,
     InvalidOptionError,
     ModelLoadError,
     MTPError,
@@ -51,6 +52,7 @@ __all__ = [
     "EogEvent",
     "Event",
     "GenerationError",
+    "GrammarCostError",
     "InvalidOptionError",
     "MTPError",
     "MTPStats",

@@ -94,12 +94,20 @@ def load_model(
 
 
 def create_engine(
-    model: _native.Model, draft: _native.Model | None, n_draft: int, auto: bool, opts: SessionOptions
+    model: _native.Model,
+    draft: _native.Model | None,
+    n_draft: int,
+    auto: bool,
+    opts: SessionOptions,
+    grammar_host: list[str],
 ) -> _native.Engine:
-    """A native engine for a validated session (errors mapped, ``.field`` kept)."""
+    """A native engine for a validated session (errors mapped, ``.field`` kept);
+    ``grammar_host``: the grammar host's command line (empty: none)."""
     _logging.sync_level()
+    c = context_options(opts)
+    c.grammar_host = grammar_host
     try:
-        engine = _native.Engine.create(model, draft, n_draft, auto, context_options(opts))
+        engine = _native.Engine.create(model, draft, n_draft, auto, c)
     except _native.NativeError as exc:
         raise error(exc) from None
     _logging.flush()

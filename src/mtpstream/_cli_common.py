@@ -44,6 +44,8 @@ def session(model: Model, args: argparse.Namespace, **context_options: Any) -> M
     if n_draft != args.n_draft:
         print(f"note: {model.path.name} has no MTP head; decoding without drafts", file=sys.stderr)
     budgets = {k: getattr(args, k) for k in ("grammar_budget", "grammar_step_budget") if hasattr(args, k)}
+    if hasattr(args, "grammar_memory"):
+        budgets["grammar_memory"] = args.grammar_memory * 2**20
     return init(
         model,
         n_draft=n_draft,

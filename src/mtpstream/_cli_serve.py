@@ -353,7 +353,16 @@ def _add_limit_args(serve: argparse.ArgumentParser) -> None:
         default=1.0,
         metavar="S",
         help="a grammar step (build, apply, accept) taking longer refuses the grammar, or ends "
-        "the request during generation (default 1 s)",
+        "the request during generation (default 1 s); one not finished after 3x this + 2 s "
+        "has the grammar host killed",
+    )
+    lim.add_argument(
+        "--grammar-memory",
+        type=int,
+        default=4096,
+        metavar="MIB",
+        help="address-space cap of the grammar checker and grammar host processes "
+        "(default 4096, at least 512 MiB)",
     )
     lim.add_argument(
         "--report-cached-tokens",

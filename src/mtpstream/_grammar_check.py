@@ -47,12 +47,22 @@ from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 
-from .errors import GenerationError, InvalidOptionError, SessionBusyError, SessionClosedError
+from ._loader import _native
+from .errors import GenerationError, InvalidOptionError, MTPError, SessionBusyError, SessionClosedError
 
 if TYPE_CHECKING:
     from .options import GenerationOptions, SessionOptions
 
-__all__ = ["MAX_WAITING", "TRIAL_PATHS", "TRIAL_STEPS", "GrammarChecker", "check_options", "for_session"]
+__all__ = [
+    "HOST_EXECUTABLE",
+    "MAX_WAITING",
+    "TRIAL_PATHS",
+    "TRIAL_STEPS",
+    "GrammarChecker",
+    "check_options",
+    "for_session",
+    "host_command",
+]
 
 TRIAL_STEPS = 4
 """Tokens per trial generation."""
@@ -67,6 +77,8 @@ WALL_FACTOR, WALL_EXTRA_S = 4.0, 10.0
 (the budget itself is CPU time: the child's ``RLIMIT_CPU``)."""
 START_TIMEOUT_S = 120.0
 """Loading the vocabulary in the child may take this long."""
+COSTLY = "the grammar is too costly"
+"""How every refusal for cost begins, here and in the engine's messages."""
 _CACHE_SIZE = 1024
 _CHILD = Path(__file__).with_name("_grammar_child.py")
 
@@ -106,6 +118,9 @@ class _Child:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             close_fds=True,
+            # an abort (llama.cpp's std::bad_alloc under the cap) must not start gdb
+            # for a backtrace on the answer pipe
+            env={**os.environ, "GGML_NO_BACKTRACE": "1"},
         )
         self.buf = b""
         try:
@@ -131,7 +146,10 @@ class _Child:
                     raise _ChildDied
                 self.buf += chunk
         line, _, self.buf = self.buf.partition(b"\n")
-        out: dict[str, Any] = json.loads(line)
+        try:
+            out: dict[str, Any] = json.loads(line)
+        except ValueError:  # e.g. what an abort printed on its way out
+            raise _ChildDied from None
         return out
 
     def ask(self, request: dict[str, Any], deadline: float) -> dict[str, Any]:
@@ -189,6 +207,10 @@ class GrammarChecker:
             _raise(verdict, field)
             return
         await anyio.to_thread.run_sync(self.check, grammar, field)
+
+    def remember(self, grammar: str, verdict: str) -> None:
+        """Record ``verdict`` (why ``grammar`` is refused) as if a trial had found it."""
+        _remember(self._key(grammar), verdict)
 
     def check(self, grammar: str, field: str) -> None:
         """Try ``grammar`` (blocking, at most about ``budget`` seconds plus the wait
@@ -307,7 +329,40 @@ def for_session(model_path: Path, options: SessionOptions) -> GrammarChecker | N
     if options.grammar_budget is None:
         return None
     step = options.grammar_step_budget if options.grammar_step_budget is not None else options.grammar_budget
-    return GrammarChecker(model_path, options.grammar_budget, step)
+    return GrammarChecker(model_path, options.grammar_budget, step, options.grammar_memory)
+
+
+HOST_EXECUTABLE = Path(_native.__file__).with_name("_grammar_host")
+"""The grammar host the engine starts to run its calls' grammars (built with the extension)."""
+
+
+def host_command(model_path: Path, options: SessionOptions) -> list[str]:
+    """The grammar host's command line for a session (empty: ``grammar_process=False``).
+
+    Raises:
+        MTPError: the host executable is missing from the installation.
+    """
+    if not options.grammar_process:
+        return []
+    if not os.access(HOST_EXECUTABLE, os.X_OK):
+        raise MTPError(
+            f"the grammar host {HOST_EXECUTABLE} is missing or not executable: reinstall mtpstream "
+            "(or pass grammar_process=False to run grammars on the worker thread)"
+        )
+    return [str(HOST_EXECUTABLE), str(model_path), str(options.grammar_memory)]
+
+
+def remember_failure(checker: GrammarChecker | None, opts: GenerationOptions, message: str) -> bool:
+    """Whether a call ended because its grammar was too costly in the engine (a step
+    over the step budget, or one that did not finish and had the grammar host
+    killed). If so, the same grammar is refused up front from now on, as if its trial
+    had failed, so that a client repeating it costs a cache hit, not another stalled
+    worker."""
+    if not (opts.grammar and message.startswith(COSTLY)):
+        return False
+    if checker is not None:
+        checker.remember(opts.grammar, f"{message} (in an earlier call)")
+    return True
 
 
 async def check_options(checker: GrammarChecker | None, opts: GenerationOptions) -> None:

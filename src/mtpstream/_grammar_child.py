@@ -23,6 +23,7 @@ import contextlib
 import ctypes
 import json
 import math
+import os
 import random
 import resource
 import signal
@@ -34,7 +35,9 @@ __all__ = ["main"]
 
 
 def _limit_memory(limit: int) -> None:
-    if limit > 0:
+    # AddressSanitizer (scripts/sanitize.sh preloads it) reserves terabytes of address
+    # space for its shadow memory: under it an address-space cap fails every allocation
+    if limit > 0 and "libasan" not in os.environ.get("LD_PRELOAD", ""):
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGXCPU would dump core
     with contextlib.suppress(AttributeError, OSError):  # die with the parent, even mid-grammar (Linux)

@@ -169,6 +169,7 @@ class ContextOptions:
     prompt_cache: bool
     checkpoint_bytes: int
     rollback: Rollback
+    grammar_host: list[str]
     def __init__(self) -> None: ...
 
 class SamplingOptions:

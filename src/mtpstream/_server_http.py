@@ -21,6 +21,7 @@ from ._anthropic import error_body as anthropic_error
 from .errors import (
     ContextOverflowError,
     GenerationError,
+    GrammarCostError,
     InvalidOptionError,
     MTPError,
     SessionBusyError,
@@ -89,6 +90,8 @@ def mapped(exc: BaseException) -> HTTPError:
             "timeout",
             "timeout",
         )
+    if isinstance(exc, GrammarCostError):  # the request's grammar, not the server
+        return HTTPError(400, str(exc), "invalid_request_error", exc.field, "grammar_too_costly")
     if isinstance(exc, (GenerationError, MTPError)):
         return HTTPError(500, str(exc), "server_error")
     return HTTPError(500, f"internal error: {type(exc).__name__}", "server_error")

@@ -20,7 +20,7 @@ from typing import Protocol
 import anyio
 
 from . import _bridge, _grammar_check, _logging
-from .errors import MTPError, SessionBusyError
+from .errors import GenerationError, GrammarCostError, MTPError, SessionBusyError
 from .events import DoneEvent, EogEvent, Event, TokenEvent
 from .options import GenerationOptions
 from .stats import MTPStats
@@ -271,7 +271,12 @@ class EventStream:
         _logging.flush()
         if _bridge.is_cancelled(ev) and self._closing:  # aclose() from another task
             raise StopAsyncIteration
-        return _bridge.event(ev, self._final_stats)
+        try:
+            return _bridge.event(ev, self._final_stats)
+        except GenerationError as exc:
+            if _grammar_check.remember_failure(self._grammars, self._opts, str(exc)):
+                raise GrammarCostError(str(exc), field=self._opts.grammar_field) from None
+            raise
 
     def _final_stats(self) -> MTPStats:
         return self._host.stats() if not self._host.closed else MTPStats()

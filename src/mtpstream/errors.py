@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ContextOverflowError",
     "GenerationError",
+    "GrammarCostError",
     "InvalidOptionError",
     "MTPError",
     "ModelLoadError",
@@ -40,6 +41,18 @@ class ContextOverflowError(MTPError, ValueError):
 
 class GenerationError(MTPError):
     """llama.cpp failed while generating; the session stays usable."""
+
+
+class GrammarCostError(GenerationError):
+    """A call's grammar was too costly while generating: one of its steps ran over
+    ``grammar_step_budget`` (CPU time), or did not finish and had the grammar host
+    stopped. The call ends; the session stays usable, and the same grammar is refused
+    up front (``InvalidOptionError``) from then on. ``field`` names the option the
+    grammar came from (``grammar``, ``response_format``, ``tools``)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class SessionClosedError(MTPError):

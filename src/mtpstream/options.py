@@ -93,6 +93,13 @@ class SessionOptions(_Strict):
     rollback: Literal["auto", "snapshots", "replay"] = "auto"
     grammar_budget: float | None = Field(default=5.0, gt=0.0, le=3600.0, allow_inf_nan=False)
     grammar_step_budget: float | None = Field(default=1.0, gt=0.0, le=3600.0, allow_inf_nan=False)
+    grammar_process: bool = True
+    """Run each call's grammar steps in a child process (the grammar host), which the
+    engine kills when a step outlasts ``3 * grammar_step_budget + 2`` seconds; False
+    runs them on the worker thread, where such a step would hold every call."""
+    grammar_memory: int = Field(default=4 * 2**30, ge=512 * 2**20, le=2**62)
+    """The address-space cap (bytes, at least 512 MiB) of the grammar checker's and the
+    grammar host's processes: a grammar that needs more is refused or ends its call."""
 
     @model_validator(mode="after")
     def _context_fits_int32(self) -> SessionOptions:

@@ -178,6 +178,8 @@ class MTP:
             SessionBusyError: ``wait=False`` and the session is busy; a second task
                 reads this stream; or ``timeout`` passed while queued behind an open stream.
             GenerationError: llama.cpp failed; the session stays usable.
+            GrammarCostError: (a GenerationError) a step of the call's grammar ran over
+                ``grammar_step_budget`` or never finished (the grammar host was stopped).
             SessionClosedError: the session was closed.
             TimeoutError: no event within ``timeout`` seconds.
         """
@@ -561,7 +563,8 @@ def init(
     check_models(model, draft_model, n_max)
     _bridge.check_batch(opts, n_max)
     draft_native = draft_model.native if (draft_model is not None and n_max > 0) else None
-    engine = _bridge.create_engine(model.native, draft_native, n_max, auto, opts)
+    grammar_host = _grammar_check.host_command(model.path, opts)
+    engine = _bridge.create_engine(model.native, draft_native, n_max, auto, opts, grammar_host)
     mtp = MTP(model, draft_model if n_max > 0 else None, opts, engine)
     mtp.allow_request_templates = allow_request_templates
     return mtp
