@@ -192,7 +192,7 @@ bool GrammarHost::call(wire::Op op, uint32_t id, const std::string & payload, in
     return receive(deadline_us, status, reply, error, timed_out);
 }
 
-bool GrammarHost::send_open(uint32_t id, const Entry & e, Step & step) {
+bool GrammarHost::send_open(uint32_t id, const Entry & e, Step & step, bool & timed_out) {
     wire::Writer w;
     w.put(static_cast<uint32_t>(e.spec.triggers.size()));
     for (const std::string & word : e.spec.triggers) {
@@ -201,7 +201,6 @@ bool GrammarHost::send_open(uint32_t id, const Entry & e, Step & step) {
     w.bytes(e.spec.text);
     wire::Status status = wire::Status::error;
     std::string reply;
-    bool timed_out = false;
     if (!call(wire::Op::open, id, w.data(), e.deadline_us, status, reply, step.error, timed_out)) {
         return false;
     }
@@ -224,31 +223,32 @@ GrammarHost::Step GrammarHost::finish(wire::Status status, const std::string & r
     return step;
 }
 
-bool GrammarHost::replay(uint32_t id, std::string & error) {
+bool GrammarHost::replay(uint32_t id) {
     auto it = open_.find(id);
     if (it == open_.end()) {
         return true;
     }
     Step step;
-    bool ok = send_open(id, it->second, step);
+    bool timed_out = false;
+    bool ok = send_open(id, it->second, step, timed_out);
     for (size_t i = 0; ok && i < it->second.accepted.size(); ++i) {
         wire::Writer w;
         w.put(it->second.accepted[i]);
         wire::Status status = wire::Status::error;
         std::string reply;
-        bool timed_out = false;
         ok = call(wire::Op::accept, id, w.data(), it->second.deadline_us, status, reply, step.error, timed_out) &&
              finish(status, reply).outcome == Outcome::ok;
     }
-    if (!ok) {
+    // a child lost on the way (killed from outside) keeps the grammar queued for the
+    // next one; a refusal or a timeout fails it
+    if (!ok && (running() || timed_out)) {
         failed_[id] = "the grammar could not be restored after its process was restarted: " + step.error;
         open_.erase(id);
-        error = step.error;
     }
     return running();
 }
 
-bool GrammarHost::ready(std::string & error) {
+void GrammarHost::send_releases() {
     std::vector<uint32_t> released;
     {
         std::lock_guard<std::mutex> lock(released_mutex_);
@@ -256,14 +256,18 @@ bool GrammarHost::ready(std::string & error) {
     }
     for (uint32_t id : released) {
         failed_.erase(id);
-        if (open_.erase(id) > 0 && running() &&
-            std::find(replay_.begin(), replay_.end(), id) == replay_.end()) {
+        const bool held = std::find(replay_.begin(), replay_.end(), id) == replay_.end();
+        if (open_.erase(id) > 0 && running() && held) {
             wire::Status status = wire::Status::error;
-            std::string reply;
+            std::string reply, error;  // a failed close stops the child: the next step starts another
             bool timed_out = false;
             call(wire::Op::close, id, "", kCloseDeadlineUs, status, reply, error, timed_out);
         }
     }
+}
+
+bool GrammarHost::ready(std::string & error) {
+    send_releases();
     for (int attempt = 0; attempt < kAttempts; ++attempt) {
         if (!running() && !start(n_vocab_, error)) {
             return false;
@@ -272,8 +276,7 @@ bool GrammarHost::ready(std::string & error) {
         todo.swap(replay_);
         bool alive = true;
         for (uint32_t id : todo) {
-            std::string ignored;
-            alive = alive && replay(id, ignored);
+            alive = alive && replay(id);
         }
         if (alive && running()) {
             return true;
@@ -293,12 +296,13 @@ uint32_t GrammarHost::open(const GrammarSpec & spec, int64_t deadline_us, int32_
         if (!ready(step.error)) {
             return 0;
         }
-        if (send_open(id, entry, step)) {
+        bool timed_out = false;
+        if (send_open(id, entry, step, timed_out)) {
             open_.emplace(id, std::move(entry));
             return id;
         }
-        if (running()) {
-            return 0;  // an answer: the grammar does not parse
+        if (running() || timed_out) {
+            return 0;  // an answer (the grammar does not parse), or too slow to build
         }
     }
     return 0;

@@ -83,7 +83,9 @@ private:
     // on the way (killed from outside, or by this step) is replaced, the grammar
     // replayed and the step tried again (3 children in all); a timeout fails at once.
     bool step_call(wire::Op op, uint32_t id, const std::string & payload, std::string & reply, Step & step);
-    bool send_open(uint32_t id, const Entry & e, Step & step);
+    bool send_open(uint32_t id, const Entry & e, Step & step, bool & timed_out);
+    // Send the queued releases (close requests) to the child.
+    void send_releases();
     // Make the child hold every open grammar: start it if needed, replay what a
     // restart lost, send the queued releases. False with `error` when the child
     // could not start.
@@ -91,7 +93,7 @@ private:
     Step finish(wire::Status status, const std::string & reply);
     // Open grammar `id` in a new child again and accept its tokens; false when the
     // child failed meanwhile (the grammar is then marked failed).
-    bool replay(uint32_t id, std::string & error);
+    bool replay(uint32_t id);
     // The grammar is open (else `step` names why: failed in a replay, or lost).
     bool known(uint32_t id, Step & step);
     // Why the child's connection ended (reaps it when it has exited).
