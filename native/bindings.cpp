@@ -242,6 +242,8 @@ NB_MODULE(_native, m) {
         .def_prop_ro("address", [](const ModelHandle & h) { return reinterpret_cast<uintptr_t>(h.p->get()); })
         .def_prop_ro("load_mtp", [](const ModelHandle & h) { return h.p->load_mtp(); })
         .def_prop_ro("repack", [](const ModelHandle & h) { return h.p->repack(); })
+        .def_prop_ro("rpc_loss", [](const ModelHandle & h) { return h.p->rpc_loss(); })
+        .def_prop_ro("rpc_relays", [](const ModelHandle & h) { return h.p->rpc_relay_endpoints(); })
         .def_prop_ro("n_vocab", [](const ModelHandle & h) { return h.p->n_vocab(); })
         .def_prop_ro("n_embd", [](const ModelHandle & h) { return h.p->n_embd(); })
         .def_prop_ro("n_layer", [](const ModelHandle & h) { return h.p->n_layer(); })

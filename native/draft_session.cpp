@@ -220,6 +220,11 @@ Status DraftSession::run_chain(Seq & s, llama_seq_id seq, int32_t n_past, llama_
     lane.n_past = n_past;
     lane.k = k;
     const int32_t rc = run_draft_chain(dft, *batch_, dft_->n_vocab(), {&lane}, false, decode);
+    const std::string loss = dft_->worker_loss();
+    if (!loss.empty()) {  // the chain ran on stand-in data
+        reset_seq(seq);
+        return unusable(loss + "; the model is unusable: load it again");
+    }
     if (rc != 0 || lane.state != ChainLane::State::drafting) {
         reset_seq(seq);
         return unusable((rc != 0 ? "llama_decode failed on the MTP context (code " + std::to_string(rc) + ")"

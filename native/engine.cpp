@@ -28,7 +28,7 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> target,
     e->n_seq_ = std::max(copts.n_seq, 1);
     e->n_embd_ = e->target_->n_embd_out();
     e->n_vocab_ = e->target_->n_vocab();
-    if (!e->check_sizes(copts, status)) {
+    if (!e->check_sizes(copts, status) || !e->check_workers(status)) {
         return nullptr;
     }
     e->target_recurrent_ = llama_model_is_recurrent(e->target_->get()) || llama_model_is_hybrid(e->target_->get());
@@ -46,7 +46,26 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> target,
     if (!copts.grammar_host.empty()) {
         e->grammar_host_ = std::make_shared<GrammarHost>(copts.grammar_host);  // started at the first grammar step
     }
+    if (!e->check_workers(status)) {  // lost while the contexts were made or timed
+        return nullptr;
+    }
     return e;
+}
+
+std::string Engine::worker_loss() const {
+    std::string out = target_->rpc_loss();
+    if (out.empty() && draft_model_ != target_) {
+        out = draft_model_->rpc_loss();
+    }
+    return out.empty() ? out : out + "; the model is unusable: load it again once the worker is back";
+}
+
+bool Engine::check_workers(Status & status) const {
+    const std::string loss = worker_loss();
+    if (!loss.empty()) {
+        status = Status::error(ErrorCode::generation, loss);
+    }
+    return loss.empty();
 }
 
 // n_batch and n_ubatch (their defaults filled in) against what a round needs.
@@ -181,27 +200,34 @@ void Engine::set_fault(Fault f) { fault_ = f; }
 
 // ---------------------------------------------------------------- requests
 
-std::unique_ptr<Generation> Engine::prepare(GenerationOptions opts, Status & status) const {
-    if (opts.prompt.empty()) {
+bool Engine::check_prompt(const std::vector<llama_token> & prompt, Status & status) const {
+    if (prompt.empty()) {
         status = Status::error(ErrorCode::invalid_argument, "prompt is empty", "prompt");
-        return nullptr;
+        return false;
     }
-    for (size_t i = 0; i < opts.prompt.size(); ++i) {
-        const llama_token t = opts.prompt[i];
+    for (size_t i = 0; i < prompt.size(); ++i) {
+        const llama_token t = prompt[i];
         if (t < 0 || t >= n_vocab_) {
             status = Status::error(ErrorCode::invalid_argument,
                                    "prompt token " + std::to_string(t) + " at index " + std::to_string(i) +
                                        " is out of range for a vocabulary of " + std::to_string(n_vocab_) +
                                        " tokens",
                                    "prompt");
-            return nullptr;
+            return false;
         }
     }
-    if (static_cast<int64_t>(opts.prompt.size()) > n_ctx_) {
+    if (static_cast<int64_t>(prompt.size()) > n_ctx_) {
         status = Status::error(ErrorCode::context_overflow,
-                               "prompt has " + std::to_string(opts.prompt.size()) +
+                               "prompt has " + std::to_string(prompt.size()) +
                                    " tokens but the context holds " + std::to_string(n_ctx_) +
                                    (n_seq_ > 1 ? " per sequence" : ""));
+        return false;
+    }
+    return true;
+}
+
+std::unique_ptr<Generation> Engine::prepare(GenerationOptions opts, Status & status) const {
+    if (!check_workers(status) || !check_prompt(opts.prompt, status)) {
         return nullptr;
     }
     if (opts.max_tokens < 1) {
@@ -321,7 +347,9 @@ int32_t Engine::decode(llama_context * ctx, Batch & batch, bool with_hidden, con
     }
     const int32_t rc = llama_decode(ctx, batch.view(with_hidden));
     abort_flags_.clear();
-    return rc;
+    // a decode over a lost RPC worker computed on stand-in data: nothing of it is used
+    const bool lost = target_->rpc_lost() || draft_model_->rpc_lost();
+    return lost ? kWorkerLost : rc;
 }
 
 bool Engine::abort_cb(void * data) {

@@ -148,7 +148,14 @@ private:
     void apply_row_mode();
     // Every llama_decode of the engine: llama.cpp may abort it (return code 2) once
     // every job sharing it was cancelled.
+    // Returns kWorkerLost when an RPC worker of the model was lost (see rpc_relay.hpp).
     int32_t decode(llama_context * ctx, Batch & batch, bool with_hidden, const std::vector<Job *> & jobs);
+    static constexpr int32_t kWorkerLost = -1000;
+    // What was lost ("lost the RPC worker host:port (why); ..."), "" while nothing is.
+    std::string worker_loss() const;
+    bool check_workers(Status & status) const;
+    // The prompt's checks of prepare(): not empty, tokens in the vocabulary, fits n_ctx.
+    bool check_prompt(const std::vector<llama_token> & prompt, Status & status) const;
     static bool abort_cb(void * data);
     // Sample the target at batch index idx for g (see Sampler::sample).
     bool sample(Generation & g, llama_context * ctx, int32_t idx, llama_token & out, std::string & error);

@@ -79,7 +79,11 @@ void Engine::finish(Job & job, EventKind kind, const std::string & reason, llama
     job.push(std::move(ev));  // terminal: marks the job finished
 }
 
-void Engine::fail(Job & job, const std::string & message) { finish(job, EventKind::error, "", -1, message); }
+void Engine::fail(Job & job, const std::string & message) {
+    // once an RPC worker is lost, every failure is that loss (a decode on stand-in data)
+    const std::string loss = worker_loss();
+    finish(job, EventKind::error, "", -1, loss.empty() ? message : loss);
+}
 
 void Engine::fail_decode(Job & job, int32_t rc, const char * which) {
     // 2 = aborted by the abort callback, i.e. the job was cancelled

@@ -42,9 +42,9 @@ std::vector<llama_model_tensor_buft_override> expert_overrides(int32_t n, std::v
 // The offload devices (the RPC servers' first) and the tensor split into `params`;
 // `devices` and `split` own what `params` points to.
 bool place_layers(const ModelLoadOptions & opts, llama_model_params & params, std::vector<ggml_backend_dev_t> & devices,
-                  std::vector<float> & split, Status & status) {
+                  std::vector<float> & split, std::vector<std::shared_ptr<RpcRelay>> & relays, Status & status) {
     if (!opts.rpc.empty()) {
-        devices = rpc_devices(opts.rpc, status);
+        devices = rpc_devices(opts.rpc, relays, status);
         if (devices.empty()) {
             return false;
         }
@@ -65,6 +65,18 @@ bool place_layers(const ModelLoadOptions & opts, llama_model_params & params, st
         params.tensor_split = split.data();
     }
     return true;
+}
+
+// A round trip to each RPC device: the weights went out without replies, so a worker
+// lost during the load shows only at its next reply (its relay then records it).
+void confirm_workers(const std::vector<ggml_backend_dev_t> & devices) {
+    for (ggml_backend_dev_t dev : devices) {
+        if (dev != nullptr && std::strcmp(ggml_backend_reg_name(ggml_backend_dev_backend_reg(dev)), "RPC") == 0) {
+            size_t free = 0;
+            size_t total = 0;
+            ggml_backend_dev_memory(dev, &free, &total);
+        }
+    }
 }
 
 }  // namespace
@@ -105,7 +117,8 @@ std::shared_ptr<Model> Model::load(const std::string & path, const ModelLoadOpti
     }
     std::vector<ggml_backend_dev_t> devices;  // outlive the load, as the patterns
     std::vector<float> split;
-    if (!place_layers(opts, params, devices, split, status)) {
+    std::vector<std::shared_ptr<RpcRelay>> relays;
+    if (!place_layers(opts, params, devices, split, relays, status)) {
         return nullptr;
     }
     if (opts.progress) {
@@ -113,22 +126,40 @@ std::shared_ptr<Model> Model::load(const std::string & path, const ModelLoadOpti
         params.progress_callback_user_data = const_cast<std::function<bool(float)> *>(&opts.progress);
     }
     llama_model * raw = llama_model_load_from_file(path.c_str(), params);
-    if (raw == nullptr) {
+    if (raw != nullptr) {
+        confirm_workers(devices);
+    }
+    const std::string lost = describe_losses(relays);
+    if (raw == nullptr || !lost.empty()) {
+        if (raw != nullptr) {
+            llama_model_free(raw);  // its weights on a worker lost during the load are gone
+        }
         status = Status::error(ErrorCode::model_load,
+                               !lost.empty() ? "cannot load '" + path + "': " + lost :
                                "llama.cpp could not load '" + path +
                                    "' (unsupported architecture, missing tensors or a corrupt file; "
                                    "enable the 'mtpstream.llama' logger for details)");
         return nullptr;
     }
-    return std::shared_ptr<Model>(new Model(raw, path, opts.load_mtp, params.use_extra_bufts));
+    return std::shared_ptr<Model>(new Model(raw, path, opts.load_mtp, params.use_extra_bufts, std::move(relays)));
 }
 
-Model::Model(llama_model * model, std::string path, bool load_mtp, bool repack)
+Model::Model(llama_model * model, std::string path, bool load_mtp, bool repack,
+             std::vector<std::shared_ptr<RpcRelay>> relays)
     : model_(model),
       vocab_(llama_model_get_vocab(model)),
       path_(std::move(path)),
       load_mtp_(load_mtp),
-      repack_(repack) {}
+      repack_(repack),
+      relays_(std::move(relays)) {}
+
+std::vector<std::string> Model::rpc_relay_endpoints() const {
+    std::vector<std::string> out;
+    for (const auto & r : relays_) {
+        out.push_back(r->endpoint());
+    }
+    return out;
+}
 
 Model::~Model() { llama_model_free(model_); }
 

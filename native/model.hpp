@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "llama.h"
+#include "rpc_relay.hpp"
 #include "status.hpp"
 
 namespace mtpstream {
@@ -55,6 +56,19 @@ public:
     const std::string & path() const { return path_; }
     bool load_mtp() const { return load_mtp_; }
     bool repack() const { return repack_; }
+    // "lost the RPC worker host:port (why)" once a worker holding part of the model is
+    // lost (its weights with it: the model is unusable); "" while none is.
+    std::string rpc_loss() const { return relays_.empty() ? std::string() : describe_losses(relays_); }
+    bool rpc_lost() const {
+        for (const auto & r : relays_) {
+            if (r->lost()) {
+                return true;
+            }
+        }
+        return false;
+    }
+    // The loopback endpoint of each RPC worker's relay (what llama.cpp's log names).
+    std::vector<std::string> rpc_relay_endpoints() const;
 
     int32_t n_vocab() const { return llama_vocab_n_tokens(vocab_); }
     int32_t n_embd() const { return llama_model_n_embd(model_); }
@@ -83,13 +97,15 @@ public:
     std::string token_to_piece(llama_token id, bool special = false) const;
 
 private:
-    Model(llama_model * model, std::string path, bool load_mtp, bool repack);
+    Model(llama_model * model, std::string path, bool load_mtp, bool repack,
+          std::vector<std::shared_ptr<RpcRelay>> relays);
 
     llama_model * model_;
     const llama_vocab * vocab_;
     std::string path_;
     bool load_mtp_;
     bool repack_;
+    std::vector<std::shared_ptr<RpcRelay>> relays_;
 };
 
 }  // namespace mtpstream

@@ -3,10 +3,12 @@
 // offloads layers to, and the worker loop of `mtpstream rpc-server`.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "ggml-backend.h"
+#include "rpc_relay.hpp"
 #include "status.hpp"
 
 namespace mtpstream {
@@ -20,15 +22,12 @@ int rpc_protocol_major();
 // The devices of the RPC servers at `endpoints` ("host:port"), in order, followed by
 // the local accelerators llama.cpp would pick by default (GPUs, else integrated GPUs);
 // the host CPU is never in the list (llama.cpp keeps the layers not offloaded there).
-// ggml's client aborts the process when it cannot connect, so the caller checks that
-// every endpoint answers first. On failure: empty, `status` filled.
-std::vector<ggml_backend_dev_t> rpc_devices(const std::vector<std::string> & endpoints, Status & status);
-
-// Remembers that this process's models use the RPC servers at `endpoints`, and installs
-// (once) ggml's abort hook: ggml's RPC client aborts the process when it loses a
-// worker mid-run, and the hook then says which of these endpoints no longer accepts
-// connections before the process ends (other aborts behave as before).
-void note_rpc_endpoints(const std::vector<std::string> & endpoints);
+// ggml's client reaches each server through its relay (rpc_relay.hpp), which go in
+// `relays` in the same order. ggml's client aborts the process when it cannot
+// connect, so the caller checks that every endpoint answers first. On failure: empty,
+// `status` filled.
+std::vector<ggml_backend_dev_t> rpc_devices(const std::vector<std::string> & endpoints,
+                                            std::vector<std::shared_ptr<RpcRelay>> & relays, Status & status);
 
 // Serves the CPU device to RPC clients at `endpoint` ("host:port"), one client at a
 // time; blocks for as long as the server runs and returns only when it could not

@@ -73,6 +73,8 @@ public:
     std::mutex & mutex() { return mu_; }
     bool closed() const { return ctx_ == nullptr; }
     llama_context * get() const { return ctx_.get(); }
+    // "lost the RPC worker ..." once a worker of the model is lost, else "".
+    std::string worker_loss() const { return model_->rpc_loss(); }
     const DecodedBatch & last_decoded() const { return last_; }
 
     ContextKind kind() const { return opts_.kind; }

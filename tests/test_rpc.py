@@ -3,7 +3,8 @@
 MTP head included; unreachable and killed workers.
 
 Everything that talks to a worker runs in a subprocess with a watchdog (``run_python``):
-ggml's RPC client ends the process (``GGML_ABORT``) when it loses a worker.
+ggml's RPC client ends the process (``GGML_ABORT``) when its connection to a worker
+breaks, and only mtpstream's relay in between keeps that from happening.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,6 +190,58 @@ def test_unreachable_worker_fails_the_load_in_bounded_time(workers: list[RpcWork
     assert "ERROR" in proc.stdout and dead in proc.stdout, proc.stdout
 
 
+@pytest.mark.slow
+def test_worker_killed_during_the_load_fails_it_and_the_process_lives_on() -> None:
+    """SIGKILL a worker while the weights are being sent to it (from load_model's
+    progress callback): the load ends with ModelLoadError naming that worker, and a
+    model loaded after the worker is back generates the local model's tokens."""
+    path = make_model(arch="qwen35", weights="oracle", size="tiny", mtp_error_rate=0.25)
+    with rpc_workers(2, threads=1) as ws:
+        assert ws[1].proc is not None
+        eps = [w.endpoint for w in ws]
+        code = f"""
+        import os, signal, sys, mtpstream
+        killed = []
+        def progress(p):
+            if p > 0.3 and not killed:
+                os.kill({ws[1].proc.pid}, signal.SIGKILL)
+                killed.append(p)
+            return True
+        try:
+            mtpstream.load_model({str(path)!r}, rpc={eps!r}, n_gpu_layers=4, progress=progress)
+            print("LOADED")
+        except mtpstream.ModelLoadError as exc:
+            print("ERROR", exc)
+        sys.stdout.flush()
+        sys.stdin.readline()  # the worker is back
+        model = mtpstream.load_model({str(path)!r}, rpc={eps!r}, n_gpu_layers=4)
+        local = mtpstream.load_model({str(path)!r})
+        with mtpstream.init(model, n_draft=3, n_ctx=256) as a, mtpstream.init(local, n_draft=3) as b:
+            same = a.generate_sync("the river", max_tokens=24) == b.generate_sync("the river", max_tokens=24)
+            print("SAME", same)
+        """
+        client = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **ENV},
+        )
+        assert client.stdout is not None and client.stdin is not None
+        try:
+            first = _line_starting(client.stdout, "", 120)
+            ws[1].start()
+            out, err = client.communicate("go\n", timeout=300)
+        finally:
+            if client.poll() is None:
+                client.send_signal(signal.SIGKILL)
+                client.wait()
+    assert client.returncode == 0, f"client exit {client.returncode}: {err[-3000:]}"
+    assert first.startswith("ERROR") and f"lost the RPC worker {ws[1].endpoint}" in first, first
+    assert "SAME True" in out, out + err[-2000:]
+
+
 def test_bad_endpoints_are_option_errors() -> None:
     path = make_model(arch="qwen35", weights="oracle", size="tiny", mtp_error_rate=0.25)
     for bad in ("localhost", "host:0", "host:x", [], ["a:1", "a:1"]):
@@ -219,13 +273,17 @@ def test_rpc_server_cli_refuses_a_port_in_use() -> None:
     assert "could not bind" in proc.stderr
 
 
-# The streaming client of the fault tests: 4 streams in flight on the split model;
-# it prints STREAMING once every stream has tokens, then each stream's outcome.
+# The client of the fault test: 4 streams in flight on the split model; it prints
+# STREAMING once every stream has tokens (the test then kills worker 1), then each
+# stream's outcome and the model's rpc_loss. Then it waits for a line on stdin (the
+# test restarts the worker), loads the model again in the same process and prints
+# that model's tokens beside the local model's.
 KILL_SCRIPT = """
-import sys, time
+import json, sys, time
 import anyio
 import mtpstream
-from conftest import EXACT
+from conftest import EXACT, collect, prompts_for
+from mtpstream.testing import load_spec
 
 path, endpoints = sys.argv[1], sys.argv[2].split(",")
 model = mtpstream.load_model(path, rpc=endpoints, n_gpu_layers=4)
@@ -259,88 +317,77 @@ async def main():
 
 t = time.monotonic()
 anyio.run(main)
-print("OUTCOMES", round(time.monotonic() - t, 1), outcomes, flush=True)
-"""
+outcomes["seconds"] = round(time.monotonic() - t, 1)
+outcomes["rpc_loss"] = model.rpc_loss
+model.close()
+print("OUTCOMES " + json.dumps(outcomes), flush=True)
 
-
-def _kill_mid_stream(workers: list[RpcWorker], path: Path) -> tuple[int, str, str]:
-    """Kill worker 1 while 4 streams are in flight; (exit code, stdout, stderr) of the client."""
-    endpoints = ",".join(w.endpoint for w in workers)
-    client = subprocess.Popen(
-        [sys.executable, "-c", _script(KILL_SCRIPT, str(path), endpoints)],
-        cwd=str(Path(__file__).parent),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **ENV},
-    )
-    assert client.stdout is not None
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = client.stdout.readline()
-            if not line or line.startswith("STREAMING"):
-                break
-        workers[1].kill()
-        out, err = client.communicate(timeout=60)  # the watchdog: no hang
-    finally:
-        if client.poll() is None:
-            client.send_signal(signal.SIGKILL)
-            client.wait()
-    return client.returncode, out, err
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="ggml's RPC client (ggml-rpc.cpp, rpc_dispatcher::work) GGML_ABORTs on a lost worker: "
-    "'Remote RPC server crashed or returned malformed response'",
-)
-def test_worker_killed_mid_stream_ends_the_calls_with_typed_errors() -> None:
-    path = make_model(arch="qwen35", weights="oracle", size="tiny", mtp_error_rate=0.25)
-    with rpc_workers(2, threads=1) as ws:
-        code, out, err = _kill_mid_stream(ws, path)
-    assert code == 0, f"client exit {code}: {err[-3000:]}"
-    assert "OUTCOMES" in out and "GenerationError" in out and ws[1].endpoint in out, out
-
-
-@pytest.mark.slow
-def test_killed_worker_aborts_the_client_in_ggml_and_a_restarted_worker_is_exact() -> None:
-    """What happens today (the xfail above): the client process ends with SIGABRT from
-    ggml's RPC client, in bounded time, without hanging. A worker started again on the
-    same port then serves a new client exactly."""
-    path = make_model(arch="qwen35", weights="oracle", size="tiny", mtp_error_rate=0.25)
-    with rpc_workers(2, threads=1) as ws:
-        code, _out, err = _kill_mid_stream(ws, path)
-        assert code == -signal.SIGABRT, f"client exit {code}: {err[-3000:]}"
-        assert "Remote RPC server crashed" in err, err[-3000:]
-        # mtpstream's abort hook names the worker that went away (and only that one)
-        assert f"mtpstream: lost the RPC worker {ws[1].endpoint};" in err, err[-3000:]
-        ws[1].start()
-        proc = run_python(_script(EXACT_SCRIPT_SHORT, str(path), ",".join(w.endpoint for w in ws)), 300, ENV)
-    runs = _result(proc)
-    assert runs["rpc"] == runs["local"]
-
-
-EXACT_SCRIPT_SHORT = """
-import json, sys
-import anyio
-import mtpstream
-from conftest import EXACT, collect, prompts_for
-from mtpstream.testing import load_spec
-
-path, endpoints = sys.argv[1], sys.argv[2].split(",")
+sys.stdin.readline()  # the worker is back
 local = mtpstream.load_model(path)
-remote = mtpstream.load_model(path, rpc=endpoints, n_gpu_layers=4)
+again = mtpstream.load_model(path, rpc=endpoints, n_gpu_layers=4)
 prompts = prompts_for(local, load_spec(path))
 
-async def run(model):
-    with mtpstream.init(model, n_draft=3, n_ctx=512, **EXACT) as mtp:
+async def run(m):
+    with mtpstream.init(m, n_draft=3, n_ctx=512, n_seq=2, rollback="snapshots", **EXACT) as mtp:
         ids, done = await collect(mtp, prompts[2], max_tokens=40)
     return [ids, done.usage.drafts_accepted, done.usage.drafts_generated]
 
-print("RESULT " + json.dumps({"local": anyio.run(run, local), "rpc": anyio.run(run, remote)}))
+print("RESULT " + json.dumps({"local": anyio.run(run, local), "rpc": anyio.run(run, again),
+                              "rpc_loss": again.rpc_loss}), flush=True)
 """
+
+
+def _line_starting(stream: Any, prefix: str, seconds: float) -> str:
+    """The first line of ``stream`` starting with ``prefix`` within ``seconds`` ("" if none)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line or line.startswith(prefix):
+            return str(line)
+    return ""
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_stream_ends_the_calls_with_typed_errors() -> None:
+    """SIGKILL one of two workers while 4 streams run: every call ends with a
+    GenerationError naming that worker within seconds, the session refuses further
+    calls the same way, the process does not abort, and after the worker is started
+    again a model loaded in the same process gives the local model's tokens."""
+    path = make_model(arch="qwen35", weights="oracle", size="tiny", mtp_error_rate=0.25)
+    with rpc_workers(2, threads=1) as ws:
+        client = subprocess.Popen(
+            [sys.executable, "-c", _script(KILL_SCRIPT, str(path), ",".join(w.endpoint for w in ws))],
+            cwd=str(Path(__file__).parent),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **ENV},
+        )
+        assert client.stdout is not None and client.stdin is not None
+        try:
+            assert _line_starting(client.stdout, "STREAMING", 120), "the streams never started"
+            ws[1].kill()
+            line = _line_starting(client.stdout, "OUTCOMES ", 60)  # the watchdog: no hang
+            assert line, f"no outcome (exit {client.poll()})"
+            outcomes = json.loads(line[len("OUTCOMES ") :])
+            ws[1].start()
+            client.stdin.write("go\n")
+            client.stdin.flush()
+            out, err = client.communicate(timeout=300)
+        finally:
+            if client.poll() is None:
+                client.send_signal(signal.SIGKILL)
+                client.wait()
+    assert client.returncode == 0, f"client exit {client.returncode}: {err[-3000:]}"
+    lost = f"lost the RPC worker {ws[1].endpoint}"
+    for key in ("0", "1", "2", "3", "after"):
+        assert outcomes[key].startswith("GenerationError: ") and lost in outcomes[key], outcomes
+    assert ws[0].endpoint not in outcomes["0"], outcomes  # only the lost worker is named
+    assert lost in outcomes["rpc_loss"], outcomes
+    assert outcomes["seconds"] < 30, outcomes
+    runs = _result(subprocess.CompletedProcess([], 0, out, err))
+    assert runs["rpc"] == runs["local"] and runs["rpc_loss"] is None, runs
 
 
 def test_serve_with_rpc_answers_as_the_local_model(workers: list[RpcWorker]) -> None:

@@ -8,7 +8,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -164,12 +164,18 @@ def capture_placement() -> Iterator[list[str]]:
         logger.removeHandler(handler)
 
 
-def placement_fields(lines: list[str], endpoints: tuple[str, ...] = ()) -> list[Field]:
+def placement_fields(
+    lines: list[str], endpoints: tuple[str, ...] = (), relays: Sequence[str] = ()
+) -> list[Field]:
     """Which device holds which layers, and each device's weight buffers, from llama.cpp's log.
 
     llama.cpp names RPC devices ``RPC0``, ``RPC1``, ... in the order they were added in
     this process; when those are exactly ``endpoints`` (a fresh process), each name
-    gets its endpoint. The last "layer" is the output layer."""
+    gets its endpoint. llama.cpp's client talks to each worker through mtpstream's
+    relay on loopback (``relays``, in the order of ``endpoints``), so its buffer names
+    hold the relay's address: each is shown as its worker's. The last "layer" is the
+    output layer."""
+    worker_of = dict(zip(relays, endpoints, strict=False))
     layers: dict[str, list[int]] = {}
     for line in lines:
         m = _LAYER_LINE.search(line)
@@ -186,6 +192,7 @@ def placement_fields(lines: list[str], endpoints: tuple[str, ...] = ()) -> list[
             # an RPC buffer is named "RPC<device index on its server>[endpoint]"
             where = m.group(1)
             where = where[where.index("[") + 1 : -1] if where.startswith("RPC") and "[" in where else where
+            where = worker_of.get(where, where)
             out.append((f"weights on {where}", f"{float(m.group(2)):.2f} MiB"))
     return out
 

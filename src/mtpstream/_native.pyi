@@ -55,6 +55,8 @@ class Model:
     path: str
     load_mtp: bool
     repack: bool
+    rpc_loss: str
+    rpc_relays: list[str]
     n_vocab: int
     n_embd: int
     n_layer: int

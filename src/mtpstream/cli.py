@@ -90,7 +90,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     with capture_placement() as lines:
         model = _load(args.model, quiet=True, n_gpu_layers=args.n_gpu_layers, **options)
     with model:
-        fields = [*_model_fields(model), ("rpc", ", ".join(model.rpc)), *placement_fields(lines, model.rpc)]
+        fields = [
+            *_model_fields(model),
+            ("rpc", ", ".join(model.rpc)),
+            *placement_fields(lines, model.rpc, model.native.rpc_relays),
+        ]
         print_fields(fields, sys.stdout)
     return 0
 

@@ -189,6 +189,17 @@ class Model:
         return self._rpc
 
     @property
+    def rpc_loss(self) -> str | None:
+        """Why the model is unusable when an RPC worker holding part of it was lost
+        (``"lost the RPC worker host:port (connection reset...)"``), else None.
+
+        A lost worker takes its share of the weights with it: the calls that ran on it
+        ended with :class:`GenerationError` naming it, and every later call on the model
+        does too. Load the model again once the worker is back. Raises
+        :class:`SessionClosedError` once the model is closed."""
+        return self.native.rpc_loss or None
+
+    @property
     def n_cpu_moe(self) -> int | Literal["all"]:
         """``load_model``'s ``n_cpu_moe``: the blocks whose MoE experts stay in CPU memory."""
         return self._n_cpu_moe

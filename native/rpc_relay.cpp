@@ -1,0 +1,428 @@
+#include "rpc_relay.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <set>
+#include <thread>
+
+namespace mtpstream {
+
+namespace {
+
+// The commands of llama.cpp's RPC protocol, major version 7 (a request is
+// | command (1 byte) | size (8) | payload |, a reply | size (8) | payload |).
+enum class Cmd : uint8_t {
+    alloc_buffer = 0,
+    get_alignment,
+    get_max_size,
+    buffer_get_base,
+    free_buffer,
+    buffer_clear,
+    set_tensor,
+    set_tensor_hash,
+    get_tensor,
+    copy_tensor,
+    graph_compute,
+    get_device_memory,
+    init_tensor,
+    get_alloc_size,
+    hello,
+    device_count,
+    graph_recompute,
+    memset_tensor,
+    count,
+};
+
+constexpr size_t kCapsSize = 24;         // the transport capabilities in HELLO
+constexpr int64_t kNoReply = -1;         // the command has no reply
+constexpr int64_t kAsRequested = -2;     // GET_TENSOR: its request's last 8 bytes
+constexpr size_t kChunk = 1 << 20;       // bytes moved per read/write of a large message
+constexpr int kConnectTimeoutMs = 5000;
+
+int64_t reply_size(Cmd cmd) {
+    switch (cmd) {
+        case Cmd::alloc_buffer:       // remote pointer, size
+        case Cmd::get_device_memory:  // free, total
+            return 16;
+        case Cmd::get_alignment:
+        case Cmd::get_max_size:
+        case Cmd::buffer_get_base:
+        case Cmd::get_alloc_size:
+            return 8;
+        case Cmd::set_tensor_hash:  // found
+        case Cmd::copy_tensor:      // done
+            return 1;
+        case Cmd::get_tensor:
+            return kAsRequested;
+        case Cmd::hello:  // major, minor, patch, padding, capabilities
+            return 4 + kCapsSize;
+        case Cmd::device_count:
+            return 4;
+        default:
+            return kNoReply;
+    }
+}
+
+bool read_full(int fd, uint8_t * out, size_t n) {
+    while (n > 0) {
+        const ssize_t got = recv(fd, out, n, 0);
+        if (got <= 0) {
+            if (got < 0 && errno == EINTR) {
+                continue;
+            }
+            return false;
+        }
+        out += got;
+        n -= static_cast<size_t>(got);
+    }
+    return true;
+}
+
+bool write_full(int fd, const uint8_t * data, size_t n) {
+    while (n > 0) {
+        const ssize_t put = send(fd, data, n, MSG_NOSIGNAL);
+        if (put <= 0) {
+            if (put < 0 && errno == EINTR) {
+                continue;
+            }
+            return false;
+        }
+        data += put;
+        n -= static_cast<size_t>(put);
+    }
+    return true;
+}
+
+void set_option(int fd, int level, int name, int value) { setsockopt(fd, level, name, &value, sizeof(value)); }
+
+std::string errno_text(const char * what) { return std::string(what) + ": " + std::strerror(errno); }
+
+// A connected socket to `worker`, or -1 with `error` filled; connecting gives up after
+// kConnectTimeoutMs. Keepalive and a user timeout make a host that went silent count
+// as lost, as a reset connection does.
+int connect_worker(const std::string & worker, std::string & error) {
+    const size_t colon = worker.rfind(':');
+    const std::string host = colon == std::string::npos ? worker : worker.substr(0, colon);
+    const std::string port = colon == std::string::npos ? "" : worker.substr(colon + 1);
+    addrinfo hints{};
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo * found = nullptr;
+    if (getaddrinfo(host.c_str(), port.c_str(), &hints, &found) != 0 || found == nullptr) {
+        error = "cannot resolve " + worker;
+        return -1;
+    }
+    const int fd = socket(found->ai_family, found->ai_socktype | SOCK_CLOEXEC, found->ai_protocol);
+    int rc = -1;
+    if (fd >= 0) {
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL, 0) | O_NONBLOCK);
+        rc = connect(fd, found->ai_addr, found->ai_addrlen);
+        if (rc != 0 && errno == EINPROGRESS) {
+            pollfd p{fd, POLLOUT, 0};
+            int err = ETIMEDOUT;
+            socklen_t len = sizeof(err);
+            if (poll(&p, 1, kConnectTimeoutMs) == 1) {
+                getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+            }
+            errno = err;
+            rc = err == 0 ? 0 : -1;
+        }
+    }
+    freeaddrinfo(found);
+    if (rc != 0) {
+        error = errno_text("cannot connect");
+        if (fd >= 0) {
+            close(fd);
+        }
+        return -1;
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL, 0) & ~O_NONBLOCK);
+    set_option(fd, IPPROTO_TCP, TCP_NODELAY, 1);
+    set_option(fd, SOL_SOCKET, SO_KEEPALIVE, 1);
+    set_option(fd, IPPROTO_TCP, TCP_KEEPIDLE, 10);
+    set_option(fd, IPPROTO_TCP, TCP_KEEPINTVL, 5);
+    set_option(fd, IPPROTO_TCP, TCP_KEEPCNT, 4);
+    set_option(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, RpcRelay::kUserTimeoutMs);
+    return fd;
+}
+
+// A listening socket on 127.0.0.1 at a port not in `used` (which it joins), or -1.
+int listen_loopback(std::set<uint16_t> & used, uint16_t & port, std::string & error) {
+    std::vector<int> taken;  // sockets at ports used before, held until a new one is found
+    int out = -1;
+    for (int attempt = 0; attempt < 64 && out < 0; ++attempt) {
+        const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t len = sizeof(addr);
+        if (fd < 0 || bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof(addr)) != 0 || listen(fd, 4) != 0 ||
+            getsockname(fd, reinterpret_cast<sockaddr *>(&addr), &len) != 0) {
+            error = errno_text("cannot listen on 127.0.0.1");
+            if (fd >= 0) {
+                close(fd);
+            }
+            break;
+        }
+        port = ntohs(addr.sin_port);
+        if (used.insert(port).second) {
+            out = fd;
+        } else {
+            taken.push_back(fd);
+        }
+    }
+    for (int fd : taken) {
+        close(fd);
+    }
+    return out;
+}
+
+struct Registry {
+    std::mutex mutex;
+    std::map<std::string, std::shared_ptr<RpcRelay>> current;  // by worker
+    std::set<uint16_t> ports;
+};
+
+Registry & registry() {
+    static Registry * r = new Registry();  // never destroyed, as the relays
+    return *r;
+}
+
+// One client connection's traffic: forwards while the worker answers, and stands in
+// for it once it is lost.
+class Link {
+public:
+    Link(int client, int upstream, std::atomic<bool> & lost, std::function<void(const std::string &)> on_loss)
+        : client_(client), upstream_(upstream), lost_(lost), on_loss_(std::move(on_loss)), buf_(kChunk + 16) {}
+    ~Link() {
+        if (upstream_ >= 0) {
+            close(upstream_);
+        }
+    }
+
+    // Serves requests until the client closes the connection.
+    void run() {
+        while (request()) {
+        }
+    }
+
+private:
+    bool live() const { return upstream_ >= 0 && !lost_.load(std::memory_order_acquire); }
+
+    void fail(const std::string & why) {
+        if (upstream_ >= 0) {
+            close(upstream_);
+            upstream_ = -1;
+        }
+        on_loss_(why);
+    }
+
+    bool request();
+    bool reply(Cmd cmd, int64_t size);
+    std::vector<uint8_t> stand_in(Cmd cmd, size_t size) const;
+
+    const int client_;
+    int upstream_;
+    std::atomic<bool> & lost_;
+    std::function<void(const std::string &)> on_loss_;
+    std::vector<uint8_t> buf_;
+    std::array<std::vector<uint8_t>, static_cast<size_t>(Cmd::count)> last_reply_;
+};
+
+std::string cmd_name(Cmd cmd) {
+    static const char * const names[] = {"ALLOC_BUFFER",   "GET_ALIGNMENT",     "GET_MAX_SIZE",  "BUFFER_GET_BASE",
+                                         "FREE_BUFFER",    "BUFFER_CLEAR",      "SET_TENSOR",    "SET_TENSOR_HASH",
+                                         "GET_TENSOR",     "COPY_TENSOR",       "GRAPH_COMPUTE", "GET_DEVICE_MEMORY",
+                                         "INIT_TENSOR",    "GET_ALLOC_SIZE",    "HELLO",         "DEVICE_COUNT",
+                                         "GRAPH_RECOMPUTE", "MEMSET_TENSOR"};
+    const auto i = static_cast<size_t>(cmd);
+    return i < static_cast<size_t>(Cmd::count) ? names[i] : "command " + std::to_string(i);
+}
+
+bool Link::request() {
+    uint8_t head[9];
+    if (!read_full(client_, head, sizeof(head))) {
+        return false;  // ggml closed the connection (its last buffer on the worker is gone)
+    }
+    const Cmd cmd = static_cast<Cmd>(head[0]);
+    uint64_t size = 0;
+    std::memcpy(&size, head + 1, sizeof(size));
+    if (live() && !write_full(upstream_, head, sizeof(head))) {
+        fail(errno_text(("sending " + cmd_name(cmd)).c_str()));
+    }
+    uint64_t asked = 0;  // GET_TENSOR's reply size: the last field of its request
+    for (uint64_t left = size; left > 0;) {
+        const size_t n = static_cast<size_t>(std::min<uint64_t>(left, kChunk));
+        if (!read_full(client_, buf_.data(), n)) {
+            return false;
+        }
+        if (cmd == Cmd::hello) {
+            std::memset(buf_.data(), 0, n);  // no transport upgrade: the relay speaks TCP
+        }
+        if (cmd == Cmd::get_tensor && left == n && n >= sizeof(asked)) {
+            std::memcpy(&asked, buf_.data() + n - sizeof(asked), sizeof(asked));
+        }
+        if (live() && !write_full(upstream_, buf_.data(), n)) {
+            fail(errno_text(("sending " + cmd_name(cmd)).c_str()));
+        }
+        left -= n;
+    }
+    const int64_t want = reply_size(cmd);
+    if (want == kNoReply) {
+        return true;
+    }
+    return reply(cmd, want == kAsRequested ? static_cast<int64_t>(asked) : want);
+}
+
+bool Link::reply(Cmd cmd, int64_t size) {
+    const uint64_t total = static_cast<uint64_t>(size);
+    if (live()) {
+        uint64_t got = 0;
+        if (!read_full(upstream_, reinterpret_cast<uint8_t *>(&got), sizeof(got))) {
+            fail(errno_text(("awaiting the reply to " + cmd_name(cmd)).c_str()));
+        } else if (got != total) {
+            fail("the reply to " + cmd_name(cmd) + " has " + std::to_string(got) + " bytes, not " +
+                 std::to_string(total));
+        }
+    }
+    if (!write_full(client_, reinterpret_cast<const uint8_t *>(&total), sizeof(total))) {
+        return false;
+    }
+    if (!live()) {
+        const std::vector<uint8_t> out = stand_in(cmd, total);
+        return write_full(client_, out.data(), out.size());
+    }
+    for (uint64_t left = total; left > 0;) {
+        const size_t n = static_cast<size_t>(std::min<uint64_t>(left, kChunk));
+        if (live() && !read_full(upstream_, buf_.data(), n)) {
+            fail(errno_text(("reading the reply to " + cmd_name(cmd)).c_str()));
+        }
+        if (!live()) {
+            std::memset(buf_.data(), 0, n);  // the rest of a reply cut short reads as zeros
+        }
+        if (cmd == Cmd::hello && n > 4) {
+            std::memset(buf_.data() + 4, 0, std::min(n, 4 + kCapsSize) - 4);  // as the request's
+        }
+        if (total <= 16 && live()) {
+            last_reply_[static_cast<size_t>(cmd)].assign(buf_.begin(), buf_.begin() + static_cast<ptrdiff_t>(n));
+        }
+        if (!write_full(client_, buf_.data(), n)) {
+            return false;
+        }
+        left -= n;
+    }
+    return true;
+}
+
+// What the relay answers for a lost worker: no allocation, zeros for reads and memory,
+// hashes "found" and copies "done" (so no data is sent for them), the protocol's
+// version for a handshake, and the worker's last answer for the fixed queries
+// (alignment, sizes, base addresses, device count).
+std::vector<uint8_t> Link::stand_in(Cmd cmd, size_t size) const {
+    std::vector<uint8_t> out(size, 0);
+    switch (cmd) {
+        case Cmd::alloc_buffer:
+        case Cmd::get_tensor:
+        case Cmd::get_device_memory:
+            break;
+        case Cmd::set_tensor_hash:
+        case Cmd::copy_tensor:
+            out[0] = 1;
+            break;
+        case Cmd::hello:
+            out[0] = 7;  // protocol major version 7.0.0
+            break;
+        default:
+            if (static_cast<size_t>(cmd) < last_reply_.size() &&
+                last_reply_[static_cast<size_t>(cmd)].size() == size) {
+                out = last_reply_[static_cast<size_t>(cmd)];
+            }
+    }
+    return out;
+}
+
+}  // namespace
+
+std::shared_ptr<RpcRelay> RpcRelay::for_worker(const std::string & worker, Status & status) {
+    Registry & r = registry();
+    std::lock_guard<std::mutex> lock(r.mutex);
+    auto it = r.current.find(worker);
+    if (it != r.current.end() && !it->second->lost()) {
+        return it->second;
+    }
+    uint16_t port = 0;
+    std::string error;
+    const int fd = listen_loopback(r.ports, port, error);
+    if (fd < 0) {
+        status = Status::error(ErrorCode::model_load, "cannot open the relay to the RPC worker " + worker + ": " + error);
+        return nullptr;
+    }
+    std::shared_ptr<RpcRelay> relay(new RpcRelay(worker, fd, port));
+    r.current[worker] = relay;
+    std::thread([relay] { relay->run(); }).detach();
+    return relay;
+}
+
+RpcRelay::RpcRelay(std::string worker, int listen_fd, uint16_t port)
+    : worker_(std::move(worker)), listen_fd_(listen_fd), endpoint_("127.0.0.1:" + std::to_string(port)) {}
+
+std::string RpcRelay::loss() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return loss_;
+}
+
+void RpcRelay::mark_lost(const std::string & why) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!lost_.load(std::memory_order_relaxed)) {
+        loss_ = why;
+        lost_.store(true, std::memory_order_release);
+    }
+}
+
+void RpcRelay::run() {
+    for (;;) {
+        const int client = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+        if (client < 0) {
+            if (errno != EINTR && errno != ECONNABORTED) {
+                usleep(100 * 1000);
+            }
+            continue;
+        }
+        set_option(client, IPPROTO_TCP, TCP_NODELAY, 1);
+        serve(client);
+        close(client);
+    }
+}
+
+void RpcRelay::serve(int client) {
+    std::string error;
+    const int upstream = lost() ? -1 : connect_worker(worker_, error);
+    if (upstream < 0 && !lost()) {
+        mark_lost(error);
+    }
+    Link(client, upstream, lost_, [this](const std::string & why) { mark_lost(why); }).run();
+}
+
+std::string describe_losses(const std::vector<std::shared_ptr<RpcRelay>> & relays) {
+    std::string out;
+    for (const auto & relay : relays) {
+        if (relay->lost()) {
+            out += (out.empty() ? "" : ", ") + relay->worker() + " (" + relay->loss() + ")";
+        }
+    }
+    return out.empty() ? out : "lost the RPC worker " + out;
+}
+
+}  // namespace mtpstream
