@@ -42,9 +42,10 @@ std::vector<llama_model_tensor_buft_override> expert_overrides(int32_t n, std::v
 // The offload devices (the RPC servers' first) and the tensor split into `params`;
 // `devices` and `split` own what `params` points to.
 bool place_layers(const ModelLoadOptions & opts, llama_model_params & params, std::vector<ggml_backend_dev_t> & devices,
-                  std::vector<float> & split, std::vector<std::shared_ptr<RpcRelay>> & relays, Status & status) {
+                  std::vector<float> & split, std::vector<WorkerWatch> & watches,
+                  std::vector<std::shared_ptr<RpcRelay>> & relays, Status & status) {
     if (!opts.rpc.empty()) {
-        devices = rpc_devices(opts.rpc, relays, status);
+        devices = rpc_devices(opts.rpc, watches, relays, status);
         if (devices.empty()) {
             return false;
         }
@@ -117,8 +118,9 @@ std::shared_ptr<Model> Model::load(const std::string & path, const ModelLoadOpti
     }
     std::vector<ggml_backend_dev_t> devices;  // outlive the load, as the patterns
     std::vector<float> split;
+    std::vector<WorkerWatch> watches;
     std::vector<std::shared_ptr<RpcRelay>> relays;
-    if (!place_layers(opts, params, devices, split, relays, status)) {
+    if (!place_layers(opts, params, devices, split, watches, relays, status)) {
         return nullptr;
     }
     if (opts.progress) {
@@ -129,7 +131,8 @@ std::shared_ptr<Model> Model::load(const std::string & path, const ModelLoadOpti
     if (raw != nullptr) {
         confirm_workers(devices);
     }
-    const std::string lost = describe_losses(relays);
+    attach_links(watches);
+    const std::string lost = describe_losses(watches);
     if (raw == nullptr || !lost.empty()) {
         if (raw != nullptr) {
             llama_model_free(raw);  // its weights on a worker lost during the load are gone
@@ -141,16 +144,18 @@ std::shared_ptr<Model> Model::load(const std::string & path, const ModelLoadOpti
                                    "enable the 'mtpstream.llama' logger for details)");
         return nullptr;
     }
-    return std::shared_ptr<Model>(new Model(raw, path, opts.load_mtp, params.use_extra_bufts, std::move(relays)));
+    return std::shared_ptr<Model>(
+        new Model(raw, path, opts.load_mtp, params.use_extra_bufts, std::move(watches), std::move(relays)));
 }
 
-Model::Model(llama_model * model, std::string path, bool load_mtp, bool repack,
+Model::Model(llama_model * model, std::string path, bool load_mtp, bool repack, std::vector<WorkerWatch> watches,
              std::vector<std::shared_ptr<RpcRelay>> relays)
     : model_(model),
       vocab_(llama_model_get_vocab(model)),
       path_(std::move(path)),
       load_mtp_(load_mtp),
       repack_(repack),
+      watches_(std::move(watches)),
       relays_(std::move(relays)) {}
 
 std::vector<std::string> Model::rpc_relay_endpoints() const {

@@ -58,15 +58,8 @@ public:
     bool repack() const { return repack_; }
     // "lost the RPC worker host:port (why)" once a worker holding part of the model is
     // lost (its weights with it: the model is unusable); "" while none is.
-    std::string rpc_loss() const { return relays_.empty() ? std::string() : describe_losses(relays_); }
-    bool rpc_lost() const {
-        for (const auto & r : relays_) {
-            if (r->lost()) {
-                return true;
-            }
-        }
-        return false;
-    }
+    std::string rpc_loss() const { return watches_.empty() ? std::string() : describe_losses(watches_); }
+    bool rpc_lost() const { return !watches_.empty() && any_lost(watches_); }
     // The loopback endpoint of each RPC worker's relay (what llama.cpp's log names).
     std::vector<std::string> rpc_relay_endpoints() const;
 
@@ -97,7 +90,7 @@ public:
     std::string token_to_piece(llama_token id, bool special = false) const;
 
 private:
-    Model(llama_model * model, std::string path, bool load_mtp, bool repack,
+    Model(llama_model * model, std::string path, bool load_mtp, bool repack, std::vector<WorkerWatch> watches,
           std::vector<std::shared_ptr<RpcRelay>> relays);
 
     llama_model * model_;
@@ -105,6 +98,7 @@ private:
     std::string path_;
     bool load_mtp_;
     bool repack_;
+    std::vector<WorkerWatch> watches_;
     std::vector<std::shared_ptr<RpcRelay>> relays_;
 };
 

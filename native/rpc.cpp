@@ -53,17 +53,20 @@ bool rpc_available() { return ggml_backend_reg_by_name("RPC") != nullptr; }
 int rpc_protocol_major() { return RPC_PROTO_MAJOR_VERSION; }
 
 std::vector<ggml_backend_dev_t> rpc_devices(const std::vector<std::string> & endpoints,
+                                            std::vector<WorkerWatch> & watches,
                                             std::vector<std::shared_ptr<RpcRelay>> & relays, Status & status) {
     auto add = reinterpret_cast<add_server_fn>(rpc_proc("ggml_backend_rpc_add_server", status));
     if (add == nullptr) {
         return {};
     }
+    const char * choice = std::getenv("MTPSTREAM_RPC_GUARD");
+    const std::string guard = choice != nullptr ? choice : "hooks";
+    std::string why_not;
+    const bool hooked = guard == "hooks" && install_socket_hooks(why_not);
+    const bool relayed = !hooked && guard != "off";
     std::vector<ggml_backend_dev_t> out;
+    watches.clear();
     relays.clear();
-    // MTPSTREAM_RPC_DIRECT=1: ggml's client connects to the workers itself (for
-    // measuring the relay; a lost worker then ends the process)
-    const char * direct = std::getenv("MTPSTREAM_RPC_DIRECT");
-    const bool relayed = direct == nullptr || std::strcmp(direct, "1") != 0;
     for (const std::string & endpoint : endpoints) {
         std::shared_ptr<RpcRelay> relay = relayed ? RpcRelay::for_worker(endpoint, status) : nullptr;
         if (relayed && relay == nullptr) {
@@ -72,11 +75,14 @@ std::vector<ggml_backend_dev_t> rpc_devices(const std::vector<std::string> & end
         if (relay != nullptr) {
             relays.push_back(relay);
         }
+        watches.push_back({endpoint, relay != nullptr ? relay->link() : nullptr});
         ggml_backend_reg_t reg = add(relay != nullptr ? relay->endpoint().c_str() : endpoint.c_str());
         const size_t n = reg != nullptr ? ggml_backend_reg_dev_count(reg) : 0;
         if (n == 0) {
-            status = Status::error(ErrorCode::model_load, relay != nullptr && relay->lost() ? describe_losses({relay})
-                                                                       : "the RPC server at " + endpoint + " offers no device");
+            attach_links(watches);
+            const std::string lost = describe_losses(watches);
+            status = Status::error(ErrorCode::model_load,
+                                   !lost.empty() ? lost : "the RPC server at " + endpoint + " offers no device");
             return {};
         }
         for (size_t i = 0; i < n; ++i) {
@@ -85,6 +91,14 @@ std::vector<ggml_backend_dev_t> rpc_devices(const std::vector<std::string> & end
     }
     append_local_accelerators(out);
     return out;
+}
+
+void attach_links(std::vector<WorkerWatch> & watches) {
+    for (WorkerWatch & w : watches) {
+        if (w.link == nullptr) {
+            w.link = hooked_link(w.worker);
+        }
+    }
 }
 
 void rpc_serve(const std::string & endpoint, const std::string & cache_dir, int n_threads, Status & status) {

@@ -22,12 +22,19 @@ int rpc_protocol_major();
 // The devices of the RPC servers at `endpoints` ("host:port"), in order, followed by
 // the local accelerators llama.cpp would pick by default (GPUs, else integrated GPUs);
 // the host CPU is never in the list (llama.cpp keeps the layers not offloaded there).
-// ggml's client reaches each server through its relay (rpc_relay.hpp), which go in
-// `relays` in the same order. ggml's client aborts the process when it cannot
-// connect, so the caller checks that every endpoint answers first. On failure: empty,
-// `status` filled.
+// ggml's client reaches the servers guarded (rpc_guard.hpp): `watches` gets one entry
+// per endpoint (its link is set now with the relay, by attach_links after the load
+// with the socket hooks) and `relays` the relays in use. MTPSTREAM_RPC_GUARD chooses
+// the means: "hooks" (the default; the relay where they cannot be installed), "relay",
+// or "off" (ggml's client on its own: a lost worker ends the process; for measuring
+// the guard). ggml's client aborts the process when it cannot connect, so the caller
+// checks that every endpoint answers first. On failure: empty, `status` filled.
 std::vector<ggml_backend_dev_t> rpc_devices(const std::vector<std::string> & endpoints,
+                                            std::vector<WorkerWatch> & watches,
                                             std::vector<std::shared_ptr<RpcRelay>> & relays, Status & status);
+
+// With the socket hooks: the connection each watch's worker has now (after a load).
+void attach_links(std::vector<WorkerWatch> & watches);
 
 // Serves the CPU device to RPC clients at `endpoint` ("host:port"), one client at a
 // time; blocks for as long as the server runs and returns only when it could not

@@ -13,68 +13,23 @@
 #include <array>
 #include <cerrno>
 #include <cstring>
-#include <functional>
 #include <map>
 #include <set>
 #include <thread>
+
+#include "rpc_protocol.hpp"
 
 namespace mtpstream {
 
 namespace {
 
-// The commands of llama.cpp's RPC protocol, major version 7 (a request is
-// | command (1 byte) | size (8) | payload |, a reply | size (8) | payload |).
-enum class Cmd : uint8_t {
-    alloc_buffer = 0,
-    get_alignment,
-    get_max_size,
-    buffer_get_base,
-    free_buffer,
-    buffer_clear,
-    set_tensor,
-    set_tensor_hash,
-    get_tensor,
-    copy_tensor,
-    graph_compute,
-    get_device_memory,
-    init_tensor,
-    get_alloc_size,
-    hello,
-    device_count,
-    graph_recompute,
-    memset_tensor,
-    count,
-};
+using rpc::Cmd;
+using rpc::kAsRequested;
+using rpc::kCapsSize;
+using rpc::kNoReply;
 
-constexpr size_t kCapsSize = 24;         // the transport capabilities in HELLO
-constexpr int64_t kNoReply = -1;         // the command has no reply
-constexpr int64_t kAsRequested = -2;     // GET_TENSOR: its request's last 8 bytes
-constexpr size_t kChunk = 1 << 20;       // bytes moved per read/write of a large message
+constexpr size_t kChunk = 1 << 20;  // bytes moved per read/write of a large message
 constexpr int kConnectTimeoutMs = 5000;
-
-int64_t reply_size(Cmd cmd) {
-    switch (cmd) {
-        case Cmd::alloc_buffer:       // remote pointer, size
-        case Cmd::get_device_memory:  // free, total
-            return 16;
-        case Cmd::get_alignment:
-        case Cmd::get_max_size:
-        case Cmd::buffer_get_base:
-        case Cmd::get_alloc_size:
-            return 8;
-        case Cmd::set_tensor_hash:  // found
-        case Cmd::copy_tensor:      // done
-            return 1;
-        case Cmd::get_tensor:
-            return kAsRequested;
-        case Cmd::hello:  // major, minor, patch, padding, capabilities
-            return 4 + kCapsSize;
-        case Cmd::device_count:
-            return 4;
-        default:
-            return kNoReply;
-    }
-}
 
 bool read_full(int fd, uint8_t * out, size_t n) {
     while (n > 0) {
@@ -150,11 +105,7 @@ int connect_worker(const std::string & worker, std::string & error) {
     }
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL, 0) & ~O_NONBLOCK);
     set_option(fd, IPPROTO_TCP, TCP_NODELAY, 1);
-    set_option(fd, SOL_SOCKET, SO_KEEPALIVE, 1);
-    set_option(fd, IPPROTO_TCP, TCP_KEEPIDLE, 10);
-    set_option(fd, IPPROTO_TCP, TCP_KEEPINTVL, 5);
-    set_option(fd, IPPROTO_TCP, TCP_KEEPCNT, 4);
-    set_option(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, RpcRelay::kUserTimeoutMs);
+    WorkerLink::watch_socket(fd);
     return fd;
 }
 
@@ -204,8 +155,7 @@ Registry & registry() {
 // for it once it is lost.
 class Link {
 public:
-    Link(int client, int upstream, std::atomic<bool> & lost, std::function<void(const std::string &)> on_loss)
-        : client_(client), upstream_(upstream), lost_(lost), on_loss_(std::move(on_loss)), buf_(kChunk + 16) {}
+    Link(int client, int upstream, WorkerLink & link) : client_(client), upstream_(upstream), link_(link), buf_(kChunk + 16) {}
     ~Link() {
         if (upstream_ >= 0) {
             close(upstream_);
@@ -219,37 +169,25 @@ public:
     }
 
 private:
-    bool live() const { return upstream_ >= 0 && !lost_.load(std::memory_order_acquire); }
+    bool live() const { return upstream_ >= 0 && !link_.lost(); }
 
     void fail(const std::string & why) {
         if (upstream_ >= 0) {
             close(upstream_);
             upstream_ = -1;
         }
-        on_loss_(why);
+        link_.mark_lost(why);
     }
 
     bool request();
     bool reply(Cmd cmd, int64_t size);
-    std::vector<uint8_t> stand_in(Cmd cmd, size_t size) const;
-
+    
     const int client_;
     int upstream_;
-    std::atomic<bool> & lost_;
-    std::function<void(const std::string &)> on_loss_;
+    WorkerLink & link_;
     std::vector<uint8_t> buf_;
-    std::array<std::vector<uint8_t>, static_cast<size_t>(Cmd::count)> last_reply_;
+    rpc::LastReplies last_reply_;
 };
-
-std::string cmd_name(Cmd cmd) {
-    static const char * const names[] = {"ALLOC_BUFFER",   "GET_ALIGNMENT",     "GET_MAX_SIZE",  "BUFFER_GET_BASE",
-                                         "FREE_BUFFER",    "BUFFER_CLEAR",      "SET_TENSOR",    "SET_TENSOR_HASH",
-                                         "GET_TENSOR",     "COPY_TENSOR",       "GRAPH_COMPUTE", "GET_DEVICE_MEMORY",
-                                         "INIT_TENSOR",    "GET_ALLOC_SIZE",    "HELLO",         "DEVICE_COUNT",
-                                         "GRAPH_RECOMPUTE", "MEMSET_TENSOR"};
-    const auto i = static_cast<size_t>(cmd);
-    return i < static_cast<size_t>(Cmd::count) ? names[i] : "command " + std::to_string(i);
-}
 
 bool Link::request() {
     uint8_t head[9];
@@ -260,7 +198,7 @@ bool Link::request() {
     uint64_t size = 0;
     std::memcpy(&size, head + 1, sizeof(size));
     if (live() && !write_full(upstream_, head, sizeof(head))) {
-        fail(errno_text(("sending " + cmd_name(cmd)).c_str()));
+        fail(errno_text(("sending " + rpc::cmd_name(cmd)).c_str()));
     }
     uint64_t asked = 0;  // GET_TENSOR's reply size: the last field of its request
     for (uint64_t left = size; left > 0;) {
@@ -275,11 +213,11 @@ bool Link::request() {
             std::memcpy(&asked, buf_.data() + n - sizeof(asked), sizeof(asked));
         }
         if (live() && !write_full(upstream_, buf_.data(), n)) {
-            fail(errno_text(("sending " + cmd_name(cmd)).c_str()));
+            fail(errno_text(("sending " + rpc::cmd_name(cmd)).c_str()));
         }
         left -= n;
     }
-    const int64_t want = reply_size(cmd);
+    const int64_t want = rpc::reply_size(cmd);
     if (want == kNoReply) {
         return true;
     }
@@ -291,9 +229,9 @@ bool Link::reply(Cmd cmd, int64_t size) {
     if (live()) {
         uint64_t got = 0;
         if (!read_full(upstream_, reinterpret_cast<uint8_t *>(&got), sizeof(got))) {
-            fail(errno_text(("awaiting the reply to " + cmd_name(cmd)).c_str()));
+            fail(errno_text(("awaiting the reply to " + rpc::cmd_name(cmd)).c_str()));
         } else if (got != total) {
-            fail("the reply to " + cmd_name(cmd) + " has " + std::to_string(got) + " bytes, not " +
+            fail("the reply to " + rpc::cmd_name(cmd) + " has " + std::to_string(got) + " bytes, not " +
                  std::to_string(total));
         }
     }
@@ -301,13 +239,13 @@ bool Link::reply(Cmd cmd, int64_t size) {
         return false;
     }
     if (!live()) {
-        const std::vector<uint8_t> out = stand_in(cmd, total);
+        const std::vector<uint8_t> out = rpc::stand_in(cmd, total, last_reply_);
         return write_full(client_, out.data(), out.size());
     }
     for (uint64_t left = total; left > 0;) {
         const size_t n = static_cast<size_t>(std::min<uint64_t>(left, kChunk));
         if (live() && !read_full(upstream_, buf_.data(), n)) {
-            fail(errno_text(("reading the reply to " + cmd_name(cmd)).c_str()));
+            fail(errno_text(("reading the reply to " + rpc::cmd_name(cmd)).c_str()));
         }
         if (!live()) {
             std::memset(buf_.data(), 0, n);  // the rest of a reply cut short reads as zeros
@@ -324,33 +262,6 @@ bool Link::reply(Cmd cmd, int64_t size) {
         left -= n;
     }
     return true;
-}
-
-// What the relay answers for a lost worker: no allocation, zeros for reads and memory,
-// hashes "found" and copies "done" (so no data is sent for them), the protocol's
-// version for a handshake, and the worker's last answer for the fixed queries
-// (alignment, sizes, base addresses, device count).
-std::vector<uint8_t> Link::stand_in(Cmd cmd, size_t size) const {
-    std::vector<uint8_t> out(size, 0);
-    switch (cmd) {
-        case Cmd::alloc_buffer:
-        case Cmd::get_tensor:
-        case Cmd::get_device_memory:
-            break;
-        case Cmd::set_tensor_hash:
-        case Cmd::copy_tensor:
-            out[0] = 1;
-            break;
-        case Cmd::hello:
-            out[0] = 7;  // protocol major version 7.0.0
-            break;
-        default:
-            if (static_cast<size_t>(cmd) < last_reply_.size() &&
-                last_reply_[static_cast<size_t>(cmd)].size() == size) {
-                out = last_reply_[static_cast<size_t>(cmd)];
-            }
-    }
-    return out;
 }
 
 }  // namespace
@@ -378,19 +289,6 @@ std::shared_ptr<RpcRelay> RpcRelay::for_worker(const std::string & worker, Statu
 RpcRelay::RpcRelay(std::string worker, int listen_fd, uint16_t port)
     : worker_(std::move(worker)), listen_fd_(listen_fd), endpoint_("127.0.0.1:" + std::to_string(port)) {}
 
-std::string RpcRelay::loss() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return loss_;
-}
-
-void RpcRelay::mark_lost(const std::string & why) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (!lost_.load(std::memory_order_relaxed)) {
-        loss_ = why;
-        lost_.store(true, std::memory_order_release);
-    }
-}
-
 void RpcRelay::run() {
     for (;;) {
         const int client = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
@@ -410,19 +308,9 @@ void RpcRelay::serve(int client) {
     std::string error;
     const int upstream = lost() ? -1 : connect_worker(worker_, error);
     if (upstream < 0 && !lost()) {
-        mark_lost(error);
+        link_->mark_lost(error);
     }
-    Link(client, upstream, lost_, [this](const std::string & why) { mark_lost(why); }).run();
-}
-
-std::string describe_losses(const std::vector<std::shared_ptr<RpcRelay>> & relays) {
-    std::string out;
-    for (const auto & relay : relays) {
-        if (relay->lost()) {
-            out += (out.empty() ? "" : ", ") + relay->worker() + " (" + relay->loss() + ")";
-        }
-    }
-    return out.empty() ? out : "lost the RPC worker " + out;
+    Link(client, upstream, *link_).run();
 }
 
 }  // namespace mtpstream

@@ -348,11 +348,13 @@ def _line_starting(stream: Any, prefix: str, seconds: float) -> str:
 
 
 @pytest.mark.slow
-def test_worker_killed_mid_stream_ends_the_calls_with_typed_errors() -> None:
+@pytest.mark.parametrize("guard", ["hooks", "relay"])
+def test_worker_killed_mid_stream_ends_the_calls_with_typed_errors(guard: str) -> None:
     """SIGKILL one of two workers while 4 streams run: every call ends with a
     GenerationError naming that worker within seconds, the session refuses further
     calls the same way, the process does not abort, and after the worker is started
-    again a model loaded in the same process gives the local model's tokens."""
+    again a model loaded in the same process gives the local model's tokens. Under
+    both guards (native/rpc_guard.hpp): the socket hooks and the relay."""
     path = make_model(arch="qwen35", weights="oracle", size="tiny", mtp_error_rate=0.25)
     with rpc_workers(2, threads=1) as ws:
         client = subprocess.Popen(
@@ -362,7 +364,7 @@ def test_worker_killed_mid_stream_ends_the_calls_with_typed_errors() -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, **ENV},
+            env={**os.environ, **ENV, "MTPSTREAM_RPC_GUARD": guard},
         )
         assert client.stdout is not None and client.stdin is not None
         try:
@@ -459,3 +461,22 @@ def test_several_models_on_the_same_workers_in_one_process(workers: list[RpcWork
     """
     proc = run_python(code, timeout=120, env=ENV)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or os.uname().machine not in ("x86_64", "aarch64"),
+    reason="the hooks are ELF x86-64/AArch64",
+)
+def test_the_socket_hooks_guard_by_default_and_the_relay_on_request(workers: list[RpcWorker]) -> None:
+    """The default guard is the socket hooks (no relay between ggml and the workers);
+    MTPSTREAM_RPC_GUARD=relay puts a relay on loopback in front of each worker."""
+    path = make_model(arch="qwen35", weights="oracle", size="tiny", mtp_error_rate=0.25)
+    code = f"""
+    import mtpstream
+    m = mtpstream.load_model({str(path)!r}, rpc={[w.endpoint for w in workers]!r}, n_gpu_layers=4)
+    print("RELAYS", len(m.native.rpc_relays), m.rpc_loss)
+    """
+    for guard, relays in (("hooks", 0), ("relay", 2)):
+        proc = run_python(code, timeout=120, env={**ENV, "MTPSTREAM_RPC_GUARD": guard})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"RELAYS {relays} None" in proc.stdout, (guard, proc.stdout)
