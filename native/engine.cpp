@@ -37,6 +37,7 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> target,
         e->pick_rollback(copts);
     }
     if (!e->create_contexts(copts, status)) {
+        e->check_workers(status);  // a lost worker refused the contexts' buffers: say so
         return nullptr;
     }
     e->pool_ = std::make_unique<SequencePool>(e->n_seq_, copts.prompt_cache, copts.checkpoint_bytes,

@@ -117,5 +117,7 @@ case "$cmd" in
     setup) setup && fetch_llama_cpp_source ;;
     demo) setup && "$VENV/bin/mtpstream" demo "$@" ;;
     test) setup && fetch_llama_cpp_source && run_tests "$@" ;;
-    *) echo "usage: bash scripts/dev.sh {setup|demo|test} [args...]" >&2; exit 2 ;;
+    # llama-cpp-python alone, into $MTPSTREAM_VENV (the sanitizer job's venv uses it)
+    llama) [ -x "$PY" ] || python3 -m venv "$VENV"; install_llama_cpp_python ;;
+    *) echo "usage: bash scripts/dev.sh {setup|demo|test|llama} [args...]" >&2; exit 2 ;;
 esac

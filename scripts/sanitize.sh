@@ -6,8 +6,8 @@
 #   bash scripts/sanitize.sh -k hostile # pytest arguments pass through
 #
 # It uses its own virtualenv (.venv-asan) and build directory (build/asan), so the
-# normal build stays as it is; llama-cpp-python comes from pip's wheel cache when
-# scripts/dev.sh setup ran before (llama.cpp itself is not sanitized). Python leaks by
+# normal build stays as it is; llama-cpp-python comes from the wheel scripts/dev.sh
+# setup built (llama.cpp itself is not sanitized). Python leaks by
 # design at exit, so leak detection is off; any ASan or UBSan report fails the run.
 set -euo pipefail
 
@@ -19,9 +19,8 @@ if [ ! -x "$PY" ]; then
     python3 -m venv "$VENV"
 fi
 "$PY" -m pip install --quiet --upgrade pip
-if ! "$PY" -c "import importlib.metadata as m, sys; sys.exit(m.version('llama-cpp-python') != '0.3.36')" 2>/dev/null; then
-    "$PY" -m pip install --quiet "llama-cpp-python==0.3.36"
-fi
+# llama-cpp-python as scripts/dev.sh installs it (with the RPC backend, from its cached wheel)
+MTPSTREAM_VENV="$VENV" bash "$ROOT/scripts/dev.sh" llama
 "$PY" -m pip install --quiet "scikit-build-core>=0.10" "nanobind>=2.4"
 echo "==> building mtpstream with -fsanitize=address,undefined (build/asan)"
 "$PY" -m pip install --quiet --no-build-isolation -e "$ROOT[test]" \
