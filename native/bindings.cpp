@@ -221,7 +221,8 @@ NB_MODULE(_native, m) {
         .value("context_overflow", ErrorCode::context_overflow)
         .value("generation", ErrorCode::generation)
         .value("closed", ErrorCode::closed)
-        .value("busy", ErrorCode::busy);
+        .value("busy", ErrorCode::busy)
+        .value("worker_lost", ErrorCode::worker_lost);
     m.attr("LLAMA_DEFAULT_SEED") = static_cast<uint32_t>(LLAMA_DEFAULT_SEED);
 
     m.def("cpu_offers_amx_buffer", &cpu_offers_amx_buffer);
@@ -329,6 +330,7 @@ NB_MODULE(_native, m) {
         .def_prop_ro("stop", [](const Event & e) { return nb::bytes(e.stop.data(), e.stop.size()); })
         .def_ro("usage", &Event::usage)
         .def_ro("error", &Event::error)
+        .def_ro("error_code", &Event::error_code)
         .def_ro("logprobs", &Event::logprobs);
 
     bind_stats(m);

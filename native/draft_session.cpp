@@ -223,7 +223,7 @@ Status DraftSession::run_chain(Seq & s, llama_seq_id seq, int32_t n_past, llama_
     const std::string loss = dft_->worker_loss();
     if (!loss.empty()) {  // the chain ran on stand-in data
         reset_seq(seq);
-        return unusable(loss + "; the model is unusable: load it again");
+        return Status::error(ErrorCode::worker_lost, loss + "; the model is unusable: load it again");
     }
     if (rc != 0 || lane.state != ChainLane::State::drafting) {
         reset_seq(seq);

@@ -64,7 +64,7 @@ std::string Engine::worker_loss() const {
 bool Engine::check_workers(Status & status) const {
     const std::string loss = worker_loss();
     if (!loss.empty()) {
-        status = Status::error(ErrorCode::generation, loss);
+        status = Status::error(ErrorCode::worker_lost, loss);
     }
     return loss.empty();
 }

@@ -165,7 +165,7 @@ private:
     // `sampled`: the token's index among those sampled since g.logprobs was cleared
     void emit_token(Job & job, llama_token tok, bool & ended, size_t sampled);
     void finish(Job & job, EventKind kind, const std::string & reason, llama_token tok,
-                const std::string & error = "");
+                const std::string & error = "", ErrorCode error_code = ErrorCode::generation);
     // End the job with an error event.
     void fail(Job & job, const std::string & message);
     // End the job after a failed decode: cancelled if it was (the decode was

@@ -56,7 +56,7 @@ Usage Engine::usage(const Generation & g) const {
 }
 
 void Engine::finish(Job & job, EventKind kind, const std::string & reason, llama_token tok,
-                    const std::string & error) {
+                    const std::string & error, ErrorCode error_code) {
     Generation & g = job.generation();
     if (g.phase == Generation::Phase::finished) {
         return;
@@ -66,6 +66,7 @@ void Engine::finish(Job & job, EventKind kind, const std::string & reason, llama
     ev.token = tok;
     ev.finish_reason = reason;
     ev.error = error;
+    ev.error_code = kind == EventKind::error ? error_code : ErrorCode::ok;
     if (kind == EventKind::done || kind == EventKind::eog) {
         ev.text = g.text.flush();
         ev.stop = g.text.matched();
@@ -82,7 +83,8 @@ void Engine::finish(Job & job, EventKind kind, const std::string & reason, llama
 void Engine::fail(Job & job, const std::string & message) {
     // once an RPC worker is lost, every failure is that loss (a decode on stand-in data)
     const std::string loss = worker_loss();
-    finish(job, EventKind::error, "", -1, loss.empty() ? message : loss);
+    finish(job, EventKind::error, "", -1, loss.empty() ? message : loss,
+           loss.empty() ? ErrorCode::generation : ErrorCode::worker_lost);
 }
 
 void Engine::fail_decode(Job & job, int32_t rc, const char * which) {

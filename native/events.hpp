@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "status.hpp"
+
 namespace mtpstream {
 
 enum class EventKind : int {
@@ -40,6 +42,7 @@ struct Event {
     std::string stop;           // done with "stop": the stop string that matched
     Usage usage;
     std::string error;
+    ErrorCode error_code = ErrorCode::ok;  // error: generation, or worker_lost
     // token events of a call that asked for logprobs: [the emitted token, its top
     // alternatives, most likely first]; empty otherwise
     std::vector<TokenProb> logprobs;

@@ -17,6 +17,7 @@ enum class ErrorCode : int {
     generation = 6,        // decoding failed mid-generation (GenerationError)
     closed = 7,            // the session or model was closed (SessionClosedError)
     busy = 8,              // the session already has work and wait=False (SessionBusyError)
+    worker_lost = 9,       // an RPC worker holding part of the model was lost (WorkerLostError)
 };
 
 struct Status {

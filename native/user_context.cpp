@@ -141,7 +141,7 @@ Status UserContext::decode(Batch & batch) {
     const int32_t rc = llama_decode(ctx_.get(), batch.view(false));
     const std::string loss = worker_loss();
     if (!loss.empty()) {  // the decode ran on stand-in data
-        return Status::error(ErrorCode::generation, loss + "; the model is unusable: load it again");
+        return Status::error(ErrorCode::worker_lost, loss + "; the model is unusable: load it again");
     }
     if (rc != 0) {
         return Status::error(ErrorCode::generation,

@@ -16,10 +16,13 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 import mtpstream
@@ -383,8 +386,8 @@ def test_worker_killed_mid_stream_ends_the_calls_with_typed_errors(guard: str) -
                 client.wait()
     assert client.returncode == 0, f"client exit {client.returncode}: {err[-3000:]}"
     lost = f"lost the RPC worker {ws[1].endpoint}"
-    for key in ("0", "1", "2", "3", "after"):
-        assert outcomes[key].startswith("GenerationError: ") and lost in outcomes[key], outcomes
+    for key in ("0", "1", "2", "3", "after"):  # WorkerLostError is a GenerationError
+        assert outcomes[key].startswith("WorkerLostError: ") and lost in outcomes[key], outcomes
     assert ws[0].endpoint not in outcomes["0"], outcomes  # only the lost worker is named
     assert lost in outcomes["rpc_loss"], outcomes
     assert outcomes["seconds"] < 30, outcomes
@@ -410,6 +413,47 @@ def test_serve_with_rpc_answers_as_the_local_model(workers: list[RpcWorker]) -> 
             assert server.stop() == 0
     assert answers[1] == answers[0]
     assert answers[0][1]["drafts_accepted"] > 0
+
+
+@pytest.mark.slow
+def test_serve_with_rpc_answers_503_once_a_worker_is_lost() -> None:
+    """The server of a model split over two workers, one of them killed: the next
+    request gets an OpenAI-shaped 503 (code rpc_worker_lost) naming the worker, /health
+    turns 503 with the loss, and the server process stays up and answers."""
+    from test_server import KEY, MESSAGES, Server
+
+    path = make_model(arch="qwen35", weights="oracle", size="tiny", mtp_error_rate=0.25)
+    with rpc_workers(2, threads=1) as ws:
+        extra = (
+            "--rpc",
+            ",".join(w.endpoint for w in ws),
+            "-ngl",
+            "4",
+            "--api-key",
+            KEY,
+            "--model-alias",
+            "tiny",
+        )
+        server = Server(path, *extra)
+        try:
+            client = server.client()
+            client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8)  # type: ignore[arg-type]
+            ws[1].kill()
+            with pytest.raises(openai.APIStatusError) as caught:
+                client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8)  # type: ignore[arg-type]
+            assert caught.value.status_code == 503
+            body = caught.value.body
+            assert isinstance(body, dict) and body.get("code") == "rpc_worker_lost", body
+            assert f"lost the RPC worker {ws[1].endpoint}" in str(body.get("message")), body
+            try:
+                urllib.request.urlopen(server.url + "/health", timeout=5)
+                raise AssertionError("/health answered 200 after the loss")
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 503
+                assert json.loads(exc.read())["status"] == "rpc worker lost"
+            assert server.proc.poll() is None
+        finally:
+            assert server.stop() == 0
 
 
 @pytest.mark.slow

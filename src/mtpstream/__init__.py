@@ -29,6 +29,7 @@ from .errors import (
     NoMTPHeadError,
     SessionBusyError,
     SessionClosedError,
+    WorkerLostError,
 )
 from .events import DoneEvent, EogEvent, Event, StatsEvent, TokenEvent, TokenLogprob
 from .model import Model, cpu_offers_amx_buffer, load_model
@@ -70,6 +71,7 @@ __all__ = [
     "ToolCall",
     "ToolCallDelta",
     "Usage",
+    "WorkerLostError",
     "__version__",
     "cpu_offers_amx_buffer",
     "init",

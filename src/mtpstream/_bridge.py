@@ -45,6 +45,7 @@ _ERRORS: dict[_native.ErrorCode, type[MTPError]] = {
     ErrorCode.generation: errors.GenerationError,
     ErrorCode.closed: errors.SessionClosedError,
     ErrorCode.busy: errors.SessionBusyError,
+    ErrorCode.worker_lost: errors.WorkerLostError,
 }
 
 
@@ -358,7 +359,8 @@ def event(ev: _native.Event, stats_now: Callable[[], MTPStats]) -> Event:
         # only reachable if someone else cancelled this job (e.g. session.close())
         raise SessionClosedError("the generation was cancelled because the session was closed")
     if kind == EventKind.error:
-        raise GenerationError(ev.error or "generation failed")
+        lost = ev.error_code == ErrorCode.worker_lost
+        raise (errors.WorkerLostError if lost else GenerationError)(ev.error or "generation failed")
     if kind == EventKind.eog:
         return EogEvent(stats_now(), usage(ev.usage), ev.token, ev.text.decode("utf-8"))
     stop = ev.stop.decode("utf-8", "replace") if ev.finish_reason == "stop" else None

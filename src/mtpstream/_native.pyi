@@ -23,6 +23,7 @@ class ErrorCode(enum.Enum):
     generation = 6
     closed = 7
     busy = 8
+    worker_lost = 9
 
 def begin_exit(timeout_s: float) -> bool: ...
 def cpu_offers_amx_buffer() -> bool: ...
@@ -116,6 +117,7 @@ class Event:
     stop: bytes
     usage: Usage
     error: str
+    error_code: ErrorCode
     logprobs: list[TokenProb]
 
 class StatsSnapshot:  # one attribute per STATS_FIELDS entry, in its order

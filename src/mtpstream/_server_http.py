@@ -26,6 +26,7 @@ from .errors import (
     MTPError,
     SessionBusyError,
     SessionClosedError,
+    WorkerLostError,
 )
 from .server_limits import ServerLimits, host_name
 
@@ -90,6 +91,8 @@ def mapped(exc: BaseException) -> HTTPError:
             "timeout",
             "timeout",
         )
+    if isinstance(exc, WorkerLostError):  # the server cannot serve until restarted
+        return HTTPError(503, str(exc), "server_error", None, "rpc_worker_lost")
     if isinstance(exc, GrammarCostError):  # the request's grammar, not the server
         return HTTPError(400, str(exc), "invalid_request_error", exc.field, "grammar_too_costly")
     if isinstance(exc, (GenerationError, MTPError)):

@@ -43,6 +43,13 @@ class GenerationError(MTPError):
     """llama.cpp failed while generating; the session stays usable."""
 
 
+class WorkerLostError(GenerationError):
+    """An RPC worker holding part of the model was lost (its connection reset or
+    closed, or it went silent): the calls that ran on it end with this error, which
+    names it and why, and so does every later call on the model (``Model.rpc_loss``).
+    Its share of the weights went with it: load the model again once it is back."""
+
+
 class GrammarCostError(GenerationError):
     """A call's grammar was too costly while generating: one of its steps ran over
     ``grammar_step_budget`` (CPU time), or did not finish and had the grammar host

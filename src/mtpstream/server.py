@@ -129,6 +129,9 @@ if FastAPI is not None:
             return JSONResponse({"status": "closed"}, status_code=503)
         if state.lifecycle.draining:
             return JSONResponse({"status": "shutting down"}, status_code=503)
+        loss = state.mtp.model.rpc_loss if not state.mtp.model.closed else None
+        if loss:  # the model lost an RPC worker: restart the server once the worker is back
+            return JSONResponse({"status": "rpc worker lost", "error": loss}, status_code=503)
         return {"status": "ok"}
 
     @router.get("/metrics")
