@@ -45,7 +45,7 @@ bool place_layers(const ModelLoadOptions & opts, llama_model_params & params, st
                   std::vector<float> & split, std::vector<WorkerWatch> & watches,
                   std::vector<std::shared_ptr<RpcRelay>> & relays, Status & status) {
     if (!opts.rpc.empty()) {
-        devices = rpc_devices(opts.rpc, watches, relays, status);
+        devices = rpc_devices(opts.rpc, opts.rpc_timeout_ms, watches, relays, status);
         if (devices.empty()) {
             return false;
         }

@@ -33,6 +33,8 @@ struct ModelLoadOptions {
     // the share of the offloaded layers per device (llama_model_params.tensor_split);
     // empty: llama.cpp's default (by free memory)
     std::vector<float> tensor_split;
+    // how long an RPC worker's reply may take before the worker counts as lost
+    int rpc_timeout_ms = WorkerLink::kReplyTimeoutMs;
 };
 
 // Whether this llama.cpp build and this CPU give the CPU backend ggml's AMX weight

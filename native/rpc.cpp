@@ -52,7 +52,7 @@ bool rpc_available() { return ggml_backend_reg_by_name("RPC") != nullptr; }
 
 int rpc_protocol_major() { return RPC_PROTO_MAJOR_VERSION; }
 
-std::vector<ggml_backend_dev_t> rpc_devices(const std::vector<std::string> & endpoints,
+std::vector<ggml_backend_dev_t> rpc_devices(const std::vector<std::string> & endpoints, int reply_timeout_ms,
                                             std::vector<WorkerWatch> & watches,
                                             std::vector<std::shared_ptr<RpcRelay>> & relays, Status & status) {
     auto add = reinterpret_cast<add_server_fn>(rpc_proc("ggml_backend_rpc_add_server", status));
@@ -68,12 +68,14 @@ std::vector<ggml_backend_dev_t> rpc_devices(const std::vector<std::string> & end
     watches.clear();
     relays.clear();
     for (const std::string & endpoint : endpoints) {
-        std::shared_ptr<RpcRelay> relay = relayed ? RpcRelay::for_worker(endpoint, status) : nullptr;
+        std::shared_ptr<RpcRelay> relay = relayed ? RpcRelay::for_worker(endpoint, reply_timeout_ms, status) : nullptr;
         if (relayed && relay == nullptr) {
             return {};
         }
         if (relay != nullptr) {
             relays.push_back(relay);
+        } else if (hooked) {
+            set_hooked_reply_timeout(endpoint, reply_timeout_ms);
         }
         watches.push_back({endpoint, relay != nullptr ? relay->link() : nullptr});
         ggml_backend_reg_t reg = add(relay != nullptr ? relay->endpoint().c_str() : endpoint.c_str());

@@ -27,9 +27,10 @@ int rpc_protocol_major();
 // with the socket hooks) and `relays` the relays in use. MTPSTREAM_RPC_GUARD chooses
 // the means: "hooks" (the default; the relay where they cannot be installed), "relay",
 // or "off" (ggml's client on its own: a lost worker ends the process; for measuring
-// the guard). ggml's client aborts the process when it cannot connect, so the caller
+// the guard). A reply that takes longer than `reply_timeout_ms` counts its worker as
+// lost (a connection opened for an earlier model keeps that model's value). ggml's client aborts the process when it cannot connect, so the caller
 // checks that every endpoint answers first. On failure: empty, `status` filled.
-std::vector<ggml_backend_dev_t> rpc_devices(const std::vector<std::string> & endpoints,
+std::vector<ggml_backend_dev_t> rpc_devices(const std::vector<std::string> & endpoints, int reply_timeout_ms,
                                             std::vector<WorkerWatch> & watches,
                                             std::vector<std::shared_ptr<RpcRelay>> & relays, Status & status);
 

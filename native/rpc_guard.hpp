@@ -37,6 +37,10 @@ public:
     static constexpr int kUserTimeoutMs = 30000;
     // Those socket options on a connected socket to a worker.
     static void watch_socket(int fd);
+    // Waits up to `ms` for `fd` to have data (or an error or hang-up); false on timeout.
+    static bool wait_readable(int fd, int ms);
+    // The default of load_model's rpc_timeout: how long a reply may take.
+    static constexpr int kReplyTimeoutMs = 300000;
 
 private:
     std::atomic<bool> lost_{false};
@@ -50,6 +54,9 @@ struct WorkerWatch {
     std::shared_ptr<WorkerLink> link;
 };
 
+// "no answer to CMD within S s": why a worker that stopped answering counts as lost.
+std::string no_answer(const std::string & cmd, int timeout_ms);
+
 // "lost the RPC worker A (why), B (why)" for the watches whose link is lost; "" if none.
 std::string describe_losses(const std::vector<WorkerWatch> & watches);
 bool any_lost(const std::vector<WorkerWatch> & watches);
@@ -60,5 +67,9 @@ bool install_socket_hooks(std::string & why_not);
 
 // The hooked connection ggml's client has open to `endpoint` ("host:port"), or null.
 std::shared_ptr<WorkerLink> hooked_link(const std::string & endpoint);
+
+// How long the replies of the next hooked connection to `endpoint` may take before
+// its worker counts as lost (a worker alive but stopped still acknowledges data).
+void set_hooked_reply_timeout(const std::string & endpoint, int ms);
 
 }  // namespace mtpstream

@@ -24,12 +24,14 @@ namespace {
 class HookedLink : public WorkerLink {
 public:
     rpc::Exchange exchange;  // used by the client's dispatcher thread only
+    int reply_timeout_ms = kReplyTimeoutMs;
 };
 
 struct Hooks {
     std::mutex mutex;
     std::unordered_map<int, std::shared_ptr<HookedLink>> by_fd;
     std::unordered_map<std::string, std::shared_ptr<HookedLink>> by_addr;  // the latest per "ip:port"
+    std::unordered_map<std::string, int> reply_timeout_ms;                 // per "ip:port"
     bool tried = false;
     bool installed = false;
     std::string why_not;
@@ -74,6 +76,10 @@ ssize_t hooked_recv(int fd, void * out, size_t n, int flags) {
         return recv(fd, out, n, flags);
     }
     auto * bytes = static_cast<uint8_t *>(out);
+    if (!link->lost() && !WorkerLink::wait_readable(fd, link->reply_timeout_ms)) {
+        link->mark_lost(no_answer(link->exchange.awaited(), link->reply_timeout_ms));
+        shutdown(fd, SHUT_RDWR);  // a worker that comes back is free for its next client
+    }
     if (!link->lost()) {
         ssize_t got = 0;
         do {
@@ -106,10 +112,15 @@ int hooked_connect(int fd, const sockaddr * addr, socklen_t len) {
     } else {
         WorkerLink::watch_socket(fd);
     }
+    const std::string where = address_text(*reinterpret_cast<const sockaddr_in *>(addr));
     Hooks & h = hooks();
     std::lock_guard<std::mutex> lock(h.mutex);
+    auto timeout = h.reply_timeout_ms.find(where);
+    if (timeout != h.reply_timeout_ms.end()) {
+        link->reply_timeout_ms = timeout->second;
+    }
     h.by_fd[fd] = link;
-    h.by_addr[address_text(*reinterpret_cast<const sockaddr_in *>(addr))] = link;
+    h.by_addr[where] = link;
     return rc;
 }
 
@@ -252,25 +263,38 @@ bool install_socket_hooks(std::string & why_not) {
     return h.installed;
 }
 
-std::shared_ptr<WorkerLink> hooked_link(const std::string & endpoint) {
+// "ip:port" of `endpoint` as ggml's client resolves it (IPv4), or "".
+static std::string resolved(const std::string & endpoint) {
     const size_t colon = endpoint.rfind(':');
     if (colon == std::string::npos) {
-        return nullptr;
+        return "";
     }
     addrinfo hints{};
-    hints.ai_family = AF_INET;  // as ggml's client resolves
+    hints.ai_family = AF_INET;
     hints.ai_socktype = SOCK_STREAM;
     addrinfo * found = nullptr;
     if (getaddrinfo(endpoint.substr(0, colon).c_str(), endpoint.substr(colon + 1).c_str(), &hints, &found) != 0 ||
         found == nullptr) {
-        return nullptr;
+        return "";
     }
     const std::string addr = address_text(*reinterpret_cast<const sockaddr_in *>(found->ai_addr));
     freeaddrinfo(found);
+    return addr;
+}
+
+std::shared_ptr<WorkerLink> hooked_link(const std::string & endpoint) {
+    const std::string addr = resolved(endpoint);
     Hooks & h = hooks();
     std::lock_guard<std::mutex> lock(h.mutex);
     auto it = h.by_addr.find(addr);
     return it == h.by_addr.end() ? nullptr : it->second;
+}
+
+void set_hooked_reply_timeout(const std::string & endpoint, int ms) {
+    const std::string addr = resolved(endpoint);
+    Hooks & h = hooks();
+    std::lock_guard<std::mutex> lock(h.mutex);
+    h.reply_timeout_ms[addr] = ms;
 }
 
 }  // namespace mtpstream

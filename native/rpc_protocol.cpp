@@ -144,6 +144,8 @@ void Exchange::received(const uint8_t * data, size_t n) {
     }
 }
 
+std::string Exchange::awaited() const { return pending_.empty() ? "a reply" : cmd_name(pending_.front().cmd); }
+
 size_t Exchange::stand_in_reply(uint8_t * out, size_t n) {
     if (pending_.empty()) {
         return 0;

@@ -64,6 +64,8 @@ public:
     // Stand-in bytes for the reply the client waits for, up to `n`, into `out`; 0 when
     // the client waits for no reply.
     size_t stand_in_reply(uint8_t * out, size_t n);
+    // The name of the command whose reply the client waits for ("a reply" if none).
+    std::string awaited() const;
 
 private:
     struct Pending {

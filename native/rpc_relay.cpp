@@ -155,7 +155,8 @@ Registry & registry() {
 // for it once it is lost.
 class Link {
 public:
-    Link(int client, int upstream, WorkerLink & link) : client_(client), upstream_(upstream), link_(link), buf_(kChunk + 16) {}
+    Link(int client, int upstream, WorkerLink & link, int reply_timeout_ms)
+        : client_(client), upstream_(upstream), link_(link), reply_timeout_ms_(reply_timeout_ms), buf_(kChunk + 16) {}
     ~Link() {
         if (upstream_ >= 0) {
             close(upstream_);
@@ -185,6 +186,7 @@ private:
     const int client_;
     int upstream_;
     WorkerLink & link_;
+    const int reply_timeout_ms_;
     std::vector<uint8_t> buf_;
     rpc::LastReplies last_reply_;
 };
@@ -226,6 +228,9 @@ bool Link::request() {
 
 bool Link::reply(Cmd cmd, int64_t size) {
     const uint64_t total = static_cast<uint64_t>(size);
+    if (live() && !WorkerLink::wait_readable(upstream_, reply_timeout_ms_)) {
+        fail(no_answer(rpc::cmd_name(cmd), reply_timeout_ms_));
+    }
     if (live()) {
         uint64_t got = 0;
         if (!read_full(upstream_, reinterpret_cast<uint8_t *>(&got), sizeof(got))) {
@@ -266,11 +271,12 @@ bool Link::reply(Cmd cmd, int64_t size) {
 
 }  // namespace
 
-std::shared_ptr<RpcRelay> RpcRelay::for_worker(const std::string & worker, Status & status) {
+std::shared_ptr<RpcRelay> RpcRelay::for_worker(const std::string & worker, int reply_timeout_ms, Status & status) {
     Registry & r = registry();
     std::lock_guard<std::mutex> lock(r.mutex);
     auto it = r.current.find(worker);
     if (it != r.current.end() && !it->second->lost()) {
+        it->second->reply_timeout_ms_.store(reply_timeout_ms);
         return it->second;
     }
     uint16_t port = 0;
@@ -281,6 +287,7 @@ std::shared_ptr<RpcRelay> RpcRelay::for_worker(const std::string & worker, Statu
         return nullptr;
     }
     std::shared_ptr<RpcRelay> relay(new RpcRelay(worker, fd, port));
+    relay->reply_timeout_ms_.store(reply_timeout_ms);
     r.current[worker] = relay;
     std::thread([relay] { relay->run(); }).detach();
     return relay;
@@ -310,7 +317,7 @@ void RpcRelay::serve(int client) {
     if (upstream < 0 && !lost()) {
         link_->mark_lost(error);
     }
-    Link(client, upstream, *link_).run();
+    Link(client, upstream, *link_, reply_timeout_ms_.load()).run();
 }
 
 }  // namespace mtpstream

@@ -3,6 +3,7 @@
 // to the worker and back; once the worker is lost it answers the client itself.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -19,7 +20,9 @@ public:
     // used (ggml keeps each endpoint it was given for the life of the process).
     // Relays are never destroyed: ggml may reconnect to an endpoint for as long as any
     // buffer on it lives. On failure nullptr, `status` filled.
-    static std::shared_ptr<RpcRelay> for_worker(const std::string & worker, Status & status);
+    // Replies may take `reply_timeout_ms` (the latest load's value) before the worker
+    // counts as lost.
+    static std::shared_ptr<RpcRelay> for_worker(const std::string & worker, int reply_timeout_ms, Status & status);
 
     RpcRelay(const RpcRelay &) = delete;
     RpcRelay & operator=(const RpcRelay &) = delete;
@@ -40,6 +43,7 @@ private:
     const int listen_fd_;
     const std::string endpoint_;
     const std::shared_ptr<WorkerLink> link_ = std::make_shared<WorkerLink>();
+    std::atomic<int> reply_timeout_ms_{WorkerLink::kReplyTimeoutMs};
 };
 
 }  // namespace mtpstream

@@ -193,6 +193,64 @@ def test_unreachable_worker_fails_the_load_in_bounded_time(workers: list[RpcWork
     assert "ERROR" in proc.stdout and dead in proc.stdout, proc.stdout
 
 
+# The client of the stopped-worker test: one stream on the split model; it prints
+# STREAMING at its first token (the test then stops worker 1), then the outcome.
+STOP_SCRIPT = """
+import sys, time
+import anyio
+import mtpstream
+from conftest import EXACT
+
+path, endpoints = sys.argv[1], sys.argv[2].split(",")
+model = mtpstream.load_model(path, rpc=endpoints, n_gpu_layers=4, rpc_timeout=2)
+
+async def main():
+    with mtpstream.init(model, n_draft=3, n_ctx=4096, **EXACT) as mtp:
+        t = None
+        try:
+            async for ev in mtp.stream_events("the river and the road", max_tokens=100000):
+                if t is None:
+                    print("STREAMING", flush=True)
+                    t = time.monotonic()
+            print("OUTCOME finished", flush=True)
+        except mtpstream.MTPError as exc:
+            print("OUTCOME", round(time.monotonic() - t, 1), type(exc).__name__, exc, flush=True)
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("guard", ["hooks", "relay"])
+def test_a_stopped_worker_counts_as_lost_after_rpc_timeout(guard: str) -> None:
+    """SIGSTOP a worker mid-stream (its kernel still acknowledges data, so only the
+    reply deadline can tell): the call ends with WorkerLostError naming the worker and
+    rpc_timeout within seconds, instead of waiting for good."""
+    path = make_model(arch="qwen35", weights="oracle", size="tiny", mtp_error_rate=0.25)
+    with rpc_workers(2, threads=1) as ws:
+        assert ws[1].proc is not None
+        client = subprocess.Popen(
+            [sys.executable, "-c", _script(STOP_SCRIPT, str(path), ",".join(w.endpoint for w in ws))],
+            cwd=str(Path(__file__).parent),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **ENV, "MTPSTREAM_RPC_GUARD": guard},
+        )
+        assert client.stdout is not None
+        try:
+            assert _line_starting(client.stdout, "STREAMING", 120), "the stream never started"
+            os.kill(ws[1].proc.pid, signal.SIGSTOP)
+            line = _line_starting(client.stdout, "OUTCOME", 60)  # the watchdog: no hang
+        finally:
+            os.kill(ws[1].proc.pid, signal.SIGCONT)
+            if client.poll() is None:
+                client.send_signal(signal.SIGKILL)
+            client.wait()
+    assert "WorkerLostError" in line and ws[1].endpoint in line and "rpc_timeout" in line, line
+    assert float(line.split()[1]) < 15, line
+
+
 @pytest.mark.slow
 def test_worker_killed_during_the_load_fails_it_and_the_process_lives_on() -> None:
     """SIGKILL a worker while the weights are being sent to it (from load_model's
@@ -254,6 +312,10 @@ def test_bad_endpoints_are_option_errors() -> None:
     with pytest.raises(mtpstream.InvalidOptionError) as info:
         mtpstream.load_model(path, rpc="127.0.0.1:1", tensor_split=[1, -1])
     assert info.value.field == "tensor_split"
+    for timeout in (0, -1, float("nan"), float("inf"), True, "5"):
+        with pytest.raises(mtpstream.InvalidOptionError) as info:
+            mtpstream.load_model(path, rpc="127.0.0.1:1", rpc_timeout=timeout)  # type: ignore[arg-type]
+        assert info.value.field == "rpc_timeout"
 
 
 def test_a_build_without_rpc_names_the_build_option(monkeypatch: pytest.MonkeyPatch) -> None:

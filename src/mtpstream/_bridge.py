@@ -79,6 +79,7 @@ def load_model(
     arch: str,
     rpc: Sequence[str] = (),
     tensor_split: Sequence[float] = (),
+    rpc_timeout: float = 300.0,
 ) -> _native.Model:
     """A native model; every failure a :class:`ModelLoadError` naming the architecture.
     ``n_cpu_moe``: the blocks whose MoE experts stay in CPU memory (-1: all); ``rpc``:
@@ -86,7 +87,16 @@ def load_model(
     _logging.sync_level()
     try:
         native = _native.Model.load(
-            path, n_gpu_layers, load_mtp, use_mmap, repack, n_cpu_moe, progress, list(rpc), list(tensor_split)
+            path,
+            n_gpu_layers,
+            load_mtp,
+            use_mmap,
+            repack,
+            n_cpu_moe,
+            progress,
+            list(rpc),
+            list(tensor_split),
+            rpc_timeout,
         )
     except _native.NativeError as exc:
         raise ModelLoadError(str(error(exc, suffix=f" [architecture '{arch}']"))) from None

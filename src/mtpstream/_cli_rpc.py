@@ -117,13 +117,19 @@ def add_rpc_args(p: argparse.ArgumentParser) -> None:
         "-ts", "--tensor-split", default=None, metavar="N0,N1,...",
         help="shares of the offloaded layers per device: the --rpc workers, then local GPUs",
     )  # fmt: skip
+    p.add_argument(
+        "--rpc-timeout", type=float, default=None, metavar="SECONDS",
+        help="a worker that has not replied for this long counts as lost (default 300)",
+    )  # fmt: skip
 
 
 def rpc_load_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``rpc`` and ``tensor_split`` keywords of ``load_model`` from the flags."""
+    """The ``rpc``, ``rpc_timeout`` and ``tensor_split`` keywords of ``load_model`` from the flags."""
     out: dict[str, Any] = {}
     if getattr(args, "rpc", None):
         out["rpc"] = args.rpc
+        if getattr(args, "rpc_timeout", None) is not None:
+            out["rpc_timeout"] = args.rpc_timeout
     split = getattr(args, "tensor_split", None)
     if split:
         try:

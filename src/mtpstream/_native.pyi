@@ -52,6 +52,7 @@ class Model:
         progress: Callable[[float], object] | None,
         rpc: list[str],
         tensor_split: list[float],
+        rpc_timeout: float,
     ) -> Model: ...
     path: str
     load_mtp: bool

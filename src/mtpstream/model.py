@@ -373,6 +373,7 @@ def load_model(
     progress: Callable[[float], object] | None = None,
     rpc: str | Sequence[str] | None = None,
     tensor_split: Sequence[float] | None = None,
+    rpc_timeout: float = 300.0,
 ) -> Model:
     """Load a GGUF model, with its MTP (NextN) layers unless ``load_mtp=False``.
 
@@ -403,18 +404,23 @@ def load_model(
     (default: by each device's free memory). The MTP head's layers and the draft
     context go where llama.cpp puts them, like the rest. A worker is checked before
     llama.cpp sees it, so an unreachable one fails the load in bounded time
-    (``_rpc.CONNECT_TIMEOUT_S`` per worker) instead of ending the process; a worker
-    lost later still ends it (llama.cpp's RPC client aborts: README, "Over several
-    machines"). The RPC protocol has no authentication: use workers on a trusted
-    network only.
+    (``_rpc.CONNECT_TIMEOUT_S`` per worker) instead of ending the process. A worker
+    lost later (its connection reset or closed, no reply within ``rpc_timeout``
+    seconds, or a silent host) ends the calls that ran on it with
+    :class:`WorkerLostError`, not the process (README, "Over several machines"); the
+    model is unusable from then on (:attr:`Model.rpc_loss`). ``rpc_timeout`` must
+    cover the longest graph a worker computes (a prompt chunk of ``n_batch`` tokens);
+    a connection to a worker that an earlier model opened keeps that model's value.
+    The RPC protocol has no authentication: use workers on a trusted network only.
 
     Raises:
         ModelLoadError: the file is missing, not a GGUF, truncated, or llama.cpp cannot load it;
-            an RPC worker is unreachable (naming it), or this llama.cpp build has no RPC
-            backend (naming ``-DGGML_RPC=on``).
+            an RPC worker is unreachable or lost during the load (naming it), or this llama.cpp
+            build has no RPC backend (naming ``-DGGML_RPC=on``).
         InvalidOptionError: ``n_cpu_moe`` is not a count >= 0 or ``"all"`` (``field="n_cpu_moe"``);
             ``rpc`` is not a list of ``host:port`` (``field="rpc"``); ``tensor_split`` is not a
-            list of numbers >= 0 (``field="tensor_split"``).
+            list of numbers >= 0 (``field="tensor_split"``); ``rpc_timeout`` is not a number of
+            seconds from 0.1 to 86400 (``field="rpc_timeout"``).
         TypeError: ``n_gpu_layers``, ``use_mmap`` or ``repack`` of the wrong type.
     """
     if n_gpu_layers is not None and (isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int)):
@@ -426,6 +432,15 @@ def load_model(
     _check_n_cpu_moe(n_cpu_moe)
     endpoints = _rpc.parse_endpoints(rpc) if rpc is not None else ()
     split = _check_tensor_split(tensor_split)
+    if (
+        isinstance(rpc_timeout, bool)
+        or not isinstance(rpc_timeout, (int, float))
+        or not 0.1 <= rpc_timeout <= 86400
+    ):
+        raise InvalidOptionError(
+            f"rpc_timeout must be a number of seconds from 0.1 to 86400 (got {rpc_timeout!r})",
+            field="rpc_timeout",
+        )
     p = Path(os.fspath(path)).expanduser()
     info = _inspect_file(p)
     if endpoints:
@@ -435,7 +450,17 @@ def load_model(
     # one override pattern per block at most (llama.cpp takes up to 4096)
     n_cpu = -1 if n_cpu_moe == "all" else min(int(n_cpu_moe), max(info.block_count, 1))
     native = _bridge.load_model(
-        str(p), n_gpu_layers, bool(load_mtp), mmap, repack, n_cpu, progress, info.arch, endpoints, split
+        str(p),
+        n_gpu_layers,
+        bool(load_mtp),
+        mmap,
+        repack,
+        n_cpu,
+        progress,
+        info.arch,
+        endpoints,
+        split,
+        rpc_timeout,
     )
     return Model(native, info, p, mmap, (n_gpu_layers, n_cpu_moe), endpoints)
 
