@@ -1,0 +1,279 @@
+"""What one decode iteration costs on the wire, per RPC command: ours (plain and
+n_draft MTP) against llama-server --rpc (plain and --spec-type draft-mtp), counted
+by a relay in front of each of two loopback workers (``scripts/rpc_relay.py``).
+
+Same model (bench-size synthetic qwen35, all layers offloaded: main / worker 1 /
+worker 2), same prompt, greedy, same token count. Each side runs a warm-up
+generation, one of half the tokens (the base) and the measured one; the
+per-iteration figures are (measured - base) / (its iterations - the base's), so
+prefill, session setup and what happens at a generation's start and end cancel out
+(llama-server runs with ``--cache-ram 0``: its slot cache saves the previous task's
+whole state, megabytes of GET_TENSOR growing with that task's length, when a task starts). Iterations: ours from
+``mtp.stats().iters``; llama-server's are its target decodes after the first token,
+``predicted_n - 1 - draft_n_accepted``.
+
+    .venv/bin/python scripts/rpc_traffic.py [--tokens 64] [--n-draft 3] [--no-upstream]
+        [--only ours|upstream] [--log 60] [--label before]
+
+Prints one table per side (per iteration: count, request bytes, response bytes,
+round trips, per worker), a summary, and writes
+benchmarks/results/rpc-traffic-<time>[-label].json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import gc
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+from rpc_relay import LogEntry, Relay, Tally, diff, wait_quiet
+
+import mtpstream
+from mtpstream.bench import upstream
+from mtpstream.testing import make_model, rpc_workers
+
+PROMPT = "The quiet river carried"
+N_CTX = 1024
+
+Counts = list[dict[str, Tally]]  # per worker
+
+
+def _snap(relays: list[Relay]) -> Counts:
+    wait_quiet(relays)
+    return [r.snapshot() for r in relays]
+
+
+def _delta(a: Counts, b: Counts) -> Counts:
+    return [diff(x, y) for x, y in zip(a, b, strict=True)]
+
+
+def _per_iter(meas: Counts, base: Counts, iters: int) -> list[dict[str, dict[str, float]]]:
+    """(measured - base) per iteration, per worker and command."""
+    out = []
+    for m, b in zip(meas, base, strict=True):
+        w: dict[str, dict[str, float]] = {}
+        for cmd in sorted(set(m) | set(b)):
+            t = m.get(cmd, Tally()).minus(b.get(cmd, Tally()))
+            if t.count or t.round_trips:
+                w[cmd] = {k: round(v / iters, 2) for k, v in vars(t).items()}
+        out.append(w)
+    return out
+
+
+def _measured(
+    relays: list[Relay], run: Callable[[int], tuple[int, dict[str, Any]]], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Warm-up, a run of half the tokens (the base) and the measured run; ``run(n)``
+    generates n tokens and returns (iterations, facts)."""
+    run(args.tokens)
+    s0 = _snap(relays)
+    it_base, _ = run(args.tokens // 2)
+    s1 = _snap(relays)
+    for r in relays:
+        r.start_log()
+    it_meas, facts = run(args.tokens)
+    s2 = _snap(relays)
+    logs = sorted((e for r in relays for e in r.take_log()), key=lambda e: e.t_ns)
+    base, meas = _delta(s1, s0), _delta(s2, s1)
+    iters = it_meas - it_base
+    return {
+        "iterations": iters,
+        "iterations_base_run": it_base,
+        "tokens_base_run": args.tokens // 2,
+        **facts,
+        "per_iteration": _per_iter(meas, base, iters),
+        "base_run_totals": [{k: vars(v) for k, v in w.items()} for w in base],
+        "log_middle": [_log_row(e) for e in _window(logs, args.log, args.log_start)],
+    }
+
+
+def _window(logs: list[LogEntry], n: int, start: str) -> list[LogEntry]:
+    """``n`` commands from the middle of ``logs``, from the first whose detail holds
+    ``start`` (an iteration's first command: the target's input to worker 1)."""
+    mid = len(logs) // 2
+    at = next((i for i in range(mid, len(logs)) if start in logs[i].detail), mid)
+    return logs[at : at + n]
+
+
+def _log_row(e: LogEntry) -> str:
+    rsp = f" -> {e.response_bytes} B" if e.response_bytes else ""
+    return f"w{e.worker + 1} {e.cmd:<16} {e.request_bytes:>7} B{rsp}  {e.detail}"
+
+
+# ------------------------------------------------------------------ ours
+def _ours(model: mtpstream.Model, k: int, relays: list[Relay], args: argparse.Namespace) -> dict[str, Any]:
+    prompt = model.tokenize(PROMPT, add_special=True)
+    with mtpstream.init(model, n_draft=k, n_ctx=N_CTX, rollback="snapshots", n_threads=2) as mtp:
+
+        def run(n: int) -> tuple[int, dict[str, Any]]:
+            st0 = mtp.stats()
+            out = anyio.run(functools.partial(mtp.generate, prompt, max_tokens=n))
+            st1 = mtp.stats()
+            facts = {
+                "tokens": st1.tokens_emitted - st0.tokens_emitted,
+                "drafts": st1.drafts_generated - st0.drafts_generated,
+                "accepted": st1.drafts_accepted - st0.drafts_accepted,
+                "text": out[:80],
+            }
+            return st1.iters - st0.iters, facts
+
+        return _measured(relays, run, args)
+
+
+def _run_ours(path: Path, workers: list[Any], args: argparse.Namespace) -> dict[str, Any]:
+    relays = [Relay("127.0.0.1", w.port, i) for i, w in enumerate(workers)]
+    n_layer = mtpstream.load_model(path).n_layer
+    model = mtpstream.load_model(path, rpc=[r.endpoint for r in relays], n_gpu_layers=n_layer)
+    out = {}
+    try:
+        for k in (0, args.n_draft):
+            out[f"ours-k{k}"] = _ours(model, k, relays, args)
+    finally:
+        # free the split model while its workers run (ggml aborts when it cannot send the frees)
+        model.close()
+        del model
+        gc.collect()
+    for r in relays:
+        r.close()
+    return out
+
+
+# ------------------------------------------------------------------ llama-server
+@contextlib.contextmanager
+def _server(exe: Path, path: Path, relays: list[Relay], ngl: int, k: int) -> Iterator[int]:
+    args = ["-m", str(path), "-t", "2", "-tb", "2", "-c", str(N_CTX), "-np", "1", "--no-webui"]
+    args += ["--rpc", ",".join(r.endpoint for r in relays), "-ngl", str(ngl)]
+    # no slot cache in RAM: it saves the previous task's whole state when a task starts
+    args += ["--cache-ram", "0"]
+    if k > 0:
+        args += ["--spec-type", "draft-mtp", "--spec-draft-n-max", str(k)]
+    with upstream.launched(exe, args) as port:
+        yield port
+
+
+def _upstream(
+    exe: Path, path: Path, prompt: list[int], k: int, relays: list[Relay], ngl: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    with _server(exe, path, relays, ngl, k) as port:
+
+        def run(n: int) -> tuple[int, dict[str, Any]]:
+            t = upstream.complete(port, prompt, n)
+            acc = int(t.get("draft_n_accepted", 0))
+            facts = {"tokens": int(t["predicted_n"]), "drafts": int(t.get("draft_n", 0)), "accepted": acc}
+            return int(t["predicted_n"]) - 1 - acc, facts
+
+        return _measured(relays, run, args)
+
+
+def _run_upstream(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    exe = Path.home() / ".cache/mtpstream/upstream/build-rpc/bin/llama-server"
+    local = mtpstream.load_model(path)
+    prompt, ngl = local.tokenize(PROMPT, add_special=True), local.n_layer
+    local.close()
+    out = {}
+    for k in (0, args.n_draft):
+        # fresh workers per server: a worker serves one client, and keeps its buffers until it goes
+        with rpc_workers(2) as workers:
+            relays = [Relay("127.0.0.1", w.port, i) for i, w in enumerate(workers)]
+            out[f"upstream-k{k}"] = _upstream(exe, path, prompt, k, relays, ngl, args)
+            for r in relays:
+                r.close()
+    return out
+
+
+# ------------------------------------------------------------------ report
+def _table(name: str, side: dict[str, Any]) -> str:
+    w = side["per_iteration"]
+    cmds = sorted(set(w[0]) | set(w[1]))
+    lines = [
+        f"{name}: {side['iterations']} iterations, {side['tokens']} tokens, "
+        f"drafts {side['accepted']}/{side['drafts']} accepted",
+        f"  {'command':<16}" + "".join(f"| w{i + 1} n   req B  rsp B trips " for i in range(2)),
+    ]
+    for cmd in cmds:
+        row = f"  {cmd:<16}"
+        for x in w:
+            t = x.get(cmd, {})
+            row += (
+                f"| {t.get('count', 0):5.2f} {t.get('request_bytes', 0):7.0f} "
+                f"{t.get('response_bytes', 0):6.0f} {t.get('round_trips', 0):5.2f} "
+            )
+        lines.append(row)
+    lines.append(
+        f"  {'total':<16}"
+        + "".join(
+            f"| {_sum(x, 'count'):5.2f} {_sum(x, 'request_bytes'):7.0f} {_sum(x, 'response_bytes'):6.0f} "
+            f"{_sum(x, 'round_trips'):5.2f} "
+            for x in w
+        )
+    )
+    lines += [f"    {row}" for row in side["log_middle"]]
+    return "\n".join(lines)
+
+
+def _sum(w: dict[str, dict[str, float]], key: str) -> float:
+    return sum(t.get(key, 0) for t in w.values())
+
+
+def _summary(result: dict[str, Any]) -> str:
+    lines = ["per iteration:            round trips w1/w2   bytes sent w1/w2      bytes received w1/w2"]
+    for name, side in result.items():
+        w = side["per_iteration"]
+        lines.append(
+            f"  {name:<12} {_sum(w[0], 'round_trips'):8.2f} /{_sum(w[1], 'round_trips'):6.2f}"
+            f"   {_sum(w[0], 'request_bytes'):8.0f} /{_sum(w[1], 'request_bytes'):8.0f}"
+            f"   {_sum(w[0], 'response_bytes'):8.0f} /{_sum(w[1], 'response_bytes'):8.0f}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", choices=("tiny", "bench"), default="bench")
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--n-draft", type=int, default=3)
+    ap.add_argument("--only", choices=("ours", "upstream"))
+    ap.add_argument(
+        "--log", type=int, default=0, help="print N commands from the middle of each measured run"
+    )
+    ap.add_argument("--log-start", default="ffn_out-1", help="the log window starts at a command naming this")
+    ap.add_argument("--label", default="")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = ap.parse_args()
+    path = make_model(arch="qwen35", weights="oracle", size=args.size, mtp_error_rate=0.25)
+    result: dict[str, Any] = {}
+    if args.only != "upstream":
+        with rpc_workers(2) as workers:
+            result |= _run_ours(path, workers, args)
+    if args.only != "ours":
+        result |= _run_upstream(path, args)
+    for name, side in result.items():
+        print(_table(name, side), flush=True)
+    print(_summary(result))
+    stem = "rpc-traffic-" + time.strftime("%Y%m%d-%H%M%S") + (f"-{args.label}" if args.label else "")
+    out = args.out / f"{stem}.json"
+    doc = {
+        "script": "scripts/rpc_traffic.py",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": str(path),
+        "prompt": PROMPT,
+        "tokens": args.tokens,
+        "n_draft": args.n_draft,
+        "label": args.label,
+        "argv": sys.argv[1:],
+        "sides": result,
+    }
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
