@@ -1,6 +1,6 @@
 """What one decode iteration costs on the wire, per RPC command: ours (plain and
 n_draft MTP) against llama-server --rpc (plain and --spec-type draft-mtp), counted
-by a relay in front of each of two loopback workers (``scripts/rpc_relay.py``).
+by a relay in front of each of two loopback workers (``mtpstream.testing.rpc_relay``).
 
 Same model (bench-size synthetic qwen35, all layers offloaded: main / worker 1 /
 worker 2), same prompt, greedy, same token count. Each side runs a warm-up
@@ -8,11 +8,11 @@ generation, one of half the tokens (the base) and the measured one; the
 per-iteration figures are (measured - base) / (its iterations - the base's), so
 prefill, session setup and what happens at a generation's start and end cancel out
 (llama-server runs with ``--cache-ram 0``: its slot cache saves the previous task's
-whole state, megabytes of GET_TENSOR growing with that task's length, when a task starts). Iterations: ours from
-``mtp.stats().iters``; llama-server's are its target decodes after the first token,
-``predicted_n - 1 - draft_n_accepted``.
+whole state, megabytes of GET_TENSOR growing with that task's length, when a task
+starts). Iterations: ours from ``mtp.stats().iters``; llama-server's are its target
+decodes after the first token, ``predicted_n - 1 - draft_n_accepted``.
 
-    .venv/bin/python scripts/rpc_traffic.py [--tokens 64] [--n-draft 3] [--no-upstream]
+    .venv/bin/python scripts/rpc_traffic.py [--tokens 64] [--n-draft 3]
         [--only ours|upstream] [--log 60] [--label before]
 
 Prints one table per side (per iteration: count, request bytes, response bytes,
@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from rpc_relay import LogEntry, Relay, Tally, diff, wait_quiet
 
 import mtpstream
 from mtpstream.bench import upstream
 from mtpstream.testing import make_model, rpc_workers
+from mtpstream.testing.rpc_relay import LogEntry, Relay, Tally, diff, wait_quiet
 
 PROMPT = "The quiet river carried"
 N_CTX = 1024

@@ -1,4 +1,4 @@
-"""A counting relay for llama.cpp's RPC protocol (used by ``scripts/rpc_traffic.py``).
+"""A counting relay for llama.cpp's RPC protocol (``scripts/rpc_traffic.py``, tests).
 
 :class:`Relay` listens on 127.0.0.1, forwards every connection to one real worker and
 parses the framing both ways:
@@ -23,6 +23,8 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+
+__all__ = ["CMD_NAMES", "LogEntry", "Relay", "Tally", "diff", "wait_quiet"]
 
 # ggml/src/ggml-rpc/ggml-rpc.cpp, enum rpc_cmd (protocol 7.0.0)
 CMD_NAMES = (
