@@ -27,6 +27,7 @@ import contextlib
 import functools
 import gc
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +45,49 @@ PROMPT = "The quiet river carried"
 N_CTX = 1024
 
 Counts = list[dict[str, Tally]]  # per worker
+CpuClock = Callable[[], list[float]]  # CPU ms so far of the main process and each worker
+
+
+def _ticks(stat: Path) -> int:
+    """utime + stime of a /proc stat file, in clock ticks."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _cpu_ms(pid: int, exclude: frozenset[int] | set[int] = frozenset()) -> float:
+    """CPU ms of process ``pid`` (all its threads; without the threads in ``exclude``)."""
+    total = _ticks(Path(f"/proc/{pid}/stat"))
+    for tid in exclude:
+        with contextlib.suppress(OSError):
+            total -= _ticks(Path(f"/proc/{pid}/task/{tid}/stat"))
+    return total * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def _clock(main: int, workers: list[Any], relays: list[Relay]) -> CpuClock:
+    """CPU ms of ``main`` (without the relays' threads when it is this process) and of
+    the workers."""
+    pids = [w.proc.pid for w in workers]
+
+    def read() -> list[float]:
+        skip = set().union(*(r.thread_ids for r in relays)) if main == os.getpid() else set()
+        return [_cpu_ms(main, skip), *(_cpu_ms(p) for p in pids)]
+
+    return read
+
+
+def _server_pid(port: int) -> int:
+    """The pid of the llama-server listening on ``port`` (from /proc's command lines)."""
+    for d in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+            if (
+                d.name.isdigit()
+                and b"--port" in cmd
+                and str(port).encode() in cmd
+                and b"llama-server" in cmd[0]
+            ):
+                return int(d.name)
+    raise RuntimeError(f"no llama-server on port {port}")
 
 
 def _snap(relays: list[Relay]) -> Counts:
@@ -69,18 +113,21 @@ def _per_iter(meas: Counts, base: Counts, iters: int) -> list[dict[str, dict[str
 
 
 def _measured(
-    relays: list[Relay], run: Callable[[int], tuple[int, dict[str, Any]]], args: argparse.Namespace
+    relays: list[Relay],
+    run: Callable[[int], tuple[int, dict[str, Any]]],
+    cpu: CpuClock,
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
     """Warm-up, a run of half the tokens (the base) and the measured run; ``run(n)``
     generates n tokens and returns (iterations, facts)."""
     run(args.tokens)
-    s0 = _snap(relays)
+    s0, c0 = _snap(relays), cpu()
     it_base, _ = run(args.tokens // 2)
-    s1 = _snap(relays)
+    s1, c1 = _snap(relays), cpu()
     for r in relays:
         r.start_log()
     it_meas, facts = run(args.tokens)
-    s2 = _snap(relays)
+    s2, c2 = _snap(relays), cpu()
     logs = sorted((e for r in relays for e in r.take_log()), key=lambda e: e.t_ns)
     base, meas = _delta(s1, s0), _delta(s2, s1)
     iters = it_meas - it_base
@@ -90,6 +137,11 @@ def _measured(
         "tokens_base_run": args.tokens // 2,
         **facts,
         "per_iteration": _per_iter(meas, base, iters),
+        # CPU ms per iteration of the main process (ours: without the relays' threads)
+        # and of each worker; load on the machine shows in these too
+        "cpu_ms_per_iteration": [
+            round(((z - y) - (y - x)) / iters, 1) for x, y, z in zip(c0, c1, c2, strict=True)
+        ],
         "base_run_totals": [{k: vars(v) for k, v in w.items()} for w in base],
         "log_middle": [_log_row(e) for e in _window(logs, args.log, args.log_start)],
     }
@@ -109,7 +161,9 @@ def _log_row(e: LogEntry) -> str:
 
 
 # ------------------------------------------------------------------ ours
-def _ours(model: mtpstream.Model, k: int, relays: list[Relay], args: argparse.Namespace) -> dict[str, Any]:
+def _ours(
+    model: mtpstream.Model, k: int, relays: list[Relay], cpu: CpuClock, args: argparse.Namespace
+) -> dict[str, Any]:
     prompt = model.tokenize(PROMPT, add_special=True)
     with mtpstream.init(model, n_draft=k, n_ctx=N_CTX, rollback="snapshots", n_threads=2) as mtp:
 
@@ -125,7 +179,7 @@ def _ours(model: mtpstream.Model, k: int, relays: list[Relay], args: argparse.Na
             }
             return st1.iters - st0.iters, facts
 
-        return _measured(relays, run, args)
+        return _measured(relays, run, cpu, args)
 
 
 def _run_ours(path: Path, workers: list[Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -135,7 +189,7 @@ def _run_ours(path: Path, workers: list[Any], args: argparse.Namespace) -> dict[
     out = {}
     try:
         for k in (0, args.n_draft):
-            out[f"ours-k{k}"] = _ours(model, k, relays, args)
+            out[f"ours-k{k}"] = _ours(model, k, relays, _clock(os.getpid(), workers, relays), args)
     finally:
         # free the split model while its workers run (ggml aborts when it cannot send the frees)
         model.close()
@@ -160,9 +214,11 @@ def _server(exe: Path, path: Path, relays: list[Relay], ngl: int, k: int) -> Ite
 
 
 def _upstream(
-    exe: Path, path: Path, prompt: list[int], k: int, relays: list[Relay], ngl: int, args: argparse.Namespace
+    exe: Path, path: Path, prompt: list[int], k: int, workers: list[Any], ngl: int, args: argparse.Namespace
 ) -> dict[str, Any]:
+    relays = [Relay("127.0.0.1", w.port, i) for i, w in enumerate(workers)]
     with _server(exe, path, relays, ngl, k) as port:
+        cpu = _clock(_server_pid(port), workers, relays)
 
         def run(n: int) -> tuple[int, dict[str, Any]]:
             t = upstream.complete(port, prompt, n)
@@ -170,7 +226,10 @@ def _upstream(
             facts = {"tokens": int(t["predicted_n"]), "drafts": int(t.get("draft_n", 0)), "accepted": acc}
             return int(t["predicted_n"]) - 1 - acc, facts
 
-        return _measured(relays, run, args)
+        out = _measured(relays, run, cpu, args)
+    for r in relays:
+        r.close()
+    return out
 
 
 def _run_upstream(path: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -182,10 +241,7 @@ def _run_upstream(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     for k in (0, args.n_draft):
         # fresh workers per server: a worker serves one client, and keeps its buffers until it goes
         with rpc_workers(2) as workers:
-            relays = [Relay("127.0.0.1", w.port, i) for i, w in enumerate(workers)]
-            out[f"upstream-k{k}"] = _upstream(exe, path, prompt, k, relays, ngl, args)
-            for r in relays:
-                r.close()
+            out[f"upstream-k{k}"] = _upstream(exe, path, prompt, k, workers, ngl, args)
     return out
 
 
@@ -224,13 +280,17 @@ def _sum(w: dict[str, dict[str, float]], key: str) -> float:
 
 
 def _summary(result: dict[str, Any]) -> str:
-    lines = ["per iteration:            round trips w1/w2   bytes sent w1/w2      bytes received w1/w2"]
+    lines = [
+        "per iteration:            round trips w1/w2   bytes sent w1/w2      bytes received w1/w2"
+        "   CPU ms main/w1/w2"
+    ]
     for name, side in result.items():
         w = side["per_iteration"]
         lines.append(
             f"  {name:<12} {_sum(w[0], 'round_trips'):8.2f} /{_sum(w[1], 'round_trips'):6.2f}"
             f"   {_sum(w[0], 'request_bytes'):8.0f} /{_sum(w[1], 'request_bytes'):8.0f}"
             f"   {_sum(w[0], 'response_bytes'):8.0f} /{_sum(w[1], 'response_bytes'):8.0f}"
+            f"   {' / '.join(f'{x:.1f}' for x in side['cpu_ms_per_iteration'])}"
         )
     return "\n".join(lines)
 

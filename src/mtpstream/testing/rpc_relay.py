@@ -160,6 +160,7 @@ class Relay:
         self.port = int(self._listener.getsockname()[1])
         self._socks: list[socket.socket] = []
         self.last_ns = time.monotonic_ns()  # the last command or response seen
+        self.thread_ids: set[int] = set()  # native ids of the relay's threads (for CPU accounting)
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -192,6 +193,7 @@ class Relay:
 
     # ------------------------------------------------------------ the relay
     def _accept(self) -> None:
+        self.thread_ids.add(threading.get_native_id())
         while True:
             try:
                 client, _ = self._listener.accept()
@@ -213,6 +215,7 @@ class Relay:
         t.round_trips += trip
 
     def _requests(self, client: socket.socket, server: socket.socket, conn: _Conn) -> None:
+        self.thread_ids.add(threading.get_native_id())
         try:
             while True:
                 cmd_byte, size_raw = _recv_exact(client, 1), _recv_exact(client, 8)
@@ -241,6 +244,7 @@ class Relay:
                 server.shutdown(socket.SHUT_WR)
 
     def _responses(self, server: socket.socket, client: socket.socket, conn: _Conn) -> None:
+        self.thread_ids.add(threading.get_native_id())
         try:
             while True:
                 size_raw = _recv_exact(server, 8)
