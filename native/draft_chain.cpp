@@ -13,6 +13,24 @@ void fail(ChainLane & lane, const char * why) {
     lane.error = why;
 }
 
+// Draft j of the lane from the decode just done: the backend sampler's token, the
+// head's argmax or a draw from its distribution; LLAMA_TOKEN_NULL: no output row,
+// another negative value: no finite logit.
+llama_token draft_of(llama_context * dft, ChainLane & lane, int32_t n_vocab, int32_t j) {
+    if (lane.on_device) {
+        return llama_get_sampled_token_ith(dft, lane.idx);
+    }
+    const float * logits = Sampler::logits(dft, lane.idx);
+    if (logits == nullptr) {
+        return LLAMA_TOKEN_NULL;
+    }
+    if (lane.sampler != nullptr) {
+        const llama_token d = lane.sampler->draft_token(logits, (*lane.q)[static_cast<size_t>(j)]);
+        return d == LLAMA_TOKEN_NULL ? -2 : d;
+    }
+    return greedy_token(logits, n_vocab);
+}
+
 // Take each drafting lane's draft j from the decode just done and queue its next
 // step; lanes that fail leave `drafting`.
 void take_drafts(llama_context * dft, Batch & batch, int32_t n_vocab, std::vector<ChainLane *> & drafting,
@@ -22,15 +40,12 @@ void take_drafts(llama_context * dft, Batch & batch, int32_t n_vocab, std::vecto
         if (j >= lane->k) {
             continue;
         }
-        const float * logits = Sampler::logits(dft, lane->idx);
         const float * h = llama_get_embeddings_nextn_ith(dft, lane->idx);
-        if (logits == nullptr || h == nullptr) {
+        const llama_token d = h == nullptr ? LLAMA_TOKEN_NULL : draft_of(dft, *lane, n_vocab, j);
+        if (d == LLAMA_TOKEN_NULL) {
             fail(*lane, "the MTP head produced no output");
             continue;
         }
-        const llama_token d = lane->sampler != nullptr
-                                  ? lane->sampler->draft_token(logits, (*lane->q)[static_cast<size_t>(j)])
-                                  : greedy_token(logits, n_vocab);
         if (d < 0) {
             fail(*lane, "the MTP head produced no finite logit");
             continue;

@@ -30,6 +30,9 @@ struct ChainLane {
     // (*q)[j] (sized k by the caller); null: the head's argmax
     Sampler * sampler = nullptr;
     std::vector<TokenDist> * q = nullptr;
+    // the argmax comes from a greedy backend sampler attached to `seq` on the MTP
+    // context (llama_get_sampled_token_ith; the logits are not copied to the host)
+    bool on_device = false;
 
     std::vector<llama_token> drafts;  // out
     State state = State::drafting;

@@ -7,6 +7,7 @@
 #include <exception>
 #include <string>
 
+#include "device_argmax.hpp"
 #include "job.hpp"
 #include "logprobs.hpp"
 #include "llama_staging.h"
@@ -167,6 +168,9 @@ void Engine::create_draft_context(const llama_context_params & cp, Status & stat
         return;
     }
     apply_row_mode();
+    if (n_seq_ == 1) {
+        set_draft_argmax(true);
+    }
     batch_dft_ = std::make_unique<Batch>(n_batch_, n_embd_);
     state_bytes_ += context_state_bytes(ctx_dft_.get());
     if (auto_draft_ && n_seq_ == 1 && !replay_) {
@@ -195,6 +199,26 @@ void Engine::apply_row_mode() {
     const bool masked = fault_ == Fault::masked_draft_rows;
     llama_set_embeddings_nextn(ctx_dft_.get(), true, masked);
     applied_fault_ = fault_;
+}
+
+void Engine::set_draft_argmax(bool on) {
+    if (on == draft_on_device_ || n_seq_ != 1 || draft_argmax_refused_) {
+        return;
+    }
+    if (!on) {
+        llama_set_sampler(ctx_dft_.get(), 0, nullptr);
+        draft_on_device_ = false;
+        draft_argmax_.reset();  // a chain is initialised once: a later attach makes a new one
+        return;
+    }
+    SamplerPtr chain = make_device_argmax();
+    if (llama_set_sampler(ctx_dft_.get(), 0, chain.get()) && device_argmax_ready(chain.get())) {
+        draft_argmax_ = std::move(chain);
+        draft_on_device_ = true;
+        return;
+    }
+    llama_set_sampler(ctx_dft_.get(), 0, nullptr);
+    draft_argmax_refused_ = true;
 }
 
 void Engine::set_fault(Fault f) { fault_ = f; }

@@ -146,6 +146,12 @@ private:
     // while "auto" runs a single sequence without drafts.
     llama_context * live() const { return plain_ && plain_->active() ? plain_->get() : ctx_tgt_.get(); }
     void apply_row_mode();
+    // Draft steps of a greedy-drafting lane take their token from llama.cpp's backend
+    // sampler on the MTP context (on: attach a fresh greedy chain to sequence 0; off:
+    // detach it, for a lane drafting for rejection sampling, which reads the head's
+    // logits). A change makes llama.cpp re-reserve its compute graph: done only when a
+    // lane's mode differs from the current one.
+    void set_draft_argmax(bool on);
     // Every llama_decode of the engine: llama.cpp may abort it (return code 2) once
     // every job sharing it was cancelled.
     // Returns kWorkerLost when an RPC worker of the model was lost (see rpc_relay.hpp).
@@ -179,6 +185,14 @@ private:
 
     std::shared_ptr<Model> target_;
     std::shared_ptr<Model> draft_model_;
+    // n_seq == 1: the greedy chain attached to the MTP context's sequence 0 while
+    // draft_on_device_ (declared before ctx_dft_, which points to it, so it outlives it).
+    // A draft step then reads one token id computed where the head's logits are
+    // instead of copying a row of n_vocab logits to the host: over RPC, 4 bytes per
+    // step instead of 4 * n_vocab (scripts/rpc_traffic.py).
+    SamplerPtr draft_argmax_;
+    bool draft_on_device_ = false;
+    bool draft_argmax_refused_ = false;  // llama.cpp could not offload it: drafts read logits
     ContextPtr ctx_tgt_;
     ContextPtr ctx_dft_;
     // "auto" with n_seq == 1: the snapshot-free target context (see plain_context.hpp)

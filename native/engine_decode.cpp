@@ -152,6 +152,9 @@ void Engine::draft_phase(std::vector<Lane> & lanes) {
         return;
     }
     std::vector<Lane *> drafting = select(lanes, [](const Lane & l) { return l.k > 0; });
+    if (drafting.size() == 1) {
+        set_draft_argmax(!drafting[0]->g->sampler->rejection());
+    }
     std::vector<ChainLane *> chain;
     for (Lane * lane : drafting) {
         Generation & g = *lane->g;
@@ -167,6 +170,7 @@ void Engine::draft_phase(std::vector<Lane> & lanes) {
         }
         c.sampler = rejection ? g.sampler.get() : nullptr;
         c.q = rejection ? &g.draft_q : nullptr;
+        c.on_device = draft_on_device_ && !rejection;
         chain.push_back(&c);
     }
     const bool skip_feed = fault_.load() == Fault::skip_draft_catch_up;  // tests only
