@@ -1,6 +1,6 @@
 """What one decode iteration costs on the wire, per RPC command: ours (plain and
 n_draft MTP) against llama-server --rpc (plain and --spec-type draft-mtp), counted
-by a relay in front of each of two loopback workers (``mtpstream.testing.rpc_relay``).
+by a relay in front of each of two loopback workers (``mtpstream.testing.rpc_counter``).
 
 Same model (bench-size synthetic qwen35, all layers offloaded: main / worker 1 /
 worker 2), same prompt, greedy, same token count. Each side runs a warm-up
@@ -39,7 +39,7 @@ import anyio
 import mtpstream
 from mtpstream.bench import upstream
 from mtpstream.testing import make_model, rpc_workers
-from mtpstream.testing.rpc_relay import LogEntry, Relay, Tally, diff, wait_quiet
+from mtpstream.testing.rpc_counter import LogEntry, Relay, Tally, diff, wait_quiet
 
 PROMPT = "The quiet river carried"
 N_CTX = 1024

@@ -1,5 +1,5 @@
 """What a session sends and fetches over llama.cpp's RPC backend, counted by a relay
-(``mtpstream.testing.rpc_relay``) in front of each worker: a greedy MTP draft step
+(``mtpstream.testing.rpc_counter``) in front of each worker: a greedy MTP draft step
 reads its token from the worker that holds the head's logits, not a row of n_vocab
 logits; a call drafting for rejection sampling reads the logits it needs; a greedy
 call after it is back to tokens, with the same output as before.
@@ -45,7 +45,7 @@ import json, sys
 import anyio
 import mtpstream
 from mtpstream.testing import load_spec
-from mtpstream.testing.rpc_relay import Relay, wait_quiet
+from mtpstream.testing.rpc_counter import Relay, wait_quiet
 from conftest import EXACT, collect, prompts_for
 
 path, ports = sys.argv[1], [int(p) for p in sys.argv[2].split(",")]
