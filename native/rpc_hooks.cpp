@@ -8,9 +8,11 @@
 #include <netinet/in.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <unordered_map>
 
@@ -51,6 +53,12 @@ std::shared_ptr<HookedLink> link_of(int fd) {
 
 std::string errno_text(const char * what) { return std::string(what) + ": " + std::strerror(errno); }
 
+std::string seconds(int ms) {
+    char out[32];
+    std::snprintf(out, sizeof(out), "%g s", ms / 1000.0);
+    return out;
+}
+
 ssize_t hooked_send(int fd, const void * data, size_t n, int flags) {
     std::shared_ptr<HookedLink> link = link_of(fd);
     if (link == nullptr) {
@@ -61,8 +69,13 @@ ssize_t hooked_send(int fd, const void * data, size_t n, int flags) {
         do {
             put = send(fd, data, n, flags | MSG_NOSIGNAL);
         } while (put < 0 && errno == EINTR);
-        if (put < 0) {
+        if (put < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {  // SO_SNDTIMEO: it takes nothing
+            link->mark_lost("it took no data for " + seconds(link->reply_timeout_ms) + " (rpc_timeout)");
+            shutdown(fd, SHUT_RDWR);  // a worker that comes back is free for its next client
+        } else if (put < 0) {
             link->mark_lost(errno_text("sending to it"));
+        }
+        if (put < 0) {
             put = static_cast<ssize_t>(n);  // taken by the stand-in
         }
     }
@@ -76,10 +89,6 @@ ssize_t hooked_recv(int fd, void * out, size_t n, int flags) {
         return recv(fd, out, n, flags);
     }
     auto * bytes = static_cast<uint8_t *>(out);
-    if (!link->lost() && !WorkerLink::wait_readable(fd, link->reply_timeout_ms)) {
-        link->mark_lost(no_answer(link->exchange.awaited(), link->reply_timeout_ms));
-        shutdown(fd, SHUT_RDWR);  // a worker that comes back is free for its next client
-    }
     if (!link->lost()) {
         ssize_t got = 0;
         do {
@@ -89,7 +98,12 @@ ssize_t hooked_recv(int fd, void * out, size_t n, int flags) {
             link->exchange.received(bytes, static_cast<size_t>(got));
             return got;
         }
-        link->mark_lost(got == 0 ? "it closed the connection" : errno_text("receiving from it"));
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {  // SO_RCVTIMEO: no answer in time
+            link->mark_lost(no_answer(link->exchange.awaited(), link->reply_timeout_ms));
+            shutdown(fd, SHUT_RDWR);
+        } else {
+            link->mark_lost(got == 0 ? "it closed the connection" : errno_text("receiving from it"));
+        }
     }
     return static_cast<ssize_t>(link->exchange.stand_in_reply(bytes, n));
 }
@@ -106,18 +120,22 @@ int hooked_connect(int fd, const sockaddr * addr, socklen_t len) {
         return rc;  // not the client's kind of connection (IPv4)
     }
     auto link = std::make_shared<HookedLink>();
-    if (rc != 0) {  // the client would abort: the link stands in from the start
-        link->mark_lost(errno_text("cannot connect"));
-        rc = 0;
-    } else {
-        WorkerLink::watch_socket(fd);
-    }
     const std::string where = address_text(*reinterpret_cast<const sockaddr_in *>(addr));
     Hooks & h = hooks();
     std::lock_guard<std::mutex> lock(h.mutex);
     auto timeout = h.reply_timeout_ms.find(where);
     if (timeout != h.reply_timeout_ms.end()) {
         link->reply_timeout_ms = timeout->second;
+    }
+    if (rc != 0) {  // the client would abort: the link stands in from the start
+        link->mark_lost(errno_text("cannot connect"));
+        rc = 0;
+    } else {
+        WorkerLink::watch_socket(fd);
+        // a blocking send or receive waits at most this long (no extra call per message)
+        timeval tv{link->reply_timeout_ms / 1000, (link->reply_timeout_ms % 1000) * 1000};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     }
     h.by_fd[fd] = link;
     h.by_addr[where] = link;

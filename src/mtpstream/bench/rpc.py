@@ -206,9 +206,11 @@ def run_rpc(
     worker_threads: int,
     out: Path,
     with_upstream: bool = False,
+    size: str = "bench",
 ) -> dict[str, Any]:
-    """Run the RPC comparison and write ``<out>/bench-<time>-rpc.json``; the result."""
-    path = model_path or make_model(arch="qwen35", weights="oracle", size="bench", mtp_error_rate=0.25)
+    """Run the RPC comparison and write ``<out>/bench-<time>-rpc.json``; the result.
+    Without ``model_path``, the synthetic model of ``size`` (``--size``)."""
+    path = model_path or make_model(arch="qwen35", weights="oracle", size=size, mtp_error_rate=0.25)  # type: ignore[arg-type]
     k = settings.ref_n_draft
     local = load_model(path)
     ngl = n_gpu_layers if n_gpu_layers is not None else local.n_layer
@@ -221,6 +223,7 @@ def run_rpc(
         "machine": env.machine_info(),
         "versions": env.versions(),
         "model": str(path),
+        "model_size": None if model_path else size,
         "endpoints": eps if endpoints else f"2 loopback workers ({worker_threads} threads each)",
         "n_gpu_layers": ngl,
         "n_draft": k,

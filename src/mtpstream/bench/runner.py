@@ -446,7 +446,11 @@ def _parser() -> argparse.ArgumentParser:
         "(no value: 2 workers started on 127.0.0.1)",
     )
     p.add_argument("--rpc-layers", type=int, help="with --rpc: n_gpu_layers (default: the model's n_layer)")
-    p.add_argument("--rpc-threads", type=int, default=1, help="with --rpc: threads per started worker")
+    p.add_argument(
+        "--rpc-threads", type=int, default=None,
+        help="with --rpc: threads per started worker (default: --threads, as on machines of their own: "
+        "the stages of a split run one after the other)",
+    )  # fmt: skip
     p.add_argument(
         "--upstream-load-mode",
         choices=("auto", "none", "mmap"),
@@ -567,7 +571,8 @@ def _rpc(args: argparse.Namespace) -> int:
         settings = _settings(args)
         out = Path(args.out) if args.out else _default_out()
         result = run_rpc(settings, Path(args.model) if args.model else None, endpoints, args.rpc_layers,
-                         args.rpc_threads, out, args.with_upstream)  # fmt: skip
+                         args.rpc_threads or settings.threads, out, args.with_upstream,
+                         args.size or ("tiny" if args.quick else "bench"))  # fmt: skip
     except MTPError as exc:
         print(f"mtpstream bench: error: {exc}", file=sys.stderr)
         return 2
