@@ -140,8 +140,10 @@ def main() -> None:
             summary[f"{size} n_draft,n_seq={key}"] = cell
     result = {"rounds": a.rounds, "tokens": a.tokens, "builds": builds, "summary": summary, "raw": rows}
     text = json.dumps(result, indent=1)
-    if a.out:
-        a.out.write_text(text + "\n")
+    if a.out:  # a file, or a directory for ab-speed-<time>.json
+        dst = a.out / f"ab-speed-{time.strftime('%Y%m%d-%H%M%S')}.json" if a.out.is_dir() else a.out
+        dst.write_text(text + "\n")
+        print(f"wrote {dst}")
     for name, cell in summary.items():
         e, w = cell["engine_tok_s"], cell["wall_tok_s"]
         print(
