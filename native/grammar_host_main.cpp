@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "clock.hpp"
+#include "fd_io.hpp"
 #include "grammar_build.hpp"
 #include "grammar_wire.hpp"
 
@@ -28,18 +29,7 @@ namespace {
 
 // Read (out false) or write n bytes of p on a blocking descriptor; false at its end or on an error.
 bool move_all(int fd, char * p, size_t n, bool out) {
-    while (n > 0) {
-        const ssize_t k = out ? ::write(fd, p, n) : ::read(fd, p, n);
-        if (k < 0 && errno == EINTR) {
-            continue;
-        }
-        if (k <= 0) {
-            return false;
-        }
-        p += k;
-        n -= static_cast<size_t>(k);
-    }
-    return true;
+    return mtpstream::move_all([fd, out](char * q, size_t k) { return out ? ::write(fd, q, k) : ::read(fd, q, k); }, p, n);
 }
 
 bool reply(wire::Status status, const std::string & payload) {

@@ -17,6 +17,7 @@
 #include <set>
 #include <thread>
 
+#include "fd_io.hpp"
 #include "rpc_protocol.hpp"
 
 namespace mtpstream {
@@ -32,33 +33,12 @@ constexpr size_t kChunk = 1 << 20;  // bytes moved per read/write of a large mes
 constexpr int kConnectTimeoutMs = 5000;
 
 bool read_full(int fd, uint8_t * out, size_t n) {
-    while (n > 0) {
-        const ssize_t got = recv(fd, out, n, 0);
-        if (got <= 0) {
-            if (got < 0 && errno == EINTR) {
-                continue;
-            }
-            return false;
-        }
-        out += got;
-        n -= static_cast<size_t>(got);
-    }
-    return true;
+    return move_all([fd](char * p, size_t k) { return recv(fd, p, k, 0); }, reinterpret_cast<char *>(out), n);
 }
 
 bool write_full(int fd, const uint8_t * data, size_t n) {
-    while (n > 0) {
-        const ssize_t put = send(fd, data, n, MSG_NOSIGNAL);
-        if (put <= 0) {
-            if (put < 0 && errno == EINTR) {
-                continue;
-            }
-            return false;
-        }
-        data += put;
-        n -= static_cast<size_t>(put);
-    }
-    return true;
+    auto * p = reinterpret_cast<char *>(const_cast<uint8_t *>(data));  // only read
+    return move_all([fd](char * q, size_t k) { return send(fd, q, k, MSG_NOSIGNAL); }, p, n);
 }
 
 void set_option(int fd, int level, int name, int value) { setsockopt(fd, level, name, &value, sizeof(value)); }
