@@ -126,8 +126,11 @@ struct JobHandle {
 ModelHandle load_model(const std::string & path, std::optional<int> n_gpu_layers, bool load_mtp,
                                   bool use_mmap, std::optional<bool> repack, int n_cpu_moe,
                                   std::optional<nb::callable> progress, std::vector<std::string> rpc,
-                                  std::vector<float> tensor_split, double rpc_timeout) {
+                                  std::vector<float> tensor_split, double rpc_timeout, int host_tail_from,
+                                  int n_layer_all) {
     ModelLoadOptions opts;
+    opts.host_tail_from = host_tail_from;
+    opts.n_layer_all = n_layer_all;
     opts.rpc_timeout_ms = static_cast<int>(rpc_timeout * 1000.0);
     opts.rpc = std::move(rpc);
     opts.tensor_split = std::move(tensor_split);
@@ -239,11 +242,13 @@ NB_MODULE(_native, m) {
 
     nb::class_<ModelHandle>(m, "Model")
         .def_static("load", &load_model, "path"_a, "n_gpu_layers"_a.none(), "load_mtp"_a, "use_mmap"_a,
-                    "repack"_a.none(), "n_cpu_moe"_a, "progress"_a.none(), "rpc"_a, "tensor_split"_a, "rpc_timeout"_a)
+                    "repack"_a.none(), "n_cpu_moe"_a, "progress"_a.none(), "rpc"_a, "tensor_split"_a, "rpc_timeout"_a,
+                    "host_tail_from"_a, "n_layer_all"_a)
         .def_prop_ro("path", [](const ModelHandle & h) { return h.p->path(); })
         .def_prop_ro("address", [](const ModelHandle & h) { return reinterpret_cast<uintptr_t>(h.p->get()); })
         .def_prop_ro("load_mtp", [](const ModelHandle & h) { return h.p->load_mtp(); })
         .def_prop_ro("repack", [](const ModelHandle & h) { return h.p->repack(); })
+        .def_prop_ro("host_tail", [](const ModelHandle & h) { return h.p->host_tail(); })
         .def_prop_ro("rpc_loss", [](const ModelHandle & h) { return h.p->rpc_loss(); })
         .def_prop_ro("rpc_relays", [](const ModelHandle & h) { return h.p->rpc_relay_endpoints(); })
         .def_prop_ro("n_vocab", [](const ModelHandle & h) { return h.p->n_vocab(); })

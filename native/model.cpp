@@ -1,6 +1,9 @@
 #include "model.hpp"
 
+#include <algorithm>
 #include <climits>
+#include <cmath>
+#include <numeric>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -39,28 +42,85 @@ std::vector<llama_model_tensor_buft_override> expert_overrides(int32_t n, std::v
     return out;
 }
 
+// Whether `devices` ends with one of this host's accelerators (which llama.cpp gives
+// the last layers anyway).
+bool ends_local(const std::vector<ggml_backend_dev_t> & devices) {
+    return !devices.empty() &&
+           std::strcmp(ggml_backend_reg_name(ggml_backend_dev_backend_reg(devices.back())), "RPC") != 0;
+}
+
+// Each device's share of the offloaded layers: the user's tensor_split, or (none
+// given, or all zero) its free memory as llama.cpp does.
+std::vector<double> device_weights(const std::vector<float> & given, const std::vector<ggml_backend_dev_t> & devices) {
+    std::vector<double> weights(devices.size(), 0.0);
+    const bool use_given = std::any_of(given.begin(), given.end(), [](float x) { return x > 0.0f; });
+    for (size_t i = 0; i < devices.size(); ++i) {
+        if (use_given) {
+            weights[i] = i < given.size() ? given[i] : 0.0;
+            continue;
+        }
+        size_t free = 0;
+        size_t total = 0;
+        ggml_backend_dev_memory(devices[i], &free, &total);
+        weights[i] = static_cast<double>(free);
+    }
+    return weights;
+}
+
+// A split for `devices` plus this host's CPU (appended by the caller) that sends every
+// offloaded layer from opts.host_tail_from on to the CPU. llama.cpp gives layer il of
+// the offloaded range [start, n_layer_all] (the output layer last) to the first device
+// whose cumulative share exceeds (il - start) / offloaded; the other devices' shares
+// are whole layers (rounded running totals of their weights), so the float split
+// point falls exactly where the tail starts.
+std::vector<float> tail_split(const ModelLoadOptions & opts, const std::vector<ggml_backend_dev_t> & devices) {
+    const int32_t all = opts.n_layer_all + 1;
+    const int32_t ngl = opts.n_gpu_layers.value_or(-1);
+    const int32_t offloaded = ngl < 0 ? all : std::min(ngl, all);
+    const int32_t head = std::clamp(opts.host_tail_from - (all - offloaded), 0, offloaded);
+    const std::vector<double> weights = device_weights(opts.tensor_split, devices);
+    const double sum = std::accumulate(weights.begin(), weights.end(), 0.0);
+    std::vector<float> split(llama_max_devices(), 0.0f);
+    double running = 0.0;
+    int32_t placed = 0;
+    for (size_t i = 0; i < devices.size(); ++i) {
+        running += weights[i];
+        const auto upto = i + 1 == devices.size() || sum <= 0.0 ? head
+                                                                : static_cast<int32_t>(std::lround(head * running / sum));
+        split[i] = static_cast<float>(upto - placed);
+        placed = upto;
+    }
+    split[devices.size()] = static_cast<float>(offloaded - head);
+    return split;
+}
+
 // The offload devices (the RPC servers' first) and the tensor split into `params`;
 // `devices` and `split` own what `params` points to.
 bool place_layers(const ModelLoadOptions & opts, llama_model_params & params, std::vector<ggml_backend_dev_t> & devices,
                   std::vector<float> & split, std::vector<WorkerWatch> & watches,
                   std::vector<std::shared_ptr<RpcRelay>> & relays, Status & status) {
+    const size_t max = llama_max_devices();
+    if (opts.tensor_split.size() > max) {
+        status = Status::error(ErrorCode::invalid_argument,
+                               "tensor_split has " + std::to_string(opts.tensor_split.size()) +
+                                   " entries; this llama.cpp build takes at most " + std::to_string(max),
+                               "tensor_split");
+        return false;
+    }
     if (!opts.rpc.empty()) {
         devices = rpc_devices(opts.rpc, opts.rpc_timeout_ms, watches, relays, status);
         if (devices.empty()) {
             return false;
         }
+        if (opts.host_tail_from >= 0 && !ends_local(devices) && devices.size() < max) {
+            split = tail_split(opts, devices);
+            devices.push_back(ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU));
+            params.tensor_split = split.data();
+        }
         devices.push_back(nullptr);  // the list ends with a null device
         params.devices = devices.data();
     }
-    if (!opts.tensor_split.empty()) {
-        const size_t max = llama_max_devices();
-        if (opts.tensor_split.size() > max) {
-            status = Status::error(ErrorCode::invalid_argument,
-                                   "tensor_split has " + std::to_string(opts.tensor_split.size()) +
-                                       " entries; this llama.cpp build takes at most " + std::to_string(max),
-                                   "tensor_split");
-            return false;
-        }
+    if (!opts.tensor_split.empty() && split.empty()) {
         split = opts.tensor_split;
         split.resize(max, 0.0f);
         params.tensor_split = split.data();
@@ -144,17 +204,19 @@ std::shared_ptr<Model> Model::load(const std::string & path, const ModelLoadOpti
                                    "enable the 'mtpstream.llama' logger for details)");
         return nullptr;
     }
-    return std::shared_ptr<Model>(
-        new Model(raw, path, opts.load_mtp, params.use_extra_bufts, std::move(watches), std::move(relays)));
+    const bool host_tail = std::find(devices.begin(), devices.end(), ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU)) != devices.end();
+    return std::shared_ptr<Model>(new Model(raw, path, opts.load_mtp, params.use_extra_bufts, host_tail,
+                                            std::move(watches), std::move(relays)));
 }
 
-Model::Model(llama_model * model, std::string path, bool load_mtp, bool repack, std::vector<WorkerWatch> watches,
-             std::vector<std::shared_ptr<RpcRelay>> relays)
+Model::Model(llama_model * model, std::string path, bool load_mtp, bool repack, bool host_tail,
+             std::vector<WorkerWatch> watches, std::vector<std::shared_ptr<RpcRelay>> relays)
     : model_(model),
       vocab_(llama_model_get_vocab(model)),
       path_(std::move(path)),
       load_mtp_(load_mtp),
       repack_(repack),
+      host_tail_(host_tail),
       watches_(std::move(watches)),
       relays_(std::move(relays)) {}
 

@@ -35,6 +35,11 @@ struct ModelLoadOptions {
     std::vector<float> tensor_split;
     // how long an RPC worker's reply may take before the worker counts as lost
     int rpc_timeout_ms = WorkerLink::kReplyTimeoutMs;
+    // with RPC workers and no local accelerator: the offloaded layers from this index on
+    // (the MTP blocks, then the output layer) go to this host's CPU, not the last
+    // worker (tail_split); -1: llama.cpp's placement. n_layer_all: the GGUF's block count.
+    int32_t host_tail_from = -1;
+    int32_t n_layer_all = 0;
 };
 
 // Whether this llama.cpp build and this CPU give the CPU backend ggml's AMX weight
@@ -58,6 +63,8 @@ public:
     const std::string & path() const { return path_; }
     bool load_mtp() const { return load_mtp_; }
     bool repack() const { return repack_; }
+    // whether the layers from ModelLoadOptions::host_tail_from on went to this host's CPU
+    bool host_tail() const { return host_tail_; }
     // "lost the RPC worker host:port (why)" once a worker holding part of the model is
     // lost (its weights with it: the model is unusable); "" while none is.
     std::string rpc_loss() const { return watches_.empty() ? std::string() : describe_losses(watches_); }
@@ -92,14 +99,15 @@ public:
     std::string token_to_piece(llama_token id, bool special = false) const;
 
 private:
-    Model(llama_model * model, std::string path, bool load_mtp, bool repack, std::vector<WorkerWatch> watches,
-          std::vector<std::shared_ptr<RpcRelay>> relays);
+    Model(llama_model * model, std::string path, bool load_mtp, bool repack, bool host_tail,
+          std::vector<WorkerWatch> watches, std::vector<std::shared_ptr<RpcRelay>> relays);
 
     llama_model * model_;
     const llama_vocab * vocab_;
     std::string path_;
     bool load_mtp_;
     bool repack_;
+    bool host_tail_;
     std::vector<WorkerWatch> watches_;
     std::vector<std::shared_ptr<RpcRelay>> relays_;
 };

@@ -46,9 +46,11 @@ def workers() -> Iterator[list[RpcWorker]]:
         yield ws
 
 
-# The client script: the same calls on the local model and on the model split over
-# the workers (tiny models: 4 layers + 1 MTP layer; n_gpu_layers=4 keeps layers 0-1 on
-# the local CPU and puts 2-4 and the output on the two workers), one JSON line out.
+# The client script: the same calls on the local model, on the model split over the
+# workers (tiny models: 4 layers + 1 MTP layer; n_gpu_layers=4 keeps layers 0-1 on the
+# local CPU and puts 2-4 and the output on the two workers) and on that split with the
+# tail kept here (mtp_local: the MTP layer 4 and the output on the local CPU), one JSON
+# line out.
 EXACT_SCRIPT = """
 import json, sys
 import anyio
@@ -61,6 +63,8 @@ path, endpoints = sys.argv[1], sys.argv[2].split(",")
 local = mtpstream.load_model(path)
 with capture_placement() as lines:
     remote = mtpstream.load_model(path, rpc=endpoints, n_gpu_layers=4)
+with capture_placement() as tail_lines:
+    tail = mtpstream.load_model(path, rpc=endpoints, n_gpu_layers=4, mtp_local=True)
 spec = load_spec(path)
 prompts = prompts_for(local, spec)
 
@@ -72,12 +76,18 @@ async def run(model, n_draft, n_seq):
             got = await together(mtp, [(p, {"max_tokens": 40}) for p in prompts])
     return [[ids, done.usage.drafts_accepted, done.usage.drafts_generated] for ids, done in got]
 
-out = {"placement": placement_fields(lines), "runs": {}}
+out = {
+    "placement": placement_fields(lines),
+    "tail_placement": placement_fields(tail_lines),
+    "mtp_local": [remote.mtp_local, tail.mtp_local],
+    "runs": {},
+}
 for n_draft in range(5):
     for n_seq in (1, 4):
         out["runs"][f"{n_draft}/{n_seq}"] = {
             "local": anyio.run(run, local, n_draft, n_seq),
             "rpc": anyio.run(run, remote, n_draft, n_seq),
+            "rpc_tail": anyio.run(run, tail, n_draft, n_seq),
         }
 print("RESULT " + json.dumps(out))
 """
@@ -104,8 +114,14 @@ def test_split_over_two_workers_equals_local(workers: list[RpcWorker], arch: str
     # both workers hold layers, and so does the local CPU
     assert "layers on RPC0" in placement and "layers on RPC1" in placement, placement
     assert "layers on CPU" in placement, placement
+    # mtp_local: the MTP layer (4) and the output layer (5) on the local CPU, 2-3 on the workers
+    tail = dict(out["tail_placement"])
+    assert tail["layers on CPU"] == "0-1, 4-5", tail
+    assert tail["layers on RPC0"] == "2" and tail["layers on RPC1"] == "3", tail
+    assert out["mtp_local"] == [False, True]
     for key, runs in out["runs"].items():
         assert runs["rpc"] == runs["local"], key
+        assert runs["rpc_tail"] == runs["local"], key
         if not key.startswith("0/"):
             assert any(acc > 0 for _ids, acc, _gen in runs["rpc"]), key  # MTP drafted and was accepted
 

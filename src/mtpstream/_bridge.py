@@ -80,10 +80,12 @@ def load_model(
     rpc: Sequence[str] = (),
     tensor_split: Sequence[float] = (),
     rpc_timeout: float = 300.0,
+    host_tail: tuple[int, int] = (-1, 0),
 ) -> _native.Model:
     """A native model; every failure a :class:`ModelLoadError` naming the architecture.
     ``n_cpu_moe``: the blocks whose MoE experts stay in CPU memory (-1: all); ``rpc``:
-    the RPC workers taking offloaded layers (checked by the caller)."""
+    the RPC workers taking offloaded layers (checked by the caller); ``host_tail``: the
+    first layer kept on this host's CPU (-1: none) and the model's block count."""
     _logging.sync_level()
     try:
         native = _native.Model.load(
@@ -97,6 +99,7 @@ def load_model(
             list(rpc),
             list(tensor_split),
             rpc_timeout,
+            *host_tail,
         )
     except _native.NativeError as exc:
         raise ModelLoadError(str(error(exc, suffix=f" [architecture '{arch}']"))) from None

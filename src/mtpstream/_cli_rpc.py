@@ -121,15 +121,22 @@ def add_rpc_args(p: argparse.ArgumentParser) -> None:
         "--rpc-timeout", type=float, default=None, metavar="SECONDS",
         help="a worker that has not replied for this long counts as lost (default 300)",
     )  # fmt: skip
+    p.add_argument(
+        "--mtp-local", action="store_true",
+        help="keep the MTP layers and the output layer on this host's CPU, not on the last worker",
+    )  # fmt: skip
 
 
 def rpc_load_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``rpc``, ``rpc_timeout`` and ``tensor_split`` keywords of ``load_model`` from the flags."""
+    """The ``rpc``, ``rpc_timeout``, ``mtp_local`` and ``tensor_split`` keywords of
+    ``load_model`` from the flags."""
     out: dict[str, Any] = {}
     if getattr(args, "rpc", None):
         out["rpc"] = args.rpc
         if getattr(args, "rpc_timeout", None) is not None:
             out["rpc_timeout"] = args.rpc_timeout
+        if getattr(args, "mtp_local", False):
+            out["mtp_local"] = True
     split = getattr(args, "tensor_split", None)
     if split:
         try:

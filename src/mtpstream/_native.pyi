@@ -53,10 +53,13 @@ class Model:
         rpc: list[str],
         tensor_split: list[float],
         rpc_timeout: float,
+        host_tail_from: int,
+        n_layer_all: int,
     ) -> Model: ...
     path: str
     load_mtp: bool
     repack: bool
+    host_tail: bool
     rpc_loss: str
     rpc_relays: list[str]
     n_vocab: int

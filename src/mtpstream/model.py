@@ -205,6 +205,12 @@ class Model:
         return self._n_cpu_moe
 
     @property
+    def mtp_local(self) -> bool:
+        """Whether the MTP blocks and the output layer run on this host's CPU over RPC
+        (``load_model(mtp_local=True)`` with workers and no local accelerator)."""
+        return bool(self.native.host_tail)
+
+    @property
     def repack(self) -> bool:
         """Whether llama.cpp's extra weight buffers (repacked layouts, AMX) are in use."""
         return bool(self.native.repack)
@@ -374,6 +380,7 @@ def load_model(
     rpc: str | Sequence[str] | None = None,
     tensor_split: Sequence[float] | None = None,
     rpc_timeout: float = 300.0,
+    mtp_local: bool = False,
 ) -> Model:
     """Load a GGUF model, with its MTP (NextN) layers unless ``load_mtp=False``.
 
@@ -413,6 +420,16 @@ def load_model(
     a connection to a worker that an earlier model opened keeps that model's value.
     The RPC protocol has no authentication: use workers on a trusted network only.
 
+    ``mtp_local=True`` (with ``rpc``, on a host without an accelerator of its own)
+    keeps the model's tail on this host's CPU: the MTP blocks and the output layer,
+    which llama.cpp would give the last worker. Every draft step then runs here, with
+    no round trip, and the last worker keeps the target's graph cached between
+    verifies (ggml's RPC client caches one graph per device); this host computes the
+    output layer and the MTP head and holds their weights. It pays where this CPU is
+    about as fast as the workers (README, "Over several machines": measured both
+    ways); with a local accelerator llama.cpp puts the tail there anyway and the
+    option changes nothing. :attr:`Model.mtp_local` tells whether it applied.
+
     Raises:
         ModelLoadError: the file is missing, not a GGUF, truncated, or llama.cpp cannot load it;
             an RPC worker is unreachable or lost during the load (naming it), or this llama.cpp
@@ -421,7 +438,7 @@ def load_model(
             ``rpc`` is not a list of ``host:port`` (``field="rpc"``); ``tensor_split`` is not a
             list of numbers >= 0 (``field="tensor_split"``); ``rpc_timeout`` is not a number of
             seconds from 0.1 to 86400 (``field="rpc_timeout"``).
-        TypeError: ``n_gpu_layers``, ``use_mmap`` or ``repack`` of the wrong type.
+        TypeError: ``n_gpu_layers``, ``use_mmap``, ``repack`` or ``mtp_local`` of the wrong type.
     """
     if n_gpu_layers is not None and (isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int)):
         raise TypeError("n_gpu_layers must be an int or None")
@@ -429,6 +446,8 @@ def load_model(
         raise TypeError(f"use_mmap must be True, False or None (auto), not {use_mmap!r}")
     if repack is not None and not isinstance(repack, bool):
         raise TypeError(f"repack must be True, False or None (auto), not {repack!r}")
+    if not isinstance(mtp_local, bool):
+        raise TypeError(f"mtp_local must be True or False, not {mtp_local!r}")
     _check_n_cpu_moe(n_cpu_moe)
     endpoints = _rpc.parse_endpoints(rpc) if rpc is not None else ()
     split = _check_tensor_split(tensor_split)
@@ -461,6 +480,7 @@ def load_model(
         endpoints,
         split,
         rpc_timeout,
+        (info.block_count - info.nextn_layers, info.block_count) if mtp_local and endpoints else (-1, 0),
     )
     return Model(native, info, p, mmap, (n_gpu_layers, n_cpu_moe), endpoints)
 
