@@ -185,7 +185,8 @@ def _ours(
 def _run_ours(path: Path, workers: list[Any], args: argparse.Namespace) -> dict[str, Any]:
     relays = [Relay("127.0.0.1", w.port, i) for i, w in enumerate(workers)]
     n_layer = mtpstream.load_model(path).n_layer
-    model = mtpstream.load_model(path, rpc=[r.endpoint for r in relays], n_gpu_layers=n_layer)
+    eps = [r.endpoint for r in relays]
+    model = mtpstream.load_model(path, rpc=eps, n_gpu_layers=n_layer, mtp_local=args.mtp_local)
     out = {}
     try:
         for k in (0, args.n_draft):
@@ -297,7 +298,8 @@ def _summary(result: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", choices=("tiny", "bench"), default="bench")
+    ap.add_argument("--size", choices=("tiny", "small", "bench"), default="bench")
+    ap.add_argument("--mtp-local", action="store_true", help="ours with load_model(mtp_local=True)")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--n-draft", type=int, default=3)
     ap.add_argument("--only", choices=("ours", "upstream"))

@@ -549,9 +549,11 @@ def test_bench_rpc_writes_the_comparison(tmp_path: Path) -> None:
     (result_path,) = tmp_path.glob("bench-*-rpc.json")
     result = json.loads(result_path.read_text())
     assert result["acceptance_equal"] is True
-    assert set(result["decode_tps"]) == {"local-plain", "local-k3", "rpc-plain", "rpc-k3"}
+    sides = {f"{where}-{n}" for where in ("local", "rpc", "rpc-tail") for n in ("plain", "k3")}
+    assert set(result["decode_tps"]) == sides
     assert all(len(v) == 2 for v in result["decode_tps"].values())
     assert result["rpc_over_local_median"] > 0 and "pass" in result["target"]
+    assert result["mtp_local"]["rpc_over_local_median"] > 0 and "pass" in result["mtp_local"]["target"]
 
 
 def test_rpc_server_warns_when_bound_beyond_loopback() -> None:

@@ -1,11 +1,13 @@
 """``mtpstream bench --rpc``: MTP's speedup over plain decoding with the layers on RPC
 workers, against the same speedup with everything local.
 
-Four sessions (plain and ``n_draft`` MTP, each on the local model and on the model
-split over the workers) generate from the same prompt in interleaved rounds, the
-order rotated per round, timed by the engine's own clock. Per round: the local ratio
-(MTP / plain decode tokens/s), the RPC ratio, and RPC ratio / local ratio, whose
-median is the figure (target >= 0.95: MTP loses at most 5% of its speedup over RPC).
+Six sessions (plain and ``n_draft`` MTP, each on the local model, on the model split
+over the workers as llama.cpp places it (``rpc``: the MTP layer and the output layer on
+the last worker) and on that split with ``mtp_local=True`` (``rpc-tail``: those on this
+host's CPU)) generate from the same prompt in interleaved rounds, the order rotated per
+round, timed by the engine's own clock. Per round and placement: the local ratio (MTP /
+plain decode tokens/s), the RPC ratio, and RPC ratio / local ratio, whose median is the
+figure (target >= 0.95: MTP loses at most 5% of its speedup over RPC).
 Acceptance must be equal on both sides (the same tokens are drafted and accepted).
 Without endpoints, two ``mtpstream rpc-server`` workers are started on 127.0.0.1
 (loopback: no network latency, but they share this machine's cores).
@@ -43,23 +45,28 @@ def _endpoints(given: Sequence[str], threads: int) -> Iterator[list[str]]:
         yield [w.endpoint for w in workers]
 
 
-def _sessions(local: Model, remote: Model, k: int, settings: meas.Settings) -> dict[str, MTP]:
+# the placements over RPC: llama.cpp's (the tail on the last worker) and mtp_local's
+PLACEMENTS = {"rpc": False, "rpc-tail": True}
+
+
+def _sessions(local: Model, remotes: dict[str, Model], k: int, settings: meas.Settings) -> dict[str, MTP]:
+    models = {"local": local, **remotes}
     return {
-        "local-plain": meas.open_session(local, 0, settings, rollback="snapshots"),
-        f"local-k{k}": meas.open_session(local, k, settings, rollback="snapshots"),
-        "rpc-plain": meas.open_session(remote, 0, settings, rollback="snapshots"),
-        f"rpc-k{k}": meas.open_session(remote, k, settings, rollback="snapshots"),
+        f"{side}-{label}": meas.open_session(model, n, settings, rollback="snapshots")
+        for side, model in models.items()
+        for label, n in (("plain", 0), (f"k{k}", k))
     }
 
 
 Samples = dict[str, list[meas.RunSample]]
 
 
-def _close(sessions: dict[str, MTP], model: Model) -> None:
+def _close(sessions: dict[str, MTP], models: dict[str, Model]) -> None:
     for mtp in sessions.values():
         mtp.close()
     sessions.clear()
-    model.close()
+    for model in models.values():
+        model.close()
 
 
 def _rounds(sides: dict[str, Callable[[], meas.RunSample]], settings: meas.Settings) -> Samples:
@@ -109,26 +116,43 @@ def _median_per_iter(runs: list[meas.RunSample], phase: str) -> float | None:
     return round(statistics.median(values), 1) if values else None
 
 
-def _summary(samples: Samples, k: int) -> dict[str, Any]:
-    tps = {key: [s.decode_tokens_per_sec for s in runs] for key, runs in samples.items()}
-    local = [m / p for m, p in zip(tps[f"local-k{k}"], tps["local-plain"], strict=True)]
-    rpc = [m / p for m, p in zip(tps[f"rpc-k{k}"], tps["rpc-plain"], strict=True)]
+def _ratios(tps: dict[str, list[float]], side: str, k: int) -> list[float]:
+    return [m / p for m, p in zip(tps[f"{side}-k{k}"], tps[f"{side}-plain"], strict=True)]
+
+
+def _placement(tps: dict[str, list[float]], side: str, k: int, local: list[float]) -> dict[str, Any]:
+    """One RPC placement's figures: its MTP/plain ratio against the local one, and its
+    MTP speed against llama-server's (when measured)."""
+    rpc = _ratios(tps, side, k)
     rel = sorted(r / lo for r, lo in zip(rpc, local, strict=True))
+    figure = statistics.median(rel)
+    out: dict[str, Any] = {
+        "rpc_ratio_median": round(statistics.median(rpc), 4),
+        "rpc_over_local_median": round(figure, 4),
+        "rpc_over_local_range": [round(rel[0], 4), round(rel[-1], 4)],
+        "target": {"rpc_over_local_ge": TARGET, "pass": figure >= TARGET},
+    }
+    up = f"upstream-k{k}"
+    if up in tps:
+        ours = sorted(o / u for o, u in zip(tps[f"{side}-k{k}"], tps[up], strict=True))
+        out |= {
+            "ours_over_upstream_median": round(statistics.median(ours), 4),
+            "ours_over_upstream_range": [round(ours[0], 4), round(ours[-1], 4)],
+            "upstream_target": {"ours_over_upstream_ge": 1.0, "pass": statistics.median(ours) >= 1.0},
+        }
+    return out
+
+
+def _summary(samples: Samples, k: int) -> dict[str, Any]:
+    """The figures: top-level keys for llama.cpp's placement, ``mtp_local`` for the tail
+    kept on this host."""
+    tps = {key: [s.decode_tokens_per_sec for s in runs] for key, runs in samples.items()}
+    local = _ratios(tps, "local", k)
     acceptance = {
         key: (sum(s.drafts_accepted for s in runs), sum(s.drafts_generated for s in runs))
         for key, runs in samples.items()
         if not key.endswith("plain")
     }
-    up = f"upstream-k{k}"
-    vs_upstream: dict[str, Any] = {}
-    if up in tps:
-        ours = sorted(o / u for o, u in zip(tps[f"rpc-k{k}"], tps[up], strict=True))
-        vs_upstream = {
-            "ours_over_upstream_median": round(statistics.median(ours), 4),
-            "ours_over_upstream_range": [round(ours[0], 4), round(ours[-1], 4)],
-            "upstream_target": {"ours_over_upstream_ge": 1.0, "pass": statistics.median(ours) >= 1.0},
-        }
-    figure = statistics.median(rel)
     phases = ("draft", "verify", "sample", "ckpt", "other")
     per_iter = {key: {ph: _median_per_iter(runs, ph) for ph in phases} for key, runs in samples.items()}
     return {
@@ -136,13 +160,12 @@ def _summary(samples: Samples, k: int) -> dict[str, Any]:
         "decode_tps_median": {key: round(statistics.median(v), 2) for key, v in tps.items()},
         "decode_tps": {key: [round(x, 2) for x in v] for key, v in tps.items()},
         "local_ratio_median": round(statistics.median(local), 4),
-        "rpc_ratio_median": round(statistics.median(rpc), 4),
-        "rpc_over_local_median": round(figure, 4),
-        "rpc_over_local_range": [round(rel[0], 4), round(rel[-1], 4)],
-        "acceptance_equal": acceptance[f"local-k{k}"] == acceptance[f"rpc-k{k}"],
+        **_placement(tps, "rpc", k, local),
+        "mtp_local": _placement(tps, "rpc-tail", k, local),
+        "acceptance_equal": all(
+            acceptance[f"{side}-k{k}"] == acceptance[f"local-k{k}"] for side in PLACEMENTS
+        ),
         "drafts_accepted_generated": acceptance,
-        "target": {"rpc_over_local_ge": TARGET, "pass": figure >= TARGET},
-        **vs_upstream,
     }
 
 
@@ -179,8 +202,10 @@ def _measure(
     """The interleaved rounds; ``upstream_at``: llama-server and the threads of its workers."""
     k = settings.ref_n_draft
     prompt = local.tokenize("The quiet river carried", add_special=True)
-    remote = load_model(path, rpc=eps, n_gpu_layers=ngl)
-    sessions = _sessions(local, remote, k, settings)
+    remotes = {
+        side: load_model(path, rpc=eps, n_gpu_layers=ngl, mtp_local=tail) for side, tail in PLACEMENTS.items()
+    }
+    sessions = _sessions(local, remotes, k, settings)
     try:
         sides = {key: _ours(mtp, prompt, settings.tokens) for key, mtp in sessions.items()}
         with contextlib.ExitStack() as stack:
@@ -193,8 +218,8 @@ def _measure(
     finally:
         # free the remote model while its workers run: ggml's RPC client aborts the
         # process when it cannot send the frees
-        _close(sessions, remote)
-        del sessions, remote
+        _close(sessions, remotes)
+        del sessions, remotes
         gc.collect()
 
 
@@ -243,28 +268,34 @@ def _rpc_llama_server(settings: meas.Settings) -> Path:
     return upstream.server_binary(settings, rpc=True)
 
 
+def _placement_lines(name: str, fig: dict[str, Any], local_ratio: float) -> list[str]:
+    lo, hi = fig["rpc_over_local_range"]
+    lines = [
+        f"  {name}: MTP/plain {fig['rpc_ratio_median']:.3f}x (local {local_ratio:.3f}x); "
+        f"RPC ratio / local ratio {fig['rpc_over_local_median']:.3f} [{lo:.3f}, {hi:.3f}] "
+        f"(target >= {TARGET}: {'pass' if fig['target']['pass'] else 'FAIL'})"
+    ]
+    if "ours_over_upstream_median" in fig:
+        lo, hi = fig["ours_over_upstream_range"]
+        lines.append(
+            f"    ours / llama-server --rpc (its own placement): "
+            f"{fig['ours_over_upstream_median']:.3f} [{lo:.3f}, {hi:.3f}]"
+        )
+    return lines
+
+
 def format_rpc(result: dict[str, Any]) -> str:
     """The summary lines of :func:`run_rpc`'s result."""
     tps = result["decode_tps_median"]
     lines = [
         f"RPC bench ({result['endpoints']}; n_gpu_layers={result['n_gpu_layers']}, "
         f"n_draft={result['n_draft']}, {result['runs']} rounds of {result['tokens']} tokens)",
-        *(f"  {key:<12} {v:8.1f} tok/s (median)" for key, v in tps.items()),
-        f"  MTP/plain local {result['local_ratio_median']:.3f}x, over RPC {result['rpc_ratio_median']:.3f}x",
-        f"  RPC ratio / local ratio: {result['rpc_over_local_median']:.3f} "
-        f"[{result['rpc_over_local_range'][0]:.3f}, {result['rpc_over_local_range'][1]:.3f}] "
-        f"(target >= {TARGET}: {'pass' if result['target']['pass'] else 'FAIL'})",
+        *(f"  {key:<15} {v:8.1f} tok/s (median)" for key, v in tps.items()),
+        *_placement_lines("llama.cpp's placement (rpc)", result, result["local_ratio_median"]),
+        *_placement_lines("mtp_local (rpc-tail)", result["mtp_local"], result["local_ratio_median"]),
         *(
-            f"  {key:<12} per iteration (us): {phases}"
+            f"  {key:<15} per iteration (us): {phases}"
             for key, phases in result["per_iter_us_median"].items()
-        ),
-        *(
-            [
-                f"  ours / llama-server --rpc: {result['ours_over_upstream_median']:.3f} "
-                f"[{result['ours_over_upstream_range'][0]:.3f}, {result['ours_over_upstream_range'][1]:.3f}]"
-            ]
-            if "ours_over_upstream_median" in result
-            else []
         ),
         f"  acceptance equal: {result['acceptance_equal']} {result['drafts_accepted_generated']}",
         f"  wrote {result['json']}",
