@@ -162,35 +162,46 @@ def test_sidecar_head_local_or_on_the_workers(workers: list[RpcWorker]) -> None:
         assert out[key] == out["local/local"], key
 
 
-def test_info_tells_which_device_holds_which_layers(workers: list[RpcWorker]) -> None:
-    path = make_model(arch="qwen35moe", weights="oracle", size="tiny", mtp_error_rate=0.25)
-    a, b = (w.endpoint for w in workers)
+def _info_lines(path: Path, *args: str) -> list[str]:
+    """``mtpstream info`` on ``path`` with ``args``: its lines, whitespace collapsed."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mtpstream",
-            "info",
-            str(path),
-            "--rpc",
-            f"{a},{b}",
-            "-ngl",
-            "4",
-            "-ts",
-            "1,3",
-        ],
+        [sys.executable, "-m", "mtpstream", "info", str(path), *args],
         capture_output=True,
         text=True,
         timeout=120,
         env={**os.environ, **ENV},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [" ".join(line.split()) for line in proc.stdout.splitlines()]
+    return [" ".join(line.split()) for line in proc.stdout.splitlines()]
+
+
+def test_info_tells_which_device_holds_which_layers(workers: list[RpcWorker]) -> None:
+    path = make_model(arch="qwen35moe", weights="oracle", size="tiny", mtp_error_rate=0.25)
+    a, b = (w.endpoint for w in workers)
+    lines = _info_lines(path, "--rpc", f"{a},{b}", "-ngl", "4", "-ts", "1,3")
     # 5 layers (4 + the MTP layer) and the output layer "5": 0-1 local, then 1:3 over the workers
     assert "layers on CPU 0-1" in lines
     assert f"layers on RPC0 ({a}) 2" in lines
     assert f"layers on RPC1 ({b}) 3-5" in lines
     assert any(line.startswith(f"weights on {b} ") for line in lines), lines
+
+
+def test_mtp_local_keeps_the_tail_on_this_host(workers: list[RpcWorker]) -> None:
+    path = make_model(arch="qwen35moe", weights="oracle", size="tiny", mtp_error_rate=0.25)
+    a, b = (w.endpoint for w in workers)
+    # the same split with the MTP layer (4) and the output layer (5) kept here; the two
+    # layers left for the workers shared 1:3 as whole layers
+    lines = _info_lines(path, "--rpc", f"{a},{b}", "-ngl", "4", "-ts", "1,3", "--mtp-local")
+    assert "layers on CPU 0-1, 4-5" in lines, lines
+    assert f"layers on RPC0 ({a}) 2" in lines
+    assert f"layers on RPC1 ({b}) 3" in lines
+    # every layer offloaded (llama.cpp's default n_gpu_layers): only the tail stays here
+    lines = _info_lines(path, "--rpc", f"{a},{b}", "--mtp-local")
+    assert "layers on CPU 4-5" in lines, lines
+    # without workers there is nothing to move
+    assert mtpstream.load_model(path, mtp_local=True).mtp_local is False
+    with pytest.raises(TypeError, match="mtp_local"):
+        mtpstream.load_model(path, rpc=f"{a},{b}", mtp_local="yes")  # type: ignore[arg-type]
 
 
 def test_unreachable_worker_fails_the_load_in_bounded_time(workers: list[RpcWorker]) -> None:
