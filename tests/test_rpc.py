@@ -492,7 +492,8 @@ def test_serve_with_rpc_answers_as_the_local_model(workers: list[RpcWorker]) -> 
     # rollback pinned: "auto" times both on this machine and may choose differently per run
     common = ("--n-draft", "3", "--api-key", KEY, "--model-alias", "tiny", "-fa", "off")
     common += ("--rollback", "snapshots")
-    for extra in ((), ("--rpc", ",".join(w.endpoint for w in workers), "-ngl", "4")):
+    split = ("--rpc", ",".join(w.endpoint for w in workers), "-ngl", "4")
+    for extra in ((), split, (*split, "--mtp-local")):
         server = Server(path, *common, *extra)
         try:
             client = server.client()
@@ -501,6 +502,7 @@ def test_serve_with_rpc_answers_as_the_local_model(workers: list[RpcWorker]) -> 
         finally:
             assert server.stop() == 0
     assert answers[1] == answers[0]
+    assert answers[2] == answers[0]
     assert answers[0][1]["drafts_accepted"] > 0
 
 
