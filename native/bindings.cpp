@@ -181,11 +181,11 @@ ModelHandle load_model(const std::string & path, std::optional<int> n_gpu_layers
 }
 
 // Runs the RPC server (GIL released) until it stops; returns why it stopped.
-std::string serve_rpc(const std::string & endpoint, const std::string & cache_dir, int n_threads) {
+std::string serve_rpc(const std::string & endpoint, const std::string & cache_dir, int n_threads, uint64_t mem_bytes) {
     Status st;
     {
         ReleaseGil release;
-        rpc_serve(endpoint, cache_dir, n_threads, st);
+        rpc_serve(endpoint, cache_dir, n_threads, mem_bytes, st);
     }
     return st.message;
 }
@@ -232,7 +232,7 @@ NB_MODULE(_native, m) {
     m.def("cpu_offers_amx_buffer", &cpu_offers_amx_buffer);
     m.def("rpc_available", &rpc_available);
     m.attr("RPC_PROTO_MAJOR") = rpc_protocol_major();
-    m.def("rpc_serve", &serve_rpc, "endpoint"_a, "cache_dir"_a, "n_threads"_a);
+    m.def("rpc_serve", &serve_rpc, "endpoint"_a, "cache_dir"_a, "n_threads"_a, "mem_bytes"_a);
 
     nb::class_<LogBridge>(m, "LogBridge")
         .def(nb::init<>())

@@ -1,4 +1,5 @@
 #include "rpc.hpp"
+#include "rpc_worker_cap.hpp"
 
 #include <cstdlib>
 #include <cstring>
@@ -103,11 +104,18 @@ void attach_links(std::vector<WorkerWatch> & watches) {
     }
 }
 
-void rpc_serve(const std::string & endpoint, const std::string & cache_dir, int n_threads, Status & status) {
+void rpc_serve(const std::string & endpoint, const std::string & cache_dir, int n_threads, uint64_t mem_bytes,
+               Status & status) {
     auto start = reinterpret_cast<start_server_fn>(rpc_proc("ggml_backend_rpc_start_server", status));
     if (start == nullptr) {
         return;
     }
+    std::string why_not;
+    if (mem_bytes > 0 && !install_socket_hooks(why_not)) {
+        status = Status::error(ErrorCode::invalid_argument, "--mem needs mtpstream's socket hooks: " + why_not, "mem");
+        return;
+    }
+    set_worker_mem_cap(mem_bytes);
     ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
     if (cpu == nullptr) {
         status = Status::error(ErrorCode::invalid_argument, "this llama.cpp build has no CPU device");

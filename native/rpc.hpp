@@ -39,7 +39,9 @@ void attach_links(std::vector<WorkerWatch> & watches);
 
 // Serves the CPU device to RPC clients at `endpoint` ("host:port"), one client at a
 // time; blocks for as long as the server runs and returns only when it could not
-// start or accept (`status` filled).
-void rpc_serve(const std::string & endpoint, const std::string & cache_dir, int n_threads, Status & status);
+// start or accept (`status` filled). `mem_bytes` > 0: the memory it offers each client
+// (rpc_worker_cap.hpp).
+void rpc_serve(const std::string & endpoint, const std::string & cache_dir, int n_threads, uint64_t mem_bytes,
+               Status & status);
 
 }  // namespace mtpstream

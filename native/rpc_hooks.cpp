@@ -18,6 +18,7 @@
 
 #include "rpc_guard.hpp"
 #include "rpc_protocol.hpp"
+#include "rpc_worker_cap.hpp"
 
 namespace mtpstream {
 
@@ -59,10 +60,39 @@ std::string seconds(int ms) {
     return out;
 }
 
+// A worker's send under a memory cap (rpc_worker_cap.hpp): a rewritten reply goes out
+// whole, in place of the worker's.
+ssize_t capped_send(int fd, const void * data, size_t n, int flags) {
+    uint8_t copy[16];
+    if (!worker_cap_send(fd, static_cast<const uint8_t *>(data), n, copy, sizeof(copy))) {
+        return send(fd, data, n, flags);
+    }
+    size_t put = 0;
+    while (put < n) {
+        const ssize_t k = send(fd, copy + put, n - put, flags);
+        if (k < 0 && errno == EINTR) {
+            continue;
+        }
+        if (k <= 0) {
+            return put > 0 ? static_cast<ssize_t>(put) : k;
+        }
+        put += static_cast<size_t>(k);
+    }
+    return static_cast<ssize_t>(n);
+}
+
+ssize_t capped_recv(int fd, void * out, size_t n, int flags) {
+    const ssize_t got = recv(fd, out, n, worker_cap_wants_whole(fd, n) ? flags | MSG_WAITALL : flags);
+    if (got > 0) {
+        worker_cap_read(fd, static_cast<uint8_t *>(out), static_cast<size_t>(got));
+    }
+    return got;
+}
+
 ssize_t hooked_send(int fd, const void * data, size_t n, int flags) {
     std::shared_ptr<HookedLink> link = link_of(fd);
     if (link == nullptr) {
-        return send(fd, data, n, flags);
+        return worker_cap_active() ? capped_send(fd, data, n, flags) : send(fd, data, n, flags);
     }
     ssize_t put = static_cast<ssize_t>(n);
     if (!link->lost()) {
@@ -86,7 +116,7 @@ ssize_t hooked_send(int fd, const void * data, size_t n, int flags) {
 ssize_t hooked_recv(int fd, void * out, size_t n, int flags) {
     std::shared_ptr<HookedLink> link = link_of(fd);
     if (link == nullptr) {
-        return recv(fd, out, n, flags);
+        return worker_cap_active() ? capped_recv(fd, out, n, flags) : recv(fd, out, n, flags);
     }
     auto * bytes = static_cast<uint8_t *>(out);
     if (!link->lost()) {
@@ -147,6 +177,9 @@ int hooked_close(int fd) {
         Hooks & h = hooks();
         std::lock_guard<std::mutex> lock(h.mutex);
         h.by_fd.erase(fd);
+    }
+    if (worker_cap_active()) {
+        worker_cap_closed(fd);
     }
     return close(fd);
 }

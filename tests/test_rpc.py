@@ -204,6 +204,53 @@ def test_mtp_local_keeps_the_tail_on_this_host(workers: list[RpcWorker]) -> None
         mtpstream.load_model(path, rpc=f"{a},{b}", mtp_local="yes")  # type: ignore[arg-type]
 
 
+MEM_SCRIPT = """
+import sys, mtpstream
+from mtpstream import _rpc
+path, endpoint = sys.argv[1], sys.argv[2]
+try:
+    mtpstream.load_model(path, rpc=[endpoint], n_gpu_layers=99)
+    print("RESULT loaded")
+except mtpstream.ModelLoadError as exc:
+    print("RESULT refused " + str(exc).replace(chr(10), " "))
+print("ALIVE", _rpc.probe(endpoint, timeout_s=5.0, handshake=True) is None)
+"""
+
+
+def test_worker_mem_caps_what_it_reports_and_what_it_allocates() -> None:
+    path = make_model(arch="qwen35moe", weights="oracle", size="tiny", mtp_error_rate=0.25)
+    # reported: the default split follows the workers' free memory, 64 : 192 MiB = 1 : 3
+    with rpc_workers(2, mem_mib=[64, 192]) as (a, b):
+        lines = _info_lines(path, "--rpc", f"{a.endpoint},{b.endpoint}", "-ngl", "4")
+        assert f"layers on RPC0 ({a.endpoint}) 2" in lines, lines
+        assert f"layers on RPC1 ({b.endpoint}) 3-5" in lines, lines
+    # enforced: the tiny model's 5 MiB of weights on a 1 MiB worker are refused, the
+    # client's load fails naming the cause, and the worker serves its next client
+    with rpc_workers(1, mem_mib=[1]) as (w,):
+        proc = run_python(_script(MEM_SCRIPT, str(path), w.endpoint), timeout=120, env=ENV)
+        assert "RESULT refused" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert "rpc-server --mem" in proc.stdout and f"RPC0[{w.endpoint}]" in proc.stdout
+        assert "ALIVE True" in proc.stdout
+        assert w.proc is not None and w.proc.poll() is None
+    # freed buffers count no more: on an 8 MiB worker, with a model holding 1 MiB there
+    # (its output layer) and so the connection open, the 5 MiB load three times, each
+    # model closed before the next
+    with rpc_workers(1, mem_mib=[8]) as (w,):
+        proc = run_python(_script(RELOAD_SCRIPT, str(path), w.endpoint), timeout=120, env=ENV)
+        assert "RESULT 3 loads" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+RELOAD_SCRIPT = """
+import gc, sys, mtpstream
+path, endpoint = sys.argv[1], sys.argv[2]
+keep = mtpstream.load_model(path, rpc=[endpoint], n_gpu_layers=1)
+for _ in range(3):
+    mtpstream.load_model(path, rpc=[endpoint], n_gpu_layers=99).close()
+    gc.collect()
+print("RESULT 3 loads")
+"""
+
+
 def test_unreachable_worker_fails_the_load_in_bounded_time(workers: list[RpcWorker]) -> None:
     path = make_model(arch="qwen35", weights="oracle", size="tiny", mtp_error_rate=0.25)
     dead = f"127.0.0.1:{free_port()}"

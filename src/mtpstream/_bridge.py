@@ -102,9 +102,23 @@ def load_model(
             *host_tail,
         )
     except _native.NativeError as exc:
-        raise ModelLoadError(str(error(exc, suffix=f" [architecture '{arch}']"))) from None
+        message = str(error(exc, suffix=f" [architecture '{arch}']"))
+        if "unable to allocate" in message:  # llama.cpp's log says which device refused
+            message = message.replace(_LOAD_CAUSES, _ALLOC_CAUSE, 1)
+        raise ModelLoadError(message) from None
     _logging.flush()
     return native
+
+
+# native/model.cpp's guess at why llama.cpp refused a file, and what its log may show instead
+_LOAD_CAUSES = (
+    "(unsupported architecture, missing tensors or a corrupt file; "
+    "enable the 'mtpstream.llama' logger for details)"
+)
+_ALLOC_CAUSE = (
+    "(a device could not allocate its share of the weights: not enough free memory there, "
+    "or an `mtpstream rpc-server --mem` worker's cap)"
+)
 
 
 def create_engine(
@@ -158,8 +172,8 @@ def rpc_protocol_major() -> int:
     return _native.RPC_PROTO_MAJOR
 
 
-def rpc_serve(endpoint: str, cache_dir: str, n_threads: int) -> str:
-    return _native.rpc_serve(endpoint, cache_dir, n_threads)
+def rpc_serve(endpoint: str, cache_dir: str, n_threads: int, mem_bytes: int = 0) -> str:
+    return _native.rpc_serve(endpoint, cache_dir, n_threads, mem_bytes)
 
 
 def close_engine(engine: _native.Engine) -> None:

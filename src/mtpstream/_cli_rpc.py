@@ -51,6 +51,11 @@ def add_rpc_server_args(p: argparse.ArgumentParser) -> None:
         "--cache", default=None, metavar="DIR",
         help="keep large tensors a client sends in DIR and take them from there next time (by hash)",
     )  # fmt: skip
+    p.add_argument(
+        "-m", "--mem", type=_positive, default=None, metavar="MiB",
+        help="offer each client at most this much memory: reported as the device's, and an "
+        "allocation past it refused (default: the device's own)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_rpc_server)
 
 
@@ -83,7 +88,7 @@ def cmd_rpc_server(args: argparse.Namespace) -> int:
         cache = os.path.abspath(args.cache)
     stopped: list[str] = []
     worker = threading.Thread(
-        target=lambda: stopped.append(_rpc.serve(args.host, args.port, threads, cache)),
+        target=lambda: stopped.append(_rpc.serve(args.host, args.port, threads, cache, args.mem or 0)),
         name="mtpstream-rpc-server",
         daemon=True,
     )

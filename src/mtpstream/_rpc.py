@@ -151,6 +151,7 @@ def mark_used(endpoints: Sequence[str]) -> None:
         _used.update(endpoints)
 
 
-def serve(host: str, port: int, threads: int, cache_dir: str) -> str:
-    """Run an RPC worker on the CPU device (blocks); returns why it stopped."""
-    return _bridge.rpc_serve(f"{host}:{port}", cache_dir, threads)
+def serve(host: str, port: int, threads: int, cache_dir: str, mem_mib: int = 0) -> str:
+    """Run an RPC worker on the CPU device (blocks); returns why it stopped. ``mem_mib``
+    > 0: the memory it offers each client (reported, and allocations past it refused)."""
+    return _bridge.rpc_serve(f"{host}:{port}", cache_dir, threads, mem_mib * 2**20)

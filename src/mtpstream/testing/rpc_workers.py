@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,9 +31,10 @@ def free_port() -> int:
 class RpcWorker:
     """One ``mtpstream rpc-server`` subprocess on 127.0.0.1."""
 
-    def __init__(self, port: int, threads: int, log_dir: Path) -> None:
+    def __init__(self, port: int, threads: int, log_dir: Path, mem_mib: int | None = None) -> None:
         self.port = port
         self.threads = threads
+        self.mem_mib = mem_mib
         self.log = log_dir / f"rpc-{port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -49,6 +50,8 @@ class RpcWorker:
         """
         cmd = [sys.executable, "-m", "mtpstream", "rpc-server", "--port", str(self.port)]
         cmd += ["--threads", str(self.threads)]
+        if self.mem_mib is not None:
+            cmd += ["--mem", str(self.mem_mib)]
         start = self.log.stat().st_size if self.log.exists() else 0  # a restart appends
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -83,10 +86,14 @@ class RpcWorker:
 
 
 @contextmanager
-def rpc_workers(n: int = 2, threads: int = 1, timeout: float = 60.0) -> Iterator[list[RpcWorker]]:
-    """``n`` running workers on 127.0.0.1 (``threads`` each); all stopped on exit."""
+def rpc_workers(
+    n: int = 2, threads: int = 1, timeout: float = 60.0, mem_mib: Sequence[int | None] = ()
+) -> Iterator[list[RpcWorker]]:
+    """``n`` running workers on 127.0.0.1 (``threads`` each; worker i offering
+    ``mem_mib[i]`` MiB when given, ``rpc-server --mem``); all stopped on exit."""
     with tempfile.TemporaryDirectory(prefix="mtpstream-rpc-") as tmp:
-        workers = [RpcWorker(free_port(), threads, Path(tmp)) for _ in range(n)]
+        mems = [*mem_mib, *[None] * n][:n]
+        workers = [RpcWorker(free_port(), threads, Path(tmp), mems[i]) for i in range(n)]
         try:
             for w in workers:
                 w.start(timeout)
