@@ -31,7 +31,10 @@ ASAN_RT="$(gcc -print-file-name=libasan.so)"
 UBSAN_RT="$(gcc -print-file-name=libubsan.so)"
 cd "$ROOT"
 echo "==> pytest under ASan + UBSan"
+# allocator_may_return_null: an allocation no allocator can satisfy fails with NULL, as
+# in the C library, instead of ending the process (ggml checks for NULL; a worker under
+# `rpc-server --mem` refuses an allocation past its cap by asking for such a size)
 LD_PRELOAD="$ASAN_RT:$UBSAN_RT" \
-ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:verify_asan_link_order=0:handle_segv=1" \
+ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:verify_asan_link_order=0:handle_segv=1:allocator_may_return_null=1" \
 UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
     "$PY" -m pytest -q -m "not slow" -p no:cacheprovider "$@"
