@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import mtpstream
-from mtpstream.testing import load_spec, make_model
+from mtpstream.testing import RpcWorker, load_spec, make_model, rpc_workers
 
 # flash attention off: on CPU a multi-token verify batch then matches single-token
 # decoding to ~1e-5 (with it on, ~3e-3 can flip near-ties on random weights)
@@ -212,3 +212,18 @@ def run_python(
         cwd=str(Path(__file__).parent),
         env={**os.environ, **(env or {})},
     )
+
+
+# ------------------------------------------------------------------ RPC workers
+# scripts/dev.sh builds llama-cpp-python with the RPC backend: under CI=true its absence fails
+needs_rpc = pytest.mark.skipif(
+    not mtpstream._bridge.rpc_available() and os.environ.get("CI") != "true",
+    reason="llama-cpp-python built without -DGGML_RPC=on",
+)
+
+
+@pytest.fixture(scope="module")
+def workers() -> Iterator[list[RpcWorker]]:
+    """Two ``mtpstream rpc-server`` workers on 127.0.0.1 (1 thread each), per module."""
+    with rpc_workers(2, threads=1) as ws:
+        yield ws

@@ -18,7 +18,6 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +27,11 @@ import pytest
 import mtpstream
 from mtpstream.testing import RpcWorker, free_port, make_model, rpc_workers
 
-from conftest import run_python
+from conftest import needs_rpc, run_python
 
-# scripts/dev.sh builds llama-cpp-python with the RPC backend: under CI=true its absence fails
-needs_rpc = pytest.mark.skipif(
-    not mtpstream._bridge.rpc_available() and os.environ.get("CI") != "true",
-    reason="llama-cpp-python built without -DGGML_RPC=on",
-)
 pytestmark = needs_rpc
 
 ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
-
-
-@pytest.fixture(scope="module")
-def workers() -> Iterator[list[RpcWorker]]:
-    with rpc_workers(2, threads=1) as ws:
-        yield ws
 
 
 # The client script: the same calls on the local model, on the model split over the

@@ -11,30 +11,16 @@ process when it loses a worker).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
+from mtpstream.testing import RpcWorker, make_model
 
-import mtpstream
-from mtpstream.testing import RpcWorker, make_model, rpc_workers
+from conftest import needs_rpc, run_python
 
-from conftest import run_python
-
-pytestmark = pytest.mark.skipif(
-    not mtpstream._bridge.rpc_available() and os.environ.get("CI") != "true",
-    reason="llama-cpp-python built without -DGGML_RPC=on",
-)
+pytestmark = needs_rpc
 
 ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
-
-
-@pytest.fixture(scope="module")
-def workers() -> Iterator[list[RpcWorker]]:
-    with rpc_workers(2, threads=1) as ws:
-        yield ws
 
 
 # One session (n_draft=3): greedy, rejection, greedy. Per call: its iterations and
