@@ -212,6 +212,8 @@ def test_worker_mem_caps_what_it_reports_and_what_it_allocates() -> None:
         lines = _info_lines(path, "--rpc", f"{a.endpoint},{b.endpoint}", "-ngl", "4")
         assert f"layers on RPC0 ({a.endpoint}) 2" in lines, lines
         assert f"layers on RPC1 ({b.endpoint}) 3-5" in lines, lines
+        assert f"memory on RPC0 ({a.endpoint}) 64 MiB free" in lines, lines
+        assert f"memory on RPC1 ({b.endpoint}) 192 MiB free" in lines, lines
     # enforced: the tiny model's 5 MiB of weights on a 1 MiB worker are refused, the
     # client's load fails naming the cause, and the worker serves its next client
     with rpc_workers(1, mem_mib=[1]) as (w,):

@@ -156,6 +156,7 @@ def rpc_load_options(args: argparse.Namespace) -> dict[str, Any]:
 # llama.cpp's lines (load_tensors, at debug and info level) that tell the placement
 _LAYER_LINE = re.compile(r"layer\s+(\d+) assigned to device (\S+?),")
 _BUFFER_LINE = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([0-9.]+) MiB")
+_DEVICE_LINE = re.compile(r"using device (\S+) \(.*\) - (\d+) MiB free")
 
 
 class _Lines(logging.Handler):
@@ -204,6 +205,10 @@ def placement_fields(
     if not set(rpc_names) <= set(named):
         named = {}
     out: list[Field] = [(f"layers on {named.get(dev, dev)}", _ranges(ids)) for dev, ids in layers.items()]
+    for line in lines:
+        m = _DEVICE_LINE.search(line)
+        if m:  # what each device offered when the model loaded (a worker's --mem caps it)
+            out.append((f"memory on {named.get(m.group(1), m.group(1))}", f"{m.group(2)} MiB free"))
     for line in lines:
         m = _BUFFER_LINE.search(line)
         if m:
