@@ -12,7 +12,6 @@ rounds, with min-max of the per-round ratios) and writes the figures as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import anyio
 from llama_cpp import llama_grammar
 
 import mtpstream
+from mtpstream.bench.report import write_json
 from mtpstream.testing import make_model, make_real_vocab_model
 
 GRAMMARS = {
@@ -82,9 +82,7 @@ def main() -> None:
         "real_vocab": anyio.run(sitting, make_real_vocab_model(), args.rounds, args.tokens),
         "synthetic": anyio.run(sitting, make_model(), args.rounds, args.tokens),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    dst = args.out / f"grammar-host-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    dst.write_text(json.dumps(result, indent=2))
+    dst = write_json(result, args.out / f"grammar-host-{time.strftime('%Y%m%d-%H%M%S')}.json")
     print(f"wrote {dst}")
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import statistics
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 import mtpstream
 from mtpstream.bench import measure as meas
+from mtpstream.bench.report import write_json
 from mtpstream.testing import make_model, rpc_workers
 
 GUARDS = ("off", "hooks", "relay")
@@ -98,9 +98,7 @@ def main() -> None:
             )
         result["n_draft"][str(k)] = entry
         print("; ".join(line))
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"rpc-guard-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(result, indent=1))
+    out = write_json(result, args.out / f"rpc-guard-{time.strftime('%Y%m%d-%H%M%S')}.json")
     print(f"wrote {out}")
 
 

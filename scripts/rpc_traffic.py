@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import functools
 import gc
-import json
 import os
 import sys
 import time
@@ -38,6 +37,7 @@ import anyio
 
 import mtpstream
 from mtpstream.bench import upstream
+from mtpstream.bench.report import write_json
 from mtpstream.testing import make_model, rpc_workers
 from mtpstream.testing.rpc_counter import LogEntry, Relay, Tally, diff, wait_quiet
 
@@ -333,8 +333,7 @@ def main() -> None:
         "argv": sys.argv[1:],
         "sides": result,
     }
-    out.write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {write_json(doc, out)}")
 
 
 if __name__ == "__main__":
