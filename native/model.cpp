@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
-#include <numeric>
 #include <cstring>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -204,7 +204,8 @@ std::shared_ptr<Model> Model::load(const std::string & path, const ModelLoadOpti
                                    "enable the 'mtpstream.llama' logger for details)");
         return nullptr;
     }
-    const bool host_tail = std::find(devices.begin(), devices.end(), ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU)) != devices.end();
+    const bool host_tail =  // place_layers appended this host's CPU
+        std::find(devices.begin(), devices.end(), ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU)) != devices.end();
     return std::shared_ptr<Model>(new Model(raw, path, opts.load_mtp, params.use_extra_bufts, host_tail,
                                             std::move(watches), std::move(relays)));
 }

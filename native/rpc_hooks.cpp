@@ -16,6 +16,7 @@
 #include <cstring>
 #include <unordered_map>
 
+#include "fd_io.hpp"
 #include "rpc_guard.hpp"
 #include "rpc_protocol.hpp"
 #include "rpc_worker_cap.hpp"
@@ -67,18 +68,9 @@ ssize_t capped_send(int fd, const void * data, size_t n, int flags) {
     if (!worker_cap_send(fd, static_cast<const uint8_t *>(data), n, copy, sizeof(copy))) {
         return send(fd, data, n, flags);
     }
-    size_t put = 0;
-    while (put < n) {
-        const ssize_t k = send(fd, copy + put, n - put, flags);
-        if (k < 0 && errno == EINTR) {
-            continue;
-        }
-        if (k <= 0) {
-            return put > 0 ? static_cast<ssize_t>(put) : k;
-        }
-        put += static_cast<size_t>(k);
-    }
-    return static_cast<ssize_t>(n);
+    const bool sent = move_all([&](char * p, size_t left) { return send(fd, p, left, flags); },
+                               reinterpret_cast<char *>(copy), n);
+    return sent ? static_cast<ssize_t>(n) : -1;
 }
 
 ssize_t capped_recv(int fd, void * out, size_t n, int flags) {

@@ -18,10 +18,14 @@ namespace mtpstream {
 // Sets the cap (bytes; 0: none) for the connections this process serves from now on.
 void set_worker_mem_cap(uint64_t bytes);
 
-// The worker's side of a connection, when a cap is set: `got` bytes the worker read
-// (into `data`, which may be rewritten) and `n` bytes it is about to send (`data`; a
-// rewritten copy goes to `out` when true is returned). `wait_all`: whether the read
-// about to be made of `n` bytes must be whole (a request the cap may rewrite).
+// The worker's side of a connection, while a cap is set (worker_cap_active):
+// - worker_cap_wants_whole: whether the read of `n` bytes the worker is about to make
+//   must be whole (MSG_WAITALL): an ALLOC_BUFFER request the cap may rewrite;
+// - worker_cap_read: `got` bytes the worker read into `data` (rewritten there when an
+//   allocation is refused);
+// - worker_cap_send: `n` bytes the worker is about to send; true with a rewritten copy
+//   in `out` (a GET_DEVICE_MEMORY reply) to send instead;
+// - worker_cap_closed: the connection's socket is closed.
 bool worker_cap_active();
 bool worker_cap_wants_whole(int fd, size_t n);
 void worker_cap_read(int fd, uint8_t * data, size_t got);
